@@ -1,0 +1,111 @@
+"""Smoke runs of train_cifar.py on tiny fake CIFAR, checking everything a run leaves behind."""
+import csv
+import json
+import re
+
+import pytest
+import torch
+import yaml
+
+import train_cifar
+
+VARIANTS = {
+    "CE": ["--sigma", "0", "--lc_n_epoch", "-1"],
+    "SLN": ["--sigma", "1.0", "--lc_n_epoch", "-1"],
+    "SLN-MO": ["--sigma", "1.0", "--mo", "--lc_n_epoch", "-1"],
+    "SLN-MO-LC": ["--sigma", "1.0", "--mo", "--lc_n_epoch", "1"],
+}
+
+
+def run_cli(fake_root, out_dir, *flags):
+    argv = ["--batch_size", "64", "--n_epochs", "2", "--lr", "0.01", "--seed", "123", "--model", "wrn-16-1",
+            "--data_dir", str(fake_root), "--out_dir", str(out_dir), "--device", "cpu", *flags]
+    return train_cifar.main(argv)
+
+
+def only_run(out_dir):
+    (run_dir,) = list((out_dir / "runs").iterdir())
+    return run_dir.name, run_dir
+
+
+PAPER_SETTINGS = [(d, m) for d in ("cifar10", "cifar100") for m in ("sym", "asym", "dependent")]
+
+
+# every model on every paper noise file; open-set noise with one model is enough to cover its data path
+@pytest.mark.parametrize("dataset, mode, name", [(d, m, v) for d, m in PAPER_SETTINGS for v in VARIANTS]
+                         + [("cifar10", "openset", "SLN-MO-LC")])
+def test_every_model_and_noise_mode(fake_root, paper_sums, tmp_path, dataset, mode, name):
+    summary = run_cli(fake_root, tmp_path, "--dataset_name", dataset, "--noise_mode", mode, "--p", "0.4",
+                      *VARIANTS[name])
+    exp_id, run_dir = only_run(tmp_path)
+    assert re.fullmatch(r"exp_[0-9A-Za-z_\-]+", exp_id)           # safe to type: no spaces or colons
+    assert summary["variant"] == name
+
+    config = yaml.safe_load((tmp_path / "configs" / f"{exp_id}.yaml").read_text())
+    assert config["variant"] == name and config["dataset_name"] == dataset and config["noise_mode"] == mode
+    assert 0.3 < config["noise"]["noise_rate"] < 0.5
+    assert {"git_commit", "git_dirty"} <= set(config["code"]) and config["versions"]["torch"]
+
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for key in ("train/loss", "train/loss_clean", "train/loss_noisy", "train/acc", "test/acc", "test/acc_ema"):
+        assert all(r[key] != "" for r in rows), key
+    reported = "test/acc_ema" if name.startswith("SLN-MO") else "test/acc"
+    assert summary["last_test_acc"] == pytest.approx(float(rows[-1][reported]))
+    if name == "SLN-MO-LC":
+        assert rows[0]["lc/changed_fraction"] == "" and rows[1]["lc/changed_fraction"] != ""
+        assert float(rows[1]["sigma"]) == 0.0                      # correction switches SLN off
+        if mode != "openset":
+            assert 0.0 <= float(rows[1]["lc/corrected_precision"]) <= 1.0
+
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["targets"].shape[0] == config["n_train"]
+    assert {"model", "ema", "optimizer", "generator", "torch_rng"} <= set(ckpt)
+    for f in ("model_final.pt", "ema_final.pt", "config.yaml", "noise.json", "summary.json"):
+        assert (run_dir / f).is_file(), f
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    noise = json.loads((run_dir / "noise.json").read_text())
+    if mode == "openset":
+        assert len(noise["openset_replaced"]) == 160
+
+
+def test_tensorboard_scalars(fake_root, paper_sums, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run_cli(fake_root, tmp_path, "--noise_mode", "sym", "--p", "0.4", *VARIANTS["SLN-MO-LC"])
+    _, run_dir = only_run(tmp_path)
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/loss_clean", "train/loss_noisy", "train/acc", "test/loss", "test/acc",
+            "test/loss_ema", "test/acc_ema", "lc/changed_fraction", "lc/corrected_precision"} <= tags
+
+
+def test_subsets_are_stratified_and_recorded(fake_root, paper_sums, tmp_path):
+    run_cli(fake_root, tmp_path, "--noise_mode", "sym", "--p", "0.4", "--train_subset", "100", "--test_subset", "50",
+            *VARIANTS["CE"])
+    exp_id, run_dir = only_run(tmp_path)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["n_train"] == 100 and config["n_test"] == 50
+    assert len(json.loads((run_dir / "noise.json").read_text())["train_indices"]) == 100
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sigma", "0", "--mo"], "not one of the paper's models"),
+    (["--sigma", "1", "--lc_n_epoch", "1"], "not one of the paper's models"),
+    (["--sigma", "1", "--mo", "--lc_n_epoch", "2"], r"lc_n_epoch in 1\.\.1"),
+    (["--sigma", "-1"], "--sigma must be >= 0"),
+    (["--p", "1.0"], r"--p must be in \[0, 1\)"),
+    (["--noise_mode", "openset", "--dataset_name", "cifar100"], "CIFAR-10 only"),
+    (["--make_new_custom_noise"], "needs --custom_noise"),
+    (["--batch_size", "0"], "--batch_size must be positive"),
+    (["--noise_mode", "pairflip"], "invalid choice"),
+    (["--model", "resnet-9000"], "invalid choice"),
+    (["--p", "0.3"], "--custom_noise"),
+])
+def test_bad_flags_give_one_line_and_write_nothing(fake_root, paper_sums, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(fake_root, tmp_path, *flags)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "configs").exists()
