@@ -255,6 +255,7 @@ class NoisyData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     pad: int = 4                  # zero padding of the random crop
+    flip: bool = True             # random horizontal flips (not for digits or text)
     info: dict = field(default_factory=dict)  # noise description saved with the run
 
     def noise_rate(self) -> float | None:
@@ -328,12 +329,13 @@ def load_cifar_noisy(dataset: str, root: Path, noise_mode: str, p: float, seed: 
 # The on-device pipeline
 
 def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator | None = None,
-                     offsets: torch.Tensor | None = None, flips: torch.Tensor | None = None) -> torch.Tensor:
+                     offsets: torch.Tensor | None = None, flips: torch.Tensor | None = None,
+                     flip: bool = True) -> torch.Tensor:
     """Batched RandomCrop(size, padding=pad) + RandomHorizontalFlip() on uint8 (B, C, H, W) images.
 
     Zero padding, then one crop window per image (offsets (B, 2) as (top, left) in [0, 2*pad]) and a
-    horizontal flip where `flips` is true; both drawn from `generator` unless given. Same result as
-    torchvision's functional crop and hflip with those offsets and flips.
+    horizontal flip where `flips` is true; both drawn from `generator` unless given (no flips at all
+    with flip=False). Same result as torchvision's functional crop and hflip with those offsets and flips.
     """
     b, _, h, w = images.shape
     dev = images.device
@@ -341,6 +343,7 @@ def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator 
         offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=dev)
     if flips is None:
         flips = torch.rand(b, generator=generator, device=dev) < 0.5
+        flips &= flip
     padded = F.pad(images, (pad, pad, pad, pad))
     rows = offsets[:, :1] + torch.arange(h, device=dev)                       # (B, H)
     cols = offsets[:, 1:] + torch.arange(w, device=dev)                       # (B, W)

@@ -195,7 +195,7 @@ def config_dict(args: argparse.Namespace, **extra) -> dict:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch_size: int,
-            pad: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+            pad: int = 0, generator: torch.Generator | None = None, flip: bool = True) -> torch.Tensor:
     """Logits of `model` in eval mode for uint8 images on the device; with pad > 0 the training
     augmentation is applied first (the reference's label-correction pass does this)."""
     model.eval()
@@ -203,7 +203,7 @@ def predict(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: tor
     for i in range(0, len(images), batch_size):
         xb = images[i:i + batch_size]
         if pad:
-            xb = random_crop_flip(xb, pad, generator)
+            xb = random_crop_flip(xb, pad, generator, flip=flip)
         out.append(model(normalise(xb, mean, std)))
     return torch.cat(out)
 
@@ -270,7 +270,7 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         row: dict = {"epoch": epoch}
         if lc_on and epoch > args.lc_n_epoch:
             sigma = 0.0  # reference: correction switches SLN off for the rest of training
-            logits = predict(ema, x, mean, std, args.eval_batch_size, data.pad if args.lc_augment else 0, gen)
+            logits = predict(ema, x, mean, std, args.eval_batch_size, data.pad if args.lc_augment else 0, gen, data.flip)
             losses = sln.soft_cross_entropy(logits, targets, reduction="none")
             targets = sln.corrected_targets(losses, given, logits)
             hard = targets.argmax(1)
@@ -285,7 +285,7 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         for i in tqdm(range(0, n, args.batch_size), desc=f"epoch {epoch}/{args.n_epochs}", leave=False,
                       unit="batch", dynamic_ncols=True):
             idx = order[i:i + args.batch_size]
-            xb = normalise(random_crop_flip(x[idx], data.pad, gen), mean, std)
+            xb = normalise(random_crop_flip(x[idx], data.pad, gen, flip=data.flip), mean, std)
             tb = sln.noisy_targets(targets[idx], sigma, gen)
             out = model(xb)
             loss = sln.soft_cross_entropy(out, tb)
