@@ -12,12 +12,15 @@ import argparse
 import copy
 import csv
 import datetime
+import difflib
 import json
 import os
 import platform
 import secrets
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -87,6 +90,8 @@ def add_training_args(p: argparse.ArgumentParser, default_model: str) -> None:
                    help="batch size of evaluation and label-correction passes (no autograd)")
     r.add_argument("--out_dir", type=Path, default=Path("."),
                    help="where configs/ and runs/ are written (default: current directory)")
+    r.add_argument("--resume", metavar="EXP_ID", default=None,
+                   help="continue run EXP_ID (under --out_dir) from its last complete checkpoint, with its saved flags")
 
 
 def variant(args: argparse.Namespace) -> str:
@@ -180,9 +185,13 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def save_config(path: Path, config: dict) -> None:
-    def write(tmp: Path):
+    """Write a YAML file whole or not at all, and never over an existing one (FileExistsError)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
         tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-    write_atomic(path, write)
+        os.link(tmp, path)   # atomic, and fails if `path` exists
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def config_dict(args: argparse.Namespace, **extra) -> dict:
@@ -217,94 +226,124 @@ def accuracy_and_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float
 # ----------------------------------------------------------------------------------------------------
 # Training
 
+class TrainingStopped(Exception):
+    """Training cannot go on (non-finite loss, disk full); the message says where and what to do."""
+
+    def __init__(self, message: str, resumable: bool = False):
+        super().__init__(message)
+        self.resumable = resumable
+
+
+METRIC_FIELDS = ["epoch", "seconds", "sigma", "train/loss", "train/loss_clean", "train/loss_noisy", "train/acc",
+                 "test/loss", "test/acc", "test/loss_ema", "test/acc_ema", "test/acc_reported"]
+LC_FIELDS = ["lc/changed_fraction", "lc/corrected_precision"]
+
+
+def train_epoch(model, optimizer, ema_pairs, x, labels, targets, noisy_mask, data: NoisyData, mean, std,
+                sigma: float, args, gen: torch.Generator, desc: str) -> torch.Tensor:
+    """One pass over the training set in a seeded random order. Returns, on the device and without any host
+    sync, the sums of: objective, CE on clean samples, CE on noisy samples, correct predictions (vs the
+    given label), and the first step whose loss was not finite (or the number of steps if none was)."""
+    model.train()
+    n = len(labels)
+    order = torch.randperm(n, generator=gen, device=x.device)
+    n_steps = (n + args.batch_size - 1) // args.batch_size
+    steps = torch.arange(n_steps + 1, device=x.device)
+    totals = torch.zeros(4, device=x.device)
+    first_bad = steps[-1].clone()
+    for step in tqdm(range(n_steps), desc=desc, leave=False, unit="batch", dynamic_ncols=True):
+        idx = order[step * args.batch_size:(step + 1) * args.batch_size]
+        xb = normalise(random_crop_flip(x[idx], data.pad, gen, flip=data.flip), mean, std)
+        out = model(xb)
+        loss = sln.soft_cross_entropy(out, sln.noisy_targets(targets[idx], sigma, gen))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sln.ema_update(*ema_pairs, args.ema_alpha)
+        with torch.no_grad():
+            ce = torch.nn.functional.cross_entropy(out, labels[idx], reduction="none")
+            noisy = noisy_mask[idx]
+            totals += torch.stack([loss * len(idx), torch.where(noisy, 0.0, ce).sum(),
+                                   torch.where(noisy, ce, 0.0).sum(), (out.argmax(1) == labels[idx]).sum()])
+            first_bad = torch.where(torch.isfinite(loss) | (first_bad < n_steps), first_bad, steps[step])
+    return torch.cat([totals, first_bad.float().view(1)])
+
+
 def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: torch.device, run_dir: Path,
-          on_epoch: Callable[[dict], None] | None = None) -> dict:
+          on_epoch: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
     """Train `model` on `data` with CE / SLN / SLN+MO / SLN+MO+LC as `args` say; return the final summary.
 
     Follows the reference `noise_cifar_train.py`: an EMA copy of the network is always kept (the
     network starts as a copy of it), SLN+MO and SLN+MO+LC report the EMA network; label correction
-    runs before every epoch after `lc_n_epoch` and turns sigma off.
+    runs before every epoch after `lc_n_epoch` and turns sigma off. With `resume`, everything (weights,
+    optimiser, targets, RNG states, metrics so far) continues from the run's last complete checkpoint.
     """
     from torch.utils.tensorboard import SummaryWriter
 
     model_name = variant(args)
+    report_ema, lc_on = model_name in ("SLN-MO", "SLN-MO-LC"), model_name == "SLN-MO-LC"
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed)
-    x = torch.from_numpy(data.images).to(device)
-    labels = torch.from_numpy(data.labels).to(device)
-    n, c = len(labels), data.num_classes
+    to_dev = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    x, labels = to_dev(data.images), to_dev(data.labels)
     has_clean = data.clean_labels is not None
-    clean = torch.from_numpy(data.clean_labels).to(device) if has_clean else labels
-    noisy_mask = torch.from_numpy(data.is_noisy).to(device) if data.is_noisy is not None else torch.zeros_like(labels, dtype=torch.bool)
-    test_x, test_y = torch.from_numpy(data.test_images).to(device), torch.from_numpy(data.test_labels).to(device)
-    mean = torch.tensor(data.mean, device=device)
-    std = torch.tensor(data.std, device=device)
+    clean = to_dev(data.clean_labels) if has_clean else labels
+    noisy_mask = to_dev(data.is_noisy) if data.is_noisy is not None else torch.zeros_like(labels, dtype=torch.bool)
+    test_x, test_y = to_dev(data.test_images), to_dev(data.test_labels)
+    mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
+    n, n_noisy = len(labels), int(noisy_mask.sum())
 
-    given = sln.onehot(labels, c)
+    given = sln.onehot(labels, data.num_classes)
     targets = given.clone()               # current (possibly corrected) targets, before SLN noise
     sigma = args.sigma
     model.to(device)
-    ema = copy.deepcopy(model)
+    ema = copy.deepcopy(model)            # the reference copies the EMA network into the network at start
     for p in ema.parameters():
         p.requires_grad_(False)
-    ema_state, model_state = sln.ema_tensors(ema), sln.ema_tensors(model)
+    ema_pairs = (sln.ema_tensors(ema), sln.ema_tensors(model))
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    report_ema = model_name in ("SLN-MO", "SLN-MO-LC")
-    lc_on = model_name == "SLN-MO-LC"
 
-    writer = SummaryWriter(str(run_dir))
-    fields = ["epoch", "seconds", "sigma", "train/loss", "train/loss_clean", "train/loss_noisy", "train/acc",
-              "test/loss", "test/acc", "test/loss_ema", "test/acc_ema", "test/acc_reported"]
-    if lc_on:
-        fields += ["lc/changed_fraction", "lc/corrected_precision"]
+    fields = METRIC_FIELDS + (LC_FIELDS if lc_on else [])
     metrics_path = run_dir / "metrics.csv"
-    with open(metrics_path, "w", newline="") as f:
-        csv.writer(f).writerow(fields)
-    if not has_clean:
+    history: list[dict] = []
+    if resume:
+        ckpt = load_checkpoint(run_dir)
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        targets, sigma = ckpt["targets"].to(device), ckpt["sigma"]
+        gen.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        history = read_metrics(metrics_path)[:ckpt["epoch"]]  # drop rows written after that checkpoint
+        print(f"resuming after epoch {ckpt['epoch']}")
+    write_atomic(metrics_path, lambda tmp: write_metrics(tmp, fields, history))
+    writer = SummaryWriter(str(run_dir), purge_step=len(history) + 1)
+    if not has_clean and not resume:
         print("note: no clean labels for this dataset: train/loss_clean, train/loss_noisy and "
               "lc/corrected_precision are not reported")
 
-    history = []
-    for epoch in range(1, args.n_epochs + 1):
+    for epoch in range(len(history) + 1, args.n_epochs + 1):
         t0 = time.time()
         row: dict = {"epoch": epoch}
         if lc_on and epoch > args.lc_n_epoch:
             sigma = 0.0  # reference: correction switches SLN off for the rest of training
             logits = predict(ema, x, mean, std, args.eval_batch_size, data.pad if args.lc_augment else 0, gen, data.flip)
-            losses = sln.soft_cross_entropy(logits, targets, reduction="none")
-            targets = sln.corrected_targets(losses, given, logits)
+            targets = sln.corrected_targets(sln.soft_cross_entropy(logits, targets, reduction="none"), given, logits)
             hard = targets.argmax(1)
             row["lc/changed_fraction"] = float((hard != labels).float().mean())
-            if has_clean and noisy_mask.any():
+            if has_clean and n_noisy:
                 row["lc/corrected_precision"] = float((hard[noisy_mask] == clean[noisy_mask]).float().mean())
 
-        model.train()
-        order = torch.randperm(n, generator=gen, device=device)
-        # sums of: objective, CE on clean samples, CE on noisy samples, correct (vs given label)
-        totals = torch.zeros(4, device=device)
-        for i in tqdm(range(0, n, args.batch_size), desc=f"epoch {epoch}/{args.n_epochs}", leave=False,
-                      unit="batch", dynamic_ncols=True):
-            idx = order[i:i + args.batch_size]
-            xb = normalise(random_crop_flip(x[idx], data.pad, gen, flip=data.flip), mean, std)
-            tb = sln.noisy_targets(targets[idx], sigma, gen)
-            out = model(xb)
-            loss = sln.soft_cross_entropy(out, tb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sln.ema_update(ema_state, model_state, args.ema_alpha)
-            with torch.no_grad():
-                ce = torch.nn.functional.cross_entropy(out, labels[idx], reduction="none")
-                noisy = noisy_mask[idx]
-                totals += torch.stack([loss * len(idx), torch.where(noisy, 0.0, ce).sum(), torch.where(noisy, ce, 0.0).sum(),
-                                       (out.argmax(1) == labels[idx]).sum()])
-
-        totals = totals.tolist()  # the one host sync of the epoch's training steps
-        n_noisy = int(noisy_mask.sum())
-        row.update({"seconds": None, "sigma": sigma, "train/loss": totals[0] / n, "train/acc": totals[3] / n})
+        sums = train_epoch(model, optimizer, ema_pairs, x, labels, targets, noisy_mask, data, mean, std, sigma,
+                           args, gen, f"epoch {epoch}/{args.n_epochs}").tolist()  # the epoch's one host sync
+        if sums[4] < (n + args.batch_size - 1) // args.batch_size:
+            kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "nothing was checkpointed yet"
+            raise TrainingStopped(f"the loss became NaN/Inf at epoch {epoch}, step {int(sums[4]) + 1}; {kept}; "
+                                  "lower --lr or --sigma and start a new run")
+        row.update({"sigma": sigma, "train/loss": sums[0] / n, "train/acc": sums[3] / n})
         if has_clean:
-            row["train/loss_clean"] = totals[1] / max(n - n_noisy, 1)
-            row["train/loss_noisy"] = totals[2] / n_noisy if n_noisy else None
+            row["train/loss_clean"] = sums[1] / max(n - n_noisy, 1)
+            row["train/loss_noisy"] = sums[2] / n_noisy if n_noisy else None
         row["test/acc"], row["test/loss"] = accuracy_and_loss(predict(model, test_x, mean, std, args.eval_batch_size), test_y)
         row["test/acc_ema"], row["test/loss_ema"] = accuracy_and_loss(predict(ema, test_x, mean, std, args.eval_batch_size), test_y)
         row["test/acc_reported"] = row["test/acc_ema"] if report_ema else row["test/acc"]
@@ -329,32 +368,138 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
             on_epoch(row)
 
     writer.close()
-    torch.save(model.state_dict(), run_dir / "model_final.pt")
-    torch.save(ema.state_dict(), run_dir / "ema_final.pt")
-    torch.save(targets.cpu(), run_dir / "targets_final.pt")
+    for name, obj in (("model_final.pt", model.state_dict()), ("ema_final.pt", ema.state_dict()),
+                      ("targets_final.pt", targets.cpu())):
+        write_atomic(run_dir / name, lambda tmp, obj=obj: torch.save(obj, tmp))
     best = max(history, key=lambda r: r["test/acc_reported"])
     summary = {"variant": model_name, "reported_network": "ema" if report_ema else "net",
                "last_test_acc": history[-1]["test/acc_reported"], "best_test_acc": best["test/acc_reported"],
                "best_epoch": best["epoch"], "epochs": args.n_epochs,
                "seconds": sum(r["seconds"] for r in history)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     return summary
 
 
-def save_checkpoint(run_dir: Path, state: dict) -> None:
-    """Atomically replace checkpoint.pt, keeping the previous one as checkpoint.prev.pt until the new one is whole."""
-    path, prev = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
+def write_metrics(path: Path, fields: list[str], rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        w.writerows(["" if r.get(k) is None else r[k] for k in fields] for r in rows)
 
-    def write(tmp: Path):
-        torch.save(state, tmp)
-    if path.exists():
-        os.replace(path, prev)
-    write_atomic(path, write)
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.csv back as dicts of floats (None for empty cells); floats round-trip exactly."""
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else None if v == "" else float(v)) for k, v in r.items()}
+                for r in csv.DictReader(f)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints
+
+class _DeferSigint:
+    """Hold Ctrl-C back while a checkpoint is written, so an interrupt never leaves half a file behind."""
+
+    def __enter__(self):
+        self.caught = False
+        self.main = threading.current_thread() is threading.main_thread()
+        if self.main:
+            self.old = signal.signal(signal.SIGINT, lambda *a: setattr(self, "caught", True))
+        return self
+
+    def __exit__(self, *exc):
+        if self.main:
+            signal.signal(signal.SIGINT, self.old)
+            if self.caught:
+                raise KeyboardInterrupt
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> None:
+    """Write checkpoint.pt atomically; the previous one stays (as checkpoint.prev.pt) until the new one is whole."""
+    path, prev = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
+    tmp = run_dir / ".checkpoint.pt.tmp"
+    with _DeferSigint():
+        try:
+            torch.save(state, tmp)
+        except (OSError, RuntimeError) as e:
+            tmp.unlink(missing_ok=True)
+            raise TrainingStopped(f"could not write the checkpoint of epoch {state['epoch']} to {run_dir} ({e}); "
+                                  f"the checkpoint of epoch {state['epoch'] - 1} is kept; free disk space, then resume", resumable=True)
+        if path.exists():
+            os.replace(path, prev)
+        os.replace(tmp, path)
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    """The newest readable checkpoint of a run: checkpoint.pt, or checkpoint.prev.pt if that one is torn."""
+    problems = []
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        path = run_dir / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+            continue
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(ckpt, dict) or "epoch" not in ckpt:
+                raise ValueError("not a checkpoint of this project")
+        except Exception as e:  # a torn file raises whatever the zip/pickle reader trips on
+            problems.append(f"{name} is damaged ({type(e).__name__})")
+            continue
+        if problems:
+            print(f"warning: {'; '.join(problems)}; using {name} (epoch {ckpt['epoch']})")
+        return ckpt
+    raise DataError(f"no usable checkpoint in {run_dir}: {'; '.join(problems)}; start a new run instead")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Starting and resuming runs
+
+def find_run(out_dir: Path, exp_id: str) -> Path:
+    """runs/<exp_id> under out_dir, or an error naming the closest existing ids."""
+    runs = out_dir / "runs"
+    if exp_id and (runs / exp_id / "config.yaml").is_file():
+        return runs / exp_id
+    known = sorted(p.name for p in runs.iterdir() if (p / "config.yaml").is_file()) if runs.is_dir() else []
+    near = difflib.get_close_matches(exp_id, known, n=3, cutoff=0.5) or known[-3:]
+    hint = f"; closest: {', '.join(near)}" if near else f"; there are no runs in {runs}"
+    raise DataError(f"no run {exp_id!r} in {runs}{hint}")
+
+
+def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace) -> argparse.Namespace:
+    """For --resume: the run's saved flags, after checking that no flag given now contradicts them."""
+    run_dir = find_run(args.out_dir.resolve(), args.resume)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    unset = object()  # argparse fills in defaults only for attributes the namespace lacks
+    given = {k: v for k, v in vars(parser.parse_args(argv, argparse.Namespace(
+        **{a.dest: unset for a in parser._actions}))).items() if v is not unset}
+    allowed_to_differ = {"resume", "device", "out_dir", "eval_batch_size"}
+    diffs = []
+    for key, value in given.items():
+        old = saved.get(key)
+        if key in allowed_to_differ:
+            continue
+        new = str(Path(value).resolve()) if isinstance(value, Path) else value
+        if new != old:
+            diffs.append(f"--{key} {new} (run has {old})")
+    if given.get("make_new_custom_noise"):
+        raise DataError("--make_new_custom_noise cannot be used with --resume: a resumed run keeps its labels")
+    if diffs:
+        raise DataError(f"run {args.resume} was started with other flags: {'; '.join(diffs)}; "
+                        "drop these flags to resume it, or start a new run")
+    resumed = argparse.Namespace(**vars(args))
+    for action in parser._actions:
+        if action.dest in saved and action.dest not in allowed_to_differ:
+            value = saved[action.dest]
+            setattr(resumed, action.dest, Path(value) if action.type is Path and value is not None else value)
+    if hasattr(resumed, "make_new_custom_noise"):
+        resumed.make_new_custom_noise = False   # the noise file written at the start is reused as it is
+    return resumed
 
 
 def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int], nn.Module],
         on_epoch: Callable[[dict], None] | None = None) -> tuple[str, dict]:
-    """Create the run folder and config, seed everything, build the model and train. Returns (exp_id, summary)."""
+    """Create (or, with args.resume, reopen) the run folder, seed everything, build the model and train.
+    Returns (exp_id, summary); a training failure exits with its one-line message."""
     model_name = variant(args)
     device = pick_device(args.device)
     if args.deterministic:
@@ -365,19 +510,31 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     model = model_builder(data.num_classes)
 
     out = args.out_dir.resolve()
-    exp_id = new_exp_id(out)
-    run_dir = out / "runs" / exp_id
-    noise_info = {k: v for k, v in data.info.items() if not isinstance(v, list)}
-    config = config_dict(args, exp_id=exp_id, variant=model_name, dataset=data.name, device_used=str(device),
-                         n_train=len(data.labels), n_test=len(data.test_labels), noise=noise_info)
-    (out / "configs").mkdir(parents=True, exist_ok=True)
-    save_config(out / "configs" / f"{exp_id}.yaml", config)
-    save_config(run_dir / "config.yaml", config)
-    (run_dir / "noise.json").write_text(json.dumps(data.info))
+    resume = bool(getattr(args, "resume", None))
+    if resume:
+        exp_id = args.resume
+        run_dir = out / "runs" / exp_id
+    else:
+        exp_id = new_exp_id(out)
+        run_dir = out / "runs" / exp_id
+        noise_info = {k: v for k, v in data.info.items() if not isinstance(v, list)}
+        config = config_dict(args, exp_id=exp_id, variant=model_name, dataset=data.name, device_used=str(device),
+                             n_train=len(data.labels), n_test=len(data.test_labels), noise=noise_info)
+        (out / "configs").mkdir(parents=True, exist_ok=True)
+        save_config(out / "configs" / f"{exp_id}.yaml", config)
+        save_config(run_dir / "config.yaml", config)
+        (run_dir / "noise.json").write_text(json.dumps(data.info))
     rate = data.noise_rate()
     print(f"{exp_id}: {model_name} on {data.name} ({len(data.labels)} train / {len(data.test_labels)} test images, "
           f"{'unknown' if rate is None else f'{rate:.2%}'} noisy) with {args.model} on {device}")
-    summary = train(args, data, model, device, run_dir, on_epoch)
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "train_cifar.py"
+    how = f"python {script} --resume {exp_id}" + (f" --out_dir {out}" if out != Path.cwd() else "")
+    try:
+        summary = train(args, data, model, device, run_dir, on_epoch, resume)
+    except TrainingStopped as e:
+        fail(f"{exp_id}: {e}" + (f": {how}" if e.resumable else ""), 3)
+    except KeyboardInterrupt:
+        fail(f"{exp_id}: interrupted; the last complete epoch is checkpointed; continue with: {how}", 130)
     print(f"{exp_id}: last test acc {summary['last_test_acc']:.4f}, best {summary['best_test_acc']:.4f} "
           f"(epoch {summary['best_epoch']}); outputs in {run_dir}")
     return exp_id, summary

@@ -45,7 +45,13 @@ def check_args(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume:
+        try:
+            args = engine.resolve_resume(parser, argv, args)
+        except DataError as e:
+            engine.fail(str(e))
     check_args(args)
     engine.check_training_args(args)
     try:

@@ -1,0 +1,178 @@
+"""Resume after a crash, careful writes, and one-line answers to failures while running."""
+import csv
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine
+import train_cifar
+from conftest import ROOT
+
+# open-set noise needs no checksummed file, so subprocesses can use the fake data root as it is
+FLAGS = ["--dataset_name", "cifar10", "--noise_mode", "openset", "--p", "0.4", "--batch_size", "64", "--n_epochs", "3",
+         "--lr", "0.01", "--sigma", "1.0", "--mo", "--lc_n_epoch", "1", "--seed", "7", "--model", "wrn-16-1",
+         "--device", "cpu", "--deterministic"]
+
+
+def cli(fake_root, out_dir, *extra):
+    return [sys.executable, str(ROOT / "train_cifar.py"), *FLAGS, "--data_dir", str(fake_root), "--out_dir", str(out_dir), *extra]
+
+
+def run_ids(out_dir):
+    return sorted(p.name for p in (out_dir / "runs").iterdir())
+
+
+def final_state(run_dir):
+    return [torch.load(run_dir / f, weights_only=True) for f in ("model_final.pt", "ema_final.pt", "targets_final.pt")]
+
+
+def assert_same_results(a: Path, b: Path):
+    for x, y in zip(final_state(a), final_state(b)):
+        if isinstance(x, dict):
+            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+        else:
+            assert torch.equal(x, y)
+    rows = [[{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(d / "metrics.csv"))] for d in (a, b)]
+    assert rows[0] == rows[1] and len(rows[0]) == 3
+
+
+@pytest.fixture(scope="module")
+def reference_run(fake_root, tmp_path_factory):
+    """The uninterrupted run every resumed run must reproduce bit for bit."""
+    out = tmp_path_factory.mktemp("reference")
+    subprocess.run(cli(fake_root, out), check=True, capture_output=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    return out / "runs" / run_ids(out)[0]
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120):
+    start = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - start < timeout
+        time.sleep(0.05)
+
+
+def test_sigkill_then_resume_is_bit_identical(fake_root, tmp_path, reference_run):
+    proc = subprocess.Popen(cli(fake_root, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    wait_for(tmp_path / "runs", proc)
+    (exp_id,) = run_ids(tmp_path)
+    wait_for(tmp_path / "runs" / exp_id / "checkpoint.pt", proc)
+    time.sleep(random.Random(0).uniform(0, 1.0))      # somewhere in epoch 2 or 3
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(cli(fake_root, tmp_path, "--resume", exp_id), capture_output=True, text=True,
+                          env={**os.environ, "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert run_ids(tmp_path) == [exp_id]           # continued in place, no new run
+    assert_same_results(reference_run, tmp_path / "runs" / exp_id)
+
+
+def test_ctrl_c_says_how_to_resume(fake_root, tmp_path, reference_run):
+    proc = subprocess.Popen(cli(fake_root, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    wait_for(tmp_path / "runs", proc)
+    (exp_id,) = run_ids(tmp_path)
+    wait_for(tmp_path / "runs" / exp_id / "checkpoint.pt", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].endswith(f"--resume {exp_id} --out_dir {tmp_path}")
+    assert "Traceback" not in err
+    done = subprocess.run(cli(fake_root, tmp_path, "--resume", exp_id), capture_output=True, text=True,
+                          env={**os.environ, "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert_same_results(reference_run, tmp_path / "runs" / exp_id)
+
+
+def in_process(fake_root, out_dir, *extra):
+    return train_cifar.main([*FLAGS, "--data_dir", str(fake_root), "--out_dir", str(out_dir), *extra])
+
+
+def test_torn_checkpoint_falls_back_to_previous(fake_root, tmp_path, reference_run, capsys):
+    in_process(fake_root, tmp_path)
+    (exp_id,) = run_ids(tmp_path)
+    run_dir = tmp_path / "runs" / exp_id
+    ckpt = run_dir / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])   # torn write of epoch 3
+    in_process(fake_root, tmp_path, "--resume", exp_id)
+    out = capsys.readouterr().out
+    assert "checkpoint.pt is damaged" in out and "using checkpoint.prev.pt (epoch 2)" in out
+    assert_same_results(reference_run, run_dir)
+
+
+def expect_exit(capsys, code, pattern, fn, *args):
+    with pytest.raises(SystemExit) as exc:
+        fn(*args)
+    assert exc.value.code == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(pattern, err), err
+    return err
+
+
+def test_resume_problems_are_one_line(fake_root, tmp_path, capsys):
+    in_process(fake_root, tmp_path, "--n_epochs", "2", "--lc_n_epoch", "1")
+    (exp_id,) = run_ids(tmp_path)
+    run_dir = tmp_path / "runs" / exp_id
+    capsys.readouterr()
+    expect_exit(capsys, 2, rf"no run 'exp_nope' .* closest: {exp_id}", in_process, fake_root, tmp_path,
+                "--resume", "exp_nope")
+    expect_exit(capsys, 2, r"--lr 0.5 \(run has 0.01\).*--seed 8 \(run has 7\)", train_cifar.main,
+                ["--resume", exp_id, "--out_dir", str(tmp_path), "--lr", "0.5", "--seed", "8"])
+    for f in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (run_dir / f).write_bytes(b"garbage")
+    expect_exit(capsys, 2, "no usable checkpoint", train_cifar.main, ["--resume", exp_id, "--out_dir", str(tmp_path)])
+
+
+def test_disk_full_keeps_last_checkpoint(fake_root, tmp_path, capsys, monkeypatch):
+    real_save = torch.save
+
+    def save(obj, f, *a, **k):
+        if str(f).endswith(".checkpoint.pt.tmp") and obj["epoch"] == 2:
+            Path(f).write_bytes(b"partial")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **k)
+    monkeypatch.setattr(torch, "save", save)
+    expect_exit(capsys, 3, r"could not write the checkpoint of epoch 2 .*No space left.*epoch 1 is kept.*--resume",
+                in_process, fake_root, tmp_path)
+    (exp_id,) = run_ids(tmp_path)
+    run_dir = tmp_path / "runs" / exp_id
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not (run_dir / ".checkpoint.pt.tmp").exists()
+    monkeypatch.setattr(torch, "save", real_save)
+    in_process(fake_root, tmp_path, "--resume", exp_id)          # space freed: the run finishes
+    assert len(list(csv.DictReader(open(run_dir / "metrics.csv")))) == 3
+
+
+def test_nan_loss_stops_with_epoch_and_step(fake_root, tmp_path, capsys):
+    expect_exit(capsys, 3, r"NaN/Inf at epoch 1, step \d+; nothing was checkpointed yet; lower --lr",
+                in_process, fake_root, tmp_path, "--lr", "1e12")
+    (exp_id,) = run_ids(tmp_path)
+    assert not (tmp_path / "runs" / exp_id / "checkpoint.pt").exists()
+
+
+def test_simultaneous_runs_get_different_ids(tmp_path):
+    ids = []
+    threads = [threading.Thread(target=lambda: ids.append(engine.new_exp_id(tmp_path))) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 16 and all(" " not in i and ":" not in i for i in ids)
+
+
+def test_config_is_never_overwritten(tmp_path):
+    path = tmp_path / "c.yaml"
+    engine.save_config(path, {"a": 1})
+    with pytest.raises(FileExistsError):
+        engine.save_config(path, {"a": 2})
+    assert path.read_text() == "a: 1\n"
