@@ -416,9 +416,17 @@ def _extract_animal10n_splits(zip_path: Path, shown: str, folder: Path, splits: 
                     with zf.open(info) as src, open(staging / split / name, "wb") as dst:
                         shutil.copyfileobj(src, dst)
             for split in members:
-                os.replace(staging / split, folder / split)
+                try:
+                    os.replace(staging / split, folder / split)
+                except OSError:
+                    # another run on the same data (parallel trials) finished this split first
+                    if not (folder / split).is_dir():
+                        raise
         except (zipfile.BadZipFile, EOFError, zlib.error) as e:
             raise DataError(f"{shown} is truncated or corrupt ({e}); delete it and {_animal10n_layout(folder)}")
+        except NotImplementedError as e:  # e.g. Deflate64, which some archivers write and zipfile cannot read
+            raise DataError(f"{shown} uses a compression Python cannot read ({e}); extract it with another tool "
+                            f"so that {folder}/training/ and {folder}/testing/ exist")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
