@@ -496,6 +496,17 @@ def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args
     return resumed
 
 
+def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse a training script's flags; with --resume, the resumed run's own flags (checked against argv)."""
+    args = parser.parse_args(argv)
+    if args.resume:
+        try:
+            args = resolve_resume(parser, argv, args)
+        except DataError as e:
+            fail(str(e))
+    return args
+
+
 def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int], nn.Module],
         on_epoch: Callable[[dict], None] | None = None) -> tuple[str, dict]:
     """Create (or, with args.resume, reopen) the run folder, seed everything, build the model and train.

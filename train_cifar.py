@@ -45,13 +45,7 @@ def check_args(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.resume:
-        try:
-            args = engine.resolve_resume(parser, argv, args)
-        except DataError as e:
-            engine.fail(str(e))
+    args = engine.parse_training_args(build_parser(), argv)
     check_args(args)
     engine.check_training_args(args)
     try:

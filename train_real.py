@@ -72,7 +72,7 @@ def load_data(args) -> NoisyData:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = engine.parse_training_args(build_parser(), argv)
     check_args(args)
     engine.check_training_args(args)
     try:

@@ -78,8 +78,10 @@ def test_sigkill_then_resume_is_bit_identical(fake_root, tmp_path, reference_run
 
 
 def test_ctrl_c_says_how_to_resume(fake_root, tmp_path, reference_run):
+    # a child of a background job inherits an ignored SIGINT; give it the default so Python sees Ctrl-C
     proc = subprocess.Popen(cli(fake_root, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TQDM_DISABLE": "1"})
+                            env={**os.environ, "TQDM_DISABLE": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(tmp_path / "runs", proc)
     (exp_id,) = run_ids(tmp_path)
     wait_for(tmp_path / "runs" / exp_id / "checkpoint.pt", proc)
