@@ -367,7 +367,8 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     out = args.out_dir.resolve()
     exp_id = new_exp_id(out)
     run_dir = out / "runs" / exp_id
-    noise_info = {k: v for k, v in data.info.items() if not isinstance(v, list)}
+    # lists (indices) and dicts (the noise report) go to noise.json only, not the config
+    noise_info = {k: v for k, v in data.info.items() if not isinstance(v, (list, dict))}
     config = config_dict(args, exp_id=exp_id, variant=model_name, dataset=data.name, device_used=str(device),
                          n_train=len(data.labels), n_test=len(data.test_labels), noise=noise_info)
     (out / "configs").mkdir(parents=True, exist_ok=True)
