@@ -238,7 +238,456 @@ def openset_indices(n: int, n_source: int, p: float, seed: int) -> tuple[np.ndar
     (the reference leaves this unseeded)."""
     rng = np.random.default_rng(seed)
     k = int(round(p * n))
+    if k > n_source:
+        raise DataError(f"open-set noise p={p} replaces {k} images but CIFAR-100 has only {n_source}; lower --p")
     return np.sort(rng.choice(n, k, replace=False)), rng.choice(n_source, k, replace=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generated ("custom") label noise: pure, seeded, vectorised generators for any rate 0 <= p < 1
+
+SYM_VARIANTS = {
+    "other": "a flipped label goes to a uniformly drawn other class, never the true one (as in the paper's files)",
+    "any": "a chosen label is redrawn uniformly over all classes and may keep the true one (DivideMix-style)",
+}
+ASYM_VARIANTS = {
+    "paper": "the paper's rule: CIFAR-10 truck->automobile, bird->airplane, cat<->dog, deer->horse; "
+             "CIFAR-100 class i -> i+1 mod 100",
+    "superclass": "CIFAR-100 only: each class -> the next class of its superclass, circularly",
+    "blocks": "CIFAR-100 only: the superclass rule as much public code implements it, on blocks of 5 "
+              "consecutive class indices (which are not the real superclasses)",
+}
+# Source -> destination classes of CIFAR-10 asymmetric noise (Patrini et al., CVPR 2017; the SLN paper's file).
+CIFAR10_ASYM = {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
+# Superclass (coarse label) of each CIFAR-100 fine class, in fine-label order; the same as the
+# 'coarse_labels' of the official pickles, used when those are missing.
+CIFAR100_COARSE = (4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
+                   6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
+                   5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+                   10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+                   16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13)
+DEPENDENT_RATE_STD = 0.1   # Xia et al.'s default spread of the per-image flip rates
+
+
+def check_rate(p: float) -> None:
+    if not 0 <= p < 1:
+        raise DataError(f"noise rate p={p} is outside [0, 1); pass e.g. --p 0.4")
+
+
+def sym_noise(labels: np.ndarray, num_classes: int, p: float, seed: int, variant: str = "other") -> np.ndarray:
+    """Symmetric noise: exactly round(p*n) labels, chosen uniformly without replacement, are redrawn.
+
+    variant "other": the new label is uniform over the C-1 *other* classes, so it never keeps the true
+    class and exactly round(p*n) labels are wrong. The SLN paper's sym files behave like this (their
+    flipped labels never equal the true class); Co-teaching (Han et al., NeurIPS 2018) also flips only to
+    other classes, but each label independently with probability p.
+    variant "any": the new label is uniform over all C classes and keeps the true class with probability
+    1/C, so about p*(C-1)/C of the labels end up wrong (DivideMix, Li et al., ICLR 2020, and code derived
+    from it).
+    """
+    check_rate(p)
+    if variant not in SYM_VARIANTS:
+        raise DataError(f"unknown symmetric-noise variant {variant!r}; use one of {', '.join(SYM_VARIANTS)}")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(labels), int(round(p * len(labels))), replace=False)
+    noisy = labels.copy()
+    if variant == "other":
+        # adding 1..C-1 modulo C reaches every other class exactly once: uniform, never the true class
+        noisy[chosen] = (labels[chosen] + rng.integers(1, num_classes, len(chosen))) % num_classes
+    else:
+        noisy[chosen] = rng.integers(0, num_classes, len(chosen))
+    return noisy
+
+
+def asym_destinations(dataset: str, num_classes: int, variant: str = "paper",
+                      coarse: np.ndarray | None = None) -> np.ndarray:
+    """dest[c]: the class that flipped labels of class c become, or -1 where class c is never flipped.
+
+    "paper": CIFAR-10's map (CIFAR10_ASYM), otherwise class i -> i+1 mod C (the SLN paper's CIFAR-100
+    file). "superclass": the rule described by Patrini et al. (CVPR 2017), each class goes to the next
+    class (by fine-label index) of its own superclass, circularly; `coarse[c]` is class c's superclass.
+    "blocks": the same on blocks of 5 consecutive indices, as the noisify_cifar100_asymmetric code that
+    Co-teaching and many later repositories share does (CIFAR-100's indices are alphabetical, so these
+    blocks are not superclasses).
+    """
+    if variant == "paper":
+        if dataset == "cifar10":
+            dest = np.full(num_classes, -1, dtype=np.int64)
+            dest[list(CIFAR10_ASYM)] = list(CIFAR10_ASYM.values())
+            return dest
+        return (np.arange(num_classes) + 1) % num_classes
+    if variant == "blocks":
+        variant, coarse = "superclass", np.arange(num_classes) // 5
+    if variant == "superclass":
+        if coarse is None or len(coarse) != num_classes:
+            raise DataError(f"the superclass rule needs the superclass of each of the {num_classes} classes "
+                            "(CIFAR-100 only); use --asym_variant paper")
+        dest = np.empty(num_classes, dtype=np.int64)
+        for group in np.unique(coarse):
+            members = np.flatnonzero(coarse == group)
+            dest[members] = np.roll(members, -1)
+        return dest
+    raise DataError(f"unknown asymmetric-noise variant {variant!r}; use one of {', '.join(ASYM_VARIANTS)}")
+
+
+def asym_noise(labels: np.ndarray, dest: np.ndarray, p: float, seed: int) -> np.ndarray:
+    """Asymmetric (class-conditional) noise: in every class c with dest[c] >= 0, exactly round(p*n_c) of
+    its n_c labels, chosen uniformly, become dest[c]; so each label of such a class flips with probability p."""
+    check_rate(p)
+    rng = np.random.default_rng(seed)
+    noisy = labels.copy()
+    for c in np.flatnonzero(dest >= 0):
+        members = np.flatnonzero(labels == c)
+        noisy[rng.choice(members, int(round(p * len(members))), replace=False)] = dest[c]
+    return noisy
+
+
+def dependent_rate_std(p: float) -> float:
+    """Spread of the per-image flip rates: Xia et al.'s 0.1, narrowed near p = 0 and p = 1 so that cutting
+    the normal to [0, 1] (at >= 4 std) does not move its mean away from p (0.1 for 0.4 <= p <= 0.6)."""
+    return min(DEPENDENT_RATE_STD, p / 4, (1 - p) / 4)
+
+
+def dependent_noise(images: np.ndarray, labels: np.ndarray, num_classes: int, p: float, seed: int) -> np.ndarray:
+    """Instance-dependent noise with the generator of Xia et al., "Part-dependent label noise: towards
+    instance-dependent label noise", NeurIPS 2020 (its instance-dependent baseline); needs no trained network.
+
+    1. each image i gets a flip rate q_i ~ N(p, s^2) cut to [0, 1] (s = dependent_rate_std(p));
+    2. each class c gets a random projection W_c ~ N(0, 1) of shape (pixels, C);
+    3. the flattened, standardised image x_i scores the classes as x_i W_{y_i}; its true class is
+       excluded and a softmax turns the scores into destination probabilities;
+    4. with probability q_i the label becomes a class drawn from those probabilities, else it is kept.
+    So the realised rate is mean(q) ~ p, a flipped label never keeps its class, and where it goes depends
+    on the image. `images`: uint8, one row (any shape) per label.
+    """
+    check_rate(p)
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    s = dependent_rate_std(p)
+    q = rng.normal(p, s, n)
+    outside = (q < 0) | (q > 1)
+    while outside.any():                     # resample until every rate lies in [0, 1] (truncated normal)
+        q[outside] = rng.normal(p, s, int(outside.sum()))
+        outside = (q < 0) | (q > 1)
+    flat = images.reshape(n, -1)
+    # one scalar mean and std over all pixels, from the 256-bin histogram (exact, no float copy of the set)
+    hist = np.bincount(flat.reshape(-1), minlength=256).astype(np.float64)
+    values = np.arange(256.0)
+    mean = (hist * values).sum() / hist.sum()
+    std = np.sqrt((hist * (values - mean) ** 2).sum() / hist.sum()) or 1.0
+    probs = np.zeros((n, num_classes))
+    for c in range(num_classes):
+        w = rng.standard_normal((flat.shape[1], num_classes))   # drawn for every class, present or not
+        members = np.flatnonzero(labels == c)
+        scores = ((flat[members] - mean) / std) @ w
+        scores[:, c] = -np.inf
+        scores -= scores.max(axis=1, keepdims=True)
+        e = np.exp(scores)
+        probs[members] = e / e.sum(axis=1, keepdims=True)
+    flip = rng.random(n) < q
+    cumulative = probs.cumsum(axis=1)
+    # inverse-CDF draw; scaling u by the row total keeps rounding from ever reaching past the last class
+    u = rng.random(n) * cumulative[:, -1]
+    dest = (u[:, None] >= cumulative).sum(axis=1)
+    return np.where(flip, dest, labels)
+
+
+def cifar100_coarse(root: Path) -> tuple[np.ndarray, str]:
+    """Superclass of each CIFAR-100 fine class, from the `train` pickle's 'coarse_labels' when present,
+    else the built-in table; and where it came from."""
+    path = root / CIFAR["cifar100"].folder / "train"
+    if path.is_file():
+        batch = load_array_pickle(path)
+        if isinstance(batch, dict) and "coarse_labels" in batch and "fine_labels" in batch:
+            fine, coarse = np.asarray(batch["fine_labels"]), np.asarray(batch["coarse_labels"])
+            table = np.full(100, -1, dtype=np.int64)
+            table[fine] = coarse
+            if (table >= 0).all() and np.array_equal(table[fine], coarse):
+                return table, "coarse_labels of cifar-100-python/train"
+    return np.array(CIFAR100_COARSE, dtype=np.int64), "data.CIFAR100_COARSE"
+
+
+def generate_noise(dataset: str, mode: str, p: float, seed: int, labels: np.ndarray, num_classes: int,
+                   images: np.ndarray | None = None, n_source: int | None = None, sym_variant: str = "other",
+                   asym_variant: str = "paper", coarse: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Noisy labels for one noise setting, plus (open-set only) per image the index of the CIFAR-100 training
+    image that replaces it (-1 = kept), plus a description of the generator for the metadata file."""
+    check_rate(p)
+    meta: dict = {"dataset": dataset, "noise_mode": mode, "p": p, "seed": seed, "n": len(labels),
+                  "num_classes": num_classes}
+    source = None
+    if mode == "sym":
+        noisy = sym_noise(labels, num_classes, p, seed, sym_variant)
+        meta.update(generator="data.sym_noise", variant=sym_variant, description=SYM_VARIANTS[sym_variant])
+    elif mode == "asym":
+        dest = asym_destinations(dataset, num_classes, asym_variant, coarse)
+        noisy = asym_noise(labels, dest, p, seed)
+        meta.update(generator="data.asym_noise", variant=asym_variant, description=ASYM_VARIANTS[asym_variant],
+                    destinations=dest.tolist())
+    elif mode == "dependent":
+        if images is None or len(images) != len(labels):
+            raise DataError("instance-dependent noise needs the training images, one per label")
+        noisy = dependent_noise(images, labels, num_classes, p, seed)
+        meta.update(generator="data.dependent_noise", variant="xia2020", rate_std=dependent_rate_std(p),
+                    description="instance-dependent noise of Xia et al., NeurIPS 2020 (part-dependent label "
+                                "noise paper): per-image flip rate ~ truncated normal around p, destination "
+                                "from a per-class random projection of the image")
+    elif mode == "openset":
+        if n_source is None:
+            raise DataError("open-set noise needs the number of CIFAR-100 training images to draw from")
+        replaced, picked = openset_indices(len(labels), n_source, p, seed)
+        source = np.full(len(labels), -1, dtype=np.int64)
+        source[replaced] = picked
+        noisy = labels.copy()
+        meta.update(generator="data.openset_indices", variant="cifar100-images", n_source=n_source,
+                    description="round(p*n) images replaced by distinct random CIFAR-100 training images; "
+                                "labels kept")
+    else:
+        raise DataError(f"unknown noise mode {mode!r}; use sym, asym, dependent or openset")
+    wrong = noisy != labels if source is None else source >= 0
+    meta["realised_rate"] = float(wrong.mean())
+    return noisy, source, meta
+
+
+def noise_rules(mode: str, p: float, num_classes: int, meta: dict) -> list[tuple[int, str, float, str]]:
+    """The rule behind generated noise, one row per source class: (source class, destination classes
+    (space-separated), probability that a label of that class ends up in them, how)."""
+    everyone = np.arange(num_classes)
+    rows = []
+    for c in range(num_classes):
+        others = " ".join(map(str, everyone[everyone != c]))
+        if mode == "sym" and meta["variant"] == "other":
+            rows.append((c, others, p, "exactly round(p*n) labels of the set flipped, uniform over other classes"))
+        elif mode == "sym":
+            rows.append((c, " ".join(map(str, everyone)), p,
+                         "exactly round(p*n) labels of the set redrawn uniformly over all classes (may keep c)"))
+        elif mode == "asym" and meta["destinations"][c] >= 0:
+            rows.append((c, str(meta["destinations"][c]), p, "exactly round(p*n_c) labels of the class flipped"))
+        elif mode == "dependent":
+            rows.append((c, others, p, f"per image: rate ~ truncated N(p, {meta['rate_std']:g}^2) on [0, 1], "
+                                       "destination by a random projection of the image"))
+        elif mode == "openset":
+            rows.append((c, str(c), p, "image replaced by a CIFAR-100 training image (cifar100_index); label kept"))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Noise report: rate, per-class rates and the transition matrix of any noise in use
+
+def noise_report(clean: np.ndarray, given: np.ndarray, num_classes: int,
+                 replaced: np.ndarray | None = None) -> dict:
+    """Overall and per-class noise rate and the class-to-class transition counts (rows: true class,
+    columns: given label). A sample is noisy when its given label differs from the true class, or, for
+    open-set noise (`replaced` given), when its image was replaced."""
+    wrong = given != clean if replaced is None else replaced
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (clean, given), 1)
+    per_class = np.bincount(clean, minlength=num_classes)
+    per_class_wrong = np.bincount(clean[wrong], minlength=num_classes)
+    return {"n": int(len(clean)), "num_classes": num_classes,
+            "noise_rate": float(wrong.mean()) if len(clean) else 0.0,
+            "noisy_means": "given label differs from the true class" if replaced is None
+            else "image replaced by a CIFAR-100 image (label kept)",
+            "per_class_count": per_class.tolist(),
+            "per_class_noise_rate": [float(w / c) if c else 0.0 for w, c in zip(per_class_wrong, per_class)],
+            "transition_counts": counts.tolist()}
+
+
+def format_noise_report(report: dict, class_names: list[str], title: str = "") -> str:
+    """A few lines for the console; the full matrix only for up to 10 classes."""
+    c = report["num_classes"]
+    names = class_names if len(class_names) == c else [str(i) for i in range(c)]
+    rates = np.array(report["per_class_noise_rate"])
+    counts = np.array(report["transition_counts"])
+    rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    lines = [f"noise{' (' + title + ')' if title else ''}: {report['noise_rate']:.2%} of {report['n']} training "
+             f"images noisy ({report['noisy_means']})"]
+    off = rows * ~np.eye(c, dtype=bool)
+    if c <= 10:
+        lines.append("  per true class: " + ", ".join(f"{n} {r:.1%}" for n, r in zip(names, rates)))
+        if not off.any():
+            lines.append("  no label differs from its true class")
+            return "\n".join(lines)
+        lines.append("  transitions, % of each true class (rows) given each label (columns):")
+        short = [n[:6] for n in names]
+        lines.append("  " + " " * 8 + "".join(f"{s:>7}" for s in short))
+        for name, row in zip(short, rows):
+            lines.append(f"  {name:>8}" + "".join(f"{100 * v:7.1f}" for v in row))
+    else:
+        order = np.argsort(rates, kind="stable")
+        lines.append(f"  per true class: min {rates.min():.1%} ({names[order[0]]}), median {np.median(rates):.1%}, "
+                     f"max {rates.max():.1%} ({names[order[-1]]})")
+        used = int((off > 0).sum())
+        top = np.argsort(-off, axis=None, kind="stable")[:5]
+        pairs = [f"{names[i]}->{names[j]} {off[i, j]:.1%}" for i, j in zip(*np.unravel_index(top, off.shape))
+                 if off[i, j] > 0]
+        lines.append(f"  {used} of {c * (c - 1)} off-diagonal transitions occur; largest: "
+                     + (", ".join(pairs) or "none"))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Custom noise files: <data_dir>/<dataset>/label_noisy/<mode><p>_custom.csv and companions
+
+def custom_noise_paths(root: Path, dataset: str, mode: str, p: float) -> dict[str, Path]:
+    folder, stem = noise_dir(root, dataset), f"{mode}{p}"
+    return {"labels": folder / f"{stem}_custom.csv", "rules": folder / f"{stem}_noise_rules.csv",
+            "meta": folder / f"{stem}_custom.json", "report": folder / f"{stem}_custom_report.json"}
+
+
+def _json_bytes(obj) -> bytes:
+    """Stable, diff-friendly JSON: sorted keys, one key per line, flat lists on one line (matrix rows each)."""
+    def fmt(v, indent: str) -> str:
+        inner = indent + "  "
+        if isinstance(v, dict):
+            items = [f"{inner}{json.dumps(k)}: {fmt(v[k], inner)}" for k in sorted(v)]
+            return "{\n" + ",\n".join(items) + "\n" + indent + "}" if items else "{}"
+        if isinstance(v, list) and v and isinstance(v[0], list):
+            return "[\n" + ",\n".join(inner + fmt(x, inner) for x in v) + "\n" + indent + "]"
+        return json.dumps(v)
+    return (fmt(obj, "") + "\n").encode()
+
+
+def _label_csv_bytes(clean: np.ndarray, noisy: np.ndarray, source: np.ndarray | None) -> bytes:
+    columns = [clean, noisy] + ([source] if source is not None else [])
+    header = "label,label_noisy" + (",cifar100_index" if source is not None else "")
+    body = [",".join(map(str, row)) for row in zip(*(col.tolist() for col in columns))]
+    return ("\n".join([header, *body]) + "\n").encode()
+
+
+def _rules_csv_bytes(rows: list[tuple[int, str, float, str]]) -> bytes:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["source_class", "destination_classes", "probability", "rule"])
+    w.writerows(rows)
+    return out.getvalue().encode()
+
+
+def _write_bytes(path: Path, content: bytes) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_noise_files(files: dict[Path, bytes]) -> list[str]:
+    """Write a set of noise files. Files already holding exactly these bytes are left alone; a file with
+    other content is never replaced silently: it is renamed to `<name>.old-<hash>.<ext>` first (hash of
+    its own content), and the returned messages say so."""
+    messages = []
+    for path, content in files.items():
+        if path.is_file():
+            old = path.read_bytes()
+            if old == content:
+                continue
+            tag = hashlib.sha256(old).hexdigest()[:8]
+            aside = path.with_name(f"{path.stem}.old-{tag}{path.suffix}")
+            if aside.is_file() and aside.read_bytes() == old:
+                path.unlink()          # the same old content is already kept under that name
+            else:
+                os.replace(path, aside)
+            messages.append(f"kept the previous {path.name} (different content) aside as {aside.name}")
+        _write_bytes(path, content)
+    return messages
+
+
+def _read_openset_column(path: Path, n: int, n_source: int) -> np.ndarray:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows[0]) < 3 or rows[0][2].strip() != "cifar100_index":
+        raise DataError(f"{path} has no cifar100_index column, so it does not say which images open-set noise "
+                        "replaces; regenerate it with --make_new_custom_noise")
+    try:
+        source = np.array([int(r[2]) for r in rows[1:n + 1]], dtype=np.int64)
+    except (ValueError, IndexError):
+        raise DataError(f"{path}: cifar100_index must be an integer in every row (-1 = image kept)")
+    if source.min(initial=-1) < -1 or source.max(initial=-1) >= n_source:
+        raise DataError(f"{path}: cifar100_index outside [-1, {n_source}) (there are {n_source} CIFAR-100 images)")
+    return source
+
+
+def check_noise_options(dataset: str, mode: str, p: float, custom: bool, sym_variant: str | None,
+                        asym_variant: str | None) -> None:
+    """Refuse contradictory noise options before anything is loaded or written."""
+    check_rate(p)
+    if mode == "openset" and dataset != "cifar10":
+        raise DataError("open-set noise exists for CIFAR-10 only (it inserts CIFAR-100 images); "
+                        "use --dataset_name cifar10 or another --noise_mode")
+    if not custom and (sym_variant or asym_variant):
+        raise DataError("--sym_variant/--asym_variant choose how custom noise is generated; add --custom_noise")
+    if sym_variant is not None and mode != "sym":
+        raise DataError(f"--sym_variant applies to --noise_mode sym, not {mode}; drop it")
+    if asym_variant is not None and mode != "asym":
+        raise DataError(f"--asym_variant applies to --noise_mode asym, not {mode}; drop it")
+    if asym_variant in ("superclass", "blocks") and dataset != "cifar100":
+        raise DataError(f"--asym_variant {asym_variant} exists for CIFAR-100 only; use --asym_variant paper")
+
+
+def load_custom_noise(root: Path, dataset: str, mode: str, p: float, seed: int, labels: np.ndarray,
+                      num_classes: int, images: np.ndarray | None = None, n_source: int | None = None,
+                      make_new: bool = False, sym_variant: str | None = None, asym_variant: str | None = None
+                      ) -> tuple[np.ndarray, np.ndarray | None, dict, Path]:
+    """Read `<mode><p>_custom.csv`, or generate it (with its rules, metadata and report) when it is missing
+    or `make_new` is set. Returns (noisy labels, CIFAR-100 index per image or None, metadata, csv path).
+
+    An existing file is used exactly as it is; flags that contradict its recorded generator are an error.
+    """
+    check_noise_options(dataset, mode, p, True, sym_variant, asym_variant)
+    paths = custom_noise_paths(root, dataset, mode, p)
+    csv_path = paths["labels"]
+    if csv_path.is_file() and not make_new:
+        clean, noisy = read_label_csv(csv_path, len(labels), num_classes)
+        if not np.array_equal(clean, labels):
+            raise DataError(f"the clean labels in {csv_path} do not match the training set; it was made for other "
+                            "data: regenerate it with --make_new_custom_noise")
+        source = _read_openset_column(csv_path, len(labels), n_source or 0) if mode == "openset" else None
+        if source is not None and not np.array_equal(noisy, clean):
+            raise DataError(f"{csv_path}: open-set noise keeps labels, but label_noisy differs from label")
+        try:
+            meta = json.loads(paths["meta"].read_text()) if paths["meta"].is_file() else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"cannot read {paths['meta']} ({e}); delete it (the labels file alone is enough) "
+                            "or regenerate everything with --make_new_custom_noise")
+        wanted = sym_variant or asym_variant
+        if wanted is not None and meta.get("variant") != wanted:
+            raise DataError(f"{csv_path} was generated with variant {meta.get('variant', 'unknown')!r}, not "
+                            f"{wanted!r}; add --make_new_custom_noise to regenerate it (the current files are "
+                            "kept aside)")
+        if meta.get("labels_sha256") != file_digest(csv_path):
+            print(f"note: {csv_path} is not the file its metadata describes (edited by hand?); "
+                  "using its labels as they are")
+            meta = {**meta, "edited": True}
+        elif meta.get("seed") != seed:
+            print(f"note: using {csv_path} as it is (generated with seed {meta.get('seed')}); --seed {seed} does "
+                  "not change it, --make_new_custom_noise regenerates it with this seed")
+        return noisy, source, meta, csv_path
+
+    coarse, coarse_from = (cifar100_coarse(root) if asym_variant == "superclass" else (None, None))
+    noisy, source, meta = generate_noise(dataset, mode, p, seed, labels, num_classes, images, n_source,
+                                         sym_variant or "other", asym_variant or "paper", coarse)
+    if coarse_from:
+        meta["superclasses_from"] = coarse_from
+    labels_bytes = _label_csv_bytes(labels, noisy, source)
+    meta["labels_sha256"] = hashlib.sha256(labels_bytes).hexdigest()
+    meta["files"] = {k: v.name for k, v in paths.items()}
+    files = {csv_path: labels_bytes,
+             paths["rules"]: _rules_csv_bytes(noise_rules(mode, p, num_classes, meta)),
+             paths["meta"]: _json_bytes(meta),
+             paths["report"]: _json_bytes(noise_report(labels, noisy, num_classes,
+                                                        None if source is None else source >= 0))}
+    why = "--make_new_custom_noise" if csv_path.is_file() else "it is missing"
+    print(f"generating {csv_path} ({why}): {mode} noise p={p}, seed {seed}, {meta['generator']} "
+          f"({meta['variant']}), {meta['realised_rate']:.2%} noisy")
+    if all(path.is_file() and path.read_bytes() == content for path, content in files.items()):
+        print("unchanged: the files already hold exactly these labels (same seed, same generator)")
+    for message in save_noise_files(files):
+        print(message)
+    return noisy, source, meta, csv_path
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -276,6 +725,9 @@ class NoisyData:
             out.is_noisy = None if self.is_noisy is None else self.is_noisy[idx]
             out.info["train_indices"] = idx.tolist()
             out.info["noise_rate"] = out.noise_rate()
+            if "report" in out.info and out.clean_labels is not None:
+                replaced = out.is_noisy if out.info.get("noise_mode") == "openset" else None
+                out.info["report"] = noise_report(out.clean_labels, out.labels, out.num_classes, replaced)
         if test_n:
             idx = stratified_indices(self.test_labels, test_n, seed)
             out.test_images, out.test_labels = self.test_images[idx], self.test_labels[idx]
@@ -297,37 +749,69 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def load_cifar_noisy(dataset: str, root: Path, noise_mode: str, p: float, seed: int,
-                     custom_noise: bool = False, make_new_custom_noise: bool = False) -> NoisyData:
-    """CIFAR-10/100 with the requested training-label noise, ready for training."""
+                     custom_noise: bool = False, make_new_custom_noise: bool = False,
+                     sym_variant: str | None = None, asym_variant: str | None = None) -> NoisyData:
+    """CIFAR-10/100 with the requested training-label noise, ready for training.
+
+    Paper noise comes from the authors' files; custom noise from `<mode><p>_custom.csv`, generated when
+    missing (see `load_custom_noise`). Open-set noise without --custom_noise is drawn in memory from `seed`.
+    info["report"] is the noise report, also saved as `<noise file>_report.json` beside a noise file.
+    """
     spec = CIFAR[dataset]
+    check_noise_options(dataset, noise_mode, p, custom_noise, sym_variant, asym_variant)
     x, y, tx, ty = load_cifar(dataset, root)
+    x100 = load_cifar("cifar100", root)[0] if noise_mode == "openset" else None
     info: dict = {"noise_mode": noise_mode, "p": p, "custom_noise": custom_noise}
+    path = None
     if custom_noise:
-        raise DataError("--custom_noise is not available yet; use the paper's noise files (drop --custom_noise)")
-    if noise_mode == "openset":
-        if dataset != "cifar10":
-            raise DataError("open-set noise exists for CIFAR-10 only (it inserts CIFAR-100 images); "
-                            "use --dataset_name cifar10 or another --noise_mode")
-        x100 = load_cifar("cifar100", root)[0]
+        noisy, source, meta, path = load_custom_noise(root, dataset, noise_mode, p, seed, y, spec.num_classes, x,
+                                                 None if x100 is None else len(x100), make_new_custom_noise,
+                                                 sym_variant, asym_variant)
+        info.update(noise_file=str(path), noise_file_sha256=file_digest(path), noise_seed=meta.get("seed"),
+                    noise_generator=meta.get("generator"), noise_variant=meta.get("variant"),
+                    noise_file_edited=bool(meta.get("edited")))
+        if noise_mode == "openset":
+            replaced = np.flatnonzero(source >= 0)
+            source = source[replaced]
+    elif noise_mode == "openset":
         replaced, source = openset_indices(len(x), len(x100), p, seed)
-        x = x.copy()
-        x[replaced] = x100[source]
-        clean, noisy = y, y
-        is_noisy = np.zeros(len(y), dtype=bool)
-        is_noisy[replaced] = True
-        info.update(openset_replaced=replaced.tolist(), openset_source=source.tolist(), seed=seed)
+        noisy = y
     else:
         path = paper_noise_file(root, dataset, noise_mode, p)
         clean, noisy = read_label_csv(path, len(y), spec.num_classes)
         if not np.array_equal(clean, y):
             raise DataError(f"the clean labels in {path} do not match the training set in {root / spec.folder}: "
                             "the images are in a different order than torchvision's; re-download the dataset")
-        is_noisy = clean != noisy
         info["noise_file"] = str(path)
+    clean = y
+    if noise_mode == "openset":
+        x = x.copy()
+        x[replaced] = x100[source]
+        is_noisy = np.zeros(len(y), dtype=bool)
+        is_noisy[replaced] = True
+        info.update(openset_replaced=replaced.tolist(), openset_source=source.tolist(),
+                    seed=info.get("noise_seed", seed))
+    else:
+        is_noisy = clean != noisy
     data = NoisyData(dataset, x, noisy, clean, is_noisy, tx, ty, spec.num_classes,
                      cifar_class_names(dataset, root), spec.mean, spec.std, info=info)
     data.info["noise_rate"] = data.noise_rate()
+    data.info["report"] = noise_report(clean, noisy, spec.num_classes, is_noisy if noise_mode == "openset" else None)
+    if path is not None:
+        save_report_beside(path, data.info["report"])
     return data
+
+
+def save_report_beside(noise_file: Path, report: dict) -> None:
+    """Keep `<noise file stem>_report.json` next to a noise file. It is derived from the labels alone, so
+    rewriting it when it is out of date loses nothing; a read-only data folder only costs the copy."""
+    path = noise_file.with_name(f"{noise_file.stem}_report.json")
+    content = _json_bytes(report)
+    try:
+        if not path.is_file() or path.read_bytes() != content:
+            _write_bytes(path, content)
+    except OSError as e:
+        print(f"note: could not save the noise report next to {noise_file} ({e}); it is still saved with the run")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -528,7 +528,8 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     else:
         exp_id = new_exp_id(out)
         run_dir = out / "runs" / exp_id
-        noise_info = {k: v for k, v in data.info.items() if not isinstance(v, list)}
+        # lists (indices) and dicts (the noise report) go to noise.json only, not the config
+        noise_info = {k: v for k, v in data.info.items() if not isinstance(v, (list, dict))}
         config = config_dict(args, exp_id=exp_id, variant=model_name, dataset=data.name, device_used=str(device),
                              n_train=len(data.labels), n_test=len(data.test_labels), noise=noise_info)
         (out / "configs").mkdir(parents=True, exist_ok=True)
@@ -544,6 +545,8 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
         summary = train(args, data, model, device, run_dir, on_epoch, resume)
     except TrainingStopped as e:
         fail(f"{exp_id}: {e}" + (f": {how}" if e.resumable else ""), 3)
+    except DataError as e:   # an unusable checkpoint
+        fail(str(e))
     except KeyboardInterrupt:
         fail(f"{exp_id}: interrupted; the last complete epoch is checkpointed; continue with: {how}", 130)
     print(f"{exp_id}: last test acc {summary['last_test_acc']:.4f}, best {summary['best_test_acc']:.4f} "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 import engine
-from data import CIFAR, DataError, load_cifar_noisy
+from data import ASYM_VARIANTS, CIFAR, SYM_VARIANTS, DataError, format_noise_report, load_cifar_noisy
 from models import make_model
 
 NOISE_MODES = ["sym", "asym", "dependent", "openset"]
@@ -27,7 +27,15 @@ def build_parser() -> engine.Parser:
     d.add_argument("--p", type=float, default=0.4, help="noise rate, in [0, 1)")
     d.add_argument("--custom_noise", action="store_true",
                    help="use generated noise (<data_dir>/<dataset>/label_noisy/<mode><p>_custom.csv) instead of the paper's files")
-    d.add_argument("--make_new_custom_noise", action="store_true", help="regenerate the custom noise file (needs --custom_noise)")
+    d.add_argument("--make_new_custom_noise", action="store_true",
+                   help="regenerate the custom noise file from --seed (needs --custom_noise); a file with other "
+                        "content is kept aside as <name>.old-<hash>.csv, never overwritten")
+    d.add_argument("--sym_variant", choices=list(SYM_VARIANTS), default=None,
+                   help="custom sym noise: " + "; ".join(f"{k}: {v}" for k, v in SYM_VARIANTS.items())
+                        + " (default other, or what the existing file was made with)")
+    d.add_argument("--asym_variant", choices=list(ASYM_VARIANTS), default=None,
+                   help="custom asym noise: " + "; ".join(f"{k}: {v}" for k, v in ASYM_VARIANTS.items())
+                        + " (default paper, or what the existing file was made with)")
     engine.add_training_args(p, default_model="wrn-28-2")
     return p
 
@@ -50,10 +58,12 @@ def main(argv: list[str] | None = None) -> dict:
     engine.check_training_args(args)
     try:
         data = load_cifar_noisy(args.dataset_name, args.data_dir, args.noise_mode, args.p, args.seed,
-                                args.custom_noise, args.make_new_custom_noise)
+                                args.custom_noise, args.make_new_custom_noise, args.sym_variant, args.asym_variant)
         data = data.subset(args.train_subset, args.test_subset, args.seed)
     except DataError as e:
         engine.fail(str(e))
+    print(format_noise_report(data.info["report"], data.class_names,
+                              f"{args.noise_mode} p={args.p}, {'custom' if args.custom_noise else 'paper'}"))
     _, summary = engine.run(args, data, lambda c: make_model(args.model, c))
     return summary
 

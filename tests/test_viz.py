@@ -1,0 +1,130 @@
+"""viz.py on tiny fake data: figures written, decodable, of the expected size, noisy images marked, never
+overwritten silently."""
+import re
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from PIL import Image
+
+import data
+import viz
+from conftest import write_cifar
+
+
+def run_viz(fake_root, out_dir, *flags):
+    return viz.main([*flags, "--seed", "123", "--data_dir", str(fake_root), "--out_dir", str(out_dir)])
+
+
+def expected_pixels(n_images: int = 32) -> tuple[int, int]:
+    w, h = viz.figure_size(n_images)
+    return round(w * viz.DPI), round(h * viz.DPI)
+
+
+@pytest.mark.parametrize("flags, name", [
+    (["cifar10", "--noise_mode", "sym", "--p", "0.4"], "cifar10_sym_p_0.4_paper.png"),
+    (["cifar10", "--noise_mode", "asym", "--custom_noise", "--p", "0.3"], "cifar10_asym_p_0.3_custom.png"),
+    (["cifar10", "--noise_mode", "openset", "--custom_noise", "--p", "0.4"], "cifar10_openset_p_0.4_custom.png"),
+    (["cifar100", "--noise_mode", "dependent", "--p", "0.4", "--n_images", "10"], "cifar100_dependent_p_0.4_paper.png"),
+])
+def test_figure_written_and_decodable(fake_root, paper_sums, tmp_path, flags, name):
+    root = fake_root
+    if "--custom_noise" in flags:                                 # generated files go to a fresh data root
+        root = tmp_path / "data"
+        write_cifar(root, "cifar10", 400, 20, seed=1)
+        write_cifar(root, "cifar100", 600, 20, seed=2)
+    path = run_viz(root, tmp_path / "viz", *flags)
+    assert path == tmp_path / "viz" / name
+    with Image.open(path) as im:
+        im.load()                                                # decodes every pixel
+        assert im.format == "PNG"
+        n = int(flags[flags.index("--n_images") + 1]) if "--n_images" in flags else 32
+        assert im.size == expected_pixels(n)
+        assert np.asarray(im.convert("RGB")).std() > 10          # not a blank canvas
+
+
+def test_noisy_images_are_titled_in_red(fake_root, paper_sums):
+    d = data.load_cifar_noisy("cifar10", fake_root, "asym", 0.4, seed=0)
+    fig = viz.draw(d.images, d.labels, d.clean_labels, d.class_names, "t", 24, seed=5)
+    titles = [ax.title for ax in fig.subfigs[0].axes if ax.title.get_text()]
+    assert len(titles) == 24
+    noisy_seen = 0
+    for t in titles:
+        given, true = re.fullmatch(r"given: (\w+)\ntrue: (\w+)", t.get_text()).groups()
+        assert (t.get_color() == viz.NOISY_COLOUR) == (given != true)
+        noisy_seen += given != true
+    assert noisy_seen > 0
+
+
+def test_transition_table_with_openset_column():
+    clean = np.array([0, 0, 1, 1, 1, 1])
+    given = np.array([0, 1, 1, 1, 1, 1])
+    table, n_labels = viz.transition_table(clean, given, 2, None)
+    assert n_labels == 2 and np.allclose(table, [[50, 50], [0, 100]])
+    table, _ = viz.transition_table(clean, clean, 2, np.array([0, 0, 1, 0, 0, 0], bool))
+    assert np.allclose(table, [[100, 0, 0], [0, 75, 25]])
+
+
+def small_figure(colour: str):
+    fig = plt.figure(figsize=(1, 1), dpi=viz.DPI)
+    fig.patch.set_facecolor(colour)
+    return fig
+
+
+def test_existing_figure_is_never_replaced_silently(tmp_path, capsys):
+    path = tmp_path / "cifar10_sym_p_0.4_paper.png"
+    assert viz.save_new(small_figure("red"), path, overwrite=False) == path
+    content = path.read_bytes()
+    assert viz.save_new(small_figure("red"), path, overwrite=False) == path      # same figure: left as it is
+    assert "unchanged" in capsys.readouterr().out and path.read_bytes() == content
+    other = viz.save_new(small_figure("blue"), path, overwrite=False)
+    assert other.name == "cifar10_sym_p_0.4_paper_2.png" and path.read_bytes() == content
+    assert "kept it" in capsys.readouterr().out
+    third = viz.save_new(small_figure("green"), path, overwrite=False)
+    assert third.name == "cifar10_sym_p_0.4_paper_3.png"
+    assert viz.save_new(small_figure("blue"), path, overwrite=True) == path
+    assert path.read_bytes() == other.read_bytes()
+    assert len(list(tmp_path.iterdir())) == 3
+
+
+def test_animal10n_without_loader_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.delattr(data, "load_animal10n", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        viz.main(["animal-10n", "--seed", "123", "--out_dir", str(tmp_path)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: Animal-10N support not available in this version (data.load_animal10n is missing)"]
+    assert not any(tmp_path.iterdir())
+
+
+def test_animal10n_figure_from_loader(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 10
+    fake = data.NoisyData("animal-10n", rng.integers(0, 256, (60, 3, 64, 64), dtype=np.uint8), labels, None, None,
+                          np.zeros((0, 3, 64, 64), np.uint8), np.zeros(0, np.int64), 10,
+                          ["cat", "lynx", "wolf", "coyote", "cheetah", "jaguar", "chimpanzee", "orangutan",
+                           "hamster", "guinea pig"], (0.5,) * 3, (0.25,) * 3)
+    seen = []
+    monkeypatch.setattr(data, "load_animal10n", lambda root: seen.append(root) or fake, raising=False)
+    path = viz.main(["animal-10n", "--seed", "123", "--data_dir", str(tmp_path), "--out_dir", str(tmp_path / "viz")])
+    assert path == tmp_path / "viz" / "animal-10n.png" and seen == [tmp_path]
+    with Image.open(path) as im:
+        im.load()
+        assert im.size == expected_pixels()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["cifar10", "--noise_mode", "openset", "--p", "0.4"], "no open-set noise file; add --custom_noise"),
+    (["cifar10", "--p", "1.5"], r"--p must be in \[0, 1\)"),
+    (["cifar10", "--make_new_custom_noise"], "needs --custom_noise"),
+    (["cifar10", "--noise_mode", "sym", "--p", "0.2"], "add --custom_noise"),
+    (["cifar100", "--noise_mode", "openset", "--custom_noise"], "CIFAR-10 only"),
+    (["svhn"], "invalid choice"),
+])
+def test_bad_flags_one_line_nothing_written(fake_root, paper_sums, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        run_viz(fake_root, tmp_path / "viz", *flags)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp_path / "viz").exists()

@@ -1,0 +1,220 @@
+"""Look at a noisy training set: uniformly drawn training images titled with their given and true labels
+(noisy ones in red), beside the class-to-class transition matrix of the whole training set.
+
+    python viz.py cifar10 --noise_mode asym --custom_noise --p 0.4 --seed 123
+    python viz.py cifar100 --noise_mode sym --p 0.4 --seed 123
+    python viz.py animal-10n --seed 123
+
+Writes viz/<dataset>_<mode>_p_<p>_<paper|custom>.png (viz/animal-10n.png). An existing figure with other
+content is never replaced unless --overwrite is given: the new one gets a _2, _3, ... suffix.
+"""
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import PowerNorm  # noqa: E402
+
+import data  # noqa: E402
+import engine  # noqa: E402
+
+DATASETS = ["cifar10", "cifar100", "animal-10n"]
+NOISE_MODES = ["sym", "asym", "dependent", "openset"]
+COLUMNS = 8             # images per row of the grid
+CELL_IN = (1.5, 1.75)   # width, height of one image and its two-line title, in inches
+MATRIX_IN = 8.5         # width of the transition-matrix panel, in inches
+DPI = 100
+NOISY_COLOUR = "#d62728"
+
+
+def build_parser() -> engine.Parser:
+    p = engine.Parser(description=__doc__, formatter_class=engine.argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", choices=DATASETS, help="which training set to show")
+    p.add_argument("--noise_mode", choices=NOISE_MODES, default="sym",
+                   help="CIFAR noise: sym/asym/dependent label noise, or openset (CIFAR-100 images in CIFAR-10)")
+    p.add_argument("--p", type=float, default=0.4, help="noise rate, in [0, 1)")
+    p.add_argument("--custom_noise", action="store_true",
+                   help="show generated noise (<data_dir>/<dataset>/label_noisy/<mode><p>_custom.csv, made if "
+                        "missing) instead of the paper's file")
+    p.add_argument("--make_new_custom_noise", action="store_true",
+                   help="regenerate the custom noise file from --seed first (an old file is kept aside)")
+    p.add_argument("--sym_variant", choices=list(data.SYM_VARIANTS), default=None,
+                   help="custom sym noise: other (never keeps the true class) or any (uniform over all classes)")
+    p.add_argument("--asym_variant", choices=list(data.ASYM_VARIANTS), default=None,
+                   help="custom asym noise: paper rule, superclass (CIFAR-100 within-superclass rule) or blocks "
+                        "(the same on blocks of 5 consecutive CIFAR-100 classes)")
+    p.add_argument("--seed", type=int, default=0, help="which images are drawn; also seeds generated noise")
+    p.add_argument("--n_images", type=int, default=32, help="number of training images in the grid")
+    p.add_argument("--data_dir", type=Path, default=data.default_data_dir(),
+                   help="root of the datasets (default: $SLN_DATA_DIR or data/)")
+    p.add_argument("--out_dir", type=Path, default=Path("viz"), help="folder for the figure")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing figure of the same name")
+    return p
+
+
+def figure_name(dataset: str, mode: str, p: float, custom: bool) -> str:
+    if dataset == "animal-10n":
+        return "animal-10n.png"
+    return f"{dataset}_{mode}_p_{p}_{'custom' if custom else 'paper'}.png"
+
+
+def figure_size(n_images: int) -> tuple[float, float]:
+    """Width and height in inches: the image grid, the matrix panel, and a header line."""
+    rows = -(-n_images // COLUMNS)
+    return COLUMNS * CELL_IN[0] + MATRIX_IN, max(rows * CELL_IN[1], MATRIX_IN * 0.8) + 0.9
+
+
+def transition_table(clean: np.ndarray, given: np.ndarray, num_classes: int,
+                     replaced: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """% of each true class (rows) per given label (columns); for open-set noise one more column holds
+    the images replaced by CIFAR-100 images. Also returns the number of columns that are labels."""
+    counts = np.zeros((num_classes, num_classes + (replaced is not None)))
+    keep = np.ones(len(clean), dtype=bool) if replaced is None else ~replaced
+    np.add.at(counts, (clean[keep], given[keep]), 1)
+    if replaced is not None:
+        counts[:, -1] = np.bincount(clean[replaced], minlength=num_classes)
+    return 100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1), num_classes
+
+
+def draw(images: np.ndarray, given: np.ndarray, clean: np.ndarray | None, class_names: list[str], title: str,
+         n_images: int, seed: int, replaced: np.ndarray | None = None, replaced_names: dict[int, str] | None = None):
+    """The figure: a grid of n_images uniformly drawn training images (uint8 (N, 3, H, W)), then the
+    transition matrix (or, with no true labels, the count of each given label)."""
+    n_images = min(n_images, len(given))
+    picked = np.random.default_rng(seed).choice(len(given), n_images, replace=False)
+    rows = -(-n_images // COLUMNS)
+    fig = plt.figure(figsize=figure_size(n_images), dpi=DPI, layout="constrained")
+    fig.suptitle(title, fontsize=13)
+    grid_fig, matrix_fig = fig.subfigures(1, 2, width_ratios=[COLUMNS * CELL_IN[0], MATRIX_IN])
+    axes = np.atleast_1d(grid_fig.subplots(rows, COLUMNS)).reshape(-1)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("off")
+    for ax, i in zip(axes, picked):
+        ax.axis("on")
+        ax.imshow(images[i].transpose(1, 2, 0), interpolation="nearest")
+        label = f"given: {class_names[given[i]]}"
+        if replaced is not None and replaced[i]:
+            label += f"\nimage: {replaced_names[i]}"
+            noisy = True
+        elif clean is not None:
+            label += f"\ntrue: {class_names[clean[i]]}"
+            noisy = given[i] != clean[i]
+        else:
+            noisy = False
+        longest = max(len(line) for line in label.splitlines())
+        ax.set_title(label, fontsize=9 if longest <= 22 else 7.5, color=NOISY_COLOUR if noisy else "black",
+                     fontweight="bold" if noisy else "normal")
+        for spine in ax.spines.values():
+            spine.set_color(NOISY_COLOUR if noisy else "#bbbbbb")
+            spine.set_linewidth(4 if noisy else 0.5)
+
+    ax = matrix_fig.subplots()
+    c = len(class_names)
+    names = class_names if c <= 20 else None
+    if clean is None:
+        ax.bar(range(c), np.bincount(given, minlength=c), color="#4c72b0")
+        ax.set_title("training images per given label\n(no true labels exist: noise cannot be measured)", fontsize=11)
+        ax.set_xticks(range(c), class_names, rotation=45, ha="right")
+        return fig
+    table, n_labels = transition_table(clean, given, c, replaced)
+    shown = ax.imshow(table, cmap="Blues", norm=PowerNorm(0.4, vmin=0, vmax=100), aspect="auto")
+    matrix_fig.colorbar(shown, ax=ax, fraction=0.04, pad=0.02, label="% of the true class")
+    ax.set_title("transition matrix of the whole training set\n(rows: true class, columns: given label)", fontsize=11)
+    columns = (names or []) + (["CIFAR-100\nimage"] if replaced is not None else [])
+    if names:
+        ax.set_yticks(range(c), names)
+        ax.set_xticks(range(table.shape[1]), columns, rotation=45, ha="right")
+    else:
+        ax.set_yticks(range(0, c, 10))
+        ax.set_xticks(range(0, n_labels, 10))
+    ax.set_xlabel("given label")
+    ax.set_ylabel("true class")
+    if c <= 10:
+        for (r, k), v in np.ndenumerate(table):
+            if v >= 0.05:
+                ax.text(k, r, f"{v:.1f}", ha="center", va="center", fontsize=8,
+                        color="white" if v > 30 else "black")
+    return fig
+
+
+def save_new(fig, path: Path, overwrite: bool) -> Path:
+    """Save as PNG; an existing file with other content is kept and the figure goes to <name>_2.png, ..."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    plt.close(fig)
+    content = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate, k = path, 1
+    while not overwrite and candidate.is_file() and candidate.read_bytes() != content:
+        k += 1
+        candidate = path.with_name(f"{path.stem}_{k}{path.suffix}")
+    if candidate != path:
+        print(f"{path} exists with other content: kept it, writing {candidate.name} (--overwrite replaces it)")
+    if candidate.is_file() and candidate.read_bytes() == content:
+        print(f"{candidate} is already this figure: unchanged")
+    else:
+        candidate.write_bytes(content)
+    return candidate
+
+
+def animal10n_figure(args):
+    loader = getattr(data, "load_animal10n", None)
+    if loader is None:
+        engine.fail("Animal-10N support not available in this version (data.load_animal10n is missing)")
+    d = loader(args.data_dir)
+    title = (f"Animal-10N training set (labels as given; about 8% are wrong), {args.n_images} random images, "
+             f"seed {args.seed}")
+    return draw(d.images, d.labels, getattr(d, "clean_labels", None), d.class_names, title, args.n_images, args.seed)
+
+
+def cifar_figure(args):
+    if args.noise_mode == "openset" and not args.custom_noise:
+        engine.fail("the paper ships no open-set noise file; add --custom_noise to generate and show one")
+    d = data.load_cifar_noisy(args.dataset, args.data_dir, args.noise_mode, args.p, args.seed, args.custom_noise,
+                              args.make_new_custom_noise, args.sym_variant, args.asym_variant)
+    kind = "custom" if args.custom_noise else "paper"
+    print(data.format_noise_report(d.info["report"], d.class_names, f"{args.noise_mode} p={args.p}, {kind}"))
+    replaced, replaced_names = None, None
+    if args.noise_mode == "openset":
+        replaced = d.is_noisy
+        y100 = data.load_cifar("cifar100", args.data_dir)[1]
+        names100 = data.cifar_class_names("cifar100", args.data_dir)
+        replaced_names = {i: f"C100 {names100[y100[s]]}"
+                          for i, s in zip(d.info["openset_replaced"], d.info["openset_source"])}
+    origin = (f"custom file: seed {d.info.get('noise_seed')}, variant {d.info.get('noise_variant')}"
+              if args.custom_noise else "the paper's file")
+    what = "images replaced by CIFAR-100 images" if replaced is not None else "labels wrong"
+    title = (f"{args.dataset} {args.noise_mode} noise p={args.p} ({origin}): {d.noise_rate():.1%} of "
+             f"{len(d.labels)} training {what};  red frame = noisy")
+    return draw(d.images, d.labels, d.clean_labels, d.class_names, title, args.n_images, args.seed,
+                replaced, replaced_names)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
+    if not 0 <= args.p < 1:
+        engine.fail(f"--p must be in [0, 1), got {args.p}")
+    if args.n_images <= 0:
+        engine.fail(f"--n_images must be positive, got {args.n_images}")
+    if args.make_new_custom_noise and not args.custom_noise:
+        engine.fail("--make_new_custom_noise needs --custom_noise")
+    try:
+        fig = animal10n_figure(args) if args.dataset == "animal-10n" else cifar_figure(args)
+    except data.DataError as e:
+        engine.fail(str(e))
+    path = save_new(fig, args.out_dir / figure_name(args.dataset, args.noise_mode, args.p, args.custom_noise),
+                    args.overwrite)
+    print(f"figure: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
