@@ -24,6 +24,7 @@ import json
 import math
 import pickle
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -342,7 +343,7 @@ def rebuild_training_set(run: Run, data_dir: Path | None) -> NoisyData:
                         f"run {run.exp_id} trained on {name}")
     root = data_dir or Path(cfg.get("data_dir", "data"))
     if not root.is_dir():
-        raise DataError(f"the run's data folder {root} does not exist here; pass --data_dir <folder holding "
+        raise DataError(f"data folder {root} does not exist here; pass --data_dir <folder holding "
                         f"{CIFAR[name].folder}/ and {name}/label_noisy/>")
     data = load_cifar_noisy(**loader_kwargs(load_cifar_noisy, cfg, root))
     data = data.subset(cfg.get("train_subset"), None, cfg["seed"])
@@ -548,16 +549,19 @@ def ablation_points(runs: list[Run]) -> tuple[list[list], str]:
         groups.setdefault(key, {}).setdefault(float(run.config["sigma"]), []).append(run)
     keys = sorted({k for g in groups for k, _ in g})
     varying = [k for k in keys if len({dict(g).get(k) for g in groups}) > 1]
-    shared = dict(next(iter(groups)))
-    title = ", ".join(f"{k}={shared[k]}" for k in HEADLINE_KEYS + ["noise_mode", "mo", "lc_n_epoch"]
-                      if k in shared and k not in varying)
+    shared = {k: v for k, v in next(iter(groups)) if k not in varying}
+    title = headline(shared, [])
+    title += f", {shared['noise_mode']} noise" if "noise_mode" in shared else ""
+    title += ", with MO" if shared.get("mo") else ""
+    title += f", LC after epoch {shared['lc_n_epoch']}" if shared.get("lc_n_epoch", -1) != -1 else ""
     rows = [["line", "sigma", "n_seeds", "last_mean", "last_std", "best_mean", "best_std", "exp_ids"]]
     for g in sorted(groups, key=str):
-        line = ", ".join(f"{k}={dict(g).get(k)}" for k in varying) or "runs"
+        line = ", ".join(f"{k}={dict(g).get(k)}" for k in varying) or "all runs"
         for sigma in sorted(groups[g]):
             accs = [r.last_and_best() for r in groups[g][sigma]]
-            last, best = mean_std([a[0] for a in accs]), mean_std([a[1] for a in accs])
-            rows.append([line, sigma, len(accs), *last, *best, " ".join(r.exp_id for r in groups[g][sigma])])
+            stats = (*mean_std([a[0] for a in accs]), *mean_std([a[1] for a in accs]))
+            rows.append([line, sigma, len(accs), *(None if v is None else round(v, 4) for v in stats),
+                         " ".join(r.exp_id for r in groups[g][sigma])])
     return [[("" if v is None else v) for v in r] for r in rows], title
 
 
@@ -568,15 +572,20 @@ def figure_ablation(rows: list[list], title: str) -> plt.Figure:
         pts = [r for r in rows[1:] if r[0] == line]
         sigma = [r[1] for r in pts]
         colour = f"C{i}"
-        for mean_i, std_i, style, what in ((3, 4, "-", "last epoch"), (5, 6, "--", "best epoch")):
+        # best epoch first, so that the last epoch (the paper's number) stays visible where the two coincide
+        for mean_i, std_i, style, what in ((5, 6, "--", "best epoch"), (3, 4, "-", "last epoch")):
             err = [r[std_i] if r[std_i] != "" else 0.0 for r in pts]
             ax.errorbar(sigma, [r[mean_i] for r in pts], yerr=err, fmt="o" + style, color=colour, capsize=4,
                         mfc=colour if style == "-" else "white", label=f"{line}, {what}" if len(lines) > 1 else what)
     n = sorted({r[2] for r in rows[1:]})
+    seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}–{n[-1]}"
     ax.set_xlabel("σ (std of the stochastic label noise; 0 = CE)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Test accuracy vs σ, mean ± std over {'/'.join(map(str, n))} seed(s)\n{title}", fontsize=11.5)
-    ax.legend()
+    ax.set_title(f"Test accuracy vs σ, mean ± std over seeds ({seeds} per point)\n"
+                 + textwrap.fill(title, 90), fontsize=11.5)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda j: (j // 2, -(j % 2)))   # last epoch before best epoch
+    ax.legend([handles[j] for j in order], [labels[j] for j in order])
     return fig
 
 

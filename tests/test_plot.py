@@ -220,7 +220,7 @@ def test_ablation_is_accuracy_vs_sigma(runs, tmp_path):
     rows = read_csv(tmp_path / "ablation.csv")
     assert [(float(r["sigma"]), r["exp_ids"]) for r in rows] == [(0.0, ids["ce"]), (0.5, ids["sln"])]
     for r in rows:
-        assert float(r["last_mean"]) == pytest.approx(last_best(out / "runs" / r["exp_ids"])[0], abs=1e-9)
+        assert float(r["last_mean"]) == pytest.approx(last_best(out / "runs" / r["exp_ids"])[0], abs=1e-4)
 
 
 def write_hp_sweep(folder, name, header, rows):
