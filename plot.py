@@ -1,0 +1,827 @@
+"""The paper's analysis figures and result tables, made from what runs saved (never from console output).
+
+    python plot.py --exp_id <id> --plot_type pred_probs       # confidence on clean vs noisy training samples
+    python plot.py --exp_id <id> --plot_type sample_dissect   # training samples by loss: label / prediction right?
+    python plot.py --exp_id <id> --plot_type curves           # per epoch: test accuracy (network, EMA), train loss
+    python plot.py --table --filter dataset_name=cifar10,p=0.4          # mean ± std over seeds, paper layout
+    python plot.py --plot_type ablation --filter noise_mode=sym,mo=false # test accuracy vs sigma
+    python plot.py --plot_type hp --hp_dir hp/hp_2026-01-31_12-00-00    # validation accuracy vs sigma (tune.py)
+
+A run is read from <runs_dir>/<exp_id>/ (config.yaml, metrics.csv, noise.json, summary.json, model_final.pt,
+ema_final.pt, targets_final.pt), so this works on another machine than the one that trained, on CPU.
+pred_probs and sample_dissect rebuild the run's training set from its config and pass it through the saved
+network. Figures of one run go to <assets_dir>/<exp_id>/, figures and tables of several runs to <assets_dir>/;
+an existing file is never replaced without --overwrite (the new one is called name-2, name-3, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import difflib
+import inspect
+import itertools
+import json
+import math
+import pickle
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: works on machines without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import engine  # noqa: E402
+from data import CIFAR, DataError, NoisyData, load_cifar_noisy  # noqa: E402
+from models import make_model  # noqa: E402
+
+SINGLE_RUN_PLOTS = ["pred_probs", "sample_dissect", "curves"]
+PLOT_TYPES = SINGLE_RUN_PLOTS + ["ablation", "hp"]
+VARIANT_ORDER = ["CE", "SLN", "SLN-MO", "SLN-MO-LC"]
+COLUMN_ORDER = ["sym", "asym", "dependent", "openset"]
+
+plt.rcParams.update({"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10.5,
+                     "xtick.labelsize": 11, "ytick.labelsize": 11, "figure.dpi": 100, "savefig.dpi": 150,
+                     "savefig.bbox": "tight", "axes.grid": True, "grid.alpha": 0.3})
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading runs
+
+@dataclass
+class Run:
+    exp_id: str
+    folder: Path
+    config: dict
+    metrics: dict[str, np.ndarray]  # column -> one value per epoch, NaN where the run recorded none
+    summary: dict | None            # None while the run is unfinished
+
+    def last_and_best(self, column: str = "test/acc_reported") -> tuple[float, float]:
+        """(value at the last epoch, best value over epochs) of an accuracy column, in percent."""
+        if column not in self.metrics:
+            raise DataError(f"{self.folder / 'metrics.csv'} has no {column} column; it was not written by engine.py")
+        acc = 100 * self.metrics[column]
+        return float(acc[-1]), float(np.nanmax(acc))
+
+
+def read_metrics(path: Path) -> dict[str, np.ndarray]:
+    """metrics.csv as float columns; empty cells (metrics a run could not compute) become NaN."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror}); is this a run folder of engine.py?")
+    if not rows:
+        raise DataError(f"{path} has no epochs yet; wait until the run has finished its first epoch")
+    try:
+        return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
+    except ValueError as e:
+        raise DataError(f"{path} holds something that is not a number ({e}); it was not written by engine.py")
+
+
+def load_run(folder: Path) -> Run:
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        summary_path = folder / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    except (OSError, yaml.YAMLError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read run {folder}: {str(e).splitlines()[0]}")
+    if not isinstance(config, dict):
+        raise DataError(f"{folder / 'config.yaml'} is not a run config (not a mapping)")
+    return Run(folder.name, folder, config, read_metrics(folder / "metrics.csv"), summary)
+
+
+def run_ids(runs_dir: Path) -> list[str]:
+    """Names of the run folders (those with a config.yaml) in runs_dir."""
+    return sorted(d.name for d in runs_dir.iterdir() if (d / "config.yaml").is_file())
+
+
+def runs_folder(path: Path) -> Path:
+    """--runs_dir itself, or its runs/ subfolder when it is a training --out_dir (which holds configs/ and runs/)."""
+    if not path.is_dir():
+        raise DataError(f"--runs_dir {path} does not exist; pass the folder that holds the run folders <exp_id>/")
+    if not run_ids(path) and (path / "runs").is_dir():
+        return path / "runs"
+    return path
+
+
+def find_run(runs_dir: Path, exp_id: str) -> Run:
+    """The run called exp_id, or an error naming the nearest existing ids."""
+    ids = run_ids(runs_dir)
+    if exp_id not in ids:
+        if not ids:
+            raise DataError(f"no runs in {runs_dir}; pass --runs_dir <folder holding <exp_id>/config.yaml>")
+        nearest = difflib.get_close_matches(exp_id, ids, n=3, cutoff=0.0)
+        raise DataError(f"no run {exp_id!r} in {runs_dir}; nearest: {', '.join(nearest)}")
+    return load_run(runs_dir / exp_id)
+
+
+def parse_filter(text: str) -> dict[str, list[str]]:
+    """'dataset_name=cifar10,noise_mode=sym|asym' -> {'dataset_name': ['cifar10'], 'noise_mode': ['sym', 'asym']}."""
+    wanted: dict[str, list[str]] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise DataError(f"--filter {text!r}: {part!r} is not key=value; "
+                            "write e.g. dataset_name=cifar10,noise_mode=sym|asym")
+        wanted[key.strip()] = [v.strip() for v in value.split("|")]
+    return wanted
+
+
+def value_matches(actual, wanted: str) -> bool:
+    """A config value against filter text, read as YAML reads it (0.40 == 0.4, 1 == 1.0, false, null) or as text."""
+    try:
+        parsed = yaml.safe_load(wanted)
+    except yaml.YAMLError:
+        parsed = wanted
+    return actual == parsed or str(actual) == wanted
+
+
+def select_runs(runs_dir: Path, exp_ids: list[str] | None, filter_text: str | None) -> list[Run]:
+    """The finished runs named by --exp_ids (default: all in runs_dir) that match --filter."""
+    runs = [find_run(runs_dir, i) for i in (exp_ids or run_ids(runs_dir))]
+    if filter_text:
+        wanted = parse_filter(filter_text)
+        known = set().union(*(r.config for r in runs)) if runs else set()
+        unknown = sorted(set(wanted) - known)
+        if unknown:
+            raise DataError(f"--filter key {unknown[0]!r} is in no run's config; keys are: {', '.join(sorted(known))}")
+        runs = [r for r in runs if all(k in r.config and any(value_matches(r.config[k], v) for v in vals)
+                                       for k, vals in wanted.items())]
+    unfinished = [r.exp_id for r in runs if r.summary is None]
+    if unfinished:
+        print(f"note: skipping {len(unfinished)} unfinished run(s) (no summary.json): {', '.join(unfinished)}",
+              file=sys.stderr)
+    runs = [r for r in runs if r.summary is not None]
+    if not runs:
+        raise DataError(f"no finished run in {runs_dir} matches"
+                        + (f" --filter {filter_text}" if filter_text else "") + (" --exp_ids" if exp_ids else ""))
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------------
+# Grouping runs into the paper's tables
+
+# Config entries that say where or how a run was made, not what was trained: runs that differ only in these
+# and in the seed are repetitions of one experiment.
+NOT_SETTINGS = {"exp_id", "seed", "data_dir", "out_dir", "device", "device_used", "deterministic", "eval_batch_size",
+                "make_new_custom_noise", "code", "versions", "host", "noise", "n_train", "n_test", "dataset"}
+ROW_KEYS = ["variant", "sigma", "mo", "lc_n_epoch", "ema_alpha", "lc_augment"]   # which of the paper's models
+COLUMN_KEYS = ["noise_mode", "noise_label"]   # the first one present: CIFAR's noise_mode, CIFAR-N's noise_label
+HEADLINE_KEYS = ["dataset_name", "model", "p", "custom_noise", "n_epochs", "train_subset", "test_subset"]
+
+
+def settings(config: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
+            if k not in NOT_SETTINGS and not isinstance(v, dict)}
+
+
+def column_of(config: dict) -> str:
+    return next((str(config[k]) for k in COLUMN_KEYS if k in config), "-")
+
+
+@dataclass
+class Cell:
+    """The runs of one experiment (all settings equal but the seed), placed in a table."""
+    table: tuple        # sorted (key, value) pairs that a whole table shares
+    row: tuple          # values of ROW_KEYS
+    column: str
+    runs: list[Run]
+
+    @property
+    def variant(self) -> str:
+        return str(self.row[0])
+
+
+def group_cells(runs: list[Run]) -> list[Cell]:
+    cells: dict[tuple, Cell] = {}
+    for run in runs:
+        s = settings(run.config)
+        column_key = next((k for k in COLUMN_KEYS if k in s), None)
+        table = tuple(sorted((k, v) for k, v in s.items() if k not in ROW_KEYS and k != column_key))
+        row = tuple(s.get(k) for k in ROW_KEYS)
+        key = (table, row, column_of(run.config))
+        cells.setdefault(key, Cell(table, row, key[2], [])).runs.append(run)
+    return list(cells.values())
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1) over seeds; no std from a single run."""
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def _row_key_name(i: int) -> str:
+    return "σ" if ROW_KEYS[i] == "sigma" else ROW_KEYS[i]
+
+
+def row_labels(cells: list[Cell]) -> dict[tuple, str]:
+    """Row names in one table, by row settings: the variant, plus the row settings that tell two runs of that
+    variant apart within one column. A setting that changes only from column to column, like the paper's
+    sigma per noise mode, does not make a new row."""
+    labels = {}
+    for variant in {c.variant for c in cells}:
+        mine = [c for c in cells if c.variant == variant]
+        differ = [i for i in range(1, len(ROW_KEYS))
+                  if any(len({c.row[i] for c in mine if c.column == col}) > 1 for col in {c.column for c in mine})]
+        for c in mine:
+            extra = ", ".join(f"{_row_key_name(i)}={c.row[i]}" for i in differ)
+            labels[c.row] = f"{variant} ({extra})" if extra else variant
+    return labels
+
+
+def per_column_notes(cells: list[Cell], labels: dict[tuple, str], cols: list[str]) -> list[str]:
+    """For each table row whose settings change from column to column (e.g. sigma), a line saying how."""
+    notes = []
+    for label in sorted(set(labels.values()), key=lambda v: (_order(v.split(" ")[0], VARIANT_ORDER), v)):
+        mine = {c.column: c.row for c in cells if labels[c.row] == label}
+        for i in range(1, len(ROW_KEYS)):
+            if len({row[i] for row in mine.values()}) > 1:
+                notes.append(f"{label}: {_row_key_name(i)} = "
+                             + ", ".join(f"{mine[col][i]} ({col})" for col in cols if col in mine))
+    return notes
+
+
+def _order(value: str, order: list[str]) -> tuple:
+    return (order.index(value) if value in order else len(order), value)
+
+
+def fmt(mean: float, std: float | None, n: int) -> str:
+    return f"{mean:.2f}{'' if std is None else f' ± {std:.2f}'} (n={n})"
+
+
+def headline(t: dict, extra: list[str]) -> str:
+    """A table's title: its dataset, network, noise rate, epochs and subsets, plus the `extra` settings."""
+    parts = [str(t[k]) for k in ("dataset_name", "model") if k in t]
+    parts += [f"p={t['p']}"] if "p" in t else []
+    parts += ["custom noise"] if t.get("custom_noise") else []
+    parts += [f"{t['n_epochs']} epochs"] if "n_epochs" in t else []
+    parts += [f"{k}={t[k]}" for k in ("train_subset", "test_subset") if t.get(k) is not None]
+    return ", ".join(parts + [f"{k}={t.get(k)}" for k in extra if k not in HEADLINE_KEYS])
+
+
+def make_table(runs: list[Run]) -> tuple[str, list[list]]:
+    """The paper's tables from runs: one per setting, rows the methods (CE, SLN, SLN-MO, SLN-MO-LC), columns the
+    noise modes, cells the mean ± std over seeds of the reported test accuracy at the last and the best epoch.
+    Returns (Markdown, CSV rows with a header row)."""
+    cells = group_cells(runs)
+    tables = sorted({c.table for c in cells}, key=lambda t: headline(dict(t), []))
+    all_keys = sorted({k for t in tables for k, _ in t})
+    # settings that differ between tables go into each table's title; the others are said once
+    varying = [k for k in all_keys if len({dict(t).get(k) for t in tables}) > 1]
+    common = {k: v for k, v in tables[0] if k not in varying and k not in HEADLINE_KEYS and v is not None}
+    lines = ["Test accuracy (%) of the reported network (the EMA network for SLN-MO and SLN-MO-LC), "
+             "mean ± sample std (ddof=1) over n seeds.", "",
+             "Other settings, the same in every table: " + ", ".join(f"{k}={v}" for k, v in common.items())]
+    csv_rows: list[list] = [all_keys + ["method", "variant", "noise", *ROW_KEYS[1:], "n_seeds", "seeds",
+                                        "last_mean", "last_std", "best_mean", "best_std", "exp_ids"]]
+    for table in tables:
+        t, t_cells = dict(table), [c for c in cells if c.table == table]
+        labels = row_labels(t_cells)
+        rows = sorted(set(labels.values()), key=lambda v: (_order(v.split(" ")[0], VARIANT_ORDER), v))
+        cols = sorted({c.column for c in t_cells}, key=lambda v: _order(v, COLUMN_ORDER))
+        stats = {}
+        for cell in sorted(t_cells, key=lambda c: (rows.index(labels[c.row]), cols.index(c.column))):
+            accs = [r.last_and_best() for r in cell.runs]
+            last, best = mean_std([a[0] for a in accs]), mean_std([a[1] for a in accs])
+            stats[(labels[cell.row], cell.column)] = (last, best, len(accs))
+            csv_rows.append([t.get(k) for k in all_keys] + [labels[cell.row], cell.variant, cell.column,
+                            *cell.row[1:], len(accs), " ".join(str(r.config.get("seed")) for r in cell.runs),
+                            *(None if v is None else round(v, 4) for v in (*last, *best)),
+                            " ".join(r.exp_id for r in cell.runs)])
+        notes = per_column_notes(t_cells, labels, cols)
+        for which, what in ((0, "last epoch (the paper's number)"), (1, "best epoch")):
+            lines += ["", f"### {headline(t, varying)}: {what}", "", "| method | " + " | ".join(cols) + " |",
+                      "|---" * (len(cols) + 1) + "|"]
+            for row in rows:
+                text = [fmt(*stats[(row, col)][which], stats[(row, col)][2]) if (row, col) in stats else "–"
+                        for col in cols]
+                lines.append(f"| {row} | " + " | ".join(text) + " |")
+            lines += [""] + notes if notes else []
+    return "\n".join(lines) + "\n", [[("" if v is None else v) for v in r] for r in csv_rows]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Passing the training set through a saved network
+
+def has_clean_labels(run: Run) -> bool:
+    """engine.py records the loss on clean and noisy samples only when clean labels exist."""
+    return not np.all(np.isnan(run.metrics.get("train/loss_clean", np.array([np.nan]))))
+
+
+def loader_kwargs(loader, config: dict, root: Path) -> dict:
+    """The data loader's arguments, filled from the run's config by name (`dataset` is dataset_name, `root`
+    the data folder), so that loader options added later are picked up too; noise is never regenerated."""
+    kwargs = {}
+    for name, param in inspect.signature(loader).parameters.items():
+        key = "dataset_name" if name == "dataset" else name
+        if name == "root":
+            kwargs[name] = root
+        elif name == "make_new_custom_noise":
+            kwargs[name] = False
+        elif key in config:
+            kwargs[name] = config[key]
+        elif param.default is inspect.Parameter.empty:
+            raise DataError(f"the run's config has no {key!r}; it was not made by train_cifar.py")
+    return kwargs
+
+
+def rebuild_training_set(run: Run, data_dir: Path | None) -> NoisyData:
+    """The run's training set as it trained on it: noisy labels, clean labels, subset; checked against what it saved."""
+    cfg = run.config
+    name = cfg.get("dataset_name")
+    if not has_clean_labels(run):
+        raise DataError(f"run {run.exp_id} ({name}) has no clean labels, and pred_probs and sample_dissect need "
+                        "clean labels to tell clean from noisy samples; use --plot_type curves for this run")
+    if name not in CIFAR:
+        raise DataError(f"pred_probs and sample_dissect rebuild CIFAR-10/100 runs of train_cifar.py only; "
+                        f"run {run.exp_id} trained on {name}")
+    root = data_dir or Path(cfg.get("data_dir", "data"))
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist here; pass --data_dir <folder holding "
+                        f"{CIFAR[name].folder}/ and {name}/label_noisy/>")
+    data = load_cifar_noisy(**loader_kwargs(load_cifar_noisy, cfg, root))
+    data = data.subset(cfg.get("train_subset"), None, cfg["seed"])
+    check_same_training_set(run, data, root)
+    return data
+
+
+def check_same_training_set(run: Run, data: NoisyData, root: Path) -> None:
+    """Compare the rebuilt set with noise.json, config.yaml and, for models without label correction, the
+    labels the run trained on (targets_final.pt is then their one-hot encoding)."""
+    noise_path = run.folder / "noise.json"
+    saved = json.loads(noise_path.read_text()) if noise_path.is_file() else {}
+    differ = [k for k in ("noise_mode", "p", "custom_noise", "train_indices", "openset_replaced", "openset_source")
+              if k in saved and k in data.info and saved[k] != data.info[k]]
+    if saved.get("noise_rate") is not None and not math.isclose(saved["noise_rate"], data.noise_rate()):
+        differ.append(f"noise rate {data.noise_rate():.4f} instead of {saved['noise_rate']:.4f}")
+    if run.config.get("n_train", len(data.labels)) != len(data.labels):
+        differ.append(f"{len(data.labels)} images instead of {run.config['n_train']}")
+    targets_path = run.folder / "targets_final.pt"
+    if not differ and run.config.get("variant") != "SLN-MO-LC" and targets_path.is_file():
+        targets = torch.load(targets_path, map_location="cpu", weights_only=True)
+        if targets.shape != (len(data.labels), data.num_classes) or \
+                not torch.equal(targets.argmax(1), torch.from_numpy(data.labels)):
+            differ.append("the noisy labels (targets_final.pt)")
+    if differ:
+        raise DataError(f"the training set rebuilt from {root} is not the one run {run.exp_id} trained on "
+                        f"({'; '.join(differ)}); pass the --data_dir (with its noise files) that the run used")
+
+
+def reported_network(run: Run) -> str:
+    if run.summary and run.summary.get("reported_network") in ("net", "ema"):
+        return run.summary["reported_network"]
+    return "ema" if str(run.config.get("variant", "")).startswith("SLN-MO") else "net"
+
+
+def training_set_logits(run: Run, data: NoisyData, network: str, device: torch.device, batch_size: int) -> torch.Tensor:
+    """Logits of the run's final network ("net" or "ema") on every training image, eval mode, no augmentation."""
+    path = run.folder / ("ema_final.pt" if network == "ema" else "model_final.pt")
+    if not path.is_file():
+        raise DataError(f"{path} is missing: the run has not finished, or its files were not all copied here")
+    model = make_model(run.config["model"], data.num_classes)
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError) as e:
+        raise DataError(f"cannot load {path} into {run.config['model']} with {data.num_classes} classes: "
+                        f"{str(e).splitlines()[0]}")
+    model.to(device)
+    mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
+    images = torch.from_numpy(data.images)
+    out = []
+    for i in tqdm(range(0, len(images), batch_size), desc=f"{network} network on {len(images)} training images",
+                  unit="batch", dynamic_ncols=True):
+        out.append(engine.predict(model, images[i:i + batch_size].to(device), mean, std, batch_size).cpu())
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# What the figures show, as numbers
+
+DISSECT_KINDS = ["label right, prediction right", "label right, prediction wrong",
+                 "label wrong, prediction right", "label wrong, prediction wrong"]
+# open-set noise keeps the CIFAR-10 label of a replaced image, so "right" means "predicts its given label"
+DISSECT_KINDS_OPENSET = ["CIFAR-10 image, prediction right", "CIFAR-10 image, prediction wrong",
+                         "open-set image, predicts its given label", "open-set image, predicts another class"]
+
+
+def dissect_counts(losses: np.ndarray, label_wrong: np.ndarray, pred_right: np.ndarray, n_bins: int) -> np.ndarray:
+    """Sample dissection: samples sorted by loss (ascending, ties by index), cut into n_bins bins of equal size
+    (np.array_split: sizes differ by at most one), and per bin the count of each of the four DISSECT_KINDS."""
+    if not 0 < n_bins <= len(losses):
+        raise DataError(f"--bins {n_bins} is impossible for {len(losses)} samples; use 1..{len(losses)}")
+    order = np.argsort(losses, kind="stable")
+    kind = 2 * label_wrong.astype(int) + (~pred_right.astype(bool)).astype(int)
+    return np.stack([np.bincount(kind[b], minlength=4) for b in np.array_split(order, n_bins)])
+
+
+def prob_histograms(probs: np.ndarray, noisy: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bin edges over [0, 1], counts of clean samples, counts of noisy samples)."""
+    edges = np.linspace(0, 1, n_bins + 1)
+    return edges, np.histogram(probs[~noisy], edges)[0], np.histogram(probs[noisy], edges)[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures
+
+CLEAN, NOISY = "#1f77b4", "#d62728"
+NETWORK_NAME = {"net": "network", "ema": "EMA network"}
+
+
+def describe(config: dict) -> str:
+    noise = column_of(config)
+    custom = " custom" if config.get("custom_noise") else ""
+    p = f" p={config['p']}" if "p" in config else ""
+    return (f"{config.get('variant', '?')}, {config.get('dataset_name', '?')} {noise}{p}{custom}, "
+            f"{config.get('model', '?')}")
+
+
+def figure_pred_probs(run: Run, network: str, logits: torch.Tensor, data: NoisyData,
+                      n_bins: int) -> tuple[plt.Figure, list[list]]:
+    """Histograms of the maximum softmax probability and of the probability of the given label, clean and noisy
+    training samples overlaid; returns the figure and its numbers as CSV rows."""
+    probs = torch.softmax(logits.float(), 1).numpy()
+    noisy = data.is_noisy
+    given = probs[np.arange(len(probs)), data.labels]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True, layout="constrained")
+    rows = [["bin_low", "bin_high", "clean_max_prob", "noisy_max_prob",
+             "clean_given_label_prob", "noisy_given_label_prob"]]
+    columns = []
+    for ax, values, xlabel in ((axes[0], probs.max(1), "maximum softmax probability"),
+                               (axes[1], given, "softmax probability of the given (noisy) label")):
+        edges, clean_n, noisy_n = prob_histograms(values, noisy, n_bins)
+        columns += [clean_n, noisy_n]
+        ax.stairs(clean_n, edges, fill=True, alpha=0.45, color=CLEAN, label=f"clean ({int((~noisy).sum())})")
+        ax.stairs(noisy_n, edges, fill=True, alpha=0.45, color=NOISY, label=f"noisy ({int(noisy.sum())})")
+        ax.stairs(clean_n, edges, color=CLEAN, linewidth=1.2)
+        ax.stairs(noisy_n, edges, color=NOISY, linewidth=1.2)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(xlabel)
+        ax.legend(title="training samples", loc="upper center")
+    axes[0].set_ylabel("number of training samples")
+    rows += [[edges[i], edges[i + 1], *(int(c[i]) for c in columns)] for i in range(n_bins)]
+    fig.suptitle(f"{run.exp_id}: {describe(run.config)}\nfinal {NETWORK_NAME[network]} on the "
+                 f"{len(probs)} training images (no augmentation)")
+    return fig, rows
+
+
+def figure_sample_dissect(run: Run, network: str, logits: torch.Tensor, data: NoisyData,
+                          n_bins: int) -> tuple[plt.Figure, list[list]]:
+    """Stacked counts of the four DISSECT_KINDS in n_bins equal bins of training samples sorted by loss against the
+    given label; returns the figure and its numbers as CSV rows."""
+    losses = torch.nn.functional.cross_entropy(logits.float(), torch.from_numpy(data.labels),
+                                               reduction="none").numpy()
+    pred = logits.argmax(1).numpy()
+    counts = dissect_counts(losses, data.is_noisy, pred == data.clean_labels, n_bins)
+    openset = run.config.get("noise_mode") == "openset"
+    kinds = DISSECT_KINDS_OPENSET if openset else DISSECT_KINDS
+    order = np.argsort(losses, kind="stable")
+    bins = np.array_split(order, n_bins)
+    fig, ax = plt.subplots(figsize=(12, 5), layout="constrained")
+    x = np.arange(1, n_bins + 1)
+    bottom = np.zeros(n_bins)
+    for k, (name, colour) in enumerate(zip(kinds, ["#2ca02c", "#ff7f0e", "#1f77b4", "#d62728"])):
+        ax.bar(x, counts[:, k], bottom=bottom, width=0.85, color=colour, label=name)
+        bottom += counts[:, k]
+    size = f"{len(bins[0])}" if len(bins[0]) == len(bins[-1]) else f"{len(bins[-1])}-{len(bins[0])}"
+    ax.set_xlabel(f"bin of training samples sorted by loss on the given label (low → high), {size} samples per bin")
+    ax.set_ylabel("number of samples")
+    ax.set_xlim(0.3, n_bins + 0.7)
+    ax.set_ylim(0, counts.sum(1).max() * 1.02)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    ax.set_title(f"{run.exp_id}: {describe(run.config)}\nfinal {NETWORK_NAME[network]}: is the label right, "
+                 "is the prediction right (vs the clean label)?")
+    rows = [["bin", "n", "loss_min", "loss_max", *[k.replace(", ", "_").replace(" ", "_") for k in kinds]]]
+    rows += [[i + 1, len(b), float(losses[b].min()), float(losses[b].max()), *counts[i].tolist()]
+             for i, b in enumerate(bins)]
+    return fig, rows
+
+
+def figure_curves(run: Run) -> plt.Figure:
+    """Per epoch: accuracy of the network and the EMA network, and the training loss on clean vs noisy samples."""
+    m = run.metrics
+    epochs = m["epoch"]
+    marker = "o" if len(epochs) <= 30 else None
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
+    reported = reported_network(run)
+    # val/acc: tune.py's trials also measure a noisy validation split
+    names = {"test/acc": ("net", "network, test"), "test/acc_ema": ("ema", "EMA network, test"),
+             "val/acc": (None, "network, validation (noisy labels)")}
+    for column, (net, label) in names.items():
+        if column in m and not np.all(np.isnan(m[column])):
+            label += " (reported)" if net == reported else ""
+            ax_acc.plot(epochs, 100 * m[column], "-" if net else "--", marker=marker, label=label)
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.set_title("accuracy")
+    curves = [("train/loss_clean", "clean samples", CLEAN), ("train/loss_noisy", "noisy samples", NOISY)]
+    if not has_clean_labels(run):
+        curves = [("train/loss", "training objective (no clean labels)", "black")]
+    for column, label, colour in curves:
+        if column in m:
+            ax_loss.plot(epochs, m[column], marker=marker, color=colour, label=label)
+    ax_loss.set_ylabel("cross-entropy vs the given label" if has_clean_labels(run) else "training loss")
+    ax_loss.set_title("training loss (during each epoch's steps)")
+    lc = m.get("lc/changed_fraction")
+    lc_start = epochs[~np.isnan(lc)][0] if lc is not None and not np.all(np.isnan(lc)) else None
+    for ax in (ax_acc, ax_loss):
+        ax.set_xlabel("epoch")
+        if lc_start is not None:
+            ax.axvline(lc_start - 0.5, color="grey", ls=":", label="label correction from here")
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
+        ax.legend()
+    fig.suptitle(f"{run.exp_id}: {describe(run.config)}")
+    return fig
+
+
+def ablation_points(runs: list[Run]) -> tuple[list[list], str]:
+    """Test accuracy vs sigma: one line per setting other than sigma (and the variant its value implies).
+    Returns CSV rows (with header) and the settings all lines share."""
+    groups: dict[tuple, dict[float, list[Run]]] = {}
+    for run in runs:
+        s = settings(run.config)
+        key = tuple(sorted((k, v) for k, v in s.items() if k not in ("sigma", "variant")))
+        groups.setdefault(key, {}).setdefault(float(run.config["sigma"]), []).append(run)
+    keys = sorted({k for g in groups for k, _ in g})
+    varying = [k for k in keys if len({dict(g).get(k) for g in groups}) > 1]
+    shared = {k: v for k, v in next(iter(groups)) if k not in varying}
+    title = headline(shared, [])
+    title += f", {shared['noise_mode']} noise" if "noise_mode" in shared else ""
+    title += ", with MO" if shared.get("mo") else ""
+    title += f", LC after epoch {shared['lc_n_epoch']}" if shared.get("lc_n_epoch", -1) != -1 else ""
+    rows = [["line", "sigma", "n_seeds", "last_mean", "last_std", "best_mean", "best_std", "exp_ids"]]
+    for g in sorted(groups, key=str):
+        line = ", ".join(f"{k}={dict(g).get(k)}" for k in varying) or "all runs"
+        for sigma in sorted(groups[g]):
+            accs = [r.last_and_best() for r in groups[g][sigma]]
+            stats = (*mean_std([a[0] for a in accs]), *mean_std([a[1] for a in accs]))
+            rows.append([line, sigma, len(accs), *(None if v is None else round(v, 4) for v in stats),
+                         " ".join(r.exp_id for r in groups[g][sigma])])
+    return [[("" if v is None else v) for v in r] for r in rows], title
+
+
+def figure_ablation(rows: list[list], title: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    lines = list(dict.fromkeys(r[0] for r in rows[1:]))
+    for i, line in enumerate(lines):
+        pts = [r for r in rows[1:] if r[0] == line]
+        sigma = [r[1] for r in pts]
+        colour = f"C{i}"
+        # best epoch first, so that the last epoch (the paper's number) stays visible where the two coincide
+        for mean_i, std_i, style, what in ((5, 6, "--", "best epoch"), (3, 4, "-", "last epoch")):
+            err = [r[std_i] if r[std_i] != "" else 0.0 for r in pts]
+            ax.errorbar(sigma, [r[mean_i] for r in pts], yerr=err, fmt="o" + style, color=colour, capsize=4,
+                        mfc=colour if style == "-" else "white", label=f"{line}, {what}" if len(lines) > 1 else what)
+    n = sorted({r[2] for r in rows[1:]})
+    seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}–{n[-1]}"
+    ax.set_xlabel("σ (std of the stochastic label noise; 0 = CE)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Test accuracy vs σ, mean ± std over seeds ({seeds} per point)\n"
+                 + textwrap.fill(title, 90), fontsize=11.5)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda j: (j // 2, -(j % 2)))   # last epoch before best epoch
+    ax.legend([handles[j] for j in order], [labels[j] for j in order])
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------
+# tune.py sweeps
+
+HP_SIGMA_COLUMNS = ("sigma", "config/sigma")
+
+
+def _hp_columns(header: list[str]) -> tuple[str | None, str | None, str | None]:
+    """(sigma, last, best) column names of a sigma table, tolerant of naming: the accuracy columns are the
+    ones whose names contain 'val', 'acc' and 'last' or 'best'."""
+    low = {h: h.lower() for h in header}
+    sigma = next((h for h in header if low[h] in HP_SIGMA_COLUMNS), None)
+    last = next((h for h in header if all(w in low[h] for w in ("val", "acc", "last"))), None)
+    best = next((h for h in header if all(w in low[h] for w in ("val", "acc", "best"))), None)
+    return sigma, last, best
+
+
+def read_hp_table(hp_dir: Path) -> tuple[Path, dict[float, tuple[list[float], list[float]]]]:
+    """The sigma table of a tune.py sweep folder: {sigma: (last-epoch val acc %, best-epoch val acc %)}, one entry
+    per trial. Reads the first CSV in the folder (sigma_search.csv first) with a sigma column ('sigma' or
+    'config/sigma') and a last-epoch validation accuracy column (e.g. last_val_acc, val_acc_last_pct); the
+    best-epoch column is optional. Accuracies may be fractions or percent (a name with 'pct' or '%', or any value
+    above 1, means percent)."""
+    csvs = sorted(hp_dir.glob("*.csv"), key=lambda p: (p.name != "sigma_search.csv", p.name))
+    seen = []
+    for path in csvs:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        header = list(rows[0]) if rows else []
+        sigma, last, best = _hp_columns(header)
+        seen.append(f"{path.name} ({','.join(header) or 'empty'})")
+        if not (sigma and last):
+            continue
+        try:
+            table = {c: [float(r[c]) for r in rows] for c in (sigma, last, best) if c}
+        except (TypeError, ValueError):
+            raise DataError(f"{path} has a non-number in {sigma}/{last}/{best}; is the sweep finished?")
+
+        def percent(c: str) -> list[float]:
+            scale = 1 if ("pct" in c.lower() or "%" in c or max(table[c]) > 1) else 100
+            return [scale * v for v in table[c]]
+        out: dict[float, tuple[list[float], list[float]]] = {}
+        lasts, bests = percent(last), (percent(best) if best else [math.nan] * len(rows))
+        for s, lv, bv in zip(table[sigma], lasts, bests):
+            out.setdefault(s, ([], []))[0].append(lv)
+            out[s][1].append(bv)
+        return path, out
+    raise DataError(f"{hp_dir} has no sigma table: expected a CSV with columns sigma,last_val_acc[,best_val_acc] "
+                    f"(tune.py writes it when the sweep ends); found: {'; '.join(seen) or 'no CSV file'}")
+
+
+def hp_folder(text: Path, runs_dir: Path) -> Path:
+    """--hp_dir as a path, or a bare sweep id hp_<timestamp> looked up in hp/ beside the runs folder."""
+    for candidate in (text, runs_dir.parent / "hp" / text):
+        if candidate.is_dir():
+            return candidate
+    raise DataError(f"--hp_dir {text}: no such folder (nor {runs_dir.parent / 'hp' / text}); give a tune.py sweep "
+                    "folder hp/hp_<timestamp>/")
+
+
+def figure_hp(tables: list[tuple[Path, dict]]) -> tuple[plt.Figure, list[list]]:
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    rows = [["sweep", "sigma", "n_trials", "last_mean", "last_std", "best_mean", "best_std"]]
+    for i, (hp_dir, table) in enumerate(tables):
+        sigmas = sorted(table)
+        stats = [(mean_std(table[s][0]), mean_std(table[s][1]), len(table[s][0])) for s in sigmas]
+        rows += [[hp_dir.name, s, n, *last, *best] for s, (last, best, n) in zip(sigmas, stats)]
+        colour = f"C{i}"
+        name = hp_dir.name + " " if len(tables) > 1 else ""
+        # the chosen sigma: highest last-epoch validation accuracy, the smaller sigma on a tie
+        top = max(range(len(sigmas)), key=lambda j: (stats[j][0][0], -sigmas[j]))
+        for k, style, what in ((0, "-", f"last epoch (best σ={sigmas[top]:g}, ★)"), (1, "--", "best epoch")):
+            means = [st[k][0] for st in stats]
+            if all(math.isnan(v) for v in means):
+                continue
+            ax.errorbar(sigmas, means, yerr=[st[k][1] or 0.0 for st in stats], fmt="o" + style, color=colour,
+                        capsize=4, mfc=colour if k == 0 else "white", label=name + what)
+        ax.plot(sigmas[top], stats[top][0][0], "*", ms=18, color=colour, mec="black", zorder=5)
+    ax.set_xscale("log")
+    all_sigmas = sorted({s for _, t in tables for s in t})
+    ax.set_xticks(all_sigmas, [f"{s:g}" for s in all_sigmas])
+    ax.minorticks_off()
+    ax.margins(x=0.08, y=0.1)
+    ax.set_xlabel("σ (log scale)")
+    ax.set_ylabel("validation accuracy (%), noisy labels")
+    ax.set_title("Sigma search (SLN): accuracy on the noisy validation split"
+                 + (f"\n{tables[0][0].name}" if len(tables) == 1 else ""))
+    ax.legend()
+    return fig, [[("" if v is None else v) for v in r] for r in rows]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing
+
+def free_stem(folder: Path, name: str, suffixes: list[str], overwrite: bool) -> Path:
+    """folder/name, or the first of folder/name-2, name-3 ... for which none of the files name+suffix exists."""
+    for k in itertools.count(1):
+        stem = folder / (name if k == 1 else f"{name}-{k}")
+        if overwrite or not any(Path(f"{stem}{s}").exists() for s in suffixes):
+            return stem
+
+
+def write_csv(path: Path, rows: list[list]) -> None:
+    def write(tmp: Path):
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+    engine.write_atomic(path, write)
+
+
+def save(folder: Path, name: str, fig: plt.Figure | None, args: argparse.Namespace, csv_rows: list[list] | None = None,
+         markdown: str | None = None) -> list[Path]:
+    """Write a figure (PNG, and PDF with --pdf) and the numbers behind it, under one free name."""
+    suffixes = ([".png"] + ([".pdf"] if args.pdf else []) if fig is not None else []) + \
+               ([".csv"] if csv_rows is not None else []) + ([".md"] if markdown is not None else [])
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = free_stem(folder, name, suffixes, args.overwrite)
+    written = [Path(f"{stem}{s}") for s in suffixes]
+    for path in written:
+        if path.suffix in (".png", ".pdf"):
+            engine.write_atomic(path, lambda tmp, fmt=path.suffix[1:]: fig.savefig(tmp, format=fmt))
+        elif path.suffix == ".csv":
+            write_csv(path, csv_rows)
+        else:
+            engine.write_atomic(path, lambda tmp: tmp.write_text(markdown))
+    if fig is not None:
+        plt.close(fig)
+    for path in written:
+        print(f"wrote {path}")
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def build_parser() -> engine.Parser:
+    p = engine.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    w = p.add_argument_group("what to make")
+    w.add_argument("--plot_type", nargs="+", choices=PLOT_TYPES, default=[], metavar="TYPE",
+                   help="one or more of: pred_probs, sample_dissect, curves: figures of --exp_id (pred_probs and "
+                        "sample_dissect together pass over the data once); ablation: test accuracy vs sigma over "
+                        "--exp_ids/--filter; hp: validation accuracy vs sigma of --hp_dir")
+    w.add_argument("--table", action="store_true",
+                   help="Markdown and CSV tables of the runs of --exp_ids/--filter: mean ± std over seeds of the "
+                        "last-epoch and best test accuracy, rows the models, columns the noise modes")
+    s = p.add_argument_group("which runs")
+    s.add_argument("--exp_id", help="the run of pred_probs, sample_dissect and curves (its folder name in --runs_dir)")
+    s.add_argument("--exp_ids", nargs="+", help="the runs of --table and ablation (default: every run in --runs_dir)")
+    s.add_argument("--filter", help="keep the runs of --table and ablation whose config has these values: "
+                                    "key=value[,key=value ...], alternatives with |, e.g. "
+                                    "dataset_name=cifar10,noise_mode=sym|asym,model=wrn-28-2")
+    s.add_argument("--hp_dir", type=Path, nargs="+",
+                   help="tune.py sweep folder(s) hp/hp_<timestamp>/ for --plot_type hp (a bare hp_<timestamp> is "
+                        "looked up in hp/ beside --runs_dir)")
+    s.add_argument("--runs_dir", type=Path, default=Path("runs"),
+                   help="folder of the run folders <exp_id>/ (default: runs/); a training --out_dir works too")
+    o = p.add_argument_group("output")
+    o.add_argument("--assets_dir", type=Path, default=Path("assets"),
+                   help="figures of one run go to <assets_dir>/<exp_id>/, of several runs to <assets_dir>/ "
+                        "(default: assets/)")
+    o.add_argument("--name", help="file name, without extension, of the table / ablation / hp output "
+                                  "(default: table, ablation, hp or the sweep's folder name)")
+    o.add_argument("--pdf", action="store_true", help="also save every figure as PDF")
+    o.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (default: keep them and write name-2, name-3, ...)")
+    c = p.add_argument_group("pred_probs and sample_dissect")
+    c.add_argument("--network", choices=["reported", "net", "ema"], default="reported",
+                   help="which final network to analyse: the one the run reports (EMA for SLN-MO and SLN-MO-LC), "
+                        "the trained network or the EMA network")
+    c.add_argument("--data_dir", type=Path, default=None,
+                   help="dataset root, when not where the run had it (its config's data_dir)")
+    c.add_argument("--device", default="cpu", help="where to run the network: cpu (default), cuda, cuda:1, mps, auto")
+    c.add_argument("--batch_size", type=int, default=1024, help="images per forward pass")
+    c.add_argument("--bins", type=int, default=50,
+                   help="sample_dissect: number of equal-size loss bins (the paper: 50, i.e. 1000 CIFAR samples each)")
+    c.add_argument("--hist_bins", type=int, default=50, help="pred_probs: number of histogram bins over [0, 1]")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if not args.plot_type and not args.table:
+        engine.fail(f"say what to make: --plot_type {' | '.join(PLOT_TYPES)} and/or --table")
+    if set(args.plot_type) & set(SINGLE_RUN_PLOTS) and not args.exp_id:
+        engine.fail(f"--plot_type {' '.join(t for t in args.plot_type if t in SINGLE_RUN_PLOTS)} needs --exp_id <id>")
+    if args.exp_id and not set(args.plot_type) & set(SINGLE_RUN_PLOTS):
+        engine.fail("--exp_id is for pred_probs, sample_dissect and curves; "
+                    "--table and ablation take --exp_ids or --filter")
+    if "hp" in args.plot_type and not args.hp_dir:
+        engine.fail("--plot_type hp needs --hp_dir hp/hp_<timestamp> (a tune.py sweep folder)")
+    if args.hp_dir and "hp" not in args.plot_type:
+        engine.fail("--hp_dir is for --plot_type hp")
+    for name in ("batch_size", "bins", "hist_bins"):
+        if getattr(args, name) <= 0:
+            engine.fail(f"--{name} must be positive, got {getattr(args, name)}")
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    written: list[Path] = []
+    try:
+        if args.exp_id:
+            run = find_run(runs_folder(args.runs_dir), args.exp_id)
+            folder = args.assets_dir / run.exp_id
+            wanted = [t for t in ("pred_probs", "sample_dissect") if t in args.plot_type]
+            if wanted:
+                data = rebuild_training_set(run, args.data_dir)
+                network = reported_network(run) if args.network == "reported" else args.network
+                logits = training_set_logits(run, data, network, engine.pick_device(args.device), args.batch_size)
+                figures = {"pred_probs": lambda: figure_pred_probs(run, network, logits, data, args.hist_bins),
+                           "sample_dissect": lambda: figure_sample_dissect(run, network, logits, data, args.bins)}
+                suffix = "" if args.network == "reported" else f"_{network}"
+                for kind in wanted:
+                    fig, rows = figures[kind]()
+                    written += save(folder, kind + suffix, fig, args, rows)
+            if "curves" in args.plot_type:
+                written += save(folder, "curves", figure_curves(run), args)
+        if args.table or "ablation" in args.plot_type:
+            runs = select_runs(runs_folder(args.runs_dir), args.exp_ids, args.filter)
+            if args.table:
+                markdown, rows = make_table(runs)
+                print(markdown)
+                written += save(args.assets_dir, args.name or "table", None, args, rows, markdown)
+            if "ablation" in args.plot_type:
+                rows, title = ablation_points(runs)
+                written += save(args.assets_dir, args.name or "ablation", figure_ablation(rows, title), args, rows)
+        if "hp" in args.plot_type:
+            tables = [read_hp_table(hp_folder(d, args.runs_dir)) for d in args.hp_dir]
+            tables = [(path.parent, table) for path, table in tables]
+            fig, rows = figure_hp(tables)
+            default = tables[0][0].name if len(tables) == 1 else "hp"
+            written += save(args.assets_dir, args.name or default, fig, args, rows)
+    except DataError as e:
+        engine.fail(str(e))
+    return written
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,335 @@
+"""plot.py on tiny train_cifar.py runs: every figure is written and decodable, the numbers behind the figures and
+tables are the runs' own, and mistakes give one-line errors."""
+import csv
+import json
+import math
+import shutil
+import statistics
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import data
+import engine
+import plot
+import train_cifar
+from models import make_model
+
+BASE = ["--dataset_name", "cifar10", "--p", "0.4", "--batch_size", "50", "--n_epochs", "2", "--lr", "0.01",
+        "--model", "wrn-16-1", "--device", "cpu", "--train_subset", "100", "--test_subset", "50"]
+TRAINED = {  # the two runs trained for real: the reported network is the EMA one for "lc1", the plain one for "ce"
+    "lc1": ["--noise_mode", "sym", "--sigma", "1.0", "--mo", "--lc_n_epoch", "1", "--seed", "1"],
+    "ce": ["--noise_mode", "sym", "--sigma", "0", "--lc_n_epoch", "-1", "--seed", "1"],
+}
+# Tables and the ablation read only config.yaml and metrics.csv, so further runs are copies of those two with
+# another seed / sigma / noise mode and other test accuracies (per epoch) in their files.
+DERIVED = {
+    "lc2": ("lc1", {"seed": 2}, [0.31, 0.27]),
+    "sln": ("ce", {"sigma": 0.5, "variant": "SLN"}, [0.22, 0.36]),
+    "ce_asym": ("ce", {"noise_mode": "asym"}, [0.4, 0.35]),
+    "sln_asym": ("ce", {"noise_mode": "asym", "sigma": 0.3, "variant": "SLN"}, [0.3, 0.33]),
+}
+
+
+def derive(runs_dir, src, name, changes, accs):
+    dest = runs_dir / f"exp_derived_{name}"
+    shutil.copytree(runs_dir / src, dest)
+    config = yaml.safe_load((dest / "config.yaml").read_text())
+    config.update(changes, exp_id=dest.name)
+    (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    rows = read_csv(dest / "metrics.csv")
+    for row, acc in zip(rows, accs, strict=True):
+        row["test/acc_reported"] = acc
+    with open(dest / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return dest.name
+
+
+@pytest.fixture(scope="module")
+def runs(fake_root, tmp_path_factory):
+    """Two trained runs and three derived ones in <out>/runs/; returns (out_dir, {name: exp_id})."""
+    out = tmp_path_factory.mktemp("plot_runs")
+    sums = {(n, m, 0.4): data.file_digest(data.noise_dir(fake_root, n) / f"{m}0.4.csv")
+            for n in ("cifar10", "cifar100") for m in ("sym", "asym", "dependent")}
+    ids = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data, "PAPER_NOISE_SHA256", sums)
+        for name, flags in TRAINED.items():
+            before = set(plot.run_ids(out / "runs")) if (out / "runs").is_dir() else set()
+            train_cifar.main(BASE + ["--data_dir", str(fake_root), "--out_dir", str(out), *flags])
+            (ids[name],) = set(plot.run_ids(out / "runs")) - before
+    for name, (src, changes, accs) in DERIVED.items():
+        ids[name] = derive(out / "runs", ids[src], name, changes, accs)
+    return out, ids
+
+
+def run_plot(out, assets, *flags):
+    return plot.main(["--runs_dir", str(out / "runs"), "--assets_dir", str(assets), *flags])
+
+
+def fails(capsys, out, assets, *flags) -> str:
+    """Run plot.py expecting a user error: one line on stderr, non-zero exit, nothing written."""
+    with pytest.raises(SystemExit) as exc:
+        run_plot(out, assets, *flags)
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert not assets.exists()
+    return err
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def decodable(path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        im.load()
+        return im.size
+
+
+def last_best(run_dir) -> tuple[float, float]:
+    acc = [100 * float(r["test/acc_reported"]) for r in read_csv(run_dir / "metrics.csv")]
+    return acc[-1], max(acc)
+
+
+def test_pred_probs_and_sample_dissect_use_the_runs_ema_network(runs, fake_root, paper_sums, tmp_path):
+    out, ids = runs
+    exp_id = ids["lc1"]
+    written = run_plot(out, tmp_path, "--exp_id", exp_id, "--plot_type", "pred_probs", "sample_dissect", "curves", "--pdf")
+    folder = tmp_path / exp_id
+    assert sorted(p.name for p in written) == sorted(
+        ["pred_probs.png", "pred_probs.pdf", "pred_probs.csv", "sample_dissect.png", "sample_dissect.pdf",
+         "sample_dissect.csv", "curves.png", "curves.pdf"])
+    for name in ("pred_probs", "sample_dissect", "curves"):
+        w, h = decodable(folder / f"{name}.png")
+        assert w > 600 and h > 300
+        assert (folder / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+
+    # the same numbers, computed here from the run's files without plot.py
+    config = yaml.safe_load((out / "runs" / exp_id / "config.yaml").read_text())
+    d = data.load_cifar_noisy("cifar10", fake_root, "sym", 0.4, 1).subset(100, None, 1)
+    assert json.loads((out / "runs" / exp_id / "noise.json").read_text())["train_indices"] == d.info["train_indices"]
+    model = make_model("wrn-16-1", 10)
+    model.load_state_dict(torch.load(out / "runs" / exp_id / "ema_final.pt", weights_only=True))
+    logits = engine.predict(model, torch.from_numpy(d.images), torch.tensor(d.mean), torch.tensor(d.std), 64)
+    probs = torch.softmax(logits, 1)
+    n_noisy = int(d.is_noisy.sum())
+    assert n_noisy == round(config["noise"]["noise_rate"] * 100)
+
+    hist = read_csv(folder / "pred_probs.csv")
+    assert len(hist) == 50
+    edges = np.linspace(0, 1, 51)
+    maxp = probs.max(1).values.numpy()
+    assert [int(r["noisy_max_prob"]) for r in hist] == np.histogram(maxp[d.is_noisy], edges)[0].tolist()
+    assert [int(r["clean_max_prob"]) for r in hist] == np.histogram(maxp[~d.is_noisy], edges)[0].tolist()
+    given = probs[torch.arange(100), torch.from_numpy(d.labels)].numpy()
+    assert [int(r["noisy_given_label_prob"]) for r in hist] == np.histogram(given[d.is_noisy], edges)[0].tolist()
+
+    bins = read_csv(folder / "sample_dissect.csv")
+    assert [int(r["n"]) for r in bins] == [2] * 50                        # 100 samples in 50 equal bins
+    assert all(float(a["loss_max"]) <= float(b["loss_min"]) for a, b in zip(bins, bins[1:]))
+    pred_right = (logits.argmax(1).numpy() == d.clean_labels)
+    kinds = [c for c in bins[0] if c.startswith("label_")]
+    totals = [sum(int(r[k]) for r in bins) for k in kinds]
+    assert totals == [int((~d.is_noisy & pred_right).sum()), int((~d.is_noisy & ~pred_right).sum()),
+                      int((d.is_noisy & pred_right).sum()), int((d.is_noisy & ~pred_right).sum())]
+
+
+def test_outputs_are_never_silently_replaced(runs, tmp_path):
+    out, ids = runs
+    run_plot(out, tmp_path, "--exp_id", ids["ce"], "--plot_type", "curves")
+    first = (tmp_path / ids["ce"] / "curves.png").read_bytes()
+    (tmp_path / ids["ce"] / "curves.png").write_bytes(b"keep me")
+    assert [p.name for p in run_plot(out, tmp_path, "--exp_id", ids["ce"], "--plot_type", "curves")] == ["curves-2.png"]
+    assert (tmp_path / ids["ce"] / "curves.png").read_bytes() == b"keep me"
+    assert (tmp_path / ids["ce"] / "curves-2.png").read_bytes()[:8] == first[:8]
+    run_plot(out, tmp_path, "--exp_id", ids["ce"], "--plot_type", "curves", "--overwrite")
+    assert decodable(tmp_path / ids["ce"] / "curves.png")
+    assert not (tmp_path / ids["ce"] / "curves-3.png").exists()
+
+
+def test_table_numbers_are_those_of_the_metrics_files(runs, tmp_path):
+    out, ids = runs
+    run_plot(out, tmp_path, "--table", "--filter", "dataset_name=cifar10,model=wrn-16-1", "--name", "t")
+    rows = read_csv(tmp_path / "t.csv")
+    assert sorted((r["variant"], r["noise"], r["sigma"], r["n_seeds"]) for r in rows) == [
+        ("CE", "asym", "0.0", "1"), ("CE", "sym", "0.0", "1"), ("SLN", "asym", "0.3", "1"), ("SLN", "sym", "0.5", "1"),
+        ("SLN-MO-LC", "sym", "1.0", "2")]
+    for r in rows:
+        accs = [last_best(out / "runs" / i) for i in r["exp_ids"].split()]
+        for k, which in enumerate(("last", "best")):
+            values = [a[k] for a in accs]
+            assert float(r[f"{which}_mean"]) == pytest.approx(statistics.mean(values), abs=1e-4)
+            if len(values) > 1:
+                assert float(r[f"{which}_std"]) == pytest.approx(statistics.stdev(values), abs=1e-4)
+            else:
+                assert r[f"{which}_std"] == ""
+    lc = next(r for r in rows if r["variant"] == "SLN-MO-LC")
+    assert sorted(lc["exp_ids"].split()) == sorted([ids["lc1"], ids["lc2"]]) and sorted(lc["seeds"].split()) == ["1", "2"]
+
+    md = (tmp_path / "t.md").read_text()
+    last = [last_best(out / "runs" / ids[n])[0] for n in ("lc1", "lc2")]
+    assert f"| SLN-MO-LC | {statistics.mean(last):.2f} ± {statistics.stdev(last):.2f} (n=2) | – |" in md
+    assert "| method | sym | asym |" in md                              # columns in the paper's order
+    table = md.split("last epoch")[1].split("###")[0]
+    assert table.index("| CE |") < table.index("| SLN |") < table.index("| SLN-MO-LC |")
+    # like the paper, one SLN row although sigma differs per noise mode; the table says so below
+    sln = [last_best(out / "runs" / ids[n])[0] for n in ("sln", "sln_asym")]
+    assert f"| SLN | {sln[0]:.2f} (n=1) | {sln[1]:.2f} (n=1) |" in table
+    assert "SLN: σ = 0.5 (sym), 0.3 (asym)" in table
+
+
+def fake_run(exp_id, sigma, seed, accs):
+    config = {"dataset_name": "cifar10", "model": "wrn-16-1", "p": 0.4, "n_epochs": 2, "noise_mode": "sym",
+              "variant": "SLN" if sigma else "CE", "sigma": sigma, "mo": False, "lc_n_epoch": -1, "seed": seed}
+    return plot.Run(exp_id, None, config, {"test/acc_reported": np.array(accs)}, {})
+
+
+def test_two_sigmas_in_one_column_are_two_rows():
+    md, rows = plot.make_table([fake_run("a", 0.5, 1, [0.1, 0.2]), fake_run("b", 1.0, 1, [0.3, 0.4]),
+                                fake_run("c", 1.0, 2, [0.5, 0.3]), fake_run("d", 0.0, 1, [0.6, 0.5])])
+    assert "| SLN (σ=0.5) | 20.00 (n=1) |" in md and "| SLN (σ=1.0) | 35.00 ± 7.07 (n=2) |" in md
+    assert md.index("| CE |") < md.index("| SLN (σ=0.5) |") < md.index("| SLN (σ=1.0) |")
+    header = rows[0]
+    assert [r[header.index("method")] for r in rows[1:]] == ["CE", "SLN (σ=0.5)", "SLN (σ=1.0)"]
+    assert [r[header.index("best_mean")] for r in rows[1:]] == [60.0, 20.0, 45.0]
+
+
+def test_filter_selects_runs(runs, tmp_path, capsys):
+    out, ids = runs
+    run_plot(out, tmp_path, "--table", "--filter", "noise_mode=asym|dependent,sigma=0")
+    assert [r["exp_ids"] for r in read_csv(tmp_path / "table.csv")] == [ids["ce_asym"]]
+    err = fails(capsys, out, tmp_path / "x", "--table", "--filter", "colour=red")
+    assert "'colour'" in err and "noise_mode" in err
+
+
+def test_ablation_is_accuracy_vs_sigma(runs, tmp_path):
+    out, ids = runs
+    written = run_plot(out, tmp_path, "--plot_type", "ablation", "--filter", "noise_mode=sym,mo=false")
+    assert [p.name for p in written] == ["ablation.png", "ablation.csv"]
+    decodable(tmp_path / "ablation.png")
+    rows = read_csv(tmp_path / "ablation.csv")
+    assert [(float(r["sigma"]), r["exp_ids"]) for r in rows] == [(0.0, ids["ce"]), (0.5, ids["sln"])]
+    for r in rows:
+        assert float(r["last_mean"]) == pytest.approx(last_best(out / "runs" / r["exp_ids"])[0], abs=1e-4)
+
+
+def write_hp_sweep(folder, name, header, rows):
+    folder.mkdir(parents=True)
+    with open(folder / name, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+
+
+def test_hp_reads_sigma_tables_of_either_style(tmp_path, capsys):
+    # the columns this issue assumed (fractions), and those tune.py writes (percent, extra columns)
+    write_hp_sweep(tmp_path / "hp" / "hp_a", "results.csv", ["sigma", "last_val_acc", "best_val_acc"],
+                   [[0.1, 0.5, 0.6], [1.0, 0.7, 0.75], [1.0, 0.8, 0.85]])
+    write_hp_sweep(tmp_path / "hp" / "hp_b", "sigma_search.csv",
+                   ["sigma", "val_acc_last_pct", "val_acc_best_pct", "best_epoch", "exp_id"],
+                   [[0.2, 61.5, 62.0, 3, "exp_x"], [0.5, 66.0, 67.25, 2, "exp_y"]])
+    path, table = plot.read_hp_table(tmp_path / "hp" / "hp_a")
+    assert path.name == "results.csv"
+    assert table == {0.1: ([50.0], [60.0]), 1.0: ([70.0, 80.0], [75.0, 85.0])}
+    assert plot.read_hp_table(tmp_path / "hp" / "hp_b")[1] == {0.2: ([61.5], [62.0]), 0.5: ([66.0], [67.25])}
+
+    assets = tmp_path / "assets"
+    # a bare sweep id is looked up in hp/ beside the runs folder
+    written = plot.main(["--plot_type", "hp", "--hp_dir", "hp_a", str(tmp_path / "hp" / "hp_b"),
+                         "--runs_dir", str(tmp_path / "runs"), "--assets_dir", str(assets)])
+    assert [p.name for p in written] == ["hp.png", "hp.csv"]
+    decodable(assets / "hp.png")
+    rows = read_csv(assets / "hp.csv")
+    assert [(r["sweep"], float(r["sigma"]), int(r["n_trials"]), float(r["last_mean"])) for r in rows] == [
+        ("hp_a", 0.1, 1, 50.0), ("hp_a", 1.0, 2, 75.0), ("hp_b", 0.2, 1, 61.5), ("hp_b", 0.5, 1, 66.0)]
+
+    (tmp_path / "hp" / "hp_c").mkdir()
+    (tmp_path / "hp" / "hp_c" / "other.csv").write_text("trial,loss\n1,0.5\n")
+    err = fails(capsys, tmp_path, assets / "new", "--plot_type", "hp", "--hp_dir", str(tmp_path / "hp" / "hp_c"))
+    assert "sigma table" in err and "other.csv (trial,loss)" in err
+
+
+def test_unknown_exp_id_lists_the_nearest(runs, tmp_path, capsys):
+    out, ids = runs
+    typo = ids["lc1"][:-2] + "zz"
+    err = fails(capsys, out, tmp_path / "assets", "--exp_id", typo, "--plot_type", "curves")
+    assert f"no run {typo!r}" in err and ids["lc1"] in err.split("nearest:")[1]
+    err = fails(capsys, out, tmp_path / "assets", "--exp_ids", typo, "--table")
+    assert "nearest:" in err
+
+
+def copy_run(out, exp_id, dest):
+    shutil.copytree(out / "runs" / exp_id, dest / "runs" / exp_id)
+    return dest / "runs" / exp_id
+
+
+def test_runs_without_clean_labels_get_curves_but_not_dissection(runs, tmp_path, capsys):
+    out, ids = runs
+    run_dir = copy_run(out, ids["ce"], tmp_path)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["dataset_name"] = "animal-10n"
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = read_csv(run_dir / "metrics.csv")
+    for r in rows:   # engine.py leaves these empty when there are no clean labels
+        r["train/loss_clean"] = r["train/loss_noisy"] = ""
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    for kind in ("pred_probs", "sample_dissect"):
+        err = fails(capsys, tmp_path, tmp_path / "assets", "--exp_id", ids["ce"], "--plot_type", kind)
+        assert "no clean labels" in err
+    run_plot(tmp_path, tmp_path / "assets", "--exp_id", ids["ce"], "--plot_type", "curves")
+    decodable(tmp_path / "assets" / ids["ce"] / "curves.png")
+
+
+def test_a_different_training_set_is_refused(runs, paper_sums, tmp_path, capsys):
+    out, ids = runs
+    run_dir = copy_run(out, ids["ce"], tmp_path)
+    noise = json.loads((run_dir / "noise.json").read_text())
+    noise["train_indices"][0] += 1
+    (run_dir / "noise.json").write_text(json.dumps(noise))
+    err = fails(capsys, tmp_path, tmp_path / "assets", "--exp_id", ids["ce"], "--plot_type", "pred_probs")
+    assert "is not the one run" in err and "train_indices" in err
+
+    err = fails(capsys, tmp_path, tmp_path / "assets", "--exp_id", ids["ce"], "--plot_type", "pred_probs",
+                "--data_dir", str(tmp_path / "nowhere"))
+    assert "--data_dir" in err
+
+
+def test_dissect_counts_exact():
+    losses = np.array([0.9, 0.1, 0.5, 0.3, 0.7, 0.2])
+    label_wrong = np.array([True, False, True, False, False, True])
+    pred_right = np.array([False, True, True, False, True, True])
+    # sorted by loss: idx 1 (RR), 5 (WR), 3 (RW) | 2 (WR), 4 (RR), 0 (WW)
+    assert plot.dissect_counts(losses, label_wrong, pred_right, 2).tolist() == [[1, 1, 1, 0], [1, 0, 1, 1]]
+    assert plot.dissect_counts(losses, label_wrong, pred_right, 6).sum(1).tolist() == [1] * 6
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "say what to make"),
+    (["--plot_type", "sample_dissect"], "needs --exp_id"),
+    (["--plot_type", "hp"], "needs --hp_dir"),
+    (["--exp_id", "x", "--table"], "--exp_ids or --filter"),
+    (["--table", "--filter", "noise_mode"], "not key=value"),
+    (["--exp_id", "x", "--plot_type", "pred_probs", "--bins", "0"], "--bins must be positive"),
+    (["--plot_type", "scatter"], "invalid choice"),
+])
+def test_bad_flags_give_one_line(runs, tmp_path, capsys, flags, message):
+    out, _ = runs
+    err = fails(capsys, out, tmp_path / "assets", *flags)
+    assert message in err, err
+
+
+def test_mean_std_single_and_several():
+    assert plot.mean_std([80.0]) == (80.0, None)
+    mean, std = plot.mean_std([80.0, 82.0, 84.0])
+    assert mean == 82.0 and math.isclose(std, 2.0)
