@@ -38,7 +38,7 @@ import yaml  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import engine  # noqa: E402
-from data import CIFAR, DataError, NoisyData, load_cifar_noisy  # noqa: E402
+from data import CIFAR, CIFARN, DataError, NoisyData, load_cifar_n, load_cifar_noisy  # noqa: E402
 from models import make_model  # noqa: E402
 
 SINGLE_RUN_PLOTS = ["pred_probs", "sample_dissect", "curves"]
@@ -338,14 +338,17 @@ def rebuild_training_set(run: Run, data_dir: Path | None) -> NoisyData:
     if not has_clean_labels(run):
         raise DataError(f"run {run.exp_id} ({name}) has no clean labels, and pred_probs and sample_dissect need "
                         "clean labels to tell clean from noisy samples; use --plot_type curves for this run")
-    if name not in CIFAR:
-        raise DataError(f"pred_probs and sample_dissect rebuild CIFAR-10/100 runs of train_cifar.py only; "
+    if name not in CIFAR and name not in CIFARN:
+        raise DataError(f"pred_probs and sample_dissect rebuild CIFAR-10/100 and CIFAR-N runs only; "
                         f"run {run.exp_id} trained on {name}")
     root = data_dir or Path(cfg.get("data_dir", "data"))
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist here; pass --data_dir <folder holding "
-                        f"{CIFAR[name].folder}/ and {name}/label_noisy/>")
-    data = load_cifar_noisy(**loader_kwargs(load_cifar_noisy, cfg, root))
+        raise DataError(f"data folder {root} does not exist here; pass --data_dir <folder holding the CIFAR "
+                        f"images and {'cifar-n/' if name in CIFARN else f'{name}/label_noisy/'}>")
+    if name in CIFARN:
+        data = load_cifar_n(name, root, cfg["noise_label"])
+    else:
+        data = load_cifar_noisy(**loader_kwargs(load_cifar_noisy, cfg, root))
     data = data.subset(cfg.get("train_subset"), None, cfg["seed"])
     check_same_training_set(run, data, root)
     return data
