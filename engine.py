@@ -454,20 +454,20 @@ def load_checkpoint(run_dir: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # Starting and resuming runs
 
-def find_run(out_dir: Path, exp_id: str) -> Path:
-    """runs/<exp_id> under out_dir, or an error naming the closest existing ids."""
-    runs = out_dir / "runs"
+def find_run(runs: Path, exp_id: str) -> Path:
+    """The run folder runs/<exp_id> (one with a config.yaml), or an error naming the closest existing ids."""
     if exp_id and (runs / exp_id / "config.yaml").is_file():
         return runs / exp_id
     known = sorted(p.name for p in runs.iterdir() if (p / "config.yaml").is_file()) if runs.is_dir() else []
-    near = difflib.get_close_matches(exp_id, known, n=3, cutoff=0.5) or known[-3:]
-    hint = f"; closest: {', '.join(near)}" if near else f"; there are no runs in {runs}"
-    raise DataError(f"no run {exp_id!r} in {runs}{hint}")
+    if not known:
+        raise DataError(f"no run {exp_id!r}: there are no runs in {runs}; pass the folder that holds them")
+    near = difflib.get_close_matches(exp_id, known, n=3, cutoff=0.0)
+    raise DataError(f"no run {exp_id!r} in {runs}; closest: {', '.join(near)}")
 
 
 def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace) -> argparse.Namespace:
     """For --resume: the run's saved flags, after checking that no flag given now contradicts them."""
-    run_dir = find_run(args.out_dir.resolve(), args.resume)
+    run_dir = find_run(args.out_dir.resolve() / "runs", args.resume)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     unset = object()  # argparse fills in defaults only for attributes the namespace lacks
     given = {k: v for k, v in vars(parser.parse_args(argv, argparse.Namespace(

@@ -113,13 +113,7 @@ def runs_folder(path: Path) -> Path:
 
 def find_run(runs_dir: Path, exp_id: str) -> Run:
     """The run called exp_id, or an error naming the nearest existing ids."""
-    ids = run_ids(runs_dir)
-    if exp_id not in ids:
-        if not ids:
-            raise DataError(f"no runs in {runs_dir}; pass --runs_dir <folder holding <exp_id>/config.yaml>")
-        nearest = difflib.get_close_matches(exp_id, ids, n=3, cutoff=0.0)
-        raise DataError(f"no run {exp_id!r} in {runs_dir}; nearest: {', '.join(nearest)}")
-    return load_run(runs_dir / exp_id)
+    return load_run(engine.find_run(runs_dir, exp_id))
 
 
 def parse_filter(text: str) -> dict[str, list[str]]:

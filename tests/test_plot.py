@@ -261,9 +261,9 @@ def test_unknown_exp_id_lists_the_nearest(runs, tmp_path, capsys):
     out, ids = runs
     typo = ids["lc1"][:-2] + "zz"
     err = fails(capsys, out, tmp_path / "assets", "--exp_id", typo, "--plot_type", "curves")
-    assert f"no run {typo!r}" in err and ids["lc1"] in err.split("nearest:")[1]
+    assert f"no run {typo!r}" in err and ids["lc1"] in err.split("closest:")[1]
     err = fails(capsys, out, tmp_path / "assets", "--exp_ids", typo, "--table")
-    assert "nearest:" in err
+    assert "closest:" in err
 
 
 def copy_run(out, exp_id, dest):
