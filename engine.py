@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 import sln
-from data import DataError, NoisyData, default_data_dir, normalise, random_crop_flip
+from data import CIFAR, DataError, NoisyData, default_data_dir, normalise, random_crop_flip
 from models import MODELS
 
 CODE_DIR = Path(__file__).resolve().parent
@@ -139,6 +139,39 @@ def pick_device(name: str) -> torch.device:
 
 
 # ----------------------------------------------------------------------------------------------------
+# CIFAR dataset flags (train_cifar.py and tune.py)
+
+NOISE_MODES = ["sym", "asym", "dependent", "openset"]
+
+# Sigma per setting, from the reference README (used when --sigma is not given).
+PAPER_SIGMA = {("cifar10", "sym"): 1.0, ("cifar10", "asym"): 0.5, ("cifar10", "dependent"): 0.5,
+               ("cifar10", "openset"): 0.5, ("cifar100", "sym"): 0.2, ("cifar100", "asym"): 0.2,
+               ("cifar100", "dependent"): 0.1}
+
+
+def add_cifar_args(p: argparse.ArgumentParser) -> None:
+    """Flags that choose the CIFAR dataset and its label noise."""
+    d = p.add_argument_group("dataset and noise")
+    d.add_argument("--dataset_name", choices=list(CIFAR), default="cifar10", help="training dataset")
+    d.add_argument("--noise_mode", choices=NOISE_MODES, default="sym",
+                   help="sym/asym/dependent: label noise; openset: CIFAR-100 images inside CIFAR-10 (CIFAR-10 only)")
+    d.add_argument("--p", type=float, default=0.4, help="noise rate, in [0, 1)")
+    d.add_argument("--custom_noise", action="store_true",
+                   help="use generated noise (<data_dir>/<dataset>/label_noisy/<mode><p>_custom.csv) instead of the paper's files")
+    d.add_argument("--make_new_custom_noise", action="store_true", help="regenerate the custom noise file (needs --custom_noise)")
+
+
+def check_cifar_args(args: argparse.Namespace) -> None:
+    """Validate the dataset flags (the paper's sigma default is left to the caller)."""
+    if not 0 <= args.p < 1:
+        fail(f"--p must be in [0, 1), got {args.p}")
+    if args.noise_mode == "openset" and args.dataset_name != "cifar10":
+        fail("open-set noise exists for CIFAR-10 only; use --dataset_name cifar10 or another --noise_mode")
+    if args.make_new_custom_noise and not args.custom_noise:
+        fail("--make_new_custom_noise needs --custom_noise")
+
+
+# ----------------------------------------------------------------------------------------------------
 # Run folders
 
 def new_exp_id(out_dir: Path, prefix: str = "exp") -> str:
@@ -218,8 +251,12 @@ def accuracy_and_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float
 # Training
 
 def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: torch.device, run_dir: Path,
-          on_epoch: Callable[[dict], None] | None = None) -> dict:
+          on_epoch: Callable[[dict], None] | None = None,
+          val: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Train `model` on `data` with CE / SLN / SLN+MO / SLN+MO+LC as `args` say; return the final summary.
+
+    `val` (images, labels), if given, is evaluated after every epoch with the reported network
+    (`val/acc`, `val/loss`); `on_epoch` receives every epoch's metrics row.
 
     Follows the reference `noise_cifar_train.py`: an EMA copy of the network is always kept (the
     network starts as a copy of it), SLN+MO and SLN+MO+LC report the EMA network; label correction
@@ -257,6 +294,9 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
               "test/loss", "test/acc", "test/loss_ema", "test/acc_ema", "test/acc_reported"]
     if lc_on:
         fields += ["lc/changed_fraction", "lc/corrected_precision"]
+    if val is not None:
+        val_x, val_y = (torch.from_numpy(a).to(device) for a in val)
+        fields += ["val/loss", "val/acc"]
     metrics_path = run_dir / "metrics.csv"
     with open(metrics_path, "w", newline="") as f:
         csv.writer(f).writerow(fields)
@@ -308,6 +348,9 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         row["test/acc"], row["test/loss"] = accuracy_and_loss(predict(model, test_x, mean, std, args.eval_batch_size), test_y)
         row["test/acc_ema"], row["test/loss_ema"] = accuracy_and_loss(predict(ema, test_x, mean, std, args.eval_batch_size), test_y)
         row["test/acc_reported"] = row["test/acc_ema"] if report_ema else row["test/acc"]
+        if val is not None:
+            row["val/acc"], row["val/loss"] = accuracy_and_loss(
+                predict(ema if report_ema else model, val_x, mean, std, args.eval_batch_size), val_y)
         row["seconds"] = time.time() - t0
 
         history.append(row)
@@ -353,7 +396,8 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
 
 
 def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int], nn.Module],
-        on_epoch: Callable[[dict], None] | None = None) -> tuple[str, dict]:
+        on_epoch: Callable[[dict], None] | None = None,
+        val: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[str, dict]:
     """Create the run folder and config, seed everything, build the model and train. Returns (exp_id, summary)."""
     model_name = variant(args)
     device = pick_device(args.device)
@@ -369,7 +413,8 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     run_dir = out / "runs" / exp_id
     noise_info = {k: v for k, v in data.info.items() if not isinstance(v, list)}
     config = config_dict(args, exp_id=exp_id, variant=model_name, dataset=data.name, device_used=str(device),
-                         n_train=len(data.labels), n_test=len(data.test_labels), noise=noise_info)
+                         n_train=len(data.labels), n_test=len(data.test_labels), noise=noise_info,
+                         **({} if val is None else {"n_val": len(val[1])}))
     (out / "configs").mkdir(parents=True, exist_ok=True)
     save_config(out / "configs" / f"{exp_id}.yaml", config)
     save_config(run_dir / "config.yaml", config)
@@ -377,7 +422,7 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     rate = data.noise_rate()
     print(f"{exp_id}: {model_name} on {data.name} ({len(data.labels)} train / {len(data.test_labels)} test images, "
           f"{'unknown' if rate is None else f'{rate:.2%}'} noisy) with {args.model} on {device}")
-    summary = train(args, data, model, device, run_dir, on_epoch)
+    summary = train(args, data, model, device, run_dir, on_epoch, val)
     print(f"{exp_id}: last test acc {summary['last_test_acc']:.4f}, best {summary['best_test_acc']:.4f} "
           f"(epoch {summary['best_epoch']}); outputs in {run_dir}")
     return exp_id, summary
