@@ -64,6 +64,7 @@ def build_parser() -> engine.Parser:
 
 
 def changed_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
+    """Flags whose value is not the default (to refuse flags that a mode would silently ignore)."""
     return {k for k, v in vars(args).items() if v != parser.get_default(k)}
 
 
@@ -165,8 +166,8 @@ def read_experiments(path: Path) -> tuple[dict, list[str]]:
             if v not in allowed:
                 engine.fail(f"{path}: {key}: unknown {v!r}; choose from {', '.join(allowed)}")
     seeds = raw.get("seeds")
-    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds)):
         engine.fail(f"{path}: seeds must be a non-empty list of distinct integers, e.g. [1, 2, 3, 4, 5]")
     sigma = raw.get("sigma")
     if sigma is not None:
@@ -435,7 +436,7 @@ def main(argv: list[str] | None = None) -> Path:
                      started=datetime.datetime.now().isoformat(timespec="seconds"))
         engine.save_config(hp_dir / "sweep.yaml", sweep)
     print(f"sweep {hp_dir.name}: {len(trial_configs(sweep))} trials, each with {sweep['resources']['cpu']:g} CPUs and "
-          f"{sweep['resources']['gpu']:g} GPUs; outputs in {hp_dir}", flush=True)
+          f"{sweep['resources']['gpu']:g} GPUs; outputs in {hp_dir} (tensorboard --logdir {hp_dir / 'runs'})", flush=True)
     finished = fit(hp_dir, sweep, resume=bool(args.resume))
     if sweep["kind"] == "sigma_search":
         _, text = sigma_table(hp_dir, finished, sweep)

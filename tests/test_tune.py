@@ -27,7 +27,7 @@ def ray_session(fake_root):
         import data as worker_data
         worker_data.PAPER_NOISE_SHA256.update(sums)
 
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level=logging.WARNING,
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
              runtime_env={**tune.worker_env(), "worker_process_setup_hook": accept_fake_noise_files})
     yield
     ray.shutdown()
