@@ -733,6 +733,29 @@ class NoisyData:
             out.test_images, out.test_labels = self.test_images[idx], self.test_labels[idx]
         return out
 
+    def split_validation(self, val_size: float, seed: int) -> tuple["NoisyData", tuple[np.ndarray, np.ndarray]]:
+        """(training set without the validation images, (validation images, their *noisy* labels)).
+
+        The paper picks sigma on a held-out share of the noisy training set, labelled with the noisy
+        labels (only those are known in practice); the split is stratified by noisy label and seeded.
+        """
+        n_val = int(round(val_size * len(self.labels)))
+        if not 0 < n_val < len(self.labels):
+            raise DataError(f"a validation share of {val_size} leaves {n_val} of {len(self.labels)} training images "
+                            "for validation; use a --val_size that keeps at least one image on each side")
+        val = stratified_indices(self.labels, n_val, seed)
+        keep = np.setdiff1d(np.arange(len(self.labels)), val)
+        out = NoisyData(**{**self.__dict__, "info": dict(self.info)})
+        out.images, out.labels = self.images[keep], self.labels[keep]
+        out.clean_labels = None if self.clean_labels is None else self.clean_labels[keep]
+        out.is_noisy = None if self.is_noisy is None else self.is_noisy[keep]
+        # indices into the full training set, so that the run records exactly which images it saw
+        original = np.asarray(self.info.get("train_indices", np.arange(len(self.labels))))
+        out.info.update(train_indices=original[keep].tolist(), val_indices=original[val].tolist(),
+                        noise_rate=out.noise_rate(),
+                        val_noise_rate=None if self.is_noisy is None else float(self.is_noisy[val].mean()))
+        return out, (self.images[val], self.labels[val])
+
 
 def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """n indices drawn without replacement so that every class keeps its share (sorted)."""

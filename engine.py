@@ -32,7 +32,8 @@ from torch import nn
 from tqdm import tqdm
 
 import sln
-from data import DataError, NoisyData, default_data_dir, normalise, random_crop_flip
+from data import (ASYM_VARIANTS, CIFAR, SYM_VARIANTS, DataError, NoisyData, default_data_dir, load_cifar_noisy,
+                  normalise, random_crop_flip)
 from models import MODELS
 
 CODE_DIR = Path(__file__).resolve().parent
@@ -54,7 +55,7 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-def add_training_args(p: argparse.ArgumentParser, default_model: str) -> None:
+def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable: bool = True) -> None:
     """Flags of the method and the run, with the reference's defaults (SLN-REFERENCE.md)."""
     g = p.add_argument_group("training (defaults: the SLN reference code)")
     g.add_argument("--batch_size", type=int, default=128, help="minibatch size in images")
@@ -90,8 +91,9 @@ def add_training_args(p: argparse.ArgumentParser, default_model: str) -> None:
                    help="batch size of evaluation and label-correction passes (no autograd)")
     r.add_argument("--out_dir", type=Path, default=Path("."),
                    help="where configs/ and runs/ are written (default: current directory)")
-    r.add_argument("--resume", metavar="EXP_ID", default=None,
-                   help="continue run EXP_ID (under --out_dir) from its last complete checkpoint, with its saved flags")
+    if resumable:
+        r.add_argument("--resume", metavar="EXP_ID", default=None,
+                       help="continue run EXP_ID (under --out_dir) from its last complete checkpoint, with its saved flags")
 
 
 def variant(args: argparse.Namespace) -> str:
@@ -141,6 +143,53 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         fail("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     return device
+
+
+# ----------------------------------------------------------------------------------------------------
+# CIFAR dataset flags (train_cifar.py and tune.py)
+
+NOISE_MODES = ["sym", "asym", "dependent", "openset"]
+
+# Sigma per setting, from the reference README (used when --sigma is not given).
+PAPER_SIGMA = {("cifar10", "sym"): 1.0, ("cifar10", "asym"): 0.5, ("cifar10", "dependent"): 0.5,
+               ("cifar10", "openset"): 0.5, ("cifar100", "sym"): 0.2, ("cifar100", "asym"): 0.2,
+               ("cifar100", "dependent"): 0.1}
+
+
+def add_cifar_args(p: argparse.ArgumentParser) -> None:
+    """Flags that choose the CIFAR dataset and its label noise."""
+    d = p.add_argument_group("dataset and noise")
+    d.add_argument("--dataset_name", choices=list(CIFAR), default="cifar10", help="training dataset")
+    d.add_argument("--noise_mode", choices=NOISE_MODES, default="sym",
+                   help="sym/asym/dependent: label noise; openset: CIFAR-100 images inside CIFAR-10 (CIFAR-10 only)")
+    d.add_argument("--p", type=float, default=0.4, help="noise rate, in [0, 1)")
+    d.add_argument("--custom_noise", action="store_true",
+                   help="use generated noise (<data_dir>/<dataset>/label_noisy/<mode><p>_custom.csv) instead of the paper's files")
+    d.add_argument("--make_new_custom_noise", action="store_true",
+                   help="regenerate the custom noise file from --seed (needs --custom_noise); a file with other "
+                        "content is kept aside as <name>.old-<hash>.csv, never overwritten")
+    d.add_argument("--sym_variant", choices=list(SYM_VARIANTS), default=None,
+                   help="custom sym noise: " + "; ".join(f"{k}: {v}" for k, v in SYM_VARIANTS.items())
+                        + " (default other, or what the existing file was made with)")
+    d.add_argument("--asym_variant", choices=list(ASYM_VARIANTS), default=None,
+                   help="custom asym noise: " + "; ".join(f"{k}: {v}" for k, v in ASYM_VARIANTS.items())
+                        + " (default paper, or what the existing file was made with)")
+
+
+def load_cifar_data(args: argparse.Namespace) -> NoisyData:
+    """The noisy CIFAR training set (and test set) the dataset flags describe; raises DataError."""
+    return load_cifar_noisy(args.dataset_name, args.data_dir, args.noise_mode, args.p, args.seed, args.custom_noise,
+                            args.make_new_custom_noise, args.sym_variant, args.asym_variant)
+
+
+def check_cifar_args(args: argparse.Namespace) -> None:
+    """Validate the dataset flags (the paper's sigma default is left to the caller)."""
+    if not 0 <= args.p < 1:
+        fail(f"--p must be in [0, 1), got {args.p}")
+    if args.noise_mode == "openset" and args.dataset_name != "cifar10":
+        fail("open-set noise exists for CIFAR-10 only; use --dataset_name cifar10 or another --noise_mode")
+    if args.make_new_custom_noise and not args.custom_noise:
+        fail("--make_new_custom_noise needs --custom_noise")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -270,8 +319,12 @@ def train_epoch(model, optimizer, ema_pairs, x, labels, targets, noisy_mask, dat
 
 
 def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: torch.device, run_dir: Path,
-          on_epoch: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
+          on_epoch: Callable[[dict], None] | None = None, resume: bool = False,
+          val: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Train `model` on `data` with CE / SLN / SLN+MO / SLN+MO+LC as `args` say; return the final summary.
+
+    `val` (images, labels), if given, is evaluated after every epoch with the reported network
+    (`val/acc`, `val/loss`); `on_epoch` receives every epoch's metrics row.
 
     Follows the reference `noise_cifar_train.py`: an EMA copy of the network is always kept (the
     network starts as a copy of it), SLN+MO and SLN+MO+LC report the EMA network; label correction
@@ -304,6 +357,9 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
     fields = METRIC_FIELDS + (LC_FIELDS if lc_on else [])
+    if val is not None:
+        val_x, val_y = (torch.from_numpy(a).to(device) for a in val)
+        fields += ["val/loss", "val/acc"]
     metrics_path = run_dir / "metrics.csv"
     history: list[dict] = []
     if resume:
@@ -347,6 +403,9 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         row["test/acc"], row["test/loss"] = accuracy_and_loss(predict(model, test_x, mean, std, args.eval_batch_size), test_y)
         row["test/acc_ema"], row["test/loss_ema"] = accuracy_and_loss(predict(ema, test_x, mean, std, args.eval_batch_size), test_y)
         row["test/acc_reported"] = row["test/acc_ema"] if report_ema else row["test/acc"]
+        if val is not None:
+            row["val/acc"], row["val/loss"] = accuracy_and_loss(
+                predict(ema if report_ema else model, val_x, mean, std, args.eval_batch_size), val_y)
         row["seconds"] = time.time() - t0
 
         history.append(row)
@@ -499,7 +558,7 @@ def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args
 def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse a training script's flags; with --resume, the resumed run's own flags (checked against argv)."""
     args = parser.parse_args(argv)
-    if args.resume:
+    if getattr(args, "resume", None):
         try:
             args = resolve_resume(parser, argv, args)
         except DataError as e:
@@ -508,8 +567,9 @@ def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None)
 
 
 def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int], nn.Module],
-        on_epoch: Callable[[dict], None] | None = None) -> tuple[str, dict]:
-    """Create (or, with args.resume, reopen) the run folder, seed everything, build the model and train.
+        on_epoch: Callable[[dict], None] | None = None,
+        val: tuple[np.ndarray, np.ndarray] | None = None, resume_id: str | None = None) -> tuple[str, dict]:
+    """Create (or, with resume_id, reopen) the run folder, seed everything, build the model and train.
     Returns (exp_id, summary); a training failure exits with its one-line message."""
     model_name = variant(args)
     device = pick_device(args.device)
@@ -521,9 +581,9 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     model = model_builder(data.num_classes)
 
     out = args.out_dir.resolve()
-    resume = bool(getattr(args, "resume", None))
+    resume = bool(resume_id)
     if resume:
-        exp_id = args.resume
+        exp_id = resume_id
         run_dir = out / "runs" / exp_id
     else:
         exp_id = new_exp_id(out)
@@ -531,7 +591,8 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
         # lists (indices) and dicts (the noise report) go to noise.json only, not the config
         noise_info = {k: v for k, v in data.info.items() if not isinstance(v, (list, dict))}
         config = config_dict(args, exp_id=exp_id, variant=model_name, dataset=data.name, device_used=str(device),
-                             n_train=len(data.labels), n_test=len(data.test_labels), noise=noise_info)
+                             n_train=len(data.labels), n_test=len(data.test_labels), noise=noise_info,
+                             **({} if val is None else {"n_val": len(val[1])}))
         (out / "configs").mkdir(parents=True, exist_ok=True)
         save_config(out / "configs" / f"{exp_id}.yaml", config)
         save_config(run_dir / "config.yaml", config)
@@ -542,7 +603,7 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "train_cifar.py"
     how = f"python {script} --resume {exp_id}" + (f" --out_dir {out}" if out != Path.cwd() else "")
     try:
-        summary = train(args, data, model, device, run_dir, on_epoch, resume)
+        summary = train(args, data, model, device, run_dir, on_epoch, resume, val)
     except TrainingStopped as e:
         fail(f"{exp_id}: {e}" + (f": {how}" if e.resumable else ""), 3)
     except DataError as e:   # an unusable checkpoint

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         data = load_data(args).subset(args.train_subset, args.test_subset, args.seed)
     except DataError as e:
         engine.fail(str(e))
-    _, summary = engine.run(args, data, lambda c: make_model(args.model, c))
+    _, summary = engine.run(args, data, lambda c: make_model(args.model, c), resume_id=args.resume)
     return summary
 
 

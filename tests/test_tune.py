@@ -1,0 +1,270 @@
+"""tune.py: real Ray Tune sweeps on CPU over tiny fake CIFAR, their tables checked against the runs' files."""
+import csv
+import json
+import logging
+import re
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import ray
+import yaml
+
+import data
+import tune
+
+
+@pytest.fixture(scope="module")
+def ray_session(fake_root):
+    """One small local Ray for the whole module (start-up is slow), whose workers accept the fake
+    noise files' checksums as `paper_sums` does in this process."""
+    sums = {(name, mode, 0.4): data.file_digest(data.noise_dir(fake_root, name) / f"{mode}0.4.csv")
+            for name in ("cifar10", "cifar100") for mode in ("sym", "asym", "dependent")}
+
+    def accept_fake_noise_files():
+        import data as worker_data
+        worker_data.PAPER_NOISE_SHA256.update(sums)
+
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             runtime_env={**tune.worker_env(), "worker_process_setup_hook": accept_fake_noise_files})
+    yield
+    ray.shutdown()
+
+
+def quick_flags(fake_root, out_dir):
+    return ["--batch_size", "64", "--n_epochs", "2", "--lr", "0.01", "--model", "wrn-16-1", "--train_subset", "200",
+            "--test_subset", "50", "--data_dir", str(fake_root), "--out_dir", str(out_dir), "--device", "cpu"]
+
+
+def search_flags(fake_root, out_dir, *extra):
+    # the seed command of the README, made small
+    return ["--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4", "--lc_n_epoch", "-1", "--val_size", "0.1",
+            "--seed", "123", "--sigmas", "0.1", "1.0", *quick_flags(fake_root, out_dir), *extra]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def column(run_dir, name):
+    return [float(r[name]) for r in read_csv(run_dir / "metrics.csv")]
+
+
+def run_config(run_dir):
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def test_split_validation_is_stratified_seeded_and_noisy(fake_root, paper_sums):
+    full = data.load_cifar_noisy("cifar10", fake_root, "sym", 0.4, seed=1).subset(200, None, 1)
+    train, (vx, vy) = full.split_validation(0.1, seed=5)
+    info = train.info
+    val_idx, train_idx = np.array(info["val_indices"]), np.array(info["train_indices"])
+    assert len(vy) == 20 and len(train.labels) == 180
+    assert not set(val_idx) & set(train_idx)
+    assert set(val_idx) | set(train_idx) == set(full.info["train_indices"])
+    # the validation labels are the noisy ones, and every noisy class keeps its share
+    pos = {k: i for i, k in enumerate(full.info["train_indices"])}
+    assert np.array_equal(vy, full.labels[[pos[k] for k in val_idx]])
+    assert np.array_equal(vx, full.images[[pos[k] for k in val_idx]])
+    assert np.all(np.abs(np.bincount(vy, minlength=10) - 0.1 * np.bincount(full.labels, minlength=10)) < 1)
+    assert info["val_noise_rate"] == pytest.approx(np.mean(full.is_noisy[[pos[k] for k in val_idx]]))
+    again = full.split_validation(0.1, seed=5)[0].info["val_indices"]
+    other = full.split_validation(0.1, seed=6)[0].info["val_indices"]
+    assert again == info["val_indices"] and other != info["val_indices"]
+    with pytest.raises(data.DataError, match="--val_size"):
+        full.split_validation(0.001, seed=5)
+
+
+def test_sigma_search_interrupted_resumed_and_its_table(ray_session, fake_root, paper_sums, tmp_path, capsys):
+    # 1.5 CPUs per trial on a 2-CPU Ray: trials run one after the other, each with one thread. Ctrl+C as
+    # soon as the second has started, i.e. after the first finished.
+    stop = threading.Event()
+
+    def interrupt_when_second_trial_starts():
+        while not stop.is_set():
+            if len(list(tmp_path.glob("hp/hp_*/runs/*"))) >= 2:
+                signal.raise_signal(signal.SIGINT)
+                return
+            time.sleep(0.05)
+
+    previous = signal.signal(signal.SIGINT, lambda *a: None)   # a late signal must not stop pytest
+    watcher = threading.Thread(target=interrupt_when_second_trial_starts)
+    watcher.start()
+    try:
+        with pytest.raises(SystemExit) as exc:
+            tune.main(search_flags(fake_root, tmp_path, "--cpus_per_trial", "1.5"))
+    finally:
+        stop.set()
+        watcher.join()
+        signal.signal(signal.SIGINT, previous)
+    assert exc.value.code == 1
+    (hp_dir,) = (tmp_path / "hp").iterdir()
+    assert re.fullmatch(r"hp_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", hp_dir.name)
+    assert f"--resume {hp_dir}" in capsys.readouterr().err
+    assert not (hp_dir / "sigma_search.csv").exists()
+    (first,) = {p.parent for p in hp_dir.glob("runs/*/summary.json")}
+    first_metrics = (first / "metrics.csv").read_text()
+    first_sigma = run_config(first)["sigma"]
+
+    assert tune.main(["--resume", hp_dir.name, "--out_dir", str(tmp_path)]) == hp_dir
+    table = read_csv(hp_dir / "sigma_search.csv")
+    assert [float(r["sigma"]) for r in table] == [0.1, 1.0]
+    run_of = {float(r["sigma"]): hp_dir / "runs" / r["exp_id"] for r in table}
+    # the finished trial was not run again; the interrupted one ran again from the start
+    assert run_of[first_sigma] == first and (first / "metrics.csv").read_text() == first_metrics
+    sigmas = [run_config(d)["sigma"] for d in (hp_dir / "runs").iterdir()]
+    assert sorted(sigmas) == sorted([0.1, 1.0, ({0.1, 1.0} - {first_sigma}).pop()])
+
+    for r in table:
+        run_dir = run_of[float(r["sigma"])]
+        config = run_config(run_dir)
+        assert (config["sigma"], config["variant"], config["mo"], config["lc_n_epoch"]) == (float(r["sigma"]), "SLN", False, -1)
+        assert config["n_train"] == 180 and config["n_val"] == 20 and config["seed"] == 123
+        acc = column(run_dir, "val/acc")
+        assert len(acc) == 2
+        assert float(r["val_acc_last_pct"]) == pytest.approx(100 * acc[-1], abs=1e-3)
+        assert float(r["val_acc_best_pct"]) == pytest.approx(100 * max(acc), abs=1e-3)
+        assert int(r["best_epoch"]) == int(np.argmax(acc)) + 1
+        noise = json.loads((run_dir / "noise.json").read_text())
+        assert len(noise["val_indices"]) == 20 and not set(noise["val_indices"]) & set(noise["train_indices"])
+    # highest last-epoch validation accuracy wins, the smaller sigma on a tie
+    last = {s: column(d, "val/acc")[-1] for s, d in run_of.items()}
+    best = max(last, key=lambda s: (last[s], -s))
+    assert f"best sigma: {best} " in (hp_dir / "sigma_search.md").read_text()
+    assert f"best sigma: {best} " in capsys.readouterr().out
+    sweep = yaml.safe_load((hp_dir / "sweep.yaml").read_text())
+    assert sweep["kind"] == "sigma_search" and sweep["grid"] == {"sigma": [0.1, 1.0]}
+    assert sweep["resources"] == {"cpu": 1.5, "gpu": 0}
+    assert sweep["base"]["data_dir"] == str(fake_root) and sweep["base"]["out_dir"] == str(hp_dir)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(first))
+    events.Reload()
+    assert [e.value for e in events.Scalars("val/acc")] == pytest.approx(column(first, "val/acc"))
+
+
+GRID = """
+dataset_name: cifar10
+p: 0.4
+variants: [CE, SLN-MO-LC]
+noise_modes: [sym]
+seeds: [1, 2]
+sigma: {sym: 1.0}
+lc_n_epoch: 250
+n_epochs: 300
+model: wrn-16-1
+"""
+
+
+def test_experiments_grid_table_is_mean_and_sample_std_over_seeds(ray_session, fake_root, paper_sums, tmp_path):
+    config_file = tmp_path / "grid.yaml"
+    config_file.write_text(GRID)
+    # the command line wins over the file: 2 epochs, correction before epoch 2
+    hp_dir = tune.main(["--experiments", str(config_file), *quick_flags(fake_root, tmp_path), "--lc_n_epoch", "1"])
+    runs = {}
+    for run_dir in (hp_dir / "runs").iterdir():
+        c = run_config(run_dir)
+        runs[(c["variant"], c["seed"])] = run_dir
+        assert c["n_epochs"] == 2 and c["noise_mode"] == "sym" and c["model"] == "wrn-16-1"
+        assert (c["sigma"], c["mo"], c["lc_n_epoch"]) == ((0.0, False, -1) if c["variant"] == "CE" else (1.0, True, 1))
+        assert "n_val" not in c                                     # tables train on the whole training set
+    assert sorted(runs) == [("CE", 1), ("CE", 2), ("SLN-MO-LC", 1), ("SLN-MO-LC", 2)]
+
+    (ce, lc) = read_csv(hp_dir / "table.csv")
+    for row, variant in ((ce, "CE"), (lc, "SLN-MO-LC")):
+        assert row["variant"] == variant
+        accs = [column(runs[(variant, seed)], "test/acc_reported") for seed in (1, 2)]
+        last = [100 * a[-1] for a in accs]
+        best = [100 * max(a) for a in accs]
+        assert float(row["sym_last_mean"]) == pytest.approx(np.mean(last), abs=1e-3)
+        assert float(row["sym_last_std"]) == pytest.approx(abs(last[0] - last[1]) / np.sqrt(2), abs=1e-3)
+        assert float(row["sym_best_mean"]) == pytest.approx(np.mean(best), abs=1e-3)
+        assert float(row["sym_best_std"]) == pytest.approx(abs(best[0] - best[1]) / np.sqrt(2), abs=1e-3)
+    md = (hp_dir / "table.md").read_text()
+    last_lc = [100 * column(runs[("SLN-MO-LC", s)], "test/acc_reported")[-1] for s in (1, 2)]
+    assert f"| SLN-MO-LC | {np.mean(last_lc):.2f} ± {np.std(last_lc, ddof=1):.2f} |" in md
+    assert md.index("| CE |") < md.index("| SLN-MO-LC |") < md.index("### best epoch")
+
+
+# ----------------------------------------------------------------------------------------------------
+
+BAD_FILES = [
+    ("variants: [CE]\nnoise_modes: [sym]\nseeds: [1]\ncolour: red\n", r"unknown key 'colour'"),
+    ("variants: [CE, SLN+MO]\nnoise_modes: [sym]\nseeds: [1]\n", r"variants: unknown 'SLN\+MO'; choose from CE, SLN"),
+    ("variants: [CE]\nnoise_modes: [pairflip]\nseeds: [1]\n", r"noise_modes: unknown 'pairflip'"),
+    ("variants: [CE]\nnoise_modes: [sym]\nseeds: [1, one]\n", r"seeds must be a non-empty list of distinct integers"),
+    ("variants: [SLN]\nnoise_modes: [sym]\nseeds: [1]\nsigma: {sym: -1}\n", r"sigma for sym must be a number > 0"),
+    ("variants: [CE]\nnoise_modes: [sym]\nseeds: [1]\nn_epochs: many\n", r"n_epochs: invalid int value: 'many'"),
+    ("variants: [CE]\nnoise_modes: [sym]\nseeds: [1]\nmodel: resnet-9000\n", r"model: invalid choice: 'resnet-9000'"),
+    ("variants: [CE]\nnoise_modes: [sym]\nseeds: [1]\ncustom_noise: yes please\n", r"custom_noise must be true or false"),
+    ("variants: [CE]\nnoise_modes: [openset]\nseeds: [1]\ndataset_name: cifar100\n", r"CIFAR-10 only"),
+    ("variants: [SLN-MO-LC]\nnoise_modes: [sym]\nseeds: [1]\n", r"SLN-MO-LC needs lc_n_epoch in 1\.\.299"),
+    ("variants: [CE\nnoise_modes: [sym]\n", r"is not valid YAML at line \d"),
+    ("- CE\n- SLN\n", r"must be a mapping"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_FILES)
+def test_bad_experiments_file_gives_one_line_and_writes_nothing(fake_root, paper_sums, tmp_path, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        tune.main(["--experiments", str(path), "--data_dir", str(fake_root), "--out_dir", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(message, err) and str(path) in err, err
+    assert not (tmp_path / "hp").exists()
+
+
+PAPER_CIFAR10 = str(tune.engine.CODE_DIR / "configs" / "paper_cifar10.yaml")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sigma", "1.0"], r"give its grid with --sigmas"),
+    (["--mo"], r"SLN only"),
+    (["--lc_n_epoch", "250"], r"SLN only"),
+    (["--sigmas", "0", "0.5"], r"--sigmas must be distinct values > 0"),
+    (["--sigmas", "0.5", "0.5"], r"--sigmas must be distinct values > 0"),
+    (["--val_size", "1.5"], r"--val_size must be a share in \(0, 1\)"),
+    (["--val_size", "0.001", "DATA"], r"--val_size that keeps at least one image"),
+    (["--cpus_per_trial", "0"], r"--cpus_per_trial must be > 0"),
+    (["--resume", "hp_nowhere"], r"--resume hp_nowhere: no sweep there"),
+    (["--resume", "hp_nowhere", "--n_epochs", "5", "--address", "auto"], r"saved settings; drop --n_epochs$"),
+    (["--experiments", "nowhere.yaml"], r"cannot read --experiments nowhere.yaml"),
+    (["--experiments", PAPER_CIFAR10, "--seed", "3"], r"--seed is set per run by"),
+])
+def test_bad_flags_give_one_line_and_write_nothing(fake_root, paper_sums, tmp_path, capsys, flags, message):
+    # "DATA": the tiny fake CIFAR, for the errors that need data to be found
+    data_flags = ["--data_dir", str(fake_root), "--train_subset", "200"]
+    argv = ["--out_dir", str(tmp_path)] + [f for flag in flags for f in (data_flags if flag == "DATA" else [flag])]
+    with pytest.raises(SystemExit) as exc:
+        tune.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp_path / "hp").exists()
+
+
+def test_more_resources_than_the_cluster_has(ray_session, fake_root, paper_sums, tmp_path, capsys):
+    for flag, message in (("--cpus_per_trial", r"--cpus_per_trial 3 but the Ray cluster has 2 CPUs"),
+                          ("--gpus_per_trial", r"--gpus_per_trial 3 but the Ray cluster has 0 GPUs")):
+        with pytest.raises(SystemExit):
+            tune.main(search_flags(fake_root, tmp_path, flag, "3"))
+        assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "hp").exists()
+
+
+@pytest.mark.parametrize("name", ["paper_cifar10.yaml", "paper_cifar100.yaml"])
+def test_shipped_paper_configs(name):
+    grid, argv = tune.read_experiments(tune.engine.CODE_DIR / "configs" / name)
+    dataset = "cifar10" if name == "paper_cifar10.yaml" else "cifar100"
+    assert grid["variants"] == tune.VARIANTS and grid["seeds"] == [1, 2, 3, 4, 5]
+    assert grid["sigma"] == {m: tune.engine.PAPER_SIGMA[(dataset, m)] for m in grid["noise_modes"]}
+    assert grid["noise_modes"] == (tune.engine.NOISE_MODES if dataset == "cifar10" else ["sym", "asym", "dependent"])
+    args = tune.build_parser().parse_args(argv)
+    assert (args.dataset_name, args.p, args.n_epochs, args.lc_n_epoch, args.model) == (dataset, 0.4, 300, 250, "wrn-28-2")

@@ -1,0 +1,449 @@
+"""Choose sigma on a noisy validation split, or run a whole paper table, as one Ray Tune sweep.
+
+    python tune.py --dataset_name cifar10 --noise_mode sym --p 0.4 --lc_n_epoch -1 --val_size 0.1 --seed 123
+    python tune.py --experiments configs/paper_cifar10.yaml
+    python tune.py --resume hp_2026-01-31_12-00-00          # continue an interrupted sweep
+
+Every trial is an ordinary training run (engine.run, the loop of train_cifar.py). A sweep folder
+<out_dir>/hp/hp_<timestamp>/ holds
+  sweep.yaml                 the sweep's settings (what --resume reads back)
+  tune/                      Ray Tune's own state and per-trial results (Tuner storage_path)
+  runs/<exp_id>/, configs/   one run folder per trial, as train_cifar.py writes them (TensorBoard logs included)
+  sigma_search.md/.csv       sigma search: sigma vs last-epoch and best validation accuracy, and the best sigma
+  table.md/.csv              --experiments: mean ± std over seeds of the test accuracy, laid out like the paper
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import itertools
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.tune
+import torch
+import yaml
+
+import engine
+from data import DataError, NoisyData
+from models import make_model
+
+DEFAULT_SIGMAS = [0.1, 0.2, 0.5, 1.0]                 # the paper's grid
+VARIANTS = ["CE", "SLN", "SLN-MO", "SLN-MO-LC"]       # the paper's four models, the rows of its tables
+TUNE_ONLY = ["sigmas", "experiments", "resume", "address", "cpus_per_trial", "gpus_per_trial"]
+
+
+def build_parser() -> engine.Parser:
+    p = engine.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    engine.add_cifar_args(p)
+    engine.add_training_args(p, default_model="wrn-28-2", resumable=False)  # --resume here continues a sweep
+    s = p.add_argument_group("sweep")
+    s.add_argument("--sigmas", type=float, nargs="+", default=DEFAULT_SIGMAS,
+                   help="the sigma grid of the search (SLN only, as in the paper)")
+    s.add_argument("--val_size", type=float, default=0.1,
+                   help="share of the noisy training set held out, with its noisy labels, to choose sigma on")
+    s.add_argument("--experiments", type=Path, default=None,
+                   help="YAML file of a grid of runs (variants x noise modes x seeds) to run instead of a sigma "
+                        "search, e.g. configs/paper_cifar10.yaml; flags given here override the file's values")
+    s.add_argument("--resume", default=None,
+                   help="continue an interrupted sweep with its saved settings: its folder, or its id (hp_...) "
+                        "under <out_dir>/hp/; finished trials are not run again")
+    r = p.add_argument_group("Ray")
+    r.add_argument("--cpus_per_trial", type=float, default=1, help="CPU cores reserved for each trial")
+    r.add_argument("--gpus_per_trial", type=float, default=None,
+                   help="GPUs per trial; fractions share a GPU (0.5: two trials per GPU). Default: 1 if the Ray "
+                        "cluster has GPUs, else 0")
+    r.add_argument("--address", default=None,
+                   help="join a running Ray cluster (host:port, or auto); default: start Ray on this machine")
+    return p
+
+
+def changed_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
+    """Flags whose value is not the default (to refuse flags that a mode would silently ignore)."""
+    return {k for k, v in vars(args).items() if v != parser.get_default(k)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Planning a sweep: every check happens here, before anything is written
+
+def load_data(args: argparse.Namespace) -> tuple[NoisyData, tuple[np.ndarray, np.ndarray] | None]:
+    """The training data of one trial, and its validation split when args.val_size is set."""
+    data = engine.load_cifar_data(args).subset(args.train_subset, args.test_subset, args.seed)
+    if args.val_size is None:
+        return data, None
+    return data.split_validation(args.val_size, args.seed)
+
+
+def trial_flags(config: dict, sweep: dict) -> dict:
+    """The flags that one trial's Tune `config` sets on top of the sweep's base flags."""
+    if sweep["kind"] == "sigma_search":
+        return {"sigma": config["sigma"]}
+    variant, mode = config["variant"], config["noise_mode"]
+    return {"noise_mode": mode, "seed": config["seed"],
+            "sigma": 0.0 if variant == "CE" else sweep["sigma"][mode],
+            "mo": variant in ("SLN-MO", "SLN-MO-LC"),
+            "lc_n_epoch": sweep["lc_n_epoch"] if variant == "SLN-MO-LC" else -1}
+
+
+def trial_configs(sweep: dict) -> list[dict]:
+    keys = list(sweep["grid"])
+    return [dict(zip(keys, values)) for values in itertools.product(*sweep["grid"].values())]
+
+
+def base_flags(args: argparse.Namespace) -> dict:
+    """The training flags shared by all trials, with absolute paths (Ray runs trials in other directories)."""
+    base = {k: v for k, v in vars(args).items() if k not in TUNE_ONLY}
+    base["data_dir"] = str(args.data_dir.resolve())
+    base["out_dir"] = str(args.out_dir.resolve())
+    return base
+
+
+def preflight(sweep: dict) -> None:
+    """Check every trial's flags, and load the data of each noise mode once here rather than fail in every
+    trial (this also downloads missing files once, and makes custom noise once if asked)."""
+    loaded = set()
+    for config in trial_configs(sweep):
+        args = argparse.Namespace(**{**sweep["base"], **trial_flags(config, sweep)})
+        args.data_dir = Path(args.data_dir)
+        engine.check_cifar_args(args)
+        engine.check_training_args(args)
+        if args.noise_mode not in loaded:
+            try:
+                load_data(args)
+            except DataError as e:
+                engine.fail(str(e))
+            loaded.add(args.noise_mode)
+    sweep["base"]["make_new_custom_noise"] = False   # made above; trials must not all rewrite the same file
+
+
+def plan_sigma_search(parser: engine.Parser, args: argparse.Namespace) -> dict:
+    changed = changed_flags(parser, args)
+    if "sigma" in changed:
+        engine.fail("--sigma is what the search varies; give its grid with --sigmas")
+    if args.mo or args.lc_n_epoch != -1:
+        engine.fail("the sigma search trains SLN only, as the paper does; drop --mo and use --lc_n_epoch -1")
+    if any(s <= 0 for s in args.sigmas) or len(set(args.sigmas)) != len(args.sigmas):
+        engine.fail(f"--sigmas must be distinct values > 0 (sigma 0 is CE, not SLN), got {args.sigmas}")
+    if not 0 < args.val_size < 1:
+        engine.fail(f"--val_size must be a share in (0, 1), got {args.val_size}")
+    return {"kind": "sigma_search", "base": base_flags(args), "grid": {"sigma": sorted(args.sigmas)}}
+
+
+GRID_KEYS = ["variants", "noise_modes", "seeds", "sigma"]
+FILE_FLAGS = ["dataset_name", "p", "custom_noise", "lc_n_epoch", "n_epochs", "batch_size", "lr", "momentum",
+              "weight_decay", "ema_alpha", "lc_augment", "model", "train_subset", "test_subset", "eval_batch_size",
+              "deterministic"]
+BOOL_FLAGS = {"custom_noise": ("--custom_noise", None), "deterministic": ("--deterministic", None),
+              "lc_augment": ("--lc_augment", "--no-lc_augment")}
+
+
+def read_experiments(path: Path) -> tuple[dict, list[str]]:
+    """The grid part of an experiments file, and its flag part as command-line arguments; one-line errors."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        engine.fail(f"cannot read --experiments {path}: {e.strerror}")
+    except yaml.YAMLError as e:
+        where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
+        engine.fail(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}")
+    if not isinstance(raw, dict):
+        engine.fail(f"{path} must be a mapping of keys to values (see configs/paper_cifar10.yaml)")
+    for key in raw:
+        if key not in GRID_KEYS + FILE_FLAGS:
+            engine.fail(f"{path}: unknown key {key!r}; known keys: {', '.join(GRID_KEYS + FILE_FLAGS)}")
+    for key, allowed in (("variants", VARIANTS), ("noise_modes", engine.NOISE_MODES)):
+        values = raw.get(key)
+        if not isinstance(values, list) or not values or len(set(map(str, values))) != len(values):
+            engine.fail(f"{path}: {key} must be a non-empty list without repeats, from {', '.join(allowed)}")
+        for v in values:
+            if v not in allowed:
+                engine.fail(f"{path}: {key}: unknown {v!r}; choose from {', '.join(allowed)}")
+    seeds = raw.get("seeds")
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds)):
+        engine.fail(f"{path}: seeds must be a non-empty list of distinct integers, e.g. [1, 2, 3, 4, 5]")
+    sigma = raw.get("sigma")
+    if sigma is not None:
+        if not isinstance(sigma, dict) or not all(m in engine.NOISE_MODES for m in sigma):
+            engine.fail(f"{path}: sigma must map noise modes to sigma, e.g. {{sym: 1.0, asym: 0.5}}")
+        for m, s in sigma.items():
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0:
+                engine.fail(f"{path}: sigma for {m} must be a number > 0, got {s!r}")
+    argv = []
+    for key in FILE_FLAGS:
+        if key not in raw:
+            continue
+        value = raw[key]
+        if key in BOOL_FLAGS:
+            if not isinstance(value, bool):
+                engine.fail(f"{path}: {key} must be true or false, got {value!r}")
+            on, off = BOOL_FLAGS[key]
+            argv += [on] if value else ([off] if off else [])
+        elif isinstance(value, (bool, list, dict)) or value is None:
+            engine.fail(f"{path}: {key} must be a single value, got {value!r}")
+        else:
+            argv += [f"--{key}", str(value)]
+    grid = {"variants": raw["variants"], "noise_modes": raw["noise_modes"], "seeds": seeds, "sigma": sigma}
+    return grid, argv
+
+
+def plan_experiments(parser: engine.Parser, args: argparse.Namespace, argv: list[str]) -> tuple[dict, argparse.Namespace]:
+    """Settings of an --experiments sweep: defaults, then the file's values, then the flags given here."""
+    for name in ("sigma", "mo", "seed", "noise_mode", "sigmas", "val_size"):
+        if name in changed_flags(parser, args):
+            engine.fail(f"--{name} is set per run by {args.experiments} (variants, noise_modes, seeds, sigma); drop it")
+    grid, file_argv = read_experiments(args.experiments)
+    strict = build_parser()
+    strict.exit_on_error = False      # a bad value in the file is reported against the file, not the command line
+    try:
+        strict.parse_args(file_argv)
+    except argparse.ArgumentError as e:
+        engine.fail(f"{args.experiments}: {e}".replace("argument --", ""))
+    args = parser.parse_args(file_argv + argv)        # the command line comes last, so it wins
+    if "openset" in grid["noise_modes"] and args.dataset_name != "cifar10":
+        engine.fail(f"{args.experiments}: open-set noise exists for CIFAR-10 only; remove openset from noise_modes")
+    sigma = grid["sigma"] or {m: engine.PAPER_SIGMA.get((args.dataset_name, m)) for m in grid["noise_modes"]}
+    for m in grid["noise_modes"]:
+        if sigma.get(m) is None and set(grid["variants"]) - {"CE"}:
+            engine.fail(f"{args.experiments}: sigma has no value for {m}; add it, e.g. sigma: {{{m}: 0.5}}")
+    if "SLN-MO-LC" in grid["variants"] and not 0 < args.lc_n_epoch < args.n_epochs:
+        engine.fail(f"{args.experiments}: SLN-MO-LC needs lc_n_epoch in 1..{args.n_epochs - 1} "
+                    f"(the paper: 250 of 300 epochs), got {args.lc_n_epoch}")
+    args.val_size = None                               # tables are test accuracy on the full training set
+    experiments = args.experiments.resolve()
+    sweep = {"kind": "experiments", "base": base_flags(args), "experiments_file": str(experiments),
+             "experiments_yaml": experiments.read_text(),
+             "grid": {"variant": grid["variants"], "noise_mode": grid["noise_modes"], "seed": grid["seeds"]},
+             "sigma": {m: sigma.get(m) for m in grid["noise_modes"]}, "lc_n_epoch": args.lc_n_epoch}
+    return sweep, args
+
+
+def find_sweep(parser: engine.Parser, args: argparse.Namespace) -> Path:
+    extra = changed_flags(parser, args) - {"resume", "address", "out_dir"}
+    if extra:
+        engine.fail(f"--resume continues a sweep with its saved settings; drop {', '.join('--' + k for k in sorted(extra))}")
+    hp_dir = Path(args.resume)
+    if not hp_dir.is_dir():
+        hp_dir = args.out_dir / "hp" / args.resume
+    hp_dir = hp_dir.resolve()
+    if not (hp_dir / "sweep.yaml").is_file() or not ray.tune.Tuner.can_restore(str(hp_dir / "tune")):
+        engine.fail(f"--resume {args.resume}: no sweep there (no {hp_dir / 'sweep.yaml'} or Tune state); give the "
+                    "folder of a sweep, or its id hp_... under <out_dir>/hp/")
+    return hp_dir
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ray
+
+def worker_env() -> dict:
+    """What every Ray worker needs: this project importable (trials start in their own directories) and
+    no progress bars in the logs."""
+    path = os.pathsep.join(filter(None, [str(engine.CODE_DIR), os.environ.get("PYTHONPATH")]))
+    return {"env_vars": {"PYTHONPATH": path, "TQDM_DISABLE": "1"}}
+
+
+def start_ray(address: str | None) -> None:
+    """Join the cluster at `address`, or start Ray sized to this machine."""
+    if address:
+        try:
+            ray.init(address=address, runtime_env=worker_env(), logging_level=logging.WARNING)
+        except ConnectionError as e:
+            engine.fail(f"cannot join a Ray cluster at --address {address} ({e}); start one with "
+                        "`ray start --head`, or drop --address to run on this machine")
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ray.init(num_cpus=cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False,
+             runtime_env=worker_env(), logging_level=logging.WARNING)
+
+
+def resources(cpus: float, gpus: float | None) -> dict:
+    """Per-trial resources, checked against what the cluster has (else Tune would wait forever)."""
+    have = ray.cluster_resources()
+    if gpus is None:
+        gpus = 1.0 if have.get("GPU", 0) > 0 else 0.0
+    if cpus > have.get("CPU", 0):
+        engine.fail(f"--cpus_per_trial {cpus:g} but the Ray cluster has {have.get('CPU', 0):g} CPUs; ask for fewer")
+    if gpus > have.get("GPU", 0):
+        engine.fail(f"--gpus_per_trial {gpus:g} but the Ray cluster has {have.get('GPU', 0):g} GPUs; "
+                    "use --gpus_per_trial 0 to train on CPUs")
+    return {"cpu": cpus, "gpu": gpus}
+
+
+def trial(config: dict, sweep: dict) -> None:
+    """One Ray Tune trial: an ordinary training run whose flags are the sweep's base plus `config`.
+    Reports every epoch's metrics row, then the run's id and summary."""
+    args = argparse.Namespace(**{**sweep["base"], **trial_flags(config, sweep)})
+    args.data_dir, args.out_dir = Path(args.data_dir), Path(args.out_dir)
+    args.tune_trial_id = ray.tune.get_context().get_trial_id()     # saved in the run's config.yaml
+    if args.device == "auto" and sweep["resources"]["gpu"] == 0:
+        args.device = "cpu"                                         # Ray gave this trial no GPU
+    # one CPU thread per reserved core: more would fight the other trials for the same cores
+    torch.set_num_threads(max(1, int(sweep["resources"]["cpu"])))
+    data, val = load_data(args)
+    exp_id, summary = engine.run(args, data, lambda c: make_model(args.model, c),
+                                 on_epoch=lambda row: ray.tune.report({k: v for k, v in row.items() if v is not None}),
+                                 val=val)
+    ray.tune.report({"exp_id": exp_id, **summary})
+
+
+def fit(hp_dir: Path, sweep: dict, resume: bool) -> dict[str, dict]:
+    """Run (or continue) the sweep; return {exp_id: Tune config} of the trials that finished."""
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(trial, sweep=sweep), sweep["resources"])
+    if resume:
+        # unfinished and failed trials start again from epoch 1; finished ones are kept as they are
+        tuner = ray.tune.Tuner.restore(str(hp_dir / "tune"), trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        # all trials need the same resources, so a finished trial's process can take the next one: this saves
+        # starting Python, torch and Ray again for every trial (each run seeds itself, see engine.run)
+        tuner = ray.tune.Tuner(trainable, param_space={k: ray.tune.grid_search(v) for k, v in sweep["grid"].items()},
+                               tune_config=ray.tune.TuneConfig(reuse_actors=True),
+                               run_config=ray.tune.RunConfig(name="tune", storage_path=str(hp_dir)))
+    results = tuner.fit()
+    finished = {r.metrics["exp_id"]: r.config for r in results if r.error is None and "exp_id" in (r.metrics or {})}
+    total = len(trial_configs(sweep))
+    if len(finished) < total:
+        failed = [str(r.path) for r in results if r.error is not None]
+        engine.fail(f"{len(finished)} of {total} trials finished" + (f" ({len(failed)} failed: see {', '.join(failed)})"
+                    if failed else "") + f"; continue the sweep with: python tune.py --resume {hp_dir}", code=1)
+    return finished
+
+
+# ----------------------------------------------------------------------------------------------------
+# Result tables, read from the runs' metrics.csv
+
+def metric_column(run_dir: Path, column: str) -> list[float]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [float(row[column]) for row in csv.DictReader(f)]
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    def write(tmp: Path):
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+    engine.write_atomic(path, write)
+
+
+def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[float, str]:
+    """Write sigma_search.csv/.md: per sigma the validation accuracy at the last epoch and at the best
+    epoch; the best sigma has the highest last-epoch validation accuracy (ties: the smaller sigma)."""
+    rows = []
+    for exp_id, config in finished.items():
+        acc = metric_column(hp_dir / "runs" / exp_id, "val/acc")
+        best = int(np.argmax(acc))
+        rows.append([config["sigma"], round(100 * acc[-1], 4), round(100 * acc[best], 4), best + 1, exp_id])
+    rows.sort(key=lambda r: r[0])
+    best_sigma = max(rows, key=lambda r: (r[1], -r[0]))[0]
+    write_csv(hp_dir / "sigma_search.csv",
+              ["sigma", "val_acc_last_pct", "val_acc_best_pct", "best_epoch", "exp_id"], rows)
+    b = sweep["base"]
+    lines = [f"Sigma search, SLN: {b['dataset_name']} {b['noise_mode']} p={b['p']}, {b['model']}, {b['n_epochs']} epochs, "
+             f"seed {b['seed']}; validation: {b['val_size']:.0%} of the noisy training set, noisy labels",
+             "", "| sigma | val acc, last epoch (%) | val acc, best epoch (%) | best epoch | run |", "|---|---|---|---|---|"]
+    lines += [f"| {s} | {last:.2f} | {top:.2f} | {ep} | {exp_id} |" for s, last, top, ep, exp_id in rows]
+    lines += ["", f"best sigma: {best_sigma} (highest last-epoch validation accuracy)"]
+    text = "\n".join(lines) + "\n"
+    engine.write_atomic(hp_dir / "sigma_search.md", lambda tmp: tmp.write_text(text))
+    return best_sigma, text
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1, the usual '±' over seeds); no std from one seed."""
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def experiments_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> str:
+    """Write table.csv/.md: rows the paper's models, columns the noise modes, cells the mean ± std over
+    seeds of the reported network's test accuracy at the last and at the best epoch."""
+    accs: dict[tuple[str, str], list[list[float]]] = {}
+    for exp_id, config in finished.items():
+        acc = metric_column(hp_dir / "runs" / exp_id, "test/acc_reported")
+        accs.setdefault((config["variant"], config["noise_mode"]), []).append([100 * acc[-1], 100 * max(acc)])
+    variants, modes = sweep["grid"]["variant"], sweep["grid"]["noise_mode"]
+    n_seeds = len(sweep["grid"]["seed"])
+    cell = {}
+    for key, values in accs.items():
+        cell[key] = [mean_std([v[i] for v in values]) for i in (0, 1)]
+    header = ["variant"] + [f"{m}_{w}_{s}" for m in modes for w in ("last", "best") for s in ("mean", "std")]
+    rows = [[v] + [x for m in modes for which in (0, 1) for x in cell[(v, m)][which]] for v in variants]
+    write_csv(hp_dir / "table.csv", header,
+              [[x if isinstance(x, str) else "" if x is None else round(x, 4) for x in r] for r in rows])
+
+    def fmt(mean: float, std: float | None) -> str:
+        return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+    b = sweep["base"]
+    lines = [f"{b['dataset_name']}, p={b['p']}, {b['model']}, {b['n_epochs']} epochs: test accuracy (%), "
+             f"mean ± sample std (ddof=1) over {n_seeds} seeds {sweep['grid']['seed']}"]
+    for which, title in ((0, "last epoch (the paper's number)"), (1, "best epoch")):
+        lines += ["", f"### {title}", "", "| model | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
+        lines += [f"| {v} | " + " | ".join(fmt(*cell[(v, m)][which]) for m in modes) + " |" for v in variants]
+    text = "\n".join(lines) + "\n"
+    engine.write_atomic(hp_dir / "table.md", lambda tmp: tmp.write_text(text))
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def new_hp_dir(out_dir: Path) -> Path:
+    root = out_dir.resolve() / "hp"
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = f"hp_{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+    for suffix in itertools.count():
+        hp_dir = root / (stamp if suffix == 0 else f"{stamp}_{suffix}")
+        try:
+            hp_dir.mkdir()
+            return hp_dir
+        except FileExistsError:
+            continue
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run or resume a sweep; return its folder."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cpus_per_trial <= 0:
+        engine.fail(f"--cpus_per_trial must be > 0, got {args.cpus_per_trial:g}")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        engine.fail(f"--gpus_per_trial must be >= 0, got {args.gpus_per_trial:g}")
+    if args.resume:
+        hp_dir = find_sweep(parser, args)
+        sweep = yaml.safe_load((hp_dir / "sweep.yaml").read_text())
+        sweep["base"]["out_dir"] = str(hp_dir)       # the folder may have moved since
+    else:
+        engine.check_cifar_args(args)
+        if args.experiments:
+            sweep, args = plan_experiments(parser, args, argv)
+        else:
+            sweep = plan_sigma_search(parser, args)
+        preflight(sweep)
+    if not ray.is_initialized():
+        start_ray(args.address)
+    if args.resume:
+        resources(sweep["resources"]["cpu"], sweep["resources"]["gpu"])
+    else:
+        sweep["resources"] = resources(args.cpus_per_trial, args.gpus_per_trial)
+        hp_dir = new_hp_dir(args.out_dir)
+        sweep["base"]["out_dir"] = str(hp_dir)
+        sweep.update(command=["python", "tune.py", *argv], code=engine.code_version(),
+                     versions={**engine.library_versions(), "ray": ray.__version__},
+                     started=datetime.datetime.now().isoformat(timespec="seconds"))
+        engine.save_config(hp_dir / "sweep.yaml", sweep)
+    print(f"sweep {hp_dir.name}: {len(trial_configs(sweep))} trials, each with {sweep['resources']['cpu']:g} CPUs and "
+          f"{sweep['resources']['gpu']:g} GPUs; outputs in {hp_dir} (tensorboard --logdir {hp_dir / 'runs'})", flush=True)
+    finished = fit(hp_dir, sweep, resume=bool(args.resume))
+    if sweep["kind"] == "sigma_search":
+        _, text = sigma_table(hp_dir, finished, sweep)
+        print(f"\n{text}(table in {hp_dir / 'sigma_search.md'} and sigma_search.csv)")
+    else:
+        text = experiments_table(hp_dir, finished, sweep)
+        print(f"\n{text}(table in {hp_dir / 'table.md'} and table.csv)")
+    return hp_dir
+
+
+if __name__ == "__main__":
+    main()
