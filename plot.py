@@ -46,9 +46,9 @@ PLOT_TYPES = SINGLE_RUN_PLOTS + ["ablation", "hp"]
 VARIANT_ORDER = ["CE", "SLN", "SLN-MO", "SLN-MO-LC"]
 COLUMN_ORDER = ["sym", "asym", "dependent", "openset"]
 
-plt.rcParams.update({"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10.5,
-                     "xtick.labelsize": 11, "ytick.labelsize": 11, "figure.dpi": 100, "savefig.dpi": 150,
-                     "savefig.bbox": "tight", "axes.grid": True, "grid.alpha": 0.3})
+STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10.5,  # used by main()
+         "xtick.labelsize": 11, "ytick.labelsize": 11, "figure.dpi": 100, "savefig.dpi": 150,
+         "savefig.bbox": "tight", "axes.grid": True, "grid.alpha": 0.3}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -780,6 +780,11 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
+    with plt.rc_context(STYLE):   # this script's look, without changing matplotlib for code that imports it
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> list[Path]:
     args = build_parser().parse_args(argv)
     check_args(args)
     written: list[Path] = []

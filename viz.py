@@ -148,7 +148,7 @@ def draw(images: np.ndarray, given: np.ndarray, clean: np.ndarray | None, class_
 def save_new(fig, path: Path, overwrite: bool) -> Path:
     """Save as PNG; an existing file with other content is kept and the figure goes to <name>_2.png, ..."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches=None)  # fixed size, whatever the global rcParams say
     plt.close(fig)
     content = buf.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
