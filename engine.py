@@ -87,6 +87,13 @@ def add_training_args(p: argparse.ArgumentParser, default_model: str) -> None:
                    help="batch size of evaluation and label-correction passes (no autograd)")
     r.add_argument("--out_dir", type=Path, default=Path("."),
                    help="where configs/ and runs/ are written (default: current directory)")
+    s = p.add_argument_group("speed (all off by default: README 'Performance' says what each did where measured)")
+    s.add_argument("--amp", action="store_true",
+                   help="bf16 autocast for forward passes (CUDA only; on CPUs without bf16 units it is much slower)")
+    s.add_argument("--channels_last", action="store_true",
+                   help="NHWC memory layout for the network and its input batches")
+    s.add_argument("--compile", action="store_true",
+                   help="torch.compile the network and its EMA copy (the first epoch is slower while it compiles)")
 
 
 def variant(args: argparse.Namespace) -> str:
@@ -195,16 +202,17 @@ def config_dict(args: argparse.Namespace, **extra) -> dict:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch_size: int,
-            pad: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+            pad: int = 0, generator: torch.Generator | None = None, amp: bool = False) -> torch.Tensor:
     """Logits of `model` in eval mode for uint8 images on the device; with pad > 0 the training
-    augmentation is applied first (the reference's label-correction pass does this)."""
+    augmentation is applied first (the reference's label-correction pass does this). Logits are float32."""
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         xb = images[i:i + batch_size]
         if pad:
             xb = random_crop_flip(xb, pad, generator)
-        out.append(model(normalise(xb, mean, std)))
+        with autocast(images.device, amp):
+            out.append(model(normalise(xb, mean, std)).float())
     return torch.cat(out)
 
 
@@ -216,6 +224,47 @@ def accuracy_and_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float
 
 # ----------------------------------------------------------------------------------------------------
 # Training
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on `device` when `enabled` (--amp); a no-op context otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_epoch(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
+                ema_state: list[torch.Tensor], model_state: list[torch.Tensor], x: torch.Tensor, targets: torch.Tensor,
+                labels: torch.Tensor, noisy_mask: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, pad: int,
+                sigma: float, gen: torch.Generator, desc: str = "") -> torch.Tensor:
+    """One epoch of training steps over the uint8 images `x` (already on the device) in a seeded random order.
+
+    Each step crops, flips and normalises its batch on the device, adds SLN noise (sigma) to the batch's
+    targets, takes an SGD step and an EMA step. Nothing in the loop waits for the device: the returned
+    sums (objective, CE on clean samples, CE on noisy samples, correct predictions vs the given label)
+    stay on it until the caller reads them. bench.py times this same function.
+    """
+    model.train()
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    order = torch.randperm(len(x), generator=gen, device=x.device)
+    totals = torch.zeros(4, device=x.device)
+    for i in tqdm(range(0, len(x), args.batch_size), desc=desc, leave=False, unit="batch", dynamic_ncols=True):
+        idx = order[i:i + args.batch_size]
+        # index_select copies whole images (x[idx] gathers them byte by byte on a CPU)
+        xb = normalise(random_crop_flip(x.index_select(0, idx), pad, gen).contiguous(memory_format=fmt), mean, std)
+        tb = sln.noisy_targets(targets[idx], sigma, gen)
+        with autocast(x.device, args.amp):
+            out = model(xb)
+        out = out.float()  # the loss and the metrics in float32, also with --amp
+        loss = sln.soft_cross_entropy(out, tb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sln.ema_update(ema_state, model_state, args.ema_alpha)
+        with torch.no_grad():
+            ce = torch.nn.functional.cross_entropy(out, labels[idx], reduction="none")
+            noisy = noisy_mask[idx]
+            totals += torch.stack([loss * len(idx), torch.where(noisy, 0.0, ce).sum(), torch.where(noisy, ce, 0.0).sum(),
+                                   (out.argmax(1) == labels[idx]).sum()])
+    return totals
+
 
 def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: torch.device, run_dir: Path,
           on_epoch: Callable[[dict], None] | None = None) -> dict:
@@ -243,10 +292,13 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
     given = sln.onehot(labels, c)
     targets = given.clone()               # current (possibly corrected) targets, before SLN noise
     sigma = args.sigma
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
     ema = copy.deepcopy(model)
     for p in ema.parameters():
         p.requires_grad_(False)
+    if args.compile:
+        model.compile()  # in place: parameters, state-dict keys and the EMA tensors below stay the same
+        ema.compile()
     ema_state, model_state = sln.ema_tensors(ema), sln.ema_tensors(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     report_ema = model_name in ("SLN-MO", "SLN-MO-LC")
@@ -270,7 +322,7 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         row: dict = {"epoch": epoch}
         if lc_on and epoch > args.lc_n_epoch:
             sigma = 0.0  # reference: correction switches SLN off for the rest of training
-            logits = predict(ema, x, mean, std, args.eval_batch_size, data.pad if args.lc_augment else 0, gen)
+            logits = predict(ema, x, mean, std, args.eval_batch_size, data.pad if args.lc_augment else 0, gen, args.amp)
             losses = sln.soft_cross_entropy(logits, targets, reduction="none")
             targets = sln.corrected_targets(losses, given, logits)
             hard = targets.argmax(1)
@@ -278,35 +330,16 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
             if has_clean and noisy_mask.any():
                 row["lc/corrected_precision"] = float((hard[noisy_mask] == clean[noisy_mask]).float().mean())
 
-        model.train()
-        order = torch.randperm(n, generator=gen, device=device)
-        # sums of: objective, CE on clean samples, CE on noisy samples, correct (vs given label)
-        totals = torch.zeros(4, device=device)
-        for i in tqdm(range(0, n, args.batch_size), desc=f"epoch {epoch}/{args.n_epochs}", leave=False,
-                      unit="batch", dynamic_ncols=True):
-            idx = order[i:i + args.batch_size]
-            xb = normalise(random_crop_flip(x[idx], data.pad, gen), mean, std)
-            tb = sln.noisy_targets(targets[idx], sigma, gen)
-            out = model(xb)
-            loss = sln.soft_cross_entropy(out, tb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sln.ema_update(ema_state, model_state, args.ema_alpha)
-            with torch.no_grad():
-                ce = torch.nn.functional.cross_entropy(out, labels[idx], reduction="none")
-                noisy = noisy_mask[idx]
-                totals += torch.stack([loss * len(idx), torch.where(noisy, 0.0, ce).sum(), torch.where(noisy, ce, 0.0).sum(),
-                                       (out.argmax(1) == labels[idx]).sum()])
-
+        totals = train_epoch(args, model, optimizer, ema_state, model_state, x, targets, labels, noisy_mask, mean, std,
+                             data.pad, sigma, gen, f"epoch {epoch}/{args.n_epochs}")
         totals = totals.tolist()  # the one host sync of the epoch's training steps
         n_noisy = int(noisy_mask.sum())
         row.update({"seconds": None, "sigma": sigma, "train/loss": totals[0] / n, "train/acc": totals[3] / n})
         if has_clean:
             row["train/loss_clean"] = totals[1] / max(n - n_noisy, 1)
             row["train/loss_noisy"] = totals[2] / n_noisy if n_noisy else None
-        row["test/acc"], row["test/loss"] = accuracy_and_loss(predict(model, test_x, mean, std, args.eval_batch_size), test_y)
-        row["test/acc_ema"], row["test/loss_ema"] = accuracy_and_loss(predict(ema, test_x, mean, std, args.eval_batch_size), test_y)
+        row["test/acc"], row["test/loss"] = accuracy_and_loss(predict(model, test_x, mean, std, args.eval_batch_size, amp=args.amp), test_y)
+        row["test/acc_ema"], row["test/loss_ema"] = accuracy_and_loss(predict(ema, test_x, mean, std, args.eval_batch_size, amp=args.amp), test_y)
         row["test/acc_reported"] = row["test/acc_ema"] if report_ema else row["test/acc"]
         row["seconds"] = time.time() - t0
 
@@ -357,6 +390,9 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     """Create the run folder and config, seed everything, build the model and train. Returns (exp_id, summary)."""
     model_name = variant(args)
     device = pick_device(args.device)
+    if args.amp and device.type != "cuda":
+        # measured (README 'Performance'): on a CPU without bf16 units autocast made training ~15x slower
+        fail(f"--amp (bf16 autocast) is for CUDA GPUs; on {device.type} it is much slower than float32: drop --amp")
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
