@@ -37,9 +37,17 @@ float32, so utilisation there can read high; this was written and checked on a C
 """
 from __future__ import annotations
 
+import os
+
+if __name__ == "__main__":
+    # Idle OpenMP threads spin by default, which on a machine shared with other work takes the cores from
+    # the threads that have work: on the shared 2-core machine of README 'Performance', passive waiting
+    # made the input pipeline 10-30x and training 2-3x faster. Set here, before torch loads OpenMP; an
+    # OMP_WAIT_POLICY already in the environment wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import copy
 import json
-import os
 import platform
 import sys
 import time
@@ -110,8 +118,8 @@ def resolve(args) -> None:
 
 
 def training_images(root: Path, quick: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
-    """CIFAR-10's training images and labels from `root`, or seeded random ones of the same shape
-    (512 with --quick) when `root` has no CIFAR-10; plus a line saying which."""
+    """CIFAR-10's training images and labels from `root`; or seeded random ones of the same shape, 512 of
+    them with --quick, 50,000 when `root` has no CIFAR-10. Plus a line saying which."""
     if (root / CIFAR["cifar10"].folder).is_dir() and not quick:
         try:
             x, y, _, _ = load_cifar("cifar10", root, download=False)
@@ -283,7 +291,8 @@ class Trainer:
             self.model.compile()
         self.ema_state, self.model_state = sln.ema_tensors(ema), sln.ema_tensors(self.model)
         a = self.args
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=a.lr, momentum=a.momentum,
+                                         weight_decay=a.weight_decay)
         self.targets = sln.onehot(labels, 10)
         self.noisy = torch.rand(len(labels), generator=torch.Generator().manual_seed(0)).to(self.device) < 0.4
         self.mean = torch.tensor(CIFAR["cifar10"].mean, device=self.device)
@@ -361,9 +370,12 @@ def check_targets(results: dict) -> dict:
 
 
 def table(results: dict) -> str:
-    rows = [("data", results["data"]), ("device", f"{results['device']}, {results['threads']} threads"),
+    rows = [("data", results["data"]),
+            ("device", f"{results['device']}, {results['threads']} threads, "
+                       f"OMP_WAIT_POLICY {results['omp_wait_policy']}"),
             ("matmul_flop_s", f"{results['matmul_flop_s'] / 1e9:.1f} GFLOP/s ({results['matmul_size']}^2 float32)"),
-            ("pipeline_img_s", f"{results['pipeline_img_s']:.0f}"), ("dataloader_img_s", f"{results['dataloader_img_s']:.0f}"),
+            ("pipeline_img_s", f"{results['pipeline_img_s']:.0f}"),
+            ("dataloader_img_s", f"{results['dataloader_img_s']:.0f}"),
             ("pipeline_speedup", f"{results['pipeline_speedup']:.1f}")]
     for m in results["train_img_s"]:
         rows += [(f"train_img_s {m}", f"{results['train_img_s'][m]:.1f}"),
@@ -412,8 +424,10 @@ def measure(args, device: torch.device, argv: list[str]) -> dict:
     if args.steps * args.batch_size > len(x):
         engine.fail(f"--steps {args.steps} x --batch_size {args.batch_size} exceeds the {len(x)} training images")
     res: dict = {"data": source, "device": str(device), "threads": args.threads, "batch_size": args.batch_size,
-                 "steps": args.steps, "matmul_size": args.matmul_size, "command": " ".join(["python", "bench.py", *argv]),
-                 "host": platform.node(), "cpu_count": os.cpu_count(), **engine.library_versions()}
+                 "steps": args.steps, "matmul_size": args.matmul_size,
+                 "command": " ".join(["python", "bench.py", *argv]),
+                 "host": platform.node(), "cpu_count": os.cpu_count(),
+                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"), **engine.library_versions()}
     share = {}
 
     with CpuShare(args.threads) as share["matmul_before"]:
