@@ -94,6 +94,13 @@ def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable:
     if resumable:
         r.add_argument("--resume", metavar="EXP_ID", default=None,
                        help="continue run EXP_ID (under --out_dir) from its last complete checkpoint, with its saved flags")
+    s = p.add_argument_group("speed (all off by default: README 'Performance' says what each did where measured)")
+    s.add_argument("--amp", action="store_true",
+                   help="bf16 autocast for forward passes (CUDA only; on CPUs without bf16 units it is much slower)")
+    s.add_argument("--channels_last", action="store_true",
+                   help="NHWC memory layout for the network and its input batches")
+    s.add_argument("--compile", action="store_true",
+                   help="torch.compile the network and its EMA copy (the first epoch is slower while it compiles)")
 
 
 def variant(args: argparse.Namespace) -> str:
@@ -253,16 +260,18 @@ def config_dict(args: argparse.Namespace, **extra) -> dict:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch_size: int,
-            pad: int = 0, generator: torch.Generator | None = None, flip: bool = True) -> torch.Tensor:
+            pad: int = 0, generator: torch.Generator | None = None, flip: bool = True,
+            amp: bool = False) -> torch.Tensor:
     """Logits of `model` in eval mode for uint8 images on the device; with pad > 0 the training
-    augmentation is applied first (the reference's label-correction pass does this)."""
+    augmentation is applied first (the reference's label-correction pass does this). Logits are float32."""
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         xb = images[i:i + batch_size]
         if pad:
             xb = random_crop_flip(xb, pad, generator, flip=flip)
-        out.append(model(normalise(xb, mean, std)))
+        with autocast(images.device, amp):
+            out.append(model(normalise(xb, mean, std)).float())
     return torch.cat(out)
 
 
@@ -288,27 +297,44 @@ METRIC_FIELDS = ["epoch", "seconds", "sigma", "train/loss", "train/loss_clean", 
 LC_FIELDS = ["lc/changed_fraction", "lc/corrected_precision"]
 
 
-def train_epoch(model, optimizer, ema_pairs, x, labels, targets, noisy_mask, data: NoisyData, mean, std,
-                sigma: float, args, gen: torch.Generator, desc: str) -> torch.Tensor:
-    """One pass over the training set in a seeded random order. Returns, on the device and without any host
-    sync, the sums of: objective, CE on clean samples, CE on noisy samples, correct predictions (vs the
-    given label), and the first step whose loss was not finite (or the number of steps if none was)."""
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on `device` when `enabled` (--amp); a no-op context otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_epoch(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
+                ema_state: list[torch.Tensor], model_state: list[torch.Tensor], x: torch.Tensor, targets: torch.Tensor,
+                labels: torch.Tensor, noisy_mask: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, pad: int,
+                sigma: float, gen: torch.Generator, desc: str = "", flip: bool = True) -> torch.Tensor:
+    """One epoch of training steps over the uint8 images `x` (already on the device) in a seeded random order.
+
+    Each step crops, flips and normalises its batch on the device, adds SLN noise (sigma) to the batch's
+    targets, takes an SGD step and an EMA step. Nothing in the loop waits for the device: the returned
+    sums (objective, CE on clean samples, CE on noisy samples, correct predictions vs the given label)
+    and the index of the first step whose loss was not finite (the number of steps if none) stay on it
+    until the caller reads them. bench.py times this same function.
+    """
     model.train()
-    n = len(labels)
-    order = torch.randperm(n, generator=gen, device=x.device)
-    n_steps = (n + args.batch_size - 1) // args.batch_size
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    order = torch.randperm(len(x), generator=gen, device=x.device)
+    n_steps = -(-len(x) // args.batch_size)
     steps = torch.arange(n_steps + 1, device=x.device)
     totals = torch.zeros(4, device=x.device)
     first_bad = steps[-1].clone()
     for step in tqdm(range(n_steps), desc=desc, leave=False, unit="batch", dynamic_ncols=True):
         idx = order[step * args.batch_size:(step + 1) * args.batch_size]
-        xb = normalise(random_crop_flip(x[idx], data.pad, gen, flip=data.flip), mean, std)
-        out = model(xb)
-        loss = sln.soft_cross_entropy(out, sln.noisy_targets(targets[idx], sigma, gen))
+        # index_select copies whole images (x[idx] gathers them byte by byte on a CPU)
+        xb = random_crop_flip(x.index_select(0, idx), pad, gen, flip=flip).contiguous(memory_format=fmt)
+        xb = normalise(xb, mean, std)
+        tb = sln.noisy_targets(targets[idx], sigma, gen)
+        with autocast(x.device, args.amp):
+            out = model(xb)
+        out = out.float()  # the loss and the metrics in float32, also with --amp
+        loss = sln.soft_cross_entropy(out, tb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        sln.ema_update(*ema_pairs, args.ema_alpha)
+        sln.ema_update(ema_state, model_state, args.ema_alpha)
         with torch.no_grad():
             ce = torch.nn.functional.cross_entropy(out, labels[idx], reduction="none")
             noisy = noisy_mask[idx]
@@ -349,11 +375,14 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
     given = sln.onehot(labels, data.num_classes)
     targets = given.clone()               # current (possibly corrected) targets, before SLN noise
     sigma = args.sigma
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
     ema = copy.deepcopy(model)            # the reference copies the EMA network into the network at start
     for p in ema.parameters():
         p.requires_grad_(False)
-    ema_pairs = (sln.ema_tensors(ema), sln.ema_tensors(model))
+    if args.compile:
+        model.compile()  # in place: parameters, state-dict keys and the EMA tensors below stay the same
+        ema.compile()
+    ema_state, model_state = sln.ema_tensors(ema), sln.ema_tensors(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
     fields = METRIC_FIELDS + (LC_FIELDS if lc_on else [])
@@ -383,16 +412,17 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         row: dict = {"epoch": epoch}
         if lc_on and epoch > args.lc_n_epoch:
             sigma = 0.0  # reference: correction switches SLN off for the rest of training
-            logits = predict(ema, x, mean, std, args.eval_batch_size, data.pad if args.lc_augment else 0, gen, data.flip)
+            logits = predict(ema, x, mean, std, args.eval_batch_size, data.pad if args.lc_augment else 0, gen,
+                             data.flip, args.amp)
             targets = sln.corrected_targets(sln.soft_cross_entropy(logits, targets, reduction="none"), given, logits)
             hard = targets.argmax(1)
             row["lc/changed_fraction"] = float((hard != labels).float().mean())
             if has_clean and n_noisy:
                 row["lc/corrected_precision"] = float((hard[noisy_mask] == clean[noisy_mask]).float().mean())
 
-        sums = train_epoch(model, optimizer, ema_pairs, x, labels, targets, noisy_mask, data, mean, std, sigma,
-                           args, gen, f"epoch {epoch}/{args.n_epochs}").tolist()  # the epoch's one host sync
-        if sums[4] < (n + args.batch_size - 1) // args.batch_size:
+        sums = train_epoch(args, model, optimizer, ema_state, model_state, x, targets, labels, noisy_mask, mean, std,
+                           data.pad, sigma, gen, f"epoch {epoch}/{args.n_epochs}", data.flip).tolist()  # one host sync
+        if sums[4] < -(-n // args.batch_size):
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "nothing was checkpointed yet"
             raise TrainingStopped(f"the loss became NaN/Inf at epoch {epoch}, step {int(sums[4]) + 1}; {kept}; "
                                   "lower --lr or --sigma and start a new run")
@@ -400,12 +430,12 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         if has_clean:
             row["train/loss_clean"] = sums[1] / max(n - n_noisy, 1)
             row["train/loss_noisy"] = sums[2] / n_noisy if n_noisy else None
-        row["test/acc"], row["test/loss"] = accuracy_and_loss(predict(model, test_x, mean, std, args.eval_batch_size), test_y)
-        row["test/acc_ema"], row["test/loss_ema"] = accuracy_and_loss(predict(ema, test_x, mean, std, args.eval_batch_size), test_y)
+        evaluate = lambda net, images: predict(net, images, mean, std, args.eval_batch_size, amp=args.amp)  # noqa: E731
+        row["test/acc"], row["test/loss"] = accuracy_and_loss(evaluate(model, test_x), test_y)
+        row["test/acc_ema"], row["test/loss_ema"] = accuracy_and_loss(evaluate(ema, test_x), test_y)
         row["test/acc_reported"] = row["test/acc_ema"] if report_ema else row["test/acc"]
         if val is not None:
-            row["val/acc"], row["val/loss"] = accuracy_and_loss(
-                predict(ema if report_ema else model, val_x, mean, std, args.eval_batch_size), val_y)
+            row["val/acc"], row["val/loss"] = accuracy_and_loss(evaluate(ema if report_ema else model, val_x), val_y)
         row["seconds"] = time.time() - t0
 
         history.append(row)
@@ -573,6 +603,9 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     Returns (exp_id, summary); a training failure exits with its one-line message."""
     model_name = variant(args)
     device = pick_device(args.device)
+    if args.amp and device.type != "cuda":
+        # measured (README 'Performance'): on a CPU without bf16 units autocast made training ~15x slower
+        fail(f"--amp (bf16 autocast) is for CUDA GPUs; on {device.type} it is much slower than float32: drop --amp")
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)

@@ -1,0 +1,493 @@
+"""How fast is training here? Input pipeline, training steps and FLOP utilisation, measured side by side in one run.
+
+    python bench.py --data_dir /tmp/sln-data --json /tmp/bench.json
+
+Every figure comes from this one process on one machine, so the ratios between them hold even where
+the absolute rates move with the machine's load. Rates are images per second on --device.
+
+- `pipeline_img_s`: the project's input pipeline, as `engine.train_epoch` runs it: a seeded permutation
+  of the whole training set (one uint8 tensor on the device), then per batch a gather, random crop
+  (zero padding 4) and horizontal flip, and normalisation to float, all batched on the device.
+- `dataloader_img_s`: the usual alternative with the same augmentation: a torchvision `Dataset` that
+  makes a PIL image per sample (as `torchvision.datasets.CIFAR10` does), `transforms` RandomCrop(32,
+  padding=4), RandomHorizontalFlip, ToTensor, Normalize, and a shuffling `DataLoader` with
+  num_workers = os.cpu_count(), batches moved to the device. Timed after the first batch, so worker
+  start-up is not counted (in its favour). `pipeline_speedup` is the quotient of the two.
+- `train_img_s[model]`: `engine.train_epoch` itself, the training loop of every run (SLN with sigma 1
+  and the EMA, i.e. SLN-MO), over --steps batches after one warm-up batch; images / wall time.
+- `non_model_fraction[model]`: the share of that epoch's wall time spent outside the network's forward
+  pass, its backward pass and the optimiser step. Timed inside the same epoch with hooks that only
+  read the clock (on CUDA: record events): forward pre/post hooks on the network, a backward pre-hook on
+  it (gradient of its output ready) to the last parameter's post-accumulate-grad hook, and the
+  optimiser's step pre/post hooks. Everything else in the epoch counts as outside: permutation,
+  gather, crop, flip, normalisation, SLN noise, the loss, zero_grad, the EMA update, metric sums and
+  the one read of them per epoch. The per-epoch label-correction bookkeeping (loss of every training
+  sample against its target, min-max weights, new soft targets; measured on the whole training set)
+  is added, prorated to the epoch's images. Its forward passes and the per-epoch test evaluation are
+  not training steps and are left out.
+- `flop_utilisation[model]`: training FLOPs per image, counted by `torch.utils.flop_counter` over one
+  forward and backward pass (convolutions and the linear layer), times `train_img_s`, over the FLOP/s
+  of a large float32 matrix multiply (`matmul_flop_s`, --matmul_size, the mean of one measurement
+  before and one after the training measurements, so both see the same load).
+- with --options: `train_img_s` of --option_model with each of --channels_last, --amp and --compile,
+  measured in alternation with the default settings, and the speed-up of each over the default.
+
+On CUDA, convolutions run in TF32 by default (cudnn.allow_tf32) while the reference matmul is strict
+float32, so utilisation there can read high; this was written and checked on a CPU.
+"""
+from __future__ import annotations
+
+import os
+
+if __name__ == "__main__":
+    # Idle OpenMP threads spin by default, which on a machine shared with other work takes the cores from
+    # the threads that have work: on the shared 2-core machine of README 'Performance', passive waiting
+    # made the input pipeline 10-30x and training 2-3x faster. Set here, before torch loads OpenMP; an
+    # OMP_WAIT_POLICY already in the environment wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import engine
+import sln
+from data import CIFAR, DataError, default_data_dir, load_cifar, normalise, random_crop_flip
+from models import MODELS, make_model
+
+TARGETS = {"pipeline_speedup": (">=", 10.0), "non_model_fraction/wrn-16-1": ("<=", 0.05),
+           "flop_utilisation/wrn-28-2": (">=", 0.45)}
+OPTIONS = ("channels_last", "amp", "compile")
+
+
+def build_parser() -> engine.Parser:
+    p = engine.Parser(description=__doc__, formatter_class=engine.argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", type=Path, default=default_data_dir(),
+                   help="root holding cifar-10-batches-py/ (default: $SLN_DATA_DIR or data/); "
+                        "random uint8 images of the same shape are used when there is no CIFAR-10 there")
+    p.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda if available)")
+    p.add_argument("--batch_size", type=int, default=None, help="training batch size in images (default 128)")
+    p.add_argument("--steps", type=int, default=None, help="timed training steps per model (default 10)")
+    p.add_argument("--models", default="wrn-28-2,wrn-16-1",
+                   help=f"comma-separated networks to time (of {', '.join(MODELS)})")
+    p.add_argument("--loader_batches", type=int, default=None,
+                   help="batches timed through the DataLoader baseline (default 40)")
+    p.add_argument("--matmul_size", type=int, default=None, help="side of the square reference matmul (default 4096)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="torch CPU threads for everything timed (default: os.cpu_count())")
+    p.add_argument("--options", default="",
+                   help=f"comma-separated speed options to time against the default ({', '.join(OPTIONS)})")
+    p.add_argument("--option_model", choices=list(MODELS), default="wrn-16-1", help="network timed for --options")
+    p.add_argument("--option_steps", type=int, default=None,
+                   help="timed steps per setting and round for --options (default 3; bf16 on a CPU is slow)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny settings for tests (batch 16, 2 steps, 512 random images, small matmul); "
+                        "explicit flags still win")
+    p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    return p
+
+
+def resolve(args) -> None:
+    """Fill unset sizes from --quick or the full defaults; reject impossible values."""
+    quick = {"batch_size": 16, "steps": 2, "loader_batches": 3, "matmul_size": 256, "option_steps": 1}
+    full = {"batch_size": 128, "steps": 10, "loader_batches": 40, "matmul_size": 4096, "option_steps": 3}
+    for k in quick:
+        if getattr(args, k) is None:
+            setattr(args, k, (quick if args.quick else full)[k])
+        if getattr(args, k) <= 0:
+            engine.fail(f"--{k} must be positive, got {getattr(args, k)}")
+    if args.threads <= 0:
+        engine.fail(f"--threads must be positive, got {args.threads}")
+    args.models = [m for m in args.models.split(",") if m]
+    args.options = [o for o in args.options.split(",") if o]
+    for m in args.models:
+        if m not in MODELS:
+            engine.fail(f"unknown model {m!r} in --models; choose from {', '.join(MODELS)}")
+    for o in args.options:
+        if o not in OPTIONS:
+            engine.fail(f"unknown option {o!r} in --options; choose from {', '.join(OPTIONS)}")
+    if not args.models:
+        engine.fail("--models is empty; name at least one network, e.g. --models wrn-16-1")
+
+
+def training_images(root: Path, quick: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """CIFAR-10's training images and labels from `root`; or seeded random ones of the same shape, 512 of
+    them with --quick, 50,000 when `root` has no CIFAR-10. Plus a line saying which."""
+    if (root / CIFAR["cifar10"].folder).is_dir() and not quick:
+        try:
+            x, y, _, _ = load_cifar("cifar10", root, download=False)
+        except DataError as e:
+            engine.fail(str(e))
+        return x, y, f"CIFAR-10 training set from {root / CIFAR['cifar10'].folder}"
+    rng = np.random.default_rng(seed)
+    n = 512 if quick else 50000
+    why = "--quick" if quick else f"no CIFAR-10 under {root}"
+    return (rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n),
+            f"{n} random uint8 images of CIFAR-10's shape ({why})")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reference FLOP/s and FLOP counts
+
+def matmul_flop_s(device: torch.device, n: int, reps: int = 3) -> float:
+    """Mean FLOP/s of `reps` float32 (n x n) @ (n x n) products after one warm-up product."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+
+
+def train_flops_per_image(name: str, num_classes: int = 10, batch: int = 2) -> float:
+    """FLOPs of one training step's forward and backward pass per image, as torch.utils.flop_counter
+    counts them (convolutions and matrix products; exact, since they scale linearly with the batch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model = make_model(name, num_classes)
+    x = torch.randn(batch, 3, 32, 32)
+    targets = sln.onehot(torch.arange(batch) % num_classes, num_classes)
+    with FlopCounterMode(display=False) as counter:
+        sln.soft_cross_entropy(model(x), targets).backward()
+    return counter.get_total_flops() / batch
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input pipelines
+
+def pipeline_img_s(x: torch.Tensor, batch_size: int, mean: torch.Tensor, std: torch.Tensor, pad: int = 4) -> float:
+    """Images/s of the data part of engine.train_epoch over one epoch of `x` (uint8, on its device)."""
+    gen = torch.Generator(device=x.device).manual_seed(0)
+    normalise(random_crop_flip(x[:batch_size], pad, gen), mean, std)  # warm-up
+    sync(x.device)
+    t = time.perf_counter()
+    order = torch.randperm(len(x), generator=gen, device=x.device)
+    for i in range(0, len(x), batch_size):
+        normalise(random_crop_flip(x.index_select(0, order[i:i + batch_size]), pad, gen).contiguous(), mean, std)
+    sync(x.device)
+    return len(x) / (time.perf_counter() - t)
+
+
+def dataloader_img_s(images: np.ndarray, labels: np.ndarray, batch_size: int, batches: int,
+                     mean: tuple, std: tuple, device: torch.device) -> float:
+    """Images/s of torchvision Dataset + transforms + DataLoader(num_workers=os.cpu_count()), steady state."""
+    from PIL import Image
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+    from torchvision.datasets import VisionDataset
+
+    class ArrayCifar(VisionDataset):
+        """Per sample what torchvision.datasets.CIFAR10 does: a PIL image from an HWC array, then `transform`."""
+
+        def __init__(self, hwc: np.ndarray, targets: np.ndarray, transform):
+            super().__init__(root=None, transform=transform)
+            self.hwc, self.targets = hwc, targets
+
+        def __getitem__(self, i: int):
+            return self.transform(Image.fromarray(self.hwc[i])), int(self.targets[i])
+
+        def __len__(self) -> int:
+            return len(self.hwc)
+
+    transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                    transforms.ToTensor(), transforms.Normalize(mean, std)])
+    dataset = ArrayCifar(np.ascontiguousarray(images.transpose(0, 2, 3, 1)), labels, transform)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=os.cpu_count(),
+                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+    if len(loader) < batches + 1:
+        engine.fail(f"--loader_batches {batches} needs {(batches + 1) * batch_size} images, have {len(images)}")
+    it = iter(loader)
+    next(it)  # worker start-up is not timed
+    t = time.perf_counter()
+    for _ in range(batches):
+        xb, yb = next(it)
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+    sync(device)
+    seconds = time.perf_counter() - t
+    del it  # shuts the workers down
+    return batches * batch_size / seconds
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training steps
+
+class ModelClock:
+    """Sums the time spent in a network's forward pass, its backward pass and the optimiser step.
+
+    Hooks only read the clock (CPU) or record events (CUDA), so the loop being timed runs unchanged
+    and never waits for the device; `seconds()` synchronises once at the end.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.spans: list[tuple] = []
+        self.start = self.last = None
+        self.handles = [
+            model.register_forward_pre_hook(lambda *_: self._open()),
+            model.register_forward_hook(lambda *_: self._close()),
+            model.register_full_backward_pre_hook(lambda *_: self._open()),
+            optimizer.register_step_pre_hook(lambda *_: self._backward_done_then_open()),
+            optimizer.register_step_post_hook(lambda *_: self._close()),
+        ] + [p.register_post_accumulate_grad_hook(lambda _: self._mark()) for p in model.parameters()]
+
+    def _now(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _open(self) -> None:
+        self.start = self._now()
+
+    def _mark(self) -> None:
+        self.last = self._now()   # the last parameter's gradient ends the backward pass
+
+    def _close(self) -> None:
+        self.spans.append((self.start, self._now()))
+
+    def _backward_done_then_open(self) -> None:
+        self.spans.append((self.start, self.last))
+        self._open()
+
+    def seconds(self) -> float:
+        for h in self.handles:
+            h.remove()
+        if not self.cuda:
+            return sum(b - a for a, b in self.spans)
+        torch.cuda.synchronize()
+        return sum(a.elapsed_time(b) for a, b in self.spans) / 1000
+
+
+class Trainer:
+    """What engine.train sets up before its epochs (network, EMA copy, SGD, targets), for one network,
+    with engine's own flag defaults (SLN sigma 1, EMA alpha 0.999), on `n` images."""
+
+    def __init__(self, name: str, x: torch.Tensor, labels: torch.Tensor, batch_size: int, flags: list[str] = ()):
+        parser = engine.Parser()
+        engine.add_training_args(parser, default_model=name)
+        self.args = parser.parse_args(["--batch_size", str(batch_size), "--sigma", "1.0", "--mo", *flags])
+        self.x, self.labels, self.device = x, labels, x.device
+        torch.manual_seed(0)
+        fmt = torch.channels_last if self.args.channels_last else torch.preserve_format
+        self.model = make_model(name, 10).to(self.device, memory_format=fmt)
+        ema = copy.deepcopy(self.model)
+        if self.args.compile:
+            self.model.compile()
+        self.ema_state, self.model_state = sln.ema_tensors(ema), sln.ema_tensors(self.model)
+        a = self.args
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=a.lr, momentum=a.momentum,
+                                         weight_decay=a.weight_decay)
+        self.targets = sln.onehot(labels, 10)
+        self.noisy = torch.rand(len(labels), generator=torch.Generator().manual_seed(0)).to(self.device) < 0.4
+        self.mean = torch.tensor(CIFAR["cifar10"].mean, device=self.device)
+        self.std = torch.tensor(CIFAR["cifar10"].std, device=self.device)
+        self.gen = torch.Generator(device=self.device).manual_seed(0)
+
+    def epoch(self, n: int) -> float:
+        """Wall seconds of engine.train_epoch over the first `n` images, including its one read of the sums."""
+        sync(self.device)
+        t = time.perf_counter()
+        engine.train_epoch(self.args, self.model, self.optimizer, self.ema_state, self.model_state, self.x[:n],
+                           self.targets[:n], self.labels[:n], self.noisy[:n], self.mean, self.std, 4, self.args.sigma,
+                           self.gen).tolist()
+        return time.perf_counter() - t
+
+
+def lc_bookkeeping_s(n: int, num_classes: int, device: torch.device) -> float:
+    """Seconds of one label correction's bookkeeping over `n` samples (engine.train, without the forward pass)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    logits = torch.randn(n, num_classes, generator=g, device=device)
+    labels = torch.randint(0, num_classes, (n,), generator=g, device=device)
+    given = sln.onehot(labels, num_classes)
+    sync(device)
+    t = time.perf_counter()
+    losses = sln.soft_cross_entropy(logits, given, reduction="none")
+    targets = sln.corrected_targets(losses, given, logits)
+    float((targets.argmax(1) != labels).float().mean())
+    return time.perf_counter() - t
+
+
+def time_model(name: str, x: torch.Tensor, labels: torch.Tensor, batch_size: int, steps: int,
+               lc_s_per_image: float) -> dict:
+    """train_img_s and non_model_fraction of `name` from one instrumented engine epoch of `steps` batches."""
+    trainer = Trainer(name, x, labels, batch_size)
+    trainer.epoch(batch_size)                      # warm-up: allocator, kernel choice
+    clock = ModelClock(trainer.model, trainer.optimizer, x.device)
+    n = steps * batch_size
+    wall = trainer.epoch(n)
+    model_s = clock.seconds()
+    lc = lc_s_per_image * n
+    return {"train_img_s": n / wall, "non_model_fraction": min(max((wall - model_s + lc) / (wall + lc), 0.0), 1.0),
+            "non_model_ms_per_step": 1000 * (wall - model_s) / steps, "epoch_s": wall, "model_s": model_s}
+
+
+def time_options(name: str, x: torch.Tensor, labels: torch.Tensor, batch_size: int, steps: int,
+                 options: list[str], rounds: int = 2) -> dict:
+    """Images/s of the default settings and of each option alone, best of `rounds` alternating epochs."""
+    settings = {"default": [], **{o: [f"--{o}"] for o in options}}
+    trainers = {k: Trainer(name, x, labels, batch_size, flags) for k, flags in settings.items()}
+    n = steps * batch_size
+    for k, t in trainers.items():
+        print(f"  warming up {name} {k}" + (" (compiling)" if k == "compile" else ""), flush=True)
+        t.epoch(2 * batch_size)
+    best = {k: float("inf") for k in settings}
+    for _ in range(rounds):
+        for k, t in trainers.items():
+            best[k] = min(best[k], t.epoch(n))
+    out = {k: {"train_img_s": n / s} for k, s in best.items()}
+    for k in options:
+        out[k]["speedup"] = out[k]["train_img_s"] / out["default"]["train_img_s"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def check_targets(results: dict) -> dict:
+    checks = {}
+    for key, (op, bound) in TARGETS.items():
+        name, _, model = key.partition("/")
+        if model and model not in results[name]:
+            continue
+        value = results[name][model] if model else results[name]
+        checks[f"{key} {op} {bound:g}"] = bool(value >= bound if op == ">=" else value <= bound)
+    return checks
+
+
+def table(results: dict) -> str:
+    rows = [("data", results["data"]),
+            ("device", f"{results['device']}, {results['threads']} threads, "
+                       f"OMP_WAIT_POLICY {results['omp_wait_policy']}"),
+            ("matmul_flop_s", f"{results['matmul_flop_s'] / 1e9:.1f} GFLOP/s ({results['matmul_size']}^2 float32)"),
+            ("pipeline_img_s", f"{results['pipeline_img_s']:.0f}"),
+            ("dataloader_img_s", f"{results['dataloader_img_s']:.0f}"),
+            ("pipeline_speedup", f"{results['pipeline_speedup']:.1f}")]
+    for m in results["train_img_s"]:
+        rows += [(f"train_img_s {m}", f"{results['train_img_s'][m]:.1f}"),
+                 (f"train_flops_per_image {m}", f"{results['train_flops_per_image'][m] / 1e9:.3f} GFLOP"),
+                 (f"flop_utilisation {m}", f"{results['flop_utilisation'][m]:.3f}"),
+                 (f"non_model_fraction {m}", f"{results['non_model_fraction'][m]:.4f} "
+                                             f"({results['non_model_ms_per_step'][m]:.2f} ms/step)")]
+        if "cpu_share" in results:
+            rows.append((f"  per CPU-second {m}", f"utilisation {results['flop_utilisation_per_cpu_second'][m]:.3f}, "
+                                                  f"cpu_share {results['cpu_share'][m]:.2f}"))
+    if "cpu_share" in results:
+        rows.append(("cpu_share (matmul, pipeline)", ", ".join(f"{results['cpu_share'][k]:.2f}" for k in
+                                                              ("matmul_before", "matmul_after", "pipeline"))))
+    for k, v in results.get("options", {}).items():
+        extra = f" ({v['speedup']:.2f}x default)" if "speedup" in v else ""
+        rows.append((f"{results['option_model']} {k}", f"{v['train_img_s']:.1f} img/s{extra}"))
+    rows += [(f"target {k}", "met" if ok else "MISSED") for k, ok in results["targets"].items()]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+class CpuShare:
+    """Share of the `threads` cores this process got during a block: process CPU time / (wall time x threads).
+
+    About 1 on an otherwise idle machine (OpenMP threads that spin while waiting count as busy), lower
+    where other work shares the cores. Only meaningful for --device cpu.
+    """
+
+    def __init__(self, threads: int):
+        self.threads, self.value = threads, None
+
+    def __enter__(self) -> "CpuShare":
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.value = (time.process_time() - self.cpu) / ((time.perf_counter() - self.wall) * self.threads)
+
+
+def measure(args, device: torch.device, argv: list[str]) -> dict:
+    images, labels_np, source = training_images(args.data_dir, args.quick)
+    print(f"bench: {source}; {device}, {args.threads} threads; batch {args.batch_size}, {args.steps} steps", flush=True)
+    spec = CIFAR["cifar10"]
+    x = torch.from_numpy(images).to(device)
+    labels = torch.from_numpy(labels_np.astype(np.int64)).to(device)
+    if args.steps * args.batch_size > len(x):
+        engine.fail(f"--steps {args.steps} x --batch_size {args.batch_size} exceeds the {len(x)} training images")
+    res: dict = {"data": source, "device": str(device), "threads": args.threads, "batch_size": args.batch_size,
+                 "steps": args.steps, "matmul_size": args.matmul_size,
+                 "command": " ".join(["python", "bench.py", *argv]),
+                 "host": platform.node(), "cpu_count": os.cpu_count(),
+                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"), **engine.library_versions()}
+    share = {}
+
+    with CpuShare(args.threads) as share["matmul_before"]:
+        mm_before = matmul_flop_s(device, args.matmul_size)
+    mean, std = torch.tensor(spec.mean, device=device), torch.tensor(spec.std, device=device)
+    with CpuShare(args.threads) as share["pipeline"]:
+        res["pipeline_img_s"] = pipeline_img_s(x, args.batch_size, mean, std)
+    res["dataloader_img_s"] = dataloader_img_s(images, labels_np, args.batch_size, args.loader_batches, spec.mean,
+                                               spec.std, device)
+    res["pipeline_speedup"] = res["pipeline_img_s"] / res["dataloader_img_s"]
+    print(f"  pipeline {res['pipeline_img_s']:.0f} img/s, DataLoader {res['dataloader_img_s']:.0f} img/s", flush=True)
+
+    lc_per_image = lc_bookkeeping_s(len(x), 10, device) / len(x)
+    for key in ("train_img_s", "non_model_fraction", "non_model_ms_per_step", "train_flops_per_image"):
+        res[key] = {}
+    for name in args.models:
+        with CpuShare(args.threads) as share[name]:
+            timed = time_model(name, x, labels, args.batch_size, args.steps, lc_per_image)
+        for key in ("train_img_s", "non_model_fraction", "non_model_ms_per_step"):
+            res[key][name] = timed[key]
+        res["train_flops_per_image"][name] = train_flops_per_image(name)
+        print(f"  {name}: {res['train_img_s'][name]:.1f} img/s", flush=True)
+    with CpuShare(args.threads) as share["matmul_after"]:
+        mm_after = matmul_flop_s(device, args.matmul_size)
+    res["matmul_flop_s"] = (mm_before + mm_after) / 2
+    res["matmul_flop_s_before_after"] = [mm_before, mm_after]
+    res["flop_utilisation"] = {m: res["train_img_s"][m] * res["train_flops_per_image"][m] / res["matmul_flop_s"]
+                               for m in args.models}
+    if device.type == "cpu":
+        res["cpu_share"] = {k: v.value for k, v in share.items()}
+        # the same quotient per CPU-second this process got, which other users of the cores disturb less
+        mm_share = (share["matmul_before"].value + share["matmul_after"].value) / 2
+        res["flop_utilisation_per_cpu_second"] = {m: u * mm_share / share[m].value
+                                                  for m, u in res["flop_utilisation"].items()}
+    if args.options:
+        res["option_model"] = args.option_model
+        res["options"] = time_options(args.option_model, x, labels, args.batch_size, args.option_steps,
+                                      args.options)
+    res["targets"] = check_targets(res)
+    return res
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    resolve(args)
+    device = engine.pick_device(args.device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        res = measure(args, device, argv)
+    finally:
+        torch.set_num_threads(threads)
+    print(table(res))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=2))
+        print(f"written {args.json}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
