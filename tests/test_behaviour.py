@@ -4,7 +4,6 @@ scikit-learn ships the UCI handwritten digits (1,797 real 8x8 images), so this r
 half a minute on 2 CPU cores. A small MLP trained with CE memorises the wrong labels and its test
 accuracy falls; with SLN and the momentum model it does not.
 """
-import argparse
 import contextlib
 import io
 
@@ -32,8 +31,10 @@ def noisy_digits(seed: int) -> data.NoisyData:
 
 
 def train_digits(tmp_path, seed: int, sigma: float, mo: bool) -> float:
-    args = argparse.Namespace(batch_size=64, n_epochs=40, lr=0.03, momentum=0.9, weight_decay=5e-4, sigma=sigma,
-                              mo=mo, ema_alpha=0.99, lc_n_epoch=-1, lc_augment=True, seed=seed, eval_batch_size=1024)
+    parser = engine.Parser()
+    engine.add_training_args(parser, default_model="wrn-16-1")   # every flag at its default, then these
+    args = parser.parse_args(["--batch_size", "64", "--n_epochs", "40", "--lr", "0.03", "--sigma", str(sigma),
+                              "--ema_alpha", "0.99", "--seed", str(seed)] + (["--mo"] if mo else []))
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 256), torch.nn.ReLU(),
                                 torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
