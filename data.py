@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import shutil
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -146,11 +147,11 @@ def load_cifar(name: str, root: Path, download: bool = True):
         fix = f"download {spec.url} and extract it so that {folder}/ exists (or pass --data_dir)"
         if not download:
             raise DataError(f"{name} not found in {folder}; {fix}")
-        if not archive.is_file():
-            _download(spec.url, archive, name, fix, md5=spec.archive_md5)
-        import tarfile
-        with tarfile.open(archive) as tar:
-            tar.extractall(root, filter="data")
+        from torchvision.datasets.utils import download_and_extract_archive
+        try:  # torchvision checks the archive's md5 before extracting it
+            download_and_extract_archive(spec.url, str(root), filename=archive.name, md5=spec.archive_md5)
+        except (OSError, RuntimeError, tarfile.TarError) as e:
+            raise DataError(f"cannot get {name} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); {fix}")
     train = _read_batches(folder, spec.train_files, spec.label_key, spec.num_classes)
     test = _read_batches(folder, spec.test_files, spec.label_key, spec.num_classes)
     return (*train, *test)
