@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import difflib
 import inspect
 import itertools
 import json
