@@ -92,3 +92,11 @@ def paper_sums(fake_root, monkeypatch):
             for name in ("cifar10", "cifar100") for mode in ("sym", "asym", "dependent")}
     monkeypatch.setattr(data, "PAPER_NOISE_SHA256", sums)
     return sums
+
+
+def variant_flags(sigma: str) -> dict[str, list[str]]:
+    """Flags that select each of the paper's four models (sigma for SLN and up), for smoke runs."""
+    return {"CE": ["--sigma", "0", "--lc_n_epoch", "-1"],
+            "SLN": ["--sigma", sigma, "--lc_n_epoch", "-1"],
+            "SLN-MO": ["--sigma", sigma, "--mo", "--lc_n_epoch", "-1"],
+            "SLN-MO-LC": ["--sigma", sigma, "--mo", "--lc_n_epoch", "1"]}

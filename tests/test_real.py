@@ -17,6 +17,7 @@ from PIL import Image
 
 import data
 import train_real
+from conftest import variant_flags
 
 # ----------------------------------------------------------------------------------------------------
 # A fake Animal-10N: raw_image_ver.zip > raw_image.zip > training/, testing/ of <label>_<name>.jpg
@@ -202,12 +203,7 @@ def test_missing_animal10n_says_where_to_get_it(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------------
 # train_real.py on Animal-10N: the four models, no clean labels
 
-VARIANTS = {
-    "CE": ["--sigma", "0", "--lc_n_epoch", "-1"],
-    "SLN": ["--sigma", "0.5", "--lc_n_epoch", "-1"],
-    "SLN-MO": ["--sigma", "0.5", "--mo", "--lc_n_epoch", "-1"],
-    "SLN-MO-LC": ["--sigma", "0.5", "--mo", "--lc_n_epoch", "1"],
-}
+VARIANTS = variant_flags("0.5")
 
 
 def run_cli(root, out_dir, *flags):

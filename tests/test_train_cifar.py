@@ -8,13 +8,9 @@ import torch
 import yaml
 
 import train_cifar
+from conftest import variant_flags
 
-VARIANTS = {
-    "CE": ["--sigma", "0", "--lc_n_epoch", "-1"],
-    "SLN": ["--sigma", "1.0", "--lc_n_epoch", "-1"],
-    "SLN-MO": ["--sigma", "1.0", "--mo", "--lc_n_epoch", "-1"],
-    "SLN-MO-LC": ["--sigma", "1.0", "--mo", "--lc_n_epoch", "1"],
-}
+VARIANTS = variant_flags("1.0")
 
 
 def run_cli(fake_root, out_dir, *flags):
