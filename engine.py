@@ -387,7 +387,7 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
 
     fields = METRIC_FIELDS + (LC_FIELDS if lc_on else [])
     if val is not None:
-        val_x, val_y = (torch.from_numpy(a).to(device) for a in val)
+        val_x, val_y = to_dev(val[0]), to_dev(val[1])
         fields += ["val/loss", "val/acc"]
     metrics_path = run_dir / "metrics.csv"
     history: list[dict] = []
@@ -444,7 +444,7 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
                 writer.add_scalar(k, v, epoch)
         writer.flush()
         with open(metrics_path, "a", newline="") as f:
-            csv.writer(f).writerow(["" if row.get(k) is None else row[k] for k in fields])
+            csv.writer(f).writerow(metric_cells(row, fields))
         save_checkpoint(run_dir, {"epoch": epoch, "model": model.state_dict(), "ema": ema.state_dict(),
                                   "optimizer": optimizer.state_dict(), "targets": targets, "sigma": sigma,
                                   "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
@@ -469,17 +469,22 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
     return summary
 
 
+def metric_cells(row: dict, fields: list[str]) -> list:
+    """One metrics.csv line: a metric the epoch did not compute is an empty cell."""
+    return ["" if row.get(k) is None else row[k] for k in fields]
+
+
 def write_metrics(path: Path, fields: list[str], rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(fields)
-        w.writerows(["" if r.get(k) is None else r[k] for k in fields] for r in rows)
+        w.writerows(metric_cells(r, fields) for r in rows)
 
 
 def read_metrics(path: Path) -> list[dict]:
     """metrics.csv back as dicts of floats (None for empty cells); floats round-trip exactly."""
     with open(path, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else None if v == "" else float(v)) for k, v in r.items()}
+        return [{k: (None if v in ("", None) else int(v) if k == "epoch" else float(v)) for k, v in r.items()}
                 for r in csv.DictReader(f)]
 
 

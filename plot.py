@@ -72,16 +72,14 @@ class Run:
 def read_metrics(path: Path) -> dict[str, np.ndarray]:
     """metrics.csv as float columns; empty cells (metrics a run could not compute) become NaN."""
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = engine.read_metrics(path)
     except OSError as e:
         raise DataError(f"cannot read {path} ({e.strerror}); is this a run folder of engine.py?")
-    if not rows:
-        raise DataError(f"{path} has no epochs yet; wait until the run has finished its first epoch")
-    try:
-        return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
     except ValueError as e:
         raise DataError(f"{path} holds something that is not a number ({e}); it was not written by engine.py")
+    if not rows:
+        raise DataError(f"{path} has no epochs yet; wait until the run has finished its first epoch")
+    return {k: np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=float) for k in rows[0]}
 
 
 def load_run(folder: Path) -> Run:

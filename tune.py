@@ -317,8 +317,7 @@ def fit(hp_dir: Path, sweep: dict, resume: bool) -> dict[str, dict]:
 # Result tables, read from the runs' metrics.csv
 
 def metric_column(run_dir: Path, column: str) -> list[float]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return [float(row[column]) for row in csv.DictReader(f)]
+    return [row[column] for row in engine.read_metrics(run_dir / "metrics.csv")]
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
