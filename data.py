@@ -157,6 +157,16 @@ def load_cifar(name: str, root: Path, download: bool = True):
     return (*train, *test)
 
 
+def cifar_files_official(name: str, root: Path) -> bool:
+    """Whether the CIFAR files under `root` are byte for byte those of the official archive (torchvision's
+    md5 list); a re-encoded copy, such as the offline JPEG copy, is not."""
+    import torchvision.datasets as tvd
+    listed = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    folder = root / CIFAR[name].folder
+    return all((folder / f).is_file() and file_digest(folder / f, "md5") == md5
+               for f, md5 in listed.train_list + listed.test_list)
+
+
 def cifar_class_names(name: str, root: Path) -> list[str]:
     if name == "cifar10":
         return CIFAR10_CLASSES
@@ -785,7 +795,8 @@ def load_cifar_noisy(dataset: str, root: Path, noise_mode: str, p: float, seed: 
     check_noise_options(dataset, noise_mode, p, custom_noise, sym_variant, asym_variant)
     x, y, tx, ty = load_cifar(dataset, root)
     x100 = load_cifar("cifar100", root)[0] if noise_mode == "openset" else None
-    info: dict = {"noise_mode": noise_mode, "p": p, "custom_noise": custom_noise}
+    info: dict = {"noise_mode": noise_mode, "p": p, "custom_noise": custom_noise,
+                  "official_files": cifar_files_official(dataset, root)}
     path = None
     if custom_noise:
         noisy, source, meta, path = load_custom_noise(root, dataset, noise_mode, p, seed, y, spec.num_classes, x,
@@ -1219,6 +1230,7 @@ def load_cifar_n(name: str, root: Path, noise_label: str) -> NoisyData:
             "realised_noise_rate": rate, "published_noise_rate": published,
             # published rates are given to 0.1 %: agreement means within half of that last digit
             "matches_published": abs(rate - published) <= 0.0005,
-            "realised_noise_rates": rates, "n_full": len(y), "noise_rate": rate}
+            "realised_noise_rates": rates, "n_full": len(y), "noise_rate": rate,
+            "official_files": cifar_files_official(spec.base, root)}
     return NoisyData(name, x, noisy, clean, is_noisy, tx, ty, base.num_classes, cifar_class_names(spec.base, root),
                      base.mean, base.std, info=info)

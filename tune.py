@@ -18,6 +18,7 @@ import argparse
 import csv
 import datetime
 import itertools
+import json
 import logging
 import os
 import sys
@@ -91,8 +92,11 @@ def trial_flags(config: dict, sweep: dict) -> dict:
 
 
 def trial_configs(sweep: dict) -> list[dict]:
-    keys = list(sweep["grid"])
-    return [dict(zip(keys, values)) for values in itertools.product(*sweep["grid"].values())]
+    """Every trial's Tune config, in the order they start: the grid's first key varies slowest (for a table:
+    noise mode, then model, then seed, so that one noise mode's table is complete before the next begins)."""
+    grid = sweep["grid"]
+    keys = [k for k in ("noise_mode", "variant", "seed") if k in grid] + [k for k in grid if k not in ("noise_mode", "variant", "seed")]
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
 def base_flags(args: argparse.Namespace) -> dict:
@@ -127,8 +131,9 @@ def plan_sigma_search(parser: engine.Parser, args: argparse.Namespace) -> dict:
         engine.fail("--sigma is what the search varies; give its grid with --sigmas")
     if args.mo or args.lc_n_epoch != -1:
         engine.fail("the sigma search trains SLN only, as the paper does; drop --mo and use --lc_n_epoch -1")
-    if any(s <= 0 for s in args.sigmas) or len(set(args.sigmas)) != len(args.sigmas):
-        engine.fail(f"--sigmas must be distinct values > 0 (sigma 0 is CE, not SLN), got {args.sigmas}")
+    if any(s < 0 for s in args.sigmas) or len(set(args.sigmas)) != len(args.sigmas) or not any(s > 0 for s in args.sigmas):
+        engine.fail(f"--sigmas must be distinct values >= 0 with at least one > 0 (0 adds a CE reference trial, "
+                    f"never chosen), got {args.sigmas}")
     if not 0 < args.val_size < 1:
         engine.fail(f"--val_size must be a share in (0, 1), got {args.val_size}")
     return {"kind": "sigma_search", "base": base_flags(args), "grid": {"sigma": sorted(args.sigmas)}}
@@ -137,8 +142,9 @@ def plan_sigma_search(parser: engine.Parser, args: argparse.Namespace) -> dict:
 GRID_KEYS = ["variants", "noise_modes", "seeds", "sigma"]
 FILE_FLAGS = ["dataset_name", "p", "custom_noise", "lc_n_epoch", "n_epochs", "batch_size", "lr", "momentum",
               "weight_decay", "ema_alpha", "lc_augment", "model", "train_subset", "test_subset", "eval_batch_size",
-              "deterministic"]
+              "eval_every", "deterministic", "channels_last"]
 BOOL_FLAGS = {"custom_noise": ("--custom_noise", None), "deterministic": ("--deterministic", None),
+              "channels_last": ("--channels_last", None),
               "lc_augment": ("--lc_augment", "--no-lc_augment")}
 
 
@@ -257,7 +263,8 @@ def start_ray(address: str | None) -> None:
                         "`ray start --head`, or drop --address to run on this machine")
         return
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ray.init(num_cpus=cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False,
+    # address="local": always a fresh instance of our own, never a cluster that runs (or was left behind) here
+    ray.init(address="local", num_cpus=cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False,
              runtime_env=worker_env(), logging_level=logging.WARNING)
 
 
@@ -274,20 +281,52 @@ def resources(cpus: float, gpus: float | None) -> dict:
     return {"cpu": cpus, "gpu": gpus}
 
 
+def earlier_runs(runs_dir: Path, config: dict) -> tuple[Path | None, Path | None]:
+    """(a finished run of this trial, the newest unfinished one that has a checkpoint) in the sweep's runs/.
+
+    A run belongs to a trial when its config.yaml holds the trial's Tune config: this is what makes a resumed
+    sweep exact even when Tune's own state, written only now and then, still lists a finished trial as running.
+    """
+    finished, unfinished = None, []
+    for folder in sorted(runs_dir.glob("*/config.yaml")):
+        try:
+            saved = yaml.safe_load(folder.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if not isinstance(saved, dict) or saved.get("tune_config") != config:
+            continue
+        if (folder.parent / "summary.json").is_file():
+            finished = folder.parent
+        elif any((folder.parent / n).is_file() for n in ("checkpoint.pt", "checkpoint.prev.pt")):
+            unfinished.append(folder.parent)
+    return finished, (unfinished[-1] if unfinished else None)
+
+
 def trial(config: dict, sweep: dict) -> None:
-    """One Ray Tune trial: an ordinary training run whose flags are the sweep's base plus `config`.
-    Reports every epoch's metrics row, then the run's id and summary."""
+    """One Ray Tune trial: an ordinary training run whose flags are the sweep's base plus `config["trial"]`.
+    Reports every epoch's metrics row, then the run's id and summary. A trial that finished before (in an
+    interrupted sweep) is not trained again; one that was cut off continues from its last checkpoint."""
+    config = config["trial"]
     args = argparse.Namespace(**{**sweep["base"], **trial_flags(config, sweep)})
     args.data_dir, args.out_dir = Path(args.data_dir), Path(args.out_dir)
-    args.tune_trial_id = ray.tune.get_context().get_trial_id()     # saved in the run's config.yaml
+    args.tune_config = config                                       # saved in config.yaml: finds the run again
+    args.tune_trial_id = ray.tune.get_context().get_trial_id()
     if args.device == "auto" and sweep["resources"]["gpu"] == 0:
         args.device = "cpu"                                         # Ray gave this trial no GPU
+    done, cut_off = earlier_runs(args.out_dir / "runs", config)
+    if done is not None:
+        summary = json.loads((done / "summary.json").read_text())
+        ray.tune.report({"exp_id": done.name, **summary})
+        return
     # one CPU thread per reserved core: more would fight the other trials for the same cores
     torch.set_num_threads(max(1, int(sweep["resources"]["cpu"])))
     data, val = load_data(args)
+    if cut_off is not None:
+        saved = yaml.safe_load((cut_off / "config.yaml").read_text())
+        args.tune_trial_id = saved.get("tune_trial_id")            # the config on disk stays as it was
     exp_id, summary = engine.run(args, data, lambda c: make_model(args.model, c),
                                  on_epoch=lambda row: ray.tune.report({k: v for k, v in row.items() if v is not None}),
-                                 val=val)
+                                 val=val, resume_id=None if cut_off is None else cut_off.name)
     ray.tune.report({"exp_id": exp_id, **summary})
 
 
@@ -295,16 +334,18 @@ def fit(hp_dir: Path, sweep: dict, resume: bool) -> dict[str, dict]:
     """Run (or continue) the sweep; return {exp_id: Tune config} of the trials that finished."""
     trainable = ray.tune.with_resources(ray.tune.with_parameters(trial, sweep=sweep), sweep["resources"])
     if resume:
-        # unfinished and failed trials start again from epoch 1; finished ones are kept as they are
+        # finished trials are kept as they are (see earlier_runs); cut-off ones continue from their checkpoint
         tuner = ray.tune.Tuner.restore(str(hp_dir / "tune"), trainable, resume_unfinished=True, restart_errored=True)
     else:
         # all trials need the same resources, so a finished trial's process can take the next one: this saves
         # starting Python, torch and Ray again for every trial (each run seeds itself, see engine.run)
-        tuner = ray.tune.Tuner(trainable, param_space={k: ray.tune.grid_search(v) for k, v in sweep["grid"].items()},
+        # one grid over the planned trials keeps their order (Tune orders a product of grids its own way)
+        tuner = ray.tune.Tuner(trainable, param_space={"trial": ray.tune.grid_search(trial_configs(sweep))},
                                tune_config=ray.tune.TuneConfig(reuse_actors=True),
                                run_config=ray.tune.RunConfig(name="tune", storage_path=str(hp_dir)))
     results = tuner.fit()
-    finished = {r.metrics["exp_id"]: r.config for r in results if r.error is None and "exp_id" in (r.metrics or {})}
+    finished = {r.metrics["exp_id"]: r.config["trial"] for r in results
+                if r.error is None and "exp_id" in (r.metrics or {})}
     total = len(trial_configs(sweep))
     if len(finished) < total:
         failed = [str(r.path) for r in results if r.error is not None]
@@ -317,7 +358,8 @@ def fit(hp_dir: Path, sweep: dict, resume: bool) -> dict[str, dict]:
 # Result tables, read from the runs' metrics.csv
 
 def metric_column(run_dir: Path, column: str) -> list[float]:
-    return [row[column] for row in engine.read_metrics(run_dir / "metrics.csv")]
+    """The values of one metrics.csv column, over the epochs that computed it (see --eval_every)."""
+    return [row[column] for row in engine.read_metrics(run_dir / "metrics.csv") if row[column] is not None]
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
@@ -329,21 +371,23 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[float, str]:
     """Write sigma_search.csv/.md: per sigma the validation accuracy at the last epoch and at the best
-    epoch; the best sigma has the highest last-epoch validation accuracy (ties: the smaller sigma)."""
+    epoch; the best sigma has the highest last-epoch validation accuracy (ties: the smaller sigma). A sigma of 0
+    (CE) is shown for reference and never chosen."""
     rows = []
     for exp_id, config in finished.items():
         acc = metric_column(hp_dir / "runs" / exp_id, "val/acc")
         best = int(np.argmax(acc))
         rows.append([config["sigma"], round(100 * acc[-1], 4), round(100 * acc[best], 4), best + 1, exp_id])
     rows.sort(key=lambda r: r[0])
-    best_sigma = max(rows, key=lambda r: (r[1], -r[0]))[0]
+    best_sigma = max((r for r in rows if r[0] > 0), key=lambda r: (r[1], -r[0]))[0]
     write_csv(hp_dir / "sigma_search.csv",
               ["sigma", "val_acc_last_pct", "val_acc_best_pct", "best_epoch", "exp_id"], rows)
     b = sweep["base"]
     lines = [f"Sigma search, SLN: {b['dataset_name']} {b['noise_mode']} p={b['p']}, {b['model']}, {b['n_epochs']} epochs, "
              f"seed {b['seed']}; validation: {b['val_size']:.0%} of the noisy training set, noisy labels",
              "", "| sigma | val acc, last epoch (%) | val acc, best epoch (%) | best epoch | run |", "|---|---|---|---|---|"]
-    lines += [f"| {s} | {last:.2f} | {top:.2f} | {ep} | {exp_id} |" for s, last, top, ep, exp_id in rows]
+    lines += [f"| {s}{' (CE)' if s == 0 else ''} | {last:.2f} | {top:.2f} | {ep} | {exp_id} |"
+              for s, last, top, ep, exp_id in rows]
     lines += ["", f"best sigma: {best_sigma} (highest last-epoch validation accuracy)"]
     text = "\n".join(lines) + "\n"
     engine.write_atomic(hp_dir / "sigma_search.md", lambda tmp: tmp.write_text(text))
