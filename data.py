@@ -62,6 +62,10 @@ CIFAR = {
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
+# how a user points the scripts (or make) at a data root that already holds the files
+DATA_DIR_HINT = "pass the --data_dir that holds it (with make: make demo DATA_DIR=<folder>)"
+
+
 def default_data_dir() -> Path:
     """`$SLN_DATA_DIR` if set, else `data/` (relative to the current directory)."""
     return Path(os.environ.get("SLN_DATA_DIR", "data"))
@@ -144,7 +148,7 @@ def load_cifar(name: str, root: Path, download: bool = True):
     folder = root / spec.folder
     if not all((folder / f).is_file() for f in spec.train_files + spec.test_files):
         archive = root / Path(spec.url).name
-        fix = f"download {spec.url} and extract it so that {folder}/ exists (or pass --data_dir)"
+        fix = f"download {spec.url} and extract it so that {folder}/ exists, or {DATA_DIR_HINT}"
         if not download:
             raise DataError(f"{name} not found in {folder}; {fix}")
         from torchvision.datasets.utils import download_and_extract_archive
@@ -205,7 +209,7 @@ def paper_noise_file(root: Path, dataset: str, mode: str, p: float, download: bo
                         "add --custom_noise to generate such noise")
     path = noise_dir(root, dataset) / f"{mode}{p}.csv"
     url = PAPER_NOISE_URL.format(folder=dataset.upper(), mode=mode, p=p)
-    fix = f"download {url} to {path}"
+    fix = f"download {url} to {path}, or {DATA_DIR_HINT}"
     if not path.is_file():
         if not download:
             raise DataError(f"paper noise file {path} is missing; {fix}")
@@ -1152,7 +1156,7 @@ def cifarn_label_file(root: Path, name: str, download: bool = True) -> Path:
     spec = CIFARN[name]
     path = root / "cifar-n" / spec.file
     url = CIFARN_URL.format(file=spec.file)
-    fix = f"download {url} to {path}"
+    fix = f"download {url} to {path}, or {DATA_DIR_HINT}"
     if not path.is_file():
         if not download:
             raise DataError(f"CIFAR-N label file {path} is missing; {fix}")

@@ -41,7 +41,8 @@ from data import CIFAR, CIFARN, DataError, NoisyData, load_cifar_n, load_cifar_n
 from models import make_model  # noqa: E402
 
 SINGLE_RUN_PLOTS = ["pred_probs", "sample_dissect", "curves"]
-PLOT_TYPES = SINGLE_RUN_PLOTS + ["ablation", "hp"]
+PLOT_TYPES = SINGLE_RUN_PLOTS + ["compare", "ablation", "hp"]
+METHOD_COLOURS = {"CE": "#7f7f7f", "SLN": "#1f77b4", "SLN-MO": "#ff7f0e", "SLN-MO-LC": "#2ca02c"}
 VARIANT_ORDER = ["CE", "SLN", "SLN-MO", "SLN-MO-LC"]
 COLUMN_ORDER = ["sym", "asym", "dependent", "openset"]
 
@@ -66,7 +67,10 @@ class Run:
         if column not in self.metrics:
             raise DataError(f"{self.folder / 'metrics.csv'} has no {column} column; it was not written by engine.py")
         acc = 100 * self.metrics[column]
-        return float(acc[-1]), float(np.nanmax(acc))
+        acc = acc[~np.isnan(acc)]   # epochs without a test evaluation (--eval_every) stay empty
+        if not len(acc):
+            raise DataError(f"{self.folder / 'metrics.csv'} has no {column} value in any epoch")
+        return float(acc[-1]), float(acc.max())
 
 
 def read_metrics(path: Path) -> dict[str, np.ndarray]:
@@ -78,7 +82,7 @@ def read_metrics(path: Path) -> dict[str, np.ndarray]:
     except ValueError as e:
         raise DataError(f"{path} holds something that is not a number ({e}); it was not written by engine.py")
     if not rows:
-        raise DataError(f"{path} has no epochs yet; wait until the run has finished its first epoch")
+        return {}
     return {k: np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=float) for k in rows[0]}
 
 
@@ -91,7 +95,10 @@ def load_run(folder: Path) -> Run:
         raise DataError(f"cannot read run {folder}: {str(e).splitlines()[0]}")
     if not isinstance(config, dict):
         raise DataError(f"{folder / 'config.yaml'} is not a run config (not a mapping)")
-    return Run(folder.name, folder, config, read_metrics(folder / "metrics.csv"), summary)
+    metrics_path = folder / "metrics.csv"
+    if summary is None and not metrics_path.is_file():
+        return Run(folder.name, folder, config, {}, None)   # started, but not one epoch done: skipped by tables
+    return Run(folder.name, folder, config, read_metrics(metrics_path), summary)
 
 
 def run_ids(runs_dir: Path) -> list[str]:
@@ -170,8 +177,10 @@ HEADLINE_KEYS = ["dataset_name", "model", "p", "custom_noise", "n_epochs", "trai
 
 
 def settings(config: dict) -> dict:
+    """What a run trained, from its config: bookkeeping keys and nested records dropped, and a key set to None
+    (tune.py's val_size of a table run, train_cifar.py's resume) counted as absent."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
-            if k not in NOT_SETTINGS and not isinstance(v, dict)}
+            if k not in NOT_SETTINGS and not isinstance(v, dict) and v is not None}
 
 
 def column_of(config: dict) -> str:
@@ -497,10 +506,24 @@ def figure_sample_dissect(run: Run, network: str, logits: torch.Tensor, data: No
     return fig, rows
 
 
-def figure_curves(run: Run) -> plt.Figure:
-    """Per epoch: accuracy of the network and the EMA network, and the training loss on clean vs noisy samples."""
+def curve_columns(run: Run) -> list[str]:
+    """The metrics.csv columns that figure_curves draws, in its order."""
+    wanted = ["test/acc", "test/acc_ema", "val/acc", "train/loss_clean", "train/loss_noisy", "train/loss"]
+    return [c for c in wanted if c in run.metrics and not np.all(np.isnan(run.metrics[c]))]
+
+
+def figure_curves(run: Run) -> tuple[plt.Figure, list[list]]:
+    """Per epoch: accuracy of the network and the EMA network, and the training loss on clean vs noisy samples.
+    Epochs a metric was not computed in (--eval_every) are left out of its line. Returns the figure and its
+    numbers as CSV rows (empty cells for those epochs)."""
     m = run.metrics
+    if not m:
+        raise DataError(f"run {run.exp_id} has not finished an epoch yet; nothing to draw")
     epochs = m["epoch"]
+
+    def points(column: str) -> tuple[np.ndarray, np.ndarray]:
+        keep = ~np.isnan(m[column])
+        return epochs[keep], m[column][keep]
     marker = "o" if len(epochs) <= 30 else None
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
     reported = reported_network(run)
@@ -510,7 +533,8 @@ def figure_curves(run: Run) -> plt.Figure:
     for column, (net, label) in names.items():
         if column in m and not np.all(np.isnan(m[column])):
             label += " (reported)" if net == reported else ""
-            ax_acc.plot(epochs, 100 * m[column], "-" if net else "--", marker=marker, label=label)
+            x, y = points(column)
+            ax_acc.plot(x, 100 * y, "-" if net else "--", marker=marker if len(x) <= 30 else None, label=label)
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.set_title("accuracy")
     curves = [("train/loss_clean", "clean samples", CLEAN), ("train/loss_noisy", "noisy samples", NOISY)]
@@ -518,7 +542,7 @@ def figure_curves(run: Run) -> plt.Figure:
         curves = [("train/loss", "training objective (no clean labels)", "black")]
     for column, label, colour in curves:
         if column in m:
-            ax_loss.plot(epochs, m[column], marker=marker, color=colour, label=label)
+            ax_loss.plot(*points(column), marker=marker, color=colour, label=label)
     ax_loss.set_ylabel("cross-entropy vs the given label" if has_clean_labels(run) else "training loss")
     ax_loss.set_title("training loss (during each epoch's steps)")
     lc = m.get("lc/changed_fraction")
@@ -530,7 +554,71 @@ def figure_curves(run: Run) -> plt.Figure:
         if len(epochs) <= 12:
             ax.set_xticks(epochs)
         ax.legend()
-    fig.suptitle(f"{run.exp_id}: {describe(run.config)}")
+    unfinished = "" if run.summary is not None else f" (unfinished: {len(epochs)} epochs so far)"
+    fig.suptitle(f"{run.exp_id}: {describe(run.config)}{unfinished}")
+    columns = curve_columns(run)
+    rows = [["epoch", *columns]]
+    rows += [[int(e), *("" if np.isnan(m[c][i]) else float(m[c][i]) for c in columns)] for i, e in enumerate(epochs)]
+    return fig, rows
+
+
+def one_table(runs: list[Run]) -> tuple[list[Cell], dict]:
+    """The cells of runs that make up a single paper table, and the settings they share; an error naming the
+    settings that differ when the runs belong to several tables."""
+    cells = group_cells(runs)
+    tables = {c.table for c in cells}
+    if len(tables) > 1:
+        differ = sorted(k for k in {k for t in tables for k, _ in t} if len({dict(t).get(k) for t in tables}) > 1)
+        raise DataError(f"the runs belong to {len(tables)} different tables (they differ in {', '.join(differ)}); "
+                        "choose one with --filter, e.g. --filter " + ",".join(f"{k}=..." for k in differ[:2]))
+    return cells, dict(next(iter(tables)))
+
+
+def compare_points(runs: list[Run]) -> tuple[list[list], str]:
+    """Test accuracy (%) of the reported network over epochs, mean and sample std (ddof=1) over seeds, per method
+    and noise mode, at the epochs that every seed evaluated (see --eval_every). CSV rows (with header), title."""
+    cells, shared = one_table(runs)
+    labels = row_labels(cells)
+    rows = [["noise", "method", "epoch", "n_seeds", "mean", "std"]]
+    for cell in sorted(cells, key=lambda c: (_order(c.column, COLUMN_ORDER), _order(c.variant, VARIANT_ORDER),
+                                             labels[c.row])):
+        series = []
+        for run in cell.runs:
+            acc = run.metrics.get("test/acc_reported")
+            if acc is None:
+                raise DataError(f"{run.folder / 'metrics.csv'} has no test/acc_reported column")
+            series.append(dict(zip(run.metrics["epoch"].astype(int), 100 * acc)))
+        common = sorted(set.intersection(*({e for e, v in s.items() if not np.isnan(v)} for s in series)))
+        for epoch in common:
+            mean, std = mean_std([s[epoch] for s in series])
+            rows.append([cell.column, labels[cell.row], epoch, len(series), round(mean, 4),
+                         "" if std is None else round(std, 4)])
+    return rows, headline(shared, [])
+
+
+def figure_compare(rows: list[list], title: str) -> plt.Figure:
+    """One panel per noise mode: each method's mean test accuracy over epochs with a band of ± one std."""
+    columns = list(dict.fromkeys(r[0] for r in rows[1:]))
+    fig, axes = plt.subplots(1, len(columns), figsize=(6.2 * len(columns), 4.8), sharey=True, squeeze=False,
+                             layout="constrained")
+    for ax, column in zip(axes[0], columns):
+        methods = list(dict.fromkeys(r[1] for r in rows[1:] if r[0] == column))
+        for i, method in enumerate(methods):
+            pts = [r for r in rows[1:] if r[0] == column and r[1] == method]
+            epochs = np.array([r[2] for r in pts])
+            mean = np.array([r[4] for r in pts])
+            std = np.array([0.0 if r[5] == "" else r[5] for r in pts])
+            colour = METHOD_COLOURS.get(method.split(" ")[0], f"C{i + 4}")
+            n = pts[-1][3]
+            last = f"{mean[-1]:.1f}" + (f" ± {std[-1]:.1f}" if pts[-1][5] != "" else "")
+            ax.plot(epochs, mean, color=colour, lw=2, marker="o" if len(epochs) <= 30 else None, ms=3.5,
+                    label=f"{method}: last {last} (n={n})")
+            ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.18, lw=0)
+        ax.set_title(f"{column} noise")
+        ax.set_xlabel("epoch")
+        ax.legend(loc="lower right")
+    axes[0][0].set_ylabel("test accuracy (%), reported network")
+    fig.suptitle("Test accuracy over training, mean ± std over seeds\n" + textwrap.fill(title, 110))
     return fig
 
 
@@ -721,15 +809,16 @@ def build_parser() -> engine.Parser:
     w = p.add_argument_group("what to make")
     w.add_argument("--plot_type", nargs="+", choices=PLOT_TYPES, default=[], metavar="TYPE",
                    help="one or more of: pred_probs, sample_dissect, curves: figures of --exp_id (pred_probs and "
-                        "sample_dissect together pass over the data once); ablation: test accuracy vs sigma over "
-                        "--exp_ids/--filter; hp: validation accuracy vs sigma of --hp_dir")
+                        "sample_dissect together pass over the data once); compare: test accuracy over epochs of "
+                        "the models, mean ± std over seeds, a panel per noise mode; ablation: test accuracy vs "
+                        "sigma; both over --exp_ids/--filter; hp: validation accuracy vs sigma of --hp_dir")
     w.add_argument("--table", action="store_true",
                    help="Markdown and CSV tables of the runs of --exp_ids/--filter: mean ± std over seeds of the "
                         "last-epoch and best test accuracy, rows the models, columns the noise modes")
     s = p.add_argument_group("which runs")
     s.add_argument("--exp_id", help="the run of pred_probs, sample_dissect and curves (its folder name in --runs_dir)")
-    s.add_argument("--exp_ids", nargs="+", help="the runs of --table and ablation (default: every run in --runs_dir)")
-    s.add_argument("--filter", help="keep the runs of --table and ablation whose config has these values: "
+    s.add_argument("--exp_ids", nargs="+", help="the runs of --table, compare and ablation (default: every run in --runs_dir)")
+    s.add_argument("--filter", help="keep the runs of --table, compare and ablation whose config has these values: "
                                     "key=value[,key=value ...], alternatives with |, e.g. "
                                     "dataset_name=cifar10,noise_mode=sym|asym,model=wrn-28-2")
     s.add_argument("--hp_dir", type=Path, nargs="+",
@@ -741,8 +830,8 @@ def build_parser() -> engine.Parser:
     o.add_argument("--assets_dir", type=Path, default=Path("assets"),
                    help="figures of one run go to <assets_dir>/<exp_id>/, of several runs to <assets_dir>/ "
                         "(default: assets/)")
-    o.add_argument("--name", help="file name, without extension, of the table / ablation / hp output "
-                                  "(default: table, ablation, hp or the sweep's folder name)")
+    o.add_argument("--name", help="file name, without extension, of the table / compare / ablation / hp output "
+                                  "(default: table, compare, ablation, hp or the sweep's folder name)")
     o.add_argument("--pdf", action="store_true", help="also save every figure as PDF")
     o.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (default: keep them and write name-2, name-3, ...)")
@@ -802,13 +891,20 @@ def _main(argv: list[str] | None) -> list[Path]:
                     fig, rows = figures[kind]()
                     written += save(folder, kind + suffix, fig, args, rows)
             if "curves" in args.plot_type:
-                written += save(folder, "curves", figure_curves(run), args)
-        if args.table or "ablation" in args.plot_type:
+                if run.summary is None:
+                    print(f"note: run {run.exp_id} is unfinished (no summary.json); drawing its epochs so far",
+                          file=sys.stderr)
+                fig, rows = figure_curves(run)
+                written += save(folder, "curves", fig, args, rows)
+        if args.table or {"ablation", "compare"} & set(args.plot_type):
             runs = select_runs(runs_folder(args.runs_dir), args.exp_ids, args.filter)
             if args.table:
                 markdown, rows = make_table(runs)
                 print(markdown)
                 written += save(args.assets_dir, args.name or "table", None, args, rows, markdown)
+            if "compare" in args.plot_type:
+                rows, title = compare_points(runs)
+                written += save(args.assets_dir, args.name or "compare", figure_compare(rows, title), args, rows)
             if "ablation" in args.plot_type:
                 rows, title = ablation_points(runs)
                 written += save(args.assets_dir, args.name or "ablation", figure_ablation(rows, title), args, rows)

@@ -274,9 +274,9 @@ def resources(cpus: float, gpus: float | None) -> dict:
     if gpus is None:
         gpus = 1.0 if have.get("GPU", 0) > 0 else 0.0
     if cpus > have.get("CPU", 0):
-        engine.fail(f"--cpus_per_trial {cpus:g} but the Ray cluster has {have.get('CPU', 0):g} CPUs; ask for fewer")
+        engine.fail(f"--cpus_per_trial {cpus:g} but the Ray cluster has {plural(have.get('CPU', 0), 'CPU')}; ask for fewer")
     if gpus > have.get("GPU", 0):
-        engine.fail(f"--gpus_per_trial {gpus:g} but the Ray cluster has {have.get('GPU', 0):g} GPUs; "
+        engine.fail(f"--gpus_per_trial {gpus:g} but the Ray cluster has {plural(have.get('GPU', 0), 'GPU')}; "
                     "use --gpus_per_trial 0 to train on CPUs")
     return {"cpu": cpus, "gpu": gpus}
 
@@ -333,6 +333,10 @@ def trial(config: dict, sweep: dict) -> None:
 def fit(hp_dir: Path, sweep: dict, resume: bool) -> dict[str, dict]:
     """Run (or continue) the sweep; return {exp_id: Tune config} of the trials that finished."""
     trainable = ray.tune.with_resources(ray.tune.with_parameters(trial, sweep=sweep), sweep["resources"])
+    # every run writes its own TensorBoard log (runs/<exp_id>/): Tune's copy under its storage would only add a
+    # second, misleading "tensorboard --logdir" hint; its CSV and JSON result files are kept
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     if resume:
         # finished trials are kept as they are (see earlier_runs); cut-off ones continue from their checkpoint
         tuner = ray.tune.Tuner.restore(str(hp_dir / "tune"), trainable, resume_unfinished=True, restart_errored=True)
@@ -342,7 +346,8 @@ def fit(hp_dir: Path, sweep: dict, resume: bool) -> dict[str, dict]:
         # one grid over the planned trials keeps their order (Tune orders a product of grids its own way)
         tuner = ray.tune.Tuner(trainable, param_space={"trial": ray.tune.grid_search(trial_configs(sweep))},
                                tune_config=ray.tune.TuneConfig(reuse_actors=True),
-                               run_config=ray.tune.RunConfig(name="tune", storage_path=str(hp_dir)))
+                               run_config=ray.tune.RunConfig(name="tune", storage_path=str(hp_dir),
+                                                             callbacks=[CSVLoggerCallback(), JsonLoggerCallback()]))
     results = tuner.fit()
     finished = {r.metrics["exp_id"]: r.config["trial"] for r in results
                 if r.error is None and "exp_id" in (r.metrics or {})}
@@ -431,6 +436,11 @@ def experiments_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> s
 
 # ----------------------------------------------------------------------------------------------------
 
+def plural(n: float, noun: str) -> str:
+    """'1 CPU', '2 CPUs', '0.5 GPUs'."""
+    return f"{n:g} {noun}{'' if n == 1 else 's'}"
+
+
 def new_hp_dir(out_dir: Path) -> Path:
     root = out_dir.resolve() / "hp"
     root.mkdir(parents=True, exist_ok=True)
@@ -476,8 +486,8 @@ def main(argv: list[str] | None = None) -> Path:
                      versions={**engine.library_versions(), "ray": ray.__version__},
                      started=datetime.datetime.now().isoformat(timespec="seconds"))
         engine.save_config(hp_dir / "sweep.yaml", sweep)
-    print(f"sweep {hp_dir.name}: {len(trial_configs(sweep))} trials, each with {sweep['resources']['cpu']:g} CPUs and "
-          f"{sweep['resources']['gpu']:g} GPUs; outputs in {hp_dir} (tensorboard --logdir {hp_dir / 'runs'})", flush=True)
+    print(f"sweep {hp_dir.name}: {plural(len(trial_configs(sweep)), 'trial')}, each with "
+          f"{plural(sweep['resources']['cpu'], 'CPU')} and {plural(sweep['resources']['gpu'], 'GPU')}; outputs in {hp_dir} (tensorboard --logdir {hp_dir / 'runs'})", flush=True)
     finished = fit(hp_dir, sweep, resume=bool(args.resume))
     if sweep["kind"] == "sigma_search":
         _, text = sigma_table(hp_dir, finished, sweep)

@@ -2,10 +2,16 @@
 import csv
 import json
 import logging
+import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,8 +234,9 @@ PAPER_CIFAR10 = str(tune.engine.CODE_DIR / "configs" / "paper_cifar10.yaml")
     (["--sigma", "1.0"], r"give its grid with --sigmas"),
     (["--mo"], r"SLN only"),
     (["--lc_n_epoch", "250"], r"SLN only"),
-    (["--sigmas", "0", "0.5"], r"--sigmas must be distinct values > 0"),
-    (["--sigmas", "0.5", "0.5"], r"--sigmas must be distinct values > 0"),
+    (["--sigmas", "0"], r"--sigmas must be distinct values >= 0 with at least one > 0"),
+    (["--sigmas", "-0.5", "0.5"], r"--sigmas must be distinct values >= 0"),
+    (["--sigmas", "0.5", "0.5"], r"--sigmas must be distinct values >= 0"),
     (["--val_size", "1.5"], r"--val_size must be a share in \(0, 1\)"),
     (["--val_size", "0.001", "DATA"], r"--val_size that keeps at least one image"),
     (["--cpus_per_trial", "0"], r"--cpus_per_trial must be > 0"),
@@ -268,3 +275,142 @@ def test_shipped_paper_configs(name):
     assert grid["noise_modes"] == (tune.engine.NOISE_MODES if dataset == "cifar10" else ["sym", "asym", "dependent"])
     args = tune.build_parser().parse_args(argv)
     assert (args.dataset_name, args.p, args.n_epochs, args.lc_n_epoch, args.model) == (dataset, 0.4, 300, 250, "wrn-28-2")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sweeps that hold up (exact resume, local Ray, tables over sweep folders)
+
+def test_sigma_table_shows_a_ce_reference_but_never_chooses_it(tmp_path):
+    hp_dir = tmp_path / "hp_x"
+    finished = {}
+    for exp_id, sigma, val in (("a", 0.0, [0.5, 0.9]), ("b", 0.2, [0.4, 0.6]), ("c", 0.5, [0.6, 0.6])):
+        (hp_dir / "runs" / exp_id).mkdir(parents=True)
+        fields = ["epoch", "val/acc", "test/acc_reported"]
+        # test accuracy only at the last epoch (--eval_every): the table reads validation accuracy alone
+        rows = [{"epoch": i + 1, "val/acc": v, "test/acc_reported": None if i == 0 else 0.1} for i, v in enumerate(val)]
+        tune.engine.write_metrics(hp_dir / "runs" / exp_id / "metrics.csv", fields, rows)
+        finished[exp_id] = {"sigma": sigma}
+    sweep = {"base": {"dataset_name": "cifar10", "noise_mode": "sym", "p": 0.4, "model": "wrn-16-1", "n_epochs": 2,
+                      "seed": 0, "val_size": 0.1}}
+    best, text = tune.sigma_table(hp_dir, finished, sweep)
+    assert best == 0.2          # CE (sigma 0) has the highest accuracy but is only a reference; 0.2 ties 0.5, smaller wins
+    assert "| 0.0 (CE) | 90.00 | 90.00 | 2 | a |" in text
+    assert [r["sigma"] for r in read_csv(hp_dir / "sigma_search.csv")] == ["0.0", "0.2", "0.5"]
+
+
+def test_trials_start_in_table_order_one_noise_mode_after_the_other():
+    sweep = {"grid": {"variant": ["CE", "SLN"], "noise_mode": ["sym", "asym"], "seed": [1, 2]}}
+    order = [(c["noise_mode"], c["variant"], c["seed"]) for c in tune.trial_configs(sweep)]
+    assert order == [(m, v, s) for m in ("sym", "asym") for v in ("CE", "SLN") for s in (1, 2)]
+
+
+def short_tmp_dir() -> Path:
+    """A short private folder: Ray's unix socket paths under it must stay below the 107-character limit."""
+    return Path(tempfile.mkdtemp(prefix="sln-ray-", dir="/tmp"))
+
+
+def processes_under(folder: Path) -> list[int]:
+    """PIDs of the processes whose command line names `folder`: the Ray processes started with it as temp dir."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if str(folder).encode() in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def private_data_root(fake_root, tmp_path):
+    """The fake CIFAR-10 without noise files: the subprocess sweeps use --custom_noise, which needs no checksum."""
+    root = tmp_path / "data"
+    shutil.copytree(fake_root / "cifar-10-batches-py", root / "cifar-10-batches-py")
+    return root
+
+
+def test_local_sweep_ignores_a_cluster_left_behind(tmp_path):
+    """ray start leaves <ray temp>/ray_current_cluster behind when its cluster is killed without ray stop; a plain
+    tune.py (no --address) must still start its own Ray. Ray's temp root is a private folder (RAY_TMPDIR)."""
+    ray_tmp = short_tmp_dir()
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")   # nothing listens on port 9
+    code = ("import ray, tune; tune.start_ray(None); "
+            "print('nodes', len(ray.nodes()), 'cpus', ray.cluster_resources().get('CPU')); ray.shutdown()")
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONPATH": str(tune.engine.CODE_DIR)}
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        kill_pids(processes_under(ray_tmp))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert re.search(r"nodes 1 cpus \d", done.stdout)
+
+
+def test_resume_after_sigkill_never_trains_a_finished_trial_again(fake_root, tmp_path):
+    """SIGKILL the driver right after the first trial wrote summary.json (Tune's own state still calls it
+    running), then --resume: every trial ends with exactly one finished run, the first one untouched."""
+    ray_tmp = short_tmp_dir()
+    root = private_data_root(fake_root, tmp_path)
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "TQDM_DISABLE": "1"}
+    flags = ["--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4", "--custom_noise", "--lc_n_epoch", "-1",
+             "--sigmas", "0.1", "1.0", "--cpus_per_trial", "1.5", "--batch_size", "64", "--n_epochs", "2", "--lr",
+             "0.01", "--model", "wrn-16-1", "--train_subset", "200", "--test_subset", "50", "--data_dir", str(root),
+             "--out_dir", str(tmp_path), "--device", "cpu"]
+    script = str(tune.engine.CODE_DIR / "tune.py")
+    driver = subprocess.Popen([sys.executable, script, *flags], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not list(tmp_path.glob("hp/hp_*/runs/*/summary.json")):
+            assert driver.poll() is None and time.time() < deadline, "the first trial did not finish"
+            time.sleep(0.02)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        kill_pids(processes_under(ray_tmp))   # the Ray processes of the killed driver
+    (hp_dir,) = (tmp_path / "hp").iterdir()
+    (first,) = [p.parent for p in hp_dir.glob("runs/*/summary.json")]
+    before = {name: (first / name).read_bytes() for name in ("metrics.csv", "summary.json", "config.yaml")}
+    try:
+        done = subprocess.run([sys.executable, script, "--resume", str(hp_dir)], env=env, capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        kill_pids(processes_under(ray_tmp))
+    assert done.returncode == 0, done.stderr[-3000:]
+    finished = [p.parent for p in hp_dir.glob("runs/*/summary.json")]
+    by_sigma = {}
+    for run_dir in finished:
+        by_sigma.setdefault(run_config(run_dir)["sigma"], []).append(run_dir.name)
+    assert sorted(by_sigma) == [0.1, 1.0] and all(len(v) == 1 for v in by_sigma.values()), by_sigma
+    assert first in finished and {n: (first / n).read_bytes() for n in before} == before
+    table = read_csv(hp_dir / "sigma_search.csv")
+    assert sorted(r["exp_id"] for r in table) == sorted(p.name for p in finished)
+
+
+def test_one_table_pools_sweep_runs_and_loose_runs(ray_session, fake_root, paper_sums, tmp_path):
+    """Bookkeeping keys (tune_trial_id, out_dir, resume, ...) do not split a table: a sweep's CE run with seed 2
+    and a train_cifar.py CE run with seed 1 of the same settings share one cell."""
+    import plot
+    import train_cifar
+    config_file = tmp_path / "grid.yaml"
+    config_file.write_text("dataset_name: cifar10\np: 0.4\nvariants: [CE]\nnoise_modes: [sym]\nseeds: [2]\n"
+                           "model: wrn-16-1\n")
+    hp_dir = tune.main(["--experiments", str(config_file), *quick_flags(fake_root, tmp_path / "sweep")])
+    loose = quick_flags(fake_root, hp_dir) + ["--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4",
+                                              "--sigma", "0", "--lc_n_epoch", "-1", "--seed", "1"]
+    train_cifar.main(loose)
+    assert len(list((hp_dir / "runs").iterdir())) == 2
+    plot.main(["--table", "--runs_dir", str(hp_dir / "runs"), "--assets_dir", str(tmp_path / "assets")])
+    (row,) = read_csv(tmp_path / "assets" / "table.csv")
+    assert (row["method"], row["noise"], row["n_seeds"], sorted(row["seeds"].split())) == ("CE", "sym", "2", ["1", "2"])
