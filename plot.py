@@ -553,7 +553,8 @@ def figure_curves(run: Run) -> tuple[plt.Figure, list[list]]:
             ax.axvline(lc_start - 0.5, color="grey", ls=":", label="label correction from here")
         if len(epochs) <= 12:
             ax.set_xticks(epochs)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     unfinished = "" if run.summary is not None else f" (unfinished: {len(epochs)} epochs so far)"
     fig.suptitle(f"{run.exp_id}: {describe(run.config)}{unfinished}")
     columns = curve_columns(run)
@@ -891,7 +892,7 @@ def _main(argv: list[str] | None) -> list[Path]:
                     fig, rows = figures[kind]()
                     written += save(folder, kind + suffix, fig, args, rows)
             if "curves" in args.plot_type:
-                if run.summary is None:
+                if run.summary is None and run.metrics:
                     print(f"note: run {run.exp_id} is unfinished (no summary.json); drawing its epochs so far",
                           file=sys.stderr)
                 fig, rows = figure_curves(run)

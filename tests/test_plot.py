@@ -108,7 +108,14 @@ def test_pred_probs_and_sample_dissect_use_the_runs_ema_network(runs, fake_root,
     folder = tmp_path / exp_id
     assert sorted(p.name for p in written) == sorted(
         ["pred_probs.png", "pred_probs.pdf", "pred_probs.csv", "sample_dissect.png", "sample_dissect.pdf",
-         "sample_dissect.csv", "curves.png", "curves.pdf"])
+         "sample_dissect.csv", "curves.png", "curves.pdf", "curves.csv"])
+    # every figure has its numbers: the curves are the run's own metrics.csv columns
+    metrics = read_csv(out / "runs" / exp_id / "metrics.csv")
+    curves = read_csv(folder / "curves.csv")
+    assert [int(r["epoch"]) for r in curves] == [int(r["epoch"]) for r in metrics]
+    assert set(curves[0]) == {"epoch", "test/acc", "test/acc_ema", "train/loss_clean", "train/loss_noisy", "train/loss"}
+    for c, m in zip(curves, metrics):
+        assert all(float(c[k]) == pytest.approx(float(m[k])) for k in c)
     for name in ("pred_probs", "sample_dissect", "curves"):
         w, h = decodable(folder / f"{name}.png")
         assert w > 600 and h > 300
@@ -149,7 +156,7 @@ def test_outputs_are_never_silently_replaced(runs, tmp_path):
     run_plot(out, tmp_path, "--exp_id", ids["ce"], "--plot_type", "curves")
     first = (tmp_path / ids["ce"] / "curves.png").read_bytes()
     (tmp_path / ids["ce"] / "curves.png").write_bytes(b"keep me")
-    assert [p.name for p in run_plot(out, tmp_path, "--exp_id", ids["ce"], "--plot_type", "curves")] == ["curves-2.png"]
+    assert [p.name for p in run_plot(out, tmp_path, "--exp_id", ids["ce"], "--plot_type", "curves")] == ["curves-2.png", "curves-2.csv"]
     assert (tmp_path / ids["ce"] / "curves.png").read_bytes() == b"keep me"
     assert (tmp_path / ids["ce"] / "curves-2.png").read_bytes()[:8] == first[:8]
     run_plot(out, tmp_path, "--exp_id", ids["ce"], "--plot_type", "curves", "--overwrite")
@@ -333,3 +340,101 @@ def test_mean_std_single_and_several():
     assert plot.mean_std([80.0]) == (80.0, None)
     mean, std = plot.mean_std([80.0, 82.0, 84.0])
     assert mean == 82.0 and math.isclose(std, 2.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sweep folders: unfinished runs, sparse evaluation (--eval_every), the seed-averaged comparison
+
+def synthetic_run(runs_dir, template, name, changes, accs, finished=True):
+    """A run folder made from a real run's config, with `accs` as test/acc_reported per epoch (None: the epoch
+    was not evaluated, as with --eval_every)."""
+    dest = runs_dir / f"exp_syn_{name}"
+    dest.mkdir(parents=True)
+    config = yaml.safe_load((template / "config.yaml").read_text())
+    config.update(changes, exp_id=dest.name)
+    (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    fields = ["epoch", "train/loss", "test/acc", "test/acc_ema", "test/acc_reported"]
+    rows = [{"epoch": e + 1, "train/loss": 2.0 - 0.1 * e, "test/acc": a, "test/acc_ema": a, "test/acc_reported": a}
+            for e, a in enumerate(accs)]
+    engine.write_metrics(dest / "metrics.csv", fields, rows)
+    if finished:
+        (dest / "summary.json").write_text(json.dumps({"variant": config["variant"]}))
+    return dest
+
+
+@pytest.fixture
+def sparse_runs(runs, tmp_path):
+    """Four-epoch CE and SLN runs on sym noise, two seeds each, evaluated at epochs 2 and 4 only; one SLN seed also
+    at epoch 3. Plus a run that has finished no epoch and one without metrics.csv yet (a sweep still running)."""
+    out, ids = runs
+    runs_dir = tmp_path / "runs"
+    template = out / "runs" / ids["ce"]
+    sln = {"sigma": 0.5, "variant": "SLN"}
+    for name, changes, accs in (("ce1", {"seed": 1}, [None, 0.30, None, 0.50]),
+                                ("ce2", {"seed": 2}, [None, 0.40, None, 0.60]),
+                                ("sln1", {**sln, "seed": 1}, [None, 0.50, 0.55, 0.70]),
+                                ("sln2", {**sln, "seed": 2}, [None, 0.60, None, 0.80])):
+        synthetic_run(runs_dir, template, name, {**changes, "n_epochs": 4, "eval_every": 2}, accs)
+    synthetic_run(runs_dir, template, "running", {"seed": 3}, [], finished=False)
+    bare = synthetic_run(runs_dir, template, "starting", {"seed": 4}, [], finished=False)
+    (bare / "metrics.csv").unlink()
+    return runs_dir
+
+
+def test_compare_plot_averages_seeds_over_the_evaluated_epochs(sparse_runs, tmp_path, capsys):
+    written = plot.main(["--runs_dir", str(sparse_runs), "--assets_dir", str(tmp_path / "a"), "--plot_type", "compare"])
+    assert sorted(p.name for p in written) == ["compare.csv", "compare.png"]
+    err = capsys.readouterr().err
+    assert "skipping 2 unfinished run(s)" in err and "exp_syn_running" in err and "exp_syn_starting" in err
+    rows = read_csv(tmp_path / "a" / "compare.csv")
+    got = {(r["method"], int(r["epoch"])): (int(r["n_seeds"]), float(r["mean"]), float(r["std"])) for r in rows}
+    # epoch 3 was evaluated by one SLN seed only, so no mean over seeds exists there
+    assert sorted(got) == [("CE", 2), ("CE", 4), ("SLN", 2), ("SLN", 4)]
+    for (method, epoch), (n, mean, std) in got.items():
+        values = {("CE", 2): [30, 40], ("CE", 4): [50, 60], ("SLN", 2): [50, 60], ("SLN", 4): [70, 80]}[(method, epoch)]
+        assert n == 2 and mean == pytest.approx(statistics.mean(values), abs=1e-4)
+        assert std == pytest.approx(statistics.stdev(values), abs=1e-4)   # the CSV keeps 4 decimals
+    assert {r["noise"] for r in rows} == {"sym"}
+    w, h = decodable(tmp_path / "a" / "compare.png")
+    assert w > 500 and h > 300
+
+
+def test_table_and_ablation_skip_unfinished_runs_of_a_running_sweep(sparse_runs, tmp_path, capsys):
+    plot.main(["--runs_dir", str(sparse_runs), "--assets_dir", str(tmp_path / "a"), "--table", "--plot_type", "ablation"])
+    err = capsys.readouterr().err
+    assert err.count("skipping 2 unfinished run(s)") == 1 and len(err.strip().splitlines()) == 1
+    rows = read_csv(tmp_path / "a" / "table.csv")
+    # last = the last evaluated epoch, best = the best evaluated one; the empty epochs count for neither
+    got = {r["variant"]: (float(r["last_mean"]), float(r["best_mean"]), r["n_seeds"]) for r in rows}
+    assert got == {"CE": (pytest.approx(55.0), pytest.approx(55.0), "2"), "SLN": (pytest.approx(75.0), pytest.approx(75.0), "2")}
+    ablation = read_csv(tmp_path / "a" / "ablation.csv")
+    assert sorted(float(r["sigma"]) for r in ablation) == [0.0, 0.5]
+
+
+def test_curves_of_a_run_in_progress_and_of_one_without_epochs(sparse_runs, tmp_path, capsys):
+    running = sparse_runs / "exp_syn_running"
+    engine.write_metrics(running / "metrics.csv", ["epoch", "test/acc", "test/acc_reported"],
+                         [{"epoch": 1, "test/acc": None, "test/acc_reported": None},
+                          {"epoch": 2, "test/acc": 0.25, "test/acc_reported": 0.25}])
+    written = plot.main(["--runs_dir", str(sparse_runs), "--assets_dir", str(tmp_path / "a"), "--exp_id",
+                         running.name, "--plot_type", "curves"])
+    assert [p.name for p in written] == ["curves.png", "curves.csv"]
+    assert "is unfinished" in capsys.readouterr().err
+    assert [(r["epoch"], r["test/acc"]) for r in read_csv(written[1])] == [("1", ""), ("2", "0.25")]
+    with pytest.raises(SystemExit) as exc:
+        plot.main(["--runs_dir", str(sparse_runs), "--assets_dir", str(tmp_path / "b"), "--exp_id", "exp_syn_starting",
+                   "--plot_type", "curves"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has not finished an epoch yet" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_compare_refuses_runs_of_several_tables(runs, sparse_runs, tmp_path, capsys):
+    out, ids = runs
+    synthetic_run(sparse_runs, out / "runs" / ids["ce"], "longer", {"n_epochs": 8, "lr": 0.1}, [0.1] * 8)
+    with pytest.raises(SystemExit):
+        plot.main(["--runs_dir", str(sparse_runs), "--assets_dir", str(tmp_path / "a"), "--plot_type", "compare"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "different tables (they differ in lr, n_epochs)" in err[-1] and "--filter" in err[-1]
+    assert not (tmp_path / "a").exists()

@@ -94,6 +94,7 @@ def test_subsets_are_stratified_and_recorded(fake_root, paper_sums, tmp_path):
     (["--noise_mode", "openset", "--dataset_name", "cifar100"], "CIFAR-10 only"),
     (["--make_new_custom_noise"], "needs --custom_noise"),
     (["--batch_size", "0"], "--batch_size must be positive"),
+    (["--eval_every", "0"], "--eval_every must be positive"),
     (["--noise_mode", "pairflip"], "invalid choice"),
     (["--model", "resnet-9000"], "invalid choice"),
     (["--p", "0.3"], "--custom_noise"),
@@ -105,3 +106,50 @@ def test_bad_flags_give_one_line_and_write_nothing(fake_root, paper_sums, tmp_pa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and re.search(message, err), err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "configs").exists()
+
+
+def test_eval_every_leaves_unevaluated_epochs_empty(fake_root, paper_sums, tmp_path):
+    """--eval_every 2 over 3 epochs: the test set is evaluated at epochs 2 and 3 (the last); metrics.csv leaves
+    epoch 1's test cells empty, TensorBoard has no test point there, and the summary's best is over 2 and 3."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    summary = run_cli(fake_root, tmp_path, "--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4",
+                      "--n_epochs", "3", "--eval_every", "2", *VARIANTS["SLN-MO"])
+    _, run_dir = only_run(tmp_path)
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    tested = [int(r["epoch"]) for r in rows if r["test/acc"] != ""]
+    assert tested == [2, 3]
+    assert all(r[k] == "" for r in rows[:1] for k in ("test/acc", "test/loss", "test/acc_ema", "test/acc_reported"))
+    assert all(r["train/loss"] != "" for r in rows)                 # training metrics every epoch
+    acc = {int(r["epoch"]): float(r["test/acc_reported"]) for r in rows if r["test/acc_reported"]}
+    assert summary["best_epoch"] == max(acc, key=acc.get) and summary["last_test_acc"] == acc[3]
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("test/acc_ema")] == [2, 3]
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+
+
+def test_run_records_which_copy_of_the_data_it_trained_on(fake_root, paper_sums, tmp_path, monkeypatch):
+    import hashlib
+
+    import numpy as np
+    import torchvision.datasets as tvd
+
+    import data
+    run_cli(fake_root, tmp_path, "--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4",
+            "--train_subset", "200", *VARIANTS["CE"])
+    _, run_dir = only_run(tmp_path)
+    prov = yaml.safe_load((run_dir / "config.yaml").read_text())["data_provenance"]
+    loaded = data.load_cifar_noisy("cifar10", fake_root, "sym", 0.4, seed=123).subset(200, None, 123)
+    sha = lambda a: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()  # noqa: E731
+    assert prov["train_images_sha256"] == sha(loaded.images)
+    assert prov["train_labels_sha256"] == sha(loaded.labels.astype("<i8"))     # the noisy labels it trained on
+    assert prov["test_labels_sha256"] == sha(loaded.test_labels.astype("<i8"))
+    assert prov["official_files"] is False                                  # the fake files are not the archive's
+    # with torchvision's md5 list naming exactly these files, they count as the official archive; one byte off, not
+    folder = fake_root / "cifar-10-batches-py"
+    listed = [[f.name, data.file_digest(f, "md5")] for f in sorted(folder.glob("data_batch_*"))]
+    monkeypatch.setattr(tvd.CIFAR10, "train_list", listed)
+    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", data.file_digest(folder / "test_batch", "md5")]])
+    assert data.cifar_files_official("cifar10", fake_root)
+    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", "0" * 32]])
+    assert not data.cifar_files_official("cifar10", fake_root)
