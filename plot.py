@@ -41,7 +41,7 @@ from data import CIFAR, CIFARN, DataError, NoisyData, load_cifar_n, load_cifar_n
 from models import make_model  # noqa: E402
 
 SINGLE_RUN_PLOTS = ["pred_probs", "sample_dissect", "curves"]
-PLOT_TYPES = SINGLE_RUN_PLOTS + ["compare", "ablation", "hp"]
+PLOT_TYPES = SINGLE_RUN_PLOTS + ["compare", "dissect_compare", "ablation", "hp"]
 METHOD_COLOURS = {"CE": "#7f7f7f", "SLN": "#1f77b4", "SLN-MO": "#ff7f0e", "SLN-MO-LC": "#2ca02c"}
 VARIANT_ORDER = ["CE", "SLN", "SLN-MO", "SLN-MO-LC"]
 COLUMN_ORDER = ["sym", "asym", "dependent", "openset"]
@@ -474,10 +474,10 @@ def figure_pred_probs(run: Run, network: str, logits: torch.Tensor, data: NoisyD
     return fig, rows
 
 
-def figure_sample_dissect(run: Run, network: str, logits: torch.Tensor, data: NoisyData,
-                          n_bins: int) -> tuple[plt.Figure, list[list]]:
+def draw_sample_dissect(ax: plt.Axes, run: Run, network: str, logits: torch.Tensor, data: NoisyData,
+                        n_bins: int, legend: bool = True) -> list[list]:
     """Stacked counts of the four DISSECT_KINDS in n_bins equal bins of training samples sorted by loss against the
-    given label; returns the figure and its numbers as CSV rows."""
+    given label, drawn into `ax`; returns the numbers as CSV rows."""
     losses = torch.nn.functional.cross_entropy(logits.float(), torch.from_numpy(data.labels),
                                                reduction="none").numpy()
     pred = logits.argmax(1).numpy()
@@ -486,7 +486,6 @@ def figure_sample_dissect(run: Run, network: str, logits: torch.Tensor, data: No
     kinds = DISSECT_KINDS_OPENSET if openset else DISSECT_KINDS
     order = np.argsort(losses, kind="stable")
     bins = np.array_split(order, n_bins)
-    fig, ax = plt.subplots(figsize=(12, 5), layout="constrained")
     x = np.arange(1, n_bins + 1)
     bottom = np.zeros(n_bins)
     for k, (name, colour) in enumerate(zip(kinds, ["#2ca02c", "#ff7f0e", "#1f77b4", "#d62728"])):
@@ -497,12 +496,40 @@ def figure_sample_dissect(run: Run, network: str, logits: torch.Tensor, data: No
     ax.set_ylabel("number of samples")
     ax.set_xlim(0.3, n_bins + 0.7)
     ax.set_ylim(0, counts.sum(1).max() * 1.02)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    if legend:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     ax.set_title(f"{run.exp_id}: {describe(run.config)}\nfinal {NETWORK_NAME[network]}: is the label right, "
                  "is the prediction right (vs the clean label)?")
     rows = [["bin", "n", "loss_min", "loss_max", *[k.replace(", ", "_").replace(" ", "_") for k in kinds]]]
     rows += [[i + 1, len(b), float(losses[b].min()), float(losses[b].max()), *counts[i].tolist()]
              for i, b in enumerate(bins)]
+    return rows
+
+
+def figure_sample_dissect(run: Run, network: str, logits: torch.Tensor, data: NoisyData,
+                          n_bins: int) -> tuple[plt.Figure, list[list]]:
+    """The sample dissection of one run; returns the figure and its numbers as CSV rows."""
+    fig, ax = plt.subplots(figsize=(12, 5), layout="constrained")
+    return fig, draw_sample_dissect(ax, run, network, logits, data, n_bins)
+
+
+def figure_dissect_compare(panels: list[tuple[Run, str, torch.Tensor, NoisyData]],
+                           n_bins: int) -> tuple[plt.Figure, list[list]]:
+    """Sample dissections of several runs side by side (e.g. CE next to SLN-MO-LC), on one y scale; CSV rows with
+    the run of each row in front."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(8.5 * len(panels), 5.6), sharey=True, squeeze=False,
+                             layout="constrained")
+    rows: list[list] = []
+    for i, (ax, (run, network, logits, data)) in enumerate(zip(axes[0], panels)):
+        part = draw_sample_dissect(ax, run, network, logits, data, n_bins, legend=False)
+        ax.set_title(f"{run.config.get('variant', '?')} ({run.exp_id})\nfinal {NETWORK_NAME[network]}", fontsize=12)
+        ax.set_xlabel("training samples by loss on the given label (low → high), in bins")
+        rows += ([["exp_id", "variant", *part[0]]] if i == 0 else []) + \
+            [[run.exp_id, run.config.get("variant"), *r] for r in part[1:]]
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, frameon=False)
+    fig.suptitle(f"Sample dissection: is the label right, is the prediction right (vs the clean label)?\n"
+                 f"{describe(panels[0][0].config).split(', ', 1)[1]}")
     return fig, rows
 
 
@@ -812,7 +839,8 @@ def build_parser() -> engine.Parser:
                    help="one or more of: pred_probs, sample_dissect, curves: figures of --exp_id (pred_probs and "
                         "sample_dissect together pass over the data once); compare: test accuracy over epochs of "
                         "the models, mean ± std over seeds, a panel per noise mode; ablation: test accuracy vs "
-                        "sigma; both over --exp_ids/--filter; hp: validation accuracy vs sigma of --hp_dir")
+                        "sigma; both over --exp_ids/--filter; dissect_compare: sample_dissect of 2-4 --exp_ids side "
+                        "by side; hp: validation accuracy vs sigma of --hp_dir")
     w.add_argument("--table", action="store_true",
                    help="Markdown and CSV tables of the runs of --exp_ids/--filter: mean ± std over seeds of the "
                         "last-epoch and best test accuracy, rows the models, columns the noise modes")
@@ -858,6 +886,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.exp_id and not set(args.plot_type) & set(SINGLE_RUN_PLOTS):
         engine.fail("--exp_id is for pred_probs, sample_dissect and curves; "
                     "--table and ablation take --exp_ids or --filter")
+    if "dissect_compare" in args.plot_type and not (args.exp_ids and 2 <= len(args.exp_ids) <= 4):
+        engine.fail("--plot_type dissect_compare draws 2 to 4 runs side by side: give them with --exp_ids A B ...")
     if "hp" in args.plot_type and not args.hp_dir:
         engine.fail("--plot_type hp needs --hp_dir hp/hp_<timestamp> (a tune.py sweep folder)")
     if args.hp_dir and "hp" not in args.plot_type:
@@ -909,6 +939,16 @@ def _main(argv: list[str] | None) -> list[Path]:
             if "ablation" in args.plot_type:
                 rows, title = ablation_points(runs)
                 written += save(args.assets_dir, args.name or "ablation", figure_ablation(rows, title), args, rows)
+        if "dissect_compare" in args.plot_type:
+            panels = []
+            for exp_id in args.exp_ids:
+                run = find_run(runs_folder(args.runs_dir), exp_id)
+                data = rebuild_training_set(run, args.data_dir)
+                network = reported_network(run) if args.network == "reported" else args.network
+                logits = training_set_logits(run, data, network, engine.pick_device(args.device), args.batch_size)
+                panels.append((run, network, logits, data))
+            fig, rows = figure_dissect_compare(panels, args.bins)
+            written += save(args.assets_dir, args.name or "dissect_compare", fig, args, rows)
         if "hp" in args.plot_type:
             tables = [read_hp_table(hp_folder(d, args.runs_dir)) for d in args.hp_dir]
             tables = [(path.parent, table) for path, table in tables]

@@ -438,3 +438,26 @@ def test_compare_refuses_runs_of_several_tables(runs, sparse_runs, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert "different tables (they differ in lr, n_epochs)" in err[-1] and "--filter" in err[-1]
     assert not (tmp_path / "a").exists()
+
+
+def test_dissect_compare_puts_two_runs_side_by_side_with_their_own_numbers(runs, fake_root, paper_sums, tmp_path):
+    out, ids = runs
+    pair = [ids["ce"], ids["lc1"]]
+    written = run_plot(out, tmp_path / "pair", "--plot_type", "dissect_compare", "--exp_ids", *pair, "--bins", "10")
+    assert [p.name for p in written] == ["dissect_compare.png", "dissect_compare.csv"]
+    w, h = decodable(written[0])
+    assert w > 1200 and h > 400
+    rows = read_csv(written[1])
+    for exp_id in pair:
+        run_plot(out, tmp_path / "single", "--exp_id", exp_id, "--plot_type", "sample_dissect", "--bins", "10")
+        single = read_csv(tmp_path / "single" / exp_id / "sample_dissect.csv")
+        mine = [{k: v for k, v in r.items() if k not in ("exp_id", "variant")} for r in rows if r["exp_id"] == exp_id]
+        assert mine == single
+
+
+def test_dissect_compare_needs_two_to_four_runs(runs, tmp_path, capsys):
+    out, ids = runs
+    with pytest.raises(SystemExit):
+        run_plot(out, tmp_path, "--plot_type", "dissect_compare", "--exp_ids", ids["ce"])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "2 to 4 runs" in err
