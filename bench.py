@@ -29,6 +29,10 @@ the absolute rates move with the machine's load. Rates are images per second on 
   forward and backward pass (convolutions and the linear layer), times `train_img_s`, over the FLOP/s
   of a large float32 matrix multiply (`matmul_flop_s`, --matmul_size, the mean of one measurement
   before and one after the training measurements, so both see the same load).
+- `eval_img_s`: `engine.predict` (the per-epoch test evaluation and the label-correction pass) of
+  --option_model over --eval_images images, in batches of 1024 (the earlier default), in batches of this
+  device's default (`engine.default_eval_batch_size`: 128 on a CPU) and in those batches with channels_last;
+  best of two alternating rounds. `eval_speedup` is each over the first.
 - with --options: `train_img_s` of --option_model with each of --channels_last, --amp and --compile,
   measured in alternation with the default settings, and the speed-up of each over the default.
 
@@ -84,7 +88,9 @@ def build_parser() -> engine.Parser:
                    help="torch CPU threads for everything timed (default: os.cpu_count())")
     p.add_argument("--options", default="",
                    help=f"comma-separated speed options to time against the default ({', '.join(OPTIONS)})")
-    p.add_argument("--option_model", choices=list(MODELS), default="wrn-16-1", help="network timed for --options")
+    p.add_argument("--option_model", choices=list(MODELS), default="wrn-16-1",
+                   help="network timed for --options and the evaluation batch sizes")
+    p.add_argument("--eval_images", type=int, default=None, help="images per timed evaluation pass (default 4096)")
     p.add_argument("--option_steps", type=int, default=None,
                    help="timed steps per setting and round for --options (default 3; bf16 on a CPU is slow)")
     p.add_argument("--quick", action="store_true",
@@ -96,8 +102,9 @@ def build_parser() -> engine.Parser:
 
 def resolve(args) -> None:
     """Fill unset sizes from --quick or the full defaults; reject impossible values."""
-    quick = {"batch_size": 16, "steps": 2, "loader_batches": 3, "matmul_size": 256, "option_steps": 1}
-    full = {"batch_size": 128, "steps": 10, "loader_batches": 40, "matmul_size": 4096, "option_steps": 3}
+    quick = {"batch_size": 16, "steps": 2, "loader_batches": 3, "matmul_size": 256, "option_steps": 1, "eval_images": 256}
+    full = {"batch_size": 128, "steps": 10, "loader_batches": 40, "matmul_size": 4096, "option_steps": 3,
+            "eval_images": 4096}
     for k in quick:
         if getattr(args, k) is None:
             setattr(args, k, (quick if args.quick else full)[k])
@@ -358,6 +365,31 @@ def time_options(name: str, x: torch.Tensor, labels: torch.Tensor, batch_size: i
 
 # ----------------------------------------------------------------------------------------------------
 
+def time_eval(name: str, x: torch.Tensor, n: int, rounds: int = 2) -> dict:
+    """Images/s of engine.predict in large batches, in the device's default batches, and with channels_last."""
+    device = x.device
+    mean, std = torch.tensor(CIFAR["cifar10"].mean, device=device), torch.tensor(CIFAR["cifar10"].std, device=device)
+    images = x[:n]
+    small = engine.default_eval_batch_size(device)
+    plain = make_model(name, 10).to(device)
+    fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    settings = {"batch 1024": (plain, 1024), f"batch {small}": (plain, small),
+                f"batch {small} channels_last": (fast, small)}
+    best = {k: float("inf") for k in settings}
+    for model, batch in settings.values():
+        engine.predict(model, images[:batch], mean, std, batch)        # warm-up
+    for _ in range(rounds):
+        for k, (model, batch) in settings.items():
+            sync(device)
+            t0 = time.perf_counter()
+            engine.predict(model, images, mean, std, batch)
+            sync(device)
+            best[k] = min(best[k], time.perf_counter() - t0)
+    out = {k: len(images) / t for k, t in best.items()}
+    first = out["batch 1024"]
+    return {"eval_img_s": out, "eval_speedup": {k: v / first for k, v in out.items()}}
+
+
 def check_targets(results: dict) -> dict:
     checks = {}
     for key, (op, bound) in TARGETS.items():
@@ -389,6 +421,8 @@ def table(results: dict) -> str:
     if "cpu_share" in results:
         rows.append(("cpu_share (matmul, pipeline)", ", ".join(f"{results['cpu_share'][k]:.2f}" for k in
                                                               ("matmul_before", "matmul_after", "pipeline"))))
+    for k, v in results.get("eval_img_s", {}).items():
+        rows.append((f"eval_img_s {results['option_model']} {k}", f"{v:.0f} ({results['eval_speedup'][k]:.2f}x)"))
     for k, v in results.get("options", {}).items():
         extra = f" ({v['speedup']:.2f}x default)" if "speedup" in v else ""
         rows.append((f"{results['option_model']} {k}", f"{v['train_img_s']:.1f} img/s{extra}"))
@@ -462,8 +496,10 @@ def measure(args, device: torch.device, argv: list[str]) -> dict:
         mm_share = (share["matmul_before"].value + share["matmul_after"].value) / 2
         res["flop_utilisation_per_cpu_second"] = {m: u * mm_share / share[m].value
                                                   for m, u in res["flop_utilisation"].items()}
+    res["option_model"] = args.option_model
+    res.update(time_eval(args.option_model, x, min(args.eval_images, len(x))))
+    print("  eval " + ", ".join(f"{k}: {v:.0f} img/s" for k, v in res["eval_img_s"].items()), flush=True)
     if args.options:
-        res["option_model"] = args.option_model
         res["options"] = time_options(args.option_model, x, labels, args.batch_size, args.option_steps,
                                       args.options)
     res["targets"] = check_targets(res)

@@ -66,6 +66,11 @@ def test_quick_bench_writes_every_key(quick_results):
     assert set(opts) == {"default", "channels_last"} and r["option_model"] == m
     assert opts["channels_last"]["speedup"] == pytest.approx(opts["channels_last"]["train_img_s"]
                                                              / opts["default"]["train_img_s"])
+    # evaluation in the old large batches, the CPU default's batches, and those with channels_last
+    assert set(r["eval_img_s"]) == {"batch 1024", "batch 128", "batch 128 channels_last"}
+    assert all(v > 0 for v in r["eval_img_s"].values())
+    assert r["eval_speedup"]["batch 1024"] == 1
+    assert r["eval_speedup"]["batch 128"] == pytest.approx(r["eval_img_s"]["batch 128"] / r["eval_img_s"]["batch 1024"])
 
 
 @pytest.mark.parametrize("flags, message", [
