@@ -66,7 +66,9 @@ def build_parser() -> engine.Parser:
                    help="GPUs per trial; fractions share a GPU (0.5: two trials per GPU). Default: 1 if the Ray "
                         "cluster has GPUs, else 0")
     r.add_argument("--address", default=None,
-                   help="join a running Ray cluster (host:port, or auto); default: start Ray on this machine")
+                   help="join a running Ray cluster (its head node's host:port, or auto), showing it the token of "
+                        "Ray's authentication from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; "
+                        "default: start Ray on this machine")
     return p
 
 
