@@ -368,14 +368,15 @@ def join_ray(address: str) -> None:
     fd, name = tempfile.mkstemp(prefix="tune-ray-join-", suffix=".log")
     os.close(fd)
     log = Path(name)
-    tries = os.environ.setdefault("RAY_gcs_server_port_wait_time_s", JOIN_TRIES)
+    ours = "RAY_gcs_server_port_wait_time_s" not in os.environ     # a user's own setting is kept as it is
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", JOIN_TRIES)
     try:
         with quiet_stderr(log):
             ray.init(address=address, runtime_env=worker_env(), logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
         engine.fail(join_error(address, e, log))
     finally:
-        if tries == JOIN_TRIES:
+        if ours:
             os.environ.pop("RAY_gcs_server_port_wait_time_s", None)
     sys.stderr.write(log.read_text(errors="replace"))    # warnings of a join that worked are not hidden
     log.unlink()
