@@ -15,17 +15,23 @@ Every trial is an ordinary training run (engine.run, the loop of train_cifar.py)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import itertools
 import json
 import logging
 import os
+import re
+import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import ray
+import ray._raylet
+import ray.exceptions
 import ray.tune
 import torch
 import yaml
@@ -60,7 +66,9 @@ def build_parser() -> engine.Parser:
                    help="GPUs per trial; fractions share a GPU (0.5: two trials per GPU). Default: 1 if the Ray "
                         "cluster has GPUs, else 0")
     r.add_argument("--address", default=None,
-                   help="join a running Ray cluster (host:port, or auto); default: start Ray on this machine")
+                   help="join a running Ray cluster (its head node's host:port, or auto), showing it the token of "
+                        "Ray's authentication from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; "
+                        "default: start Ray on this machine")
     return p
 
 
@@ -253,14 +261,131 @@ def worker_env() -> dict:
     return {"env_vars": {"PYTHONPATH": path, "TQDM_DISABLE": "1"}}
 
 
+TOKEN_HELP = ("copy the cluster's token (print it with `ray get-auth-token` on the head node) to ~/.ray/auth_token "
+              "here, or set RAY_AUTH_TOKEN=<token> or RAY_AUTH_TOKEN_PATH=<file with the token>")
+JOIN_TRIES = "5"     # Ray's default: 20 tries a second apart, i.e. 20 s to report a refused token
+
+
+def token_source() -> str | None:
+    """Where Ray would read its authentication token from, in Ray's own order, or None without one
+    (RAY_AUTH_TOKEN, then the file RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token)."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return f"RAY_AUTH_TOKEN_PATH={os.environ['RAY_AUTH_TOKEN_PATH']}"
+    default = Path.home() / ".ray" / "auth_token"
+    return str(default) if default.is_file() and default.read_text().strip() else None
+
+
+def use_auth_token() -> None:
+    """Send the token to the cluster whenever one is at hand. Ray 2.60 does this by itself for
+    address="auto" only: with host:port and RAY_AUTH_MODE unset, the driver sends no token and a cluster with
+    authentication on refuses it. A cluster without authentication ignores the token, so sending it is safe;
+    an explicit RAY_AUTH_MODE (token or disabled) is left as the user set it."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path and not os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        try:
+            empty = not Path(path).read_text().strip()
+        except OSError as e:
+            engine.fail(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the Ray token there ({e.strerror}); {TOKEN_HELP}")
+        if empty:   # Ray's C++ core aborts the whole process on an empty token file: say it here instead
+            engine.fail(f"RAY_AUTH_TOKEN_PATH={path} is empty; {TOKEN_HELP}")
+    if "RAY_AUTH_MODE" in os.environ or token_source() is None:
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    ray._raylet.Config.initialize("")     # Ray caches its config: make it read RAY_AUTH_MODE again (as Ray does)
+
+
+def probe(address: str) -> None:
+    """Fail at once when nothing listens at host:port: Ray itself retries for minutes before it gives up
+    (about 36 s per try for an address that does not answer, see README)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return                     # "auto", or an address form that Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except ConnectionRefusedError:
+        engine.fail(f"cannot join a Ray cluster at --address {address}: nothing is listening there; start the head "
+                    "node with `ray start --head --port 6379` and give its address, or drop --address to run here")
+    except socket.gaierror as e:
+        engine.fail(f"cannot join a Ray cluster at --address {address}: unknown host {host} ({e.strerror}); "
+                    "give the head node's IP address and port (host:port)")
+    except OSError as e:
+        engine.fail(f"cannot join a Ray cluster at --address {address}: no answer there "
+                    f"({e.strerror or 'timed out'}); check the address, and that the port is open to this machine")
+
+
+def join_error(address: str, error: BaseException, log: Path) -> str:
+    """One line on why ray.init could not join: Ray wraps the cause (refused token, version mismatch, no GCS)
+    in a generic ConnectionError whose text only names the address."""
+    text, cause = "", error
+    while cause is not None:
+        text += f"{type(cause).__name__}: {cause}\n"
+        cause = cause.__cause__ or cause.__context__
+    where = f"cannot join the Ray cluster at --address {address}"
+    if "InvalidAuthToken" in text or "AuthenticationError" in text or "authentication token" in text:
+        source = token_source() if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else None
+        if source is None:
+            return f"{where}: it requires an authentication token and this machine has none; {TOKEN_HELP} (Ray's log: {log})"
+        return f"{where}: it refused the authentication token from {source}; {TOKEN_HELP} (Ray's log: {log})"
+    mismatch = re.search(r"Version mismatch: The cluster was started with:\s*Ray: (\S+)\s*Python: (\S+)\s*"
+                         r"This process .*? was started with:\s*Ray: (\S+)\s*Python: (\S+)", text, re.S)
+    if mismatch:
+        ray_c, py_c, ray_d, py_d = mismatch.groups()
+        return (f"{where}: Ray version mismatch, the cluster runs Ray {ray_c} on Python {py_c} and this driver Ray "
+                f"{ray_d} on Python {py_d}; run the driver with the cluster's versions (pip install ray=={ray_c} "
+                f"under Python {py_c}) (Ray's log: {log})")
+    if "Could not find any running Ray instance" in text:
+        return (f"{where}: no Ray cluster runs on this machine; start one with `ray start --head`, or give the head "
+                f"node's host:port (Ray's log: {log})")
+    if "Timed out while waiting for GCS" in text:
+        return (f"{where}: something listens there but it is not a Ray head node's GCS port; give the port that "
+                f"`ray start --head` printed (default 6379) (Ray's log: {log})")
+    last = text.strip().splitlines()[-1] if text.strip() else repr(error)
+    return f"{where} ({last}); see Ray's log {log}"
+
+
+@contextlib.contextmanager
+def quiet_stderr(log: Path):
+    """Send everything written to this process's stderr, Ray's C++ core included (it writes to fd 2, beyond
+    Python's logging), to `log` while Ray joins: a failed join repeats the same warning once a second."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(log, "wb") as f:
+            os.dup2(f.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def join_ray(address: str) -> None:
+    """Join the cluster at `address` with Ray's log sent to a file; on failure say why on one line."""
+    use_auth_token()
+    probe(address)
+    fd, name = tempfile.mkstemp(prefix="tune-ray-join-", suffix=".log")
+    os.close(fd)
+    log = Path(name)
+    ours = "RAY_gcs_server_port_wait_time_s" not in os.environ     # a user's own setting is kept as it is
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", JOIN_TRIES)
+    try:
+        with quiet_stderr(log):
+            ray.init(address=address, runtime_env=worker_env(), logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
+        engine.fail(join_error(address, e, log))
+    finally:
+        if ours:
+            os.environ.pop("RAY_gcs_server_port_wait_time_s", None)
+    sys.stderr.write(log.read_text(errors="replace"))    # warnings of a join that worked are not hidden
+    log.unlink()
+
+
 def start_ray(address: str | None) -> None:
     """Join the cluster at `address`, or start Ray sized to this machine."""
     if address:
-        try:
-            ray.init(address=address, runtime_env=worker_env(), logging_level=logging.WARNING)
-        except ConnectionError as e:
-            engine.fail(f"cannot join a Ray cluster at --address {address} ({e}); start one with "
-                        "`ray start --head`, or drop --address to run on this machine")
+        join_ray(address)
         return
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     # address="local": always a fresh instance of our own, never a cluster that runs (or was left behind) here
