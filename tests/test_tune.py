@@ -116,15 +116,24 @@ def test_sigma_search_interrupted_resumed_and_its_table(ray_session, fake_root, 
     (first,) = {p.parent for p in hp_dir.glob("runs/*/summary.json")}
     first_metrics = (first / "metrics.csv").read_text()
     first_sigma = run_config(first)["sigma"]
+    (cut,) = [d for d in (hp_dir / "runs").iterdir() if d != first]
+    checkpointed = (cut / "checkpoint.pt").is_file()
+    cut_rows = (cut / "metrics.csv").read_text().splitlines() if checkpointed else []
 
     assert tune.main(["--resume", hp_dir.name, "--out_dir", str(tmp_path)]) == hp_dir
     table = read_csv(hp_dir / "sigma_search.csv")
     assert [float(r["sigma"]) for r in table] == [0.1, 1.0]
     run_of = {float(r["sigma"]): hp_dir / "runs" / r["exp_id"] for r in table}
-    # the finished trial was not run again; the interrupted one ran again from the start
+    # the finished trial was not run again; the interrupted one continued from its checkpoint in its own folder,
+    # or, cut off before its first checkpoint, ran again from the start in a new one
     assert run_of[first_sigma] == first and (first / "metrics.csv").read_text() == first_metrics
     sigmas = [run_config(d)["sigma"] for d in (hp_dir / "runs").iterdir()]
-    assert sorted(sigmas) == sorted([0.1, 1.0, ({0.1, 1.0} - {first_sigma}).pop()])
+    other = ({0.1, 1.0} - {first_sigma}).pop()
+    if checkpointed:
+        assert run_of[other] == cut and sorted(sigmas) == [0.1, 1.0]
+        assert (cut / "metrics.csv").read_text().splitlines()[:len(cut_rows)] == cut_rows
+    else:
+        assert run_of[other] != cut and sorted(sigmas) == sorted([0.1, 1.0, other])
 
     for r in table:
         run_dir = run_of[float(r["sigma"])]
