@@ -407,7 +407,7 @@ def test_resume_after_sigkill_never_trains_a_finished_trial_again(fake_root, tmp
     assert sorted(r["exp_id"] for r in table) == sorted(p.name for p in finished)
 
 
-def test_one_table_pools_sweep_runs_and_loose_runs(ray_session, fake_root, paper_sums, tmp_path):
+def test_one_table_pools_sweep_runs_and_loose_runs(ray_session, fake_root, paper_sums, tmp_path, capsys):
     """Bookkeeping keys (tune_trial_id, out_dir, resume, ...) do not split a table: a sweep's CE run with seed 2
     and a train_cifar.py CE run with seed 1 of the same settings share one cell."""
     import plot
@@ -416,6 +416,10 @@ def test_one_table_pools_sweep_runs_and_loose_runs(ray_session, fake_root, paper
     config_file.write_text("dataset_name: cifar10\np: 0.4\nvariants: [CE]\nnoise_modes: [sym]\nseeds: [2]\n"
                            "model: wrn-16-1\n")
     hp_dir = tune.main(["--experiments", str(config_file), *quick_flags(fake_root, tmp_path / "sweep")])
+    out = capsys.readouterr().out
+    assert "1 trial, each with 1 CPU and 0 GPUs" in out
+    # the runs' own TensorBoard logs are named; Tune's hint at a copy of its own is not printed
+    assert f"tensorboard --logdir {hp_dir / 'runs'}" in out and "To visualize your results with TensorBoard" not in out
     loose = quick_flags(fake_root, hp_dir) + ["--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4",
                                               "--sigma", "0", "--lc_n_epoch", "-1", "--seed", "1"]
     train_cifar.main(loose)
