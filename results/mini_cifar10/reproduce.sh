@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates results/mini_cifar10/ from nothing: the sigma search for sym and asym noise, the 24-run grid of
-# configs/mini_cifar10.yaml with the sigmas found, the table and the figures.
+# Regenerates results/mini_cifar10/ from nothing: for sym noise, then for asym noise, the sigma search and the
+# 12 runs of configs/mini_cifar10.yaml with the sigma found; then the table and the figures.
 #
 #   results/mini_cifar10/reproduce.sh DATA_DIR      # DATA_DIR holds cifar-10-batches-py/ (+ cifar10/label_noisy/)
 #
@@ -11,7 +11,7 @@ set -euo pipefail
 DATA=${1:?usage: results/mini_cifar10/reproduce.sh DATA_DIR}
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
-OUT=results/mini_cifar10
+OUT=${RESULTS:-results/mini_cifar10}   # RESULTS=<folder> puts everything elsewhere
 WORK=$OUT/work                    # sweep folders: Tune's state, checkpoints, weights (git-ignored)
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 mkdir -p "$WORK"
@@ -24,7 +24,8 @@ from pathlib import Path
 hp, kind, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 for folder in sorted(hp.glob("hp_*")):
     sweep = yaml.safe_load((folder / "sweep.yaml").read_text()) if (folder / "sweep.yaml").is_file() else None
-    if sweep and sweep["kind"] == kind and (not mode or sweep["base"]["noise_mode"] == mode):
+    modes = [sweep["base"]["noise_mode"]] if sweep and kind == "sigma_search" else (sweep or {}).get("grid", {}).get("noise_mode")
+    if sweep and sweep["kind"] == kind and modes == [mode]:
         print(folder)
 PYEOF
 }
@@ -54,9 +55,11 @@ collect() {  # sweep folder, destination
     done
 }
 
-# 1. sigma search per noise mode: SLN with each sigma, and CE (sigma 0) for reference, on 90 % of the subset;
-#    chosen on the other 10 % with its noisy labels, never on test images
-declare -A SIGMA
+# Per noise mode, sym first: its whole table is done before asym starts.
+# 1. sigma search: SLN with each sigma, and CE (sigma 0) for reference, on 90 % of the subset; chosen on the
+#    other 10 % with its noisy labels, never on test images
+# 2. the grid of configs/mini_cifar10.yaml for that noise mode, with the sigma just found (the file holds the
+#    sigmas of the committed results)
 for mode in sym asym; do
     hp=$(sweep sigma_search "$mode" -- --dataset_name cifar10 --noise_mode "$mode" --p 0.4 --lc_n_epoch -1 \
         --val_size 0.1 --seed 0 --sigmas 0 0.05 0.1 0.2 0.5 1.0 --model wrn-16-1 --train_subset 2000 --n_epochs 100 \
@@ -64,26 +67,25 @@ for mode in sym asym; do
     cp "$hp/sigma_search.md" "$OUT/sigma_search_$mode.md"
     cp "$hp/sigma_search.csv" "$OUT/sigma_search_$mode.csv"
     collect "$hp" "$OUT/search_runs"
-    SIGMA[$mode]=$(sed -n 's/^best sigma: \([0-9.]*\) .*/\1/p' "$hp/sigma_search.md")
-    echo "sigma search $mode: best sigma ${SIGMA[$mode]} ($hp)"
-done
-
-# 2. the grid, with the sigmas just found (configs/mini_cifar10.yaml holds those of the committed results)
-"$PY" - configs/mini_cifar10.yaml "$WORK/mini_cifar10.yaml" "${SIGMA[sym]}" "${SIGMA[asym]}" <<'PYEOF'
+    sigma=$(sed -n 's/^best sigma: \([0-9.]*\) .*/\1/p' "$hp/sigma_search.md")
+    echo "sigma search $mode: best sigma $sigma ($hp)"
+    "$PY" - configs/mini_cifar10.yaml "$WORK/mini_cifar10_$mode.yaml" "$mode" "$sigma" <<'PYEOF'
 import sys, yaml
 from pathlib import Path
 config = yaml.safe_load(Path(sys.argv[1]).read_text())
-config["sigma"] = {"sym": float(sys.argv[3]), "asym": float(sys.argv[4])}
+config.update(noise_modes=[sys.argv[3]], sigma={sys.argv[3]: float(sys.argv[4])})
 Path(sys.argv[2]).write_text(yaml.safe_dump(config, sort_keys=False))
 PYEOF
-grid=$(sweep experiments "" -- --experiments "$WORK/mini_cifar10.yaml" --data_dir "$DATA")
-collect "$grid" "$OUT/runs"
+    grid=$(sweep experiments "$mode" -- --experiments "$WORK/mini_cifar10_$mode.yaml" --data_dir "$DATA")
+    collect "$grid" "$OUT/runs"
+done
 
 # 3. table and figures, from the copied run files alone (the dissection needs the weights in $WORK)
 "$PY" plot.py --table --runs_dir "$OUT/runs" --assets_dir "$OUT" --name table --overwrite
 "$PY" plot.py --plot_type compare --runs_dir "$OUT/runs" --assets_dir "$OUT" --name compare --overwrite
 "$PY" plot.py --plot_type hp --hp_dir "$(sweep_of sigma_search sym | tail -n 1)" "$(sweep_of sigma_search asym | tail -n 1)" \
     --assets_dir "$OUT" --name sigma_search --overwrite
+grid=$(sweep_of experiments sym | tail -n 1)
 pair=$("$PY" - "$grid/runs" <<'PYEOF'
 import sys, yaml
 from pathlib import Path
