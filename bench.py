@@ -50,7 +50,9 @@ if __name__ == "__main__":
     # OMP_WAIT_POLICY already in the environment wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import argparse
 import copy
+import dataclasses
 import json
 import platform
 import sys
@@ -61,9 +63,11 @@ import numpy as np
 import torch
 from torch import nn
 
+import cli
 import engine
+import runs
 import sln
-from data import CIFAR, DataError, default_data_dir, load_cifar, normalise, random_crop_flip
+from data import CIFAR, DataError, NoisyData, default_data_dir, load_cifar, normalise, random_crop_flip
 from models import MODELS, make_model
 
 TARGETS = {"pipeline_speedup": (">=", 10.0), "non_model_fraction/wrn-16-1": ("<=", 0.05),
@@ -71,8 +75,8 @@ TARGETS = {"pipeline_speedup": (">=", 10.0), "non_model_fraction/wrn-16-1": ("<=
 OPTIONS = ("channels_last", "amp", "compile")
 
 
-def build_parser() -> engine.Parser:
-    p = engine.Parser(description=__doc__, formatter_class=engine.argparse.RawDescriptionHelpFormatter)
+def build_parser() -> cli.Parser:
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", type=Path, default=default_data_dir(),
                    help="root holding cifar-10-batches-py/ (default: $SLN_DATA_DIR or data/); "
                         "random uint8 images of the same shape are used when there is no CIFAR-10 there")
@@ -109,19 +113,21 @@ def resolve(args) -> None:
         if getattr(args, k) is None:
             setattr(args, k, (quick if args.quick else full)[k])
         if getattr(args, k) <= 0:
-            engine.fail(f"--{k} must be positive, got {getattr(args, k)}")
+            cli.fail(f"--{k} must be positive, got {getattr(args, k)}")
     if args.threads <= 0:
-        engine.fail(f"--threads must be positive, got {args.threads}")
+        cli.fail(f"--threads must be positive, got {args.threads}")
+    if args.json is not None:
+        cli.check_out_dir(args.json.parent, "--json")
     args.models = [m for m in args.models.split(",") if m]
     args.options = [o for o in args.options.split(",") if o]
     for m in args.models:
         if m not in MODELS:
-            engine.fail(f"unknown model {m!r} in --models; choose from {', '.join(MODELS)}")
+            cli.fail(f"unknown model {m!r} in --models; choose from {', '.join(MODELS)}")
     for o in args.options:
         if o not in OPTIONS:
-            engine.fail(f"unknown option {o!r} in --options; choose from {', '.join(OPTIONS)}")
+            cli.fail(f"unknown option {o!r} in --options; choose from {', '.join(OPTIONS)}")
     if not args.models:
-        engine.fail("--models is empty; name at least one network, e.g. --models wrn-16-1")
+        cli.fail("--models is empty; name at least one network, e.g. --models wrn-16-1")
 
 
 def training_images(root: Path, quick: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
@@ -131,7 +137,7 @@ def training_images(root: Path, quick: bool, seed: int = 0) -> tuple[np.ndarray,
         try:
             x, y, _, _ = load_cifar("cifar10", root, download=False)
         except DataError as e:
-            engine.fail(str(e))
+            cli.fail(str(e))
         return x, y, f"CIFAR-10 training set from {root / CIFAR['cifar10'].folder}"
     rng = np.random.default_rng(seed)
     n = 512 if quick else 50000
@@ -217,7 +223,7 @@ def dataloader_img_s(images: np.ndarray, labels: np.ndarray, batch_size: int, ba
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=os.cpu_count(),
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
     if len(loader) < batches + 1:
-        engine.fail(f"--loader_batches {batches} needs {(batches + 1) * batch_size} images, have {len(images)}")
+        cli.fail(f"--loader_batches {batches} needs {(batches + 1) * batch_size} images, have {len(images)}")
     it = iter(loader)
     next(it)  # worker start-up is not timed
     t = time.perf_counter()
@@ -282,37 +288,30 @@ class ModelClock:
 
 
 class Trainer:
-    """What engine.train sets up before its epochs (network, EMA copy, SGD, targets), for one network,
-    with engine's own flag defaults (SLN sigma 1, EMA alpha 0.999), on `n` images."""
+    """A network set up by engine.setup, the very function every training run calls (network, EMA copy, SGD,
+    targets, data on the device), with the training flags' defaults plus SLN-MO (sigma 1), on `x` and `labels`."""
 
     def __init__(self, name: str, x: torch.Tensor, labels: torch.Tensor, batch_size: int, flags: list[str] = ()):
-        parser = engine.Parser()
-        engine.add_training_args(parser, default_model=name)
+        parser = cli.Parser()
+        cli.add_training_args(parser, default_model=name)
         self.args = parser.parse_args(["--batch_size", str(batch_size), "--sigma", "1.0", "--mo", *flags])
-        self.x, self.labels, self.device = x, labels, x.device
+        images, y = x.cpu().numpy(), labels.cpu().numpy()
+        noisy = torch.rand(len(y), generator=torch.Generator().manual_seed(0)).numpy() < 0.4
+        spec = CIFAR["cifar10"]
+        data = NoisyData("bench", images, y, y, noisy, images[:1], y[:1], 10, [str(c) for c in range(10)],
+                         spec.mean, spec.std)
         torch.manual_seed(0)
-        fmt = torch.channels_last if self.args.channels_last else torch.preserve_format
-        self.model = make_model(name, 10).to(self.device, memory_format=fmt)
-        ema = copy.deepcopy(self.model)
-        if self.args.compile:
-            self.model.compile()
-        self.ema_state, self.model_state = sln.ema_tensors(ema), sln.ema_tensors(self.model)
-        a = self.args
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=a.lr, momentum=a.momentum,
-                                         weight_decay=a.weight_decay)
-        self.targets = sln.onehot(labels, 10)
-        self.noisy = torch.rand(len(labels), generator=torch.Generator().manual_seed(0)).to(self.device) < 0.4
-        self.mean = torch.tensor(CIFAR["cifar10"].mean, device=self.device)
-        self.std = torch.tensor(CIFAR["cifar10"].std, device=self.device)
-        self.gen = torch.Generator(device=self.device).manual_seed(0)
+        self.state = engine.setup(self.args, data, make_model(name, 10), x.device)
+        self.device = x.device
 
     def epoch(self, n: int) -> float:
         """Wall seconds of engine.train_epoch over the first `n` images, including its one read of the sums."""
+        s = self.state
+        part = dataclasses.replace(s, x=s.x[:n], labels=s.labels[:n], clean=s.clean[:n],
+                                   noisy_mask=s.noisy_mask[:n], targets=s.targets[:n])
         sync(self.device)
         t = time.perf_counter()
-        engine.train_epoch(self.args, self.model, self.optimizer, self.ema_state, self.model_state, self.x[:n],
-                           self.targets[:n], self.labels[:n], self.noisy[:n], self.mean, self.std, 4, self.args.sigma,
-                           self.gen).tolist()
+        engine.train_epoch(part).tolist()
         return time.perf_counter() - t
 
 
@@ -335,7 +334,7 @@ def time_model(name: str, x: torch.Tensor, labels: torch.Tensor, batch_size: int
     """train_img_s and non_model_fraction of `name` from one instrumented engine epoch of `steps` batches."""
     trainer = Trainer(name, x, labels, batch_size)
     trainer.epoch(batch_size)                      # warm-up: allocator, kernel choice
-    clock = ModelClock(trainer.model, trainer.optimizer, x.device)
+    clock = ModelClock(trainer.state.model, trainer.state.optimizer, x.device)
     n = steps * batch_size
     wall = trainer.epoch(n)
     model_s = clock.seconds()
@@ -456,12 +455,12 @@ def measure(args, device: torch.device, argv: list[str]) -> dict:
     x = torch.from_numpy(images).to(device)
     labels = torch.from_numpy(labels_np.astype(np.int64)).to(device)
     if args.steps * args.batch_size > len(x):
-        engine.fail(f"--steps {args.steps} x --batch_size {args.batch_size} exceeds the {len(x)} training images")
+        cli.fail(f"--steps {args.steps} x --batch_size {args.batch_size} exceeds the {len(x)} training images")
     res: dict = {"data": source, "device": str(device), "threads": args.threads, "batch_size": args.batch_size,
                  "steps": args.steps, "matmul_size": args.matmul_size,
                  "command": " ".join(["python", "bench.py", *argv]),
                  "host": platform.node(), "cpu_count": os.cpu_count(),
-                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"), **engine.library_versions()}
+                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"), **runs.library_versions()}
     share = {}
 
     with CpuShare(args.threads) as share["matmul_before"]:
@@ -510,7 +509,7 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     resolve(args)
-    device = engine.pick_device(args.device)
+    device = cli.pick_device(args.device)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
-import itertools
 import json
 import math
 import pickle
 import sys
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -36,15 +33,19 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import cli  # noqa: E402
 import engine  # noqa: E402
-from data import CIFAR, CIFARN, DataError, NoisyData, load_cifar_n, load_cifar_noisy  # noqa: E402
+import files  # noqa: E402
+import runs  # noqa: E402
+from data import CIFAR, CIFARN, DataError, NoisyData  # noqa: E402
+from files import mean_std  # noqa: E402
 from models import make_model  # noqa: E402
+from tables import (COLUMN_ORDER, VARIANT_ORDER, Run, column_of, headline, load_run, make_table,  # noqa: E402
+                    one_table, order_key, row_labels, run_ids, settings)
 
 SINGLE_RUN_PLOTS = ["pred_probs", "sample_dissect", "curves"]
 PLOT_TYPES = SINGLE_RUN_PLOTS + ["compare", "dissect_compare", "ablation", "hp"]
 METHOD_COLOURS = {"CE": "#7f7f7f", "SLN": "#1f77b4", "SLN-MO": "#ff7f0e", "SLN-MO-LC": "#2ca02c"}
-VARIANT_ORDER = ["CE", "SLN", "SLN-MO", "SLN-MO-LC"]
-COLUMN_ORDER = ["sym", "asym", "dependent", "openset"]
 
 STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10.5,  # used by main()
          "xtick.labelsize": 11, "ytick.labelsize": 11, "figure.dpi": 100, "savefig.dpi": 150,
@@ -53,58 +54,6 @@ STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fo
 
 # ----------------------------------------------------------------------------------------------------
 # Reading runs
-
-@dataclass
-class Run:
-    exp_id: str
-    folder: Path
-    config: dict
-    metrics: dict[str, np.ndarray]  # column -> one value per epoch, NaN where the run recorded none
-    summary: dict | None            # None while the run is unfinished
-
-    def last_and_best(self, column: str = "test/acc_reported") -> tuple[float, float]:
-        """(value at the last epoch, best value over epochs) of an accuracy column, in percent."""
-        if column not in self.metrics:
-            raise DataError(f"{self.folder / 'metrics.csv'} has no {column} column; it was not written by engine.py")
-        acc = 100 * self.metrics[column]
-        acc = acc[~np.isnan(acc)]   # epochs without a test evaluation (--eval_every) stay empty
-        if not len(acc):
-            raise DataError(f"{self.folder / 'metrics.csv'} has no {column} value in any epoch")
-        return float(acc[-1]), float(acc.max())
-
-
-def read_metrics(path: Path) -> dict[str, np.ndarray]:
-    """metrics.csv as float columns; empty cells (metrics a run could not compute) become NaN."""
-    try:
-        rows = engine.read_metrics(path)
-    except OSError as e:
-        raise DataError(f"cannot read {path} ({e.strerror}); is this a run folder of engine.py?")
-    except ValueError as e:
-        raise DataError(f"{path} holds something that is not a number ({e}); it was not written by engine.py")
-    if not rows:
-        return {}
-    return {k: np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=float) for k in rows[0]}
-
-
-def load_run(folder: Path) -> Run:
-    try:
-        config = yaml.safe_load((folder / "config.yaml").read_text())
-        summary_path = folder / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    except (OSError, yaml.YAMLError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read run {folder}: {str(e).splitlines()[0]}")
-    if not isinstance(config, dict):
-        raise DataError(f"{folder / 'config.yaml'} is not a run config (not a mapping)")
-    metrics_path = folder / "metrics.csv"
-    if summary is None and not metrics_path.is_file():
-        return Run(folder.name, folder, config, {}, None)   # started, but not one epoch done: skipped by tables
-    return Run(folder.name, folder, config, read_metrics(metrics_path), summary)
-
-
-def run_ids(runs_dir: Path) -> list[str]:
-    """Names of the run folders (those with a config.yaml) in runs_dir."""
-    return sorted(d.name for d in runs_dir.iterdir() if (d / "config.yaml").is_file())
-
 
 def runs_folder(path: Path) -> Path:
     """--runs_dir itself, or its runs/ subfolder when it is a training --out_dir (which holds configs/ and runs/)."""
@@ -117,7 +66,7 @@ def runs_folder(path: Path) -> Path:
 
 def find_run(runs_dir: Path, exp_id: str) -> Run:
     """The run called exp_id, or an error naming the nearest existing ids."""
-    return load_run(engine.find_run(runs_dir, exp_id))
+    return load_run(runs.find_run(runs_dir, exp_id))
 
 
 def parse_filter(text: str) -> dict[str, list[str]]:
@@ -166,170 +115,12 @@ def select_runs(runs_dir: Path, exp_ids: list[str] | None, filter_text: str | No
 # ----------------------------------------------------------------------------------------------------
 # Grouping runs into the paper's tables
 
-# Config entries that say where or how a run was made, not what was trained: runs that differ only in these
-# and in the seed are repetitions of one experiment.
-NOT_SETTINGS = {"exp_id", "seed", "data_dir", "out_dir", "device", "device_used", "deterministic", "eval_batch_size",
-                "eval_every", "tune_trial_id", "tune_config", "resume", "amp", "channels_last", "compile", "variant_id",
-                "make_new_custom_noise", "code", "versions", "host", "noise", "n_train", "n_test", "dataset"}
-ROW_KEYS = ["variant", "sigma", "mo", "lc_n_epoch", "ema_alpha", "lc_augment"]   # which of the paper's models
-COLUMN_KEYS = ["noise_mode", "noise_label"]   # the first one present: CIFAR's noise_mode, CIFAR-N's noise_label
-HEADLINE_KEYS = ["dataset_name", "model", "p", "custom_noise", "n_epochs", "train_subset", "test_subset"]
-
-
-def settings(config: dict) -> dict:
-    """What a run trained, from its config: bookkeeping keys and nested records dropped, and a key set to None
-    (tune.py's val_size of a table run, train_cifar.py's resume) counted as absent."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
-            if k not in NOT_SETTINGS and not isinstance(v, dict) and v is not None}
-
-
-def column_of(config: dict) -> str:
-    return next((str(config[k]) for k in COLUMN_KEYS if k in config), "-")
-
-
-@dataclass
-class Cell:
-    """The runs of one experiment (all settings equal but the seed), placed in a table."""
-    table: tuple        # sorted (key, value) pairs that a whole table shares
-    row: tuple          # values of ROW_KEYS
-    column: str
-    runs: list[Run]
-
-    @property
-    def variant(self) -> str:
-        return str(self.row[0])
-
-
-def group_cells(runs: list[Run]) -> list[Cell]:
-    cells: dict[tuple, Cell] = {}
-    for run in runs:
-        s = settings(run.config)
-        column_key = next((k for k in COLUMN_KEYS if k in s), None)
-        table = tuple(sorted((k, v) for k, v in s.items() if k not in ROW_KEYS and k != column_key))
-        row = tuple(s.get(k) for k in ROW_KEYS)
-        key = (table, row, column_of(run.config))
-        cells.setdefault(key, Cell(table, row, key[2], [])).runs.append(run)
-    return list(cells.values())
-
-
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (ddof=1) over seeds; no std from a single run."""
-    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
-
-
-def _row_key_name(i: int) -> str:
-    return "σ" if ROW_KEYS[i] == "sigma" else ROW_KEYS[i]
-
-
-def row_labels(cells: list[Cell]) -> dict[tuple, str]:
-    """Row names in one table, by row settings: the variant, plus the row settings that tell two runs of that
-    variant apart within one column. A setting that changes only from column to column, like the paper's
-    sigma per noise mode, does not make a new row."""
-    labels = {}
-    for variant in {c.variant for c in cells}:
-        mine = [c for c in cells if c.variant == variant]
-        differ = [i for i in range(1, len(ROW_KEYS))
-                  if any(len({c.row[i] for c in mine if c.column == col}) > 1 for col in {c.column for c in mine})]
-        for c in mine:
-            extra = ", ".join(f"{_row_key_name(i)}={c.row[i]}" for i in differ)
-            labels[c.row] = f"{variant} ({extra})" if extra else variant
-    return labels
-
-
-def per_column_notes(cells: list[Cell], labels: dict[tuple, str], cols: list[str]) -> list[str]:
-    """For each table row whose settings change from column to column (e.g. sigma), a line saying how."""
-    notes = []
-    for label in sorted(set(labels.values()), key=lambda v: (_order(v.split(" ")[0], VARIANT_ORDER), v)):
-        mine = {c.column: c.row for c in cells if labels[c.row] == label}
-        for i in range(1, len(ROW_KEYS)):
-            if len({row[i] for row in mine.values()}) > 1:
-                notes.append(f"{label}: {_row_key_name(i)} = "
-                             + ", ".join(f"{mine[col][i]} ({col})" for col in cols if col in mine))
-    return notes
-
-
-def _order(value: str, order: list[str]) -> tuple:
-    return (order.index(value) if value in order else len(order), value)
-
-
-def fmt(mean: float, std: float | None, n: int) -> str:
-    return f"{mean:.2f}{'' if std is None else f' ± {std:.2f}'} (n={n})"
-
-
-def headline(t: dict, extra: list[str]) -> str:
-    """A table's title: its dataset, network, noise rate, epochs and subsets, plus the `extra` settings."""
-    parts = [str(t[k]) for k in ("dataset_name", "model") if k in t]
-    parts += [f"p={t['p']}"] if "p" in t else []
-    parts += ["custom noise"] if t.get("custom_noise") else []
-    parts += [f"{t['n_epochs']} epochs"] if "n_epochs" in t else []
-    parts += [f"{k}={t[k]}" for k in ("train_subset", "test_subset") if t.get(k) is not None]
-    return ", ".join(parts + [f"{k}={t.get(k)}" for k in extra if k not in HEADLINE_KEYS])
-
-
-def make_table(runs: list[Run]) -> tuple[str, list[list]]:
-    """The paper's tables from runs: one per setting, rows the methods (CE, SLN, SLN-MO, SLN-MO-LC), columns the
-    noise modes, cells the mean ± std over seeds of the reported test accuracy at the last and the best epoch.
-    Returns (Markdown, CSV rows with a header row)."""
-    cells = group_cells(runs)
-    tables = sorted({c.table for c in cells}, key=lambda t: headline(dict(t), []))
-    all_keys = sorted({k for t in tables for k, _ in t})
-    # settings that differ between tables go into each table's title; the others are said once
-    varying = [k for k in all_keys if len({dict(t).get(k) for t in tables}) > 1]
-    common = {k: v for k, v in tables[0] if k not in varying and k not in HEADLINE_KEYS and v is not None}
-    lines = ["Test accuracy (%) of the reported network (the EMA network for SLN-MO and SLN-MO-LC), "
-             "mean ± sample std (ddof=1) over n seeds.", "",
-             "Other settings, the same in every table: " + ", ".join(f"{k}={v}" for k, v in common.items())]
-    csv_rows: list[list] = [all_keys + ["method", "variant", "noise", *ROW_KEYS[1:], "n_seeds", "seeds",
-                                        "last_mean", "last_std", "best_mean", "best_std", "exp_ids"]]
-    for table in tables:
-        t, t_cells = dict(table), [c for c in cells if c.table == table]
-        labels = row_labels(t_cells)
-        rows = sorted(set(labels.values()), key=lambda v: (_order(v.split(" ")[0], VARIANT_ORDER), v))
-        cols = sorted({c.column for c in t_cells}, key=lambda v: _order(v, COLUMN_ORDER))
-        stats = {}
-        for cell in sorted(t_cells, key=lambda c: (rows.index(labels[c.row]), cols.index(c.column))):
-            accs = [r.last_and_best() for r in cell.runs]
-            last, best = mean_std([a[0] for a in accs]), mean_std([a[1] for a in accs])
-            stats[(labels[cell.row], cell.column)] = (last, best, len(accs))
-            csv_rows.append([t.get(k) for k in all_keys] + [labels[cell.row], cell.variant, cell.column,
-                            *cell.row[1:], len(accs), " ".join(str(r.config.get("seed")) for r in cell.runs),
-                            *(None if v is None else round(v, 4) for v in (*last, *best)),
-                            " ".join(r.exp_id for r in cell.runs)])
-        notes = per_column_notes(t_cells, labels, cols)
-        for which, what in ((0, "last epoch (the paper's number)"), (1, "best epoch")):
-            lines += ["", f"### {headline(t, varying)}: {what}", "", "| method | " + " | ".join(cols) + " |",
-                      "|---" * (len(cols) + 1) + "|"]
-            for row in rows:
-                text = [fmt(*stats[(row, col)][which], stats[(row, col)][2]) if (row, col) in stats else "–"
-                        for col in cols]
-                lines.append(f"| {row} | " + " | ".join(text) + " |")
-            lines += [""] + notes if notes else []
-    return "\n".join(lines) + "\n", [[("" if v is None else v) for v in r] for r in csv_rows]
-
-
 # ----------------------------------------------------------------------------------------------------
 # Passing the training set through a saved network
 
 def has_clean_labels(run: Run) -> bool:
     """engine.py records the loss on clean and noisy samples only when clean labels exist."""
     return not np.all(np.isnan(run.metrics.get("train/loss_clean", np.array([np.nan]))))
-
-
-def loader_kwargs(loader, config: dict, root: Path) -> dict:
-    """The data loader's arguments, filled from the run's config by name (`dataset` is dataset_name, `root`
-    the data folder), so that loader options added later are picked up too; noise is never regenerated."""
-    kwargs = {}
-    for name, param in inspect.signature(loader).parameters.items():
-        key = "dataset_name" if name == "dataset" else name
-        if name == "root":
-            kwargs[name] = root
-        elif name == "make_new_custom_noise":
-            kwargs[name] = False
-        elif key in config:
-            kwargs[name] = config[key]
-        elif param.default is inspect.Parameter.empty:
-            raise DataError(f"the run's config has no {key!r}; it was not made by train_cifar.py")
-    return kwargs
 
 
 def rebuild_training_set(run: Run, data_dir: Path | None) -> NoisyData:
@@ -346,11 +137,11 @@ def rebuild_training_set(run: Run, data_dir: Path | None) -> NoisyData:
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist here; pass --data_dir <folder holding the CIFAR "
                         f"images and {'cifar-n/' if name in CIFARN else f'{name}/label_noisy/'}>")
-    if name in CIFARN:
-        data = load_cifar_n(name, root, cfg["noise_label"])
-    else:
-        data = load_cifar_noisy(**loader_kwargs(load_cifar_noisy, cfg, root))
+    # the noise files the run wrote are read back, never made anew
+    data = cli.dataset_from_config({**cfg, "data_dir": root, "make_new_custom_noise": False})
     data = data.subset(cfg.get("train_subset"), None, cfg["seed"])
+    if cfg.get("val_size"):                       # a tune.py sigma-search trial trained without its split
+        data = data.split_validation(cfg["val_size"], cfg["seed"])[0]
     check_same_training_set(run, data, root)
     return data
 
@@ -590,25 +381,13 @@ def figure_curves(run: Run) -> tuple[plt.Figure, list[list]]:
     return fig, rows
 
 
-def one_table(runs: list[Run]) -> tuple[list[Cell], dict]:
-    """The cells of runs that make up a single paper table, and the settings they share; an error naming the
-    settings that differ when the runs belong to several tables."""
-    cells = group_cells(runs)
-    tables = {c.table for c in cells}
-    if len(tables) > 1:
-        differ = sorted(k for k in {k for t in tables for k, _ in t} if len({dict(t).get(k) for t in tables}) > 1)
-        raise DataError(f"the runs belong to {len(tables)} different tables (they differ in {', '.join(differ)}); "
-                        "choose one with --filter, e.g. --filter " + ",".join(f"{k}=..." for k in differ[:2]))
-    return cells, dict(next(iter(tables)))
-
-
 def compare_points(runs: list[Run]) -> tuple[list[list], str]:
     """Test accuracy (%) of the reported network over epochs, mean and sample std (ddof=1) over seeds, per method
     and noise mode, at the epochs that every seed evaluated (see --eval_every). CSV rows (with header), title."""
     cells, shared = one_table(runs)
     labels = row_labels(cells)
     rows = [["noise", "method", "epoch", "n_seeds", "mean", "std"]]
-    for cell in sorted(cells, key=lambda c: (_order(c.column, COLUMN_ORDER), _order(c.variant, VARIANT_ORDER),
+    for cell in sorted(cells, key=lambda c: (order_key(c.column, COLUMN_ORDER), order_key(c.variant, VARIANT_ORDER),
                                              labels[c.row])):
         series = []
         for run in cell.runs:
@@ -793,36 +572,21 @@ def figure_hp(tables: list[tuple[Path, dict]]) -> tuple[plt.Figure, list[list]]:
 # ----------------------------------------------------------------------------------------------------
 # Writing
 
-def free_stem(folder: Path, name: str, suffixes: list[str], overwrite: bool) -> Path:
-    """folder/name, or the first of folder/name-2, name-3 ... for which none of the files name+suffix exists."""
-    for k in itertools.count(1):
-        stem = folder / (name if k == 1 else f"{name}-{k}")
-        if overwrite or not any(Path(f"{stem}{s}").exists() for s in suffixes):
-            return stem
-
-
-def write_csv(path: Path, rows: list[list]) -> None:
-    def write(tmp: Path):
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(rows)
-    engine.write_atomic(path, write)
-
-
 def save(folder: Path, name: str, fig: plt.Figure | None, args: argparse.Namespace, csv_rows: list[list] | None = None,
          markdown: str | None = None) -> list[Path]:
     """Write a figure (PNG, and PDF with --pdf) and the numbers behind it, under one free name."""
     suffixes = ([".png"] + ([".pdf"] if args.pdf else []) if fig is not None else []) + \
                ([".csv"] if csv_rows is not None else []) + ([".md"] if markdown is not None else [])
     folder.mkdir(parents=True, exist_ok=True)
-    stem = free_stem(folder, name, suffixes, args.overwrite)
+    stem = files.free_stem(folder, name, suffixes, args.overwrite)
     written = [Path(f"{stem}{s}") for s in suffixes]
     for path in written:
         if path.suffix in (".png", ".pdf"):
-            engine.write_atomic(path, lambda tmp, fmt=path.suffix[1:]: fig.savefig(tmp, format=fmt))
+            files.write_atomic(path, lambda tmp, fmt=path.suffix[1:]: fig.savefig(tmp, format=fmt))
         elif path.suffix == ".csv":
-            write_csv(path, csv_rows)
+            files.write_csv(path, csv_rows)
         else:
-            engine.write_atomic(path, lambda tmp: tmp.write_text(markdown))
+            files.write_atomic(path, lambda tmp: tmp.write_text(markdown))
     if fig is not None:
         plt.close(fig)
     for path in written:
@@ -832,8 +596,8 @@ def save(folder: Path, name: str, fig: plt.Figure | None, args: argparse.Namespa
 
 # ----------------------------------------------------------------------------------------------------
 
-def build_parser() -> engine.Parser:
-    p = engine.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> cli.Parser:
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     w = p.add_argument_group("what to make")
     w.add_argument("--plot_type", nargs="+", choices=PLOT_TYPES, default=[], metavar="TYPE",
                    help="one or more of: pred_probs, sample_dissect, curves: figures of --exp_id (pred_probs and "
@@ -880,21 +644,22 @@ def build_parser() -> engine.Parser:
 
 def check_args(args: argparse.Namespace) -> None:
     if not args.plot_type and not args.table:
-        engine.fail(f"say what to make: --plot_type {' | '.join(PLOT_TYPES)} and/or --table")
+        cli.fail(f"say what to make: --plot_type {' | '.join(PLOT_TYPES)} and/or --table")
     if set(args.plot_type) & set(SINGLE_RUN_PLOTS) and not args.exp_id:
-        engine.fail(f"--plot_type {' '.join(t for t in args.plot_type if t in SINGLE_RUN_PLOTS)} needs --exp_id <id>")
+        cli.fail(f"--plot_type {' '.join(t for t in args.plot_type if t in SINGLE_RUN_PLOTS)} needs --exp_id <id>")
     if args.exp_id and not set(args.plot_type) & set(SINGLE_RUN_PLOTS):
-        engine.fail("--exp_id is for pred_probs, sample_dissect and curves; "
+        cli.fail("--exp_id is for pred_probs, sample_dissect and curves; "
                     "--table and ablation take --exp_ids or --filter")
     if "dissect_compare" in args.plot_type and not (args.exp_ids and 2 <= len(args.exp_ids) <= 4):
-        engine.fail("--plot_type dissect_compare draws 2 to 4 runs side by side: give them with --exp_ids A B ...")
+        cli.fail("--plot_type dissect_compare draws 2 to 4 runs side by side: give them with --exp_ids A B ...")
     if "hp" in args.plot_type and not args.hp_dir:
-        engine.fail("--plot_type hp needs --hp_dir hp/hp_<timestamp> (a tune.py sweep folder)")
+        cli.fail("--plot_type hp needs --hp_dir hp/hp_<timestamp> (a tune.py sweep folder)")
     if args.hp_dir and "hp" not in args.plot_type:
-        engine.fail("--hp_dir is for --plot_type hp")
+        cli.fail("--hp_dir is for --plot_type hp")
     for name in ("batch_size", "bins", "hist_bins"):
         if getattr(args, name) <= 0:
-            engine.fail(f"--{name} must be positive, got {getattr(args, name)}")
+            cli.fail(f"--{name} must be positive, got {getattr(args, name)}")
+    cli.check_out_dir(args.assets_dir, "--assets_dir")
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
@@ -914,7 +679,7 @@ def _main(argv: list[str] | None) -> list[Path]:
             if wanted:
                 data = rebuild_training_set(run, args.data_dir)
                 network = reported_network(run) if args.network == "reported" else args.network
-                logits = training_set_logits(run, data, network, engine.pick_device(args.device), args.batch_size)
+                logits = training_set_logits(run, data, network, cli.pick_device(args.device), args.batch_size)
                 figures = {"pred_probs": lambda: figure_pred_probs(run, network, logits, data, args.hist_bins),
                            "sample_dissect": lambda: figure_sample_dissect(run, network, logits, data, args.bins)}
                 suffix = "" if args.network == "reported" else f"_{network}"
@@ -945,7 +710,7 @@ def _main(argv: list[str] | None) -> list[Path]:
                 run = find_run(runs_folder(args.runs_dir), exp_id)
                 data = rebuild_training_set(run, args.data_dir)
                 network = reported_network(run) if args.network == "reported" else args.network
-                logits = training_set_logits(run, data, network, engine.pick_device(args.device), args.batch_size)
+                logits = training_set_logits(run, data, network, cli.pick_device(args.device), args.batch_size)
                 panels.append((run, network, logits, data))
             fig, rows = figure_dissect_compare(panels, args.bins)
             written += save(args.assets_dir, args.name or "dissect_compare", fig, args, rows)
@@ -956,7 +721,7 @@ def _main(argv: list[str] | None) -> list[Path]:
             default = tables[0][0].name if len(tables) == 1 else "hp"
             written += save(args.assets_dir, args.name or default, fig, args, rows)
     except DataError as e:
-        engine.fail(str(e))
+        cli.fail(str(e))
     return written
 
 

@@ -7,10 +7,12 @@ Default network: vgg19-bn for animal-10n, wrn-28-2 for cifar10n / cifar100n (cha
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
+import cli
 import engine
-from data import CIFARN, DataError, NoisyData, load_animal10n, load_cifar_n
+from data import CIFARN
 from models import make_model
 
 DATASETS = ["animal-10n", *CIFARN]
@@ -19,16 +21,11 @@ DATASETS = ["animal-10n", *CIFARN]
 # keeps the reference's CIFAR network.
 DEFAULT_MODEL = {"animal-10n": "vgg19-bn", "cifar10n": "wrn-28-2", "cifar100n": "wrn-28-2"}
 
-# Sigma when --sigma is not given. Animal-10N: 0.5, the value of the earlier re-implementation's commands.
-# The SLN paper has no CIFAR-N runs; human noise is instance-dependent, so the paper's sigma for
-# instance-dependent noise on the same images is used (CIFAR-10 0.5, CIFAR-100 0.1).
-DEFAULT_SIGMA = {"animal-10n": 0.5, "cifar10n": 0.5, "cifar100n": 0.1}
-
 NOISE_LABELS = [label for spec in CIFARN.values() for label in spec.label_keys]
 
 
-def build_parser() -> engine.Parser:
-    p = engine.Parser(description=__doc__, formatter_class=engine.argparse.RawDescriptionHelpFormatter)
+def build_parser() -> cli.Parser:
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("dataset and noise")
     d.add_argument("--dataset_name", choices=DATASETS, default="animal-10n",
                    help="animal-10n: <data_dir>/animal-10n/ (no clean labels); cifar10n / cifar100n: CIFAR images with "
@@ -36,7 +33,7 @@ def build_parser() -> engine.Parser:
     d.add_argument("--noise_label", choices=NOISE_LABELS, default=None,
                    help="CIFAR-N label set; cifar10n (required): aggre (9.0%% noisy), worst (40.2%%), random1, random2, "
                         "random3 (17-18%%); cifar100n: noisy (40.2%%, the default)")
-    engine.add_training_args(p, default_model=DEFAULT_MODEL["animal-10n"])
+    cli.add_training_args(p, default_model=DEFAULT_MODEL["animal-10n"])
     p.set_defaults(model=None)  # resolved per dataset in check_args
     return p
 
@@ -44,42 +41,30 @@ def build_parser() -> engine.Parser:
 def check_args(args) -> None:
     if args.dataset_name == "animal-10n":
         if args.noise_label is not None:
-            engine.fail("--noise_label is for cifar10n / cifar100n only; Animal-10N's labels are fixed (drop the flag)")
+            cli.fail("--noise_label is for cifar10n / cifar100n only; Animal-10N's labels are fixed (drop the flag)")
     else:
         labels = list(CIFARN[args.dataset_name].label_keys)
         if args.noise_label is None and len(labels) == 1:
             args.noise_label = labels[0]
         elif args.noise_label not in labels:
-            engine.fail(f"{args.dataset_name} needs --noise_label {' | '.join(labels)}"
-                        + (f" (got {args.noise_label})" if args.noise_label else ""))
+            cli.fail(f"{args.dataset_name} needs --noise_label {' | '.join(labels)}"
+                     + (f" (got {args.noise_label})" if args.noise_label else ""))
     if args.model is None:
         args.model = DEFAULT_MODEL[args.dataset_name]
-    if args.sigma is None:
-        args.sigma = DEFAULT_SIGMA[args.dataset_name]
-        print(f"--sigma not given: using {args.sigma} for {args.dataset_name}")
-
-
-def load_data(args) -> NoisyData:
-    """The full dataset the flags name (before any subset); raises DataError."""
-    if args.dataset_name == "animal-10n":
-        return load_animal10n(args.data_dir)
-    data = load_cifar_n(args.dataset_name, args.data_dir, args.noise_label)
-    info = data.info
-    print(f"{args.dataset_name} '{args.noise_label}' labels: realised noise rate {info['realised_noise_rate']:.2%} "
-          f"on all {info['n_full']:,} training images; published {info['published_noise_rate']:.1%}"
-          f"{'' if info['matches_published'] else ' (DIFFERENT: check the label file)'}")
-    return data
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = engine.parse_training_args(build_parser(), argv)
+    args = cli.parse_training_args(build_parser(), argv)
     check_args(args)
-    engine.check_training_args(args)
-    try:
-        data = load_data(args).subset(args.train_subset, args.test_subset, args.seed)
-    except DataError as e:
-        engine.fail(str(e))
-    _, summary = engine.run(args, data, lambda c: make_model(args.model, c), resume_id=args.resume)
+    cli.resolve_sigma(args)
+    cli.check_training_args(args)
+    data = cli.training_data(args)
+    info = data.info
+    if "realised_noise_rate" in info:
+        print(f"{args.dataset_name} '{args.noise_label}' labels: realised noise rate {info['realised_noise_rate']:.2%} "
+              f"on all {info['n_full']:,} training images; published {info['published_noise_rate']:.1%}"
+              f"{'' if info['matches_published'] else ' (DIFFERENT: check the label file)'}")
+    _, summary = engine.run(args, data, lambda c: make_model(args.model, c), "train_real.py", resume_id=args.resume)
     return summary
 
 

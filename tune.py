@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import datetime
 import itertools
 import json
@@ -36,19 +35,23 @@ import ray.tune
 import torch
 import yaml
 
+import cli
 import engine
+import files
+import runs
 from data import DataError, NoisyData
 from models import make_model
+from tables import load_run, make_table
 
 DEFAULT_SIGMAS = [0.1, 0.2, 0.5, 1.0]                 # the paper's grid
 VARIANTS = ["CE", "SLN", "SLN-MO", "SLN-MO-LC"]       # the paper's four models, the rows of its tables
 TUNE_ONLY = ["sigmas", "experiments", "resume", "address", "cpus_per_trial", "gpus_per_trial"]
 
 
-def build_parser() -> engine.Parser:
-    p = engine.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    engine.add_cifar_args(p)
-    engine.add_training_args(p, default_model="wrn-28-2", resumable=False)  # --resume here continues a sweep
+def build_parser() -> cli.Parser:
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_cifar_args(p)
+    cli.add_training_args(p, default_model="wrn-28-2", resumable=False)  # --resume here continues a sweep
     s = p.add_argument_group("sweep")
     s.add_argument("--sigmas", type=float, nargs="+", default=DEFAULT_SIGMAS,
                    help="the sigma grid of the search (SLN only, as in the paper)")
@@ -82,7 +85,7 @@ def changed_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 def load_data(args: argparse.Namespace) -> tuple[NoisyData, tuple[np.ndarray, np.ndarray] | None]:
     """The training data of one trial, and its validation split when args.val_size is set."""
-    data = engine.load_cifar_data(args).subset(args.train_subset, args.test_subset, args.seed)
+    data = cli.dataset_from_config(vars(args)).subset(args.train_subset, args.test_subset, args.seed)
     if args.val_size is None:
         return data, None
     return data.split_validation(args.val_size, args.seed)
@@ -122,38 +125,51 @@ def preflight(sweep: dict) -> None:
     for config in trial_configs(sweep):
         args = argparse.Namespace(**{**sweep["base"], **trial_flags(config, sweep)})
         args.data_dir = Path(args.data_dir)
-        engine.check_cifar_args(args)
-        engine.check_training_args(args)
+        cli.check_noise_args(args, args.dataset_name)
+        cli.check_training_args(args)
         if args.noise_mode not in loaded:
             try:
                 load_data(args)
             except DataError as e:
-                engine.fail(str(e))
+                cli.fail(str(e))
             loaded.add(args.noise_mode)
     sweep["base"]["make_new_custom_noise"] = False   # made above; trials must not all rewrite the same file
 
 
-def plan_sigma_search(parser: engine.Parser, args: argparse.Namespace) -> dict:
+def plan_sigma_search(parser: cli.Parser, args: argparse.Namespace) -> dict:
     changed = changed_flags(parser, args)
     if "sigma" in changed:
-        engine.fail("--sigma is what the search varies; give its grid with --sigmas")
+        cli.fail("--sigma is what the search varies; give its grid with --sigmas")
     if args.mo or args.lc_n_epoch != -1:
-        engine.fail("the sigma search trains SLN only, as the paper does; drop --mo and use --lc_n_epoch -1")
+        cli.fail("the sigma search trains SLN only, as the paper does; drop --mo and use --lc_n_epoch -1")
     if any(s < 0 for s in args.sigmas) or len(set(args.sigmas)) != len(args.sigmas) or not any(s > 0 for s in args.sigmas):
-        engine.fail(f"--sigmas must be distinct values >= 0 with at least one > 0 (0 adds a CE reference trial, "
+        cli.fail(f"--sigmas must be distinct values >= 0 with at least one > 0 (0 adds a CE reference trial, "
                     f"never chosen), got {args.sigmas}")
     if not 0 < args.val_size < 1:
-        engine.fail(f"--val_size must be a share in (0, 1), got {args.val_size}")
+        cli.fail(f"--val_size must be a share in (0, 1), got {args.val_size}")
     return {"kind": "sigma_search", "base": base_flags(args), "grid": {"sigma": sorted(args.sigmas)}}
 
 
 GRID_KEYS = ["variants", "noise_modes", "seeds", "sigma"]
-FILE_FLAGS = ["dataset_name", "p", "custom_noise", "lc_n_epoch", "n_epochs", "batch_size", "lr", "momentum",
-              "weight_decay", "ema_alpha", "lc_augment", "model", "train_subset", "test_subset", "eval_batch_size",
-              "eval_every", "deterministic", "channels_last"]
-BOOL_FLAGS = {"custom_noise": ("--custom_noise", None), "deterministic": ("--deterministic", None),
-              "channels_last": ("--channels_last", None),
-              "lc_augment": ("--lc_augment", "--no-lc_augment")}
+PER_RUN = {"sigma", "mo", "seed", "noise_mode"}                 # set by the grid, per trial
+NOT_IN_FILES = {"data_dir", "out_dir", "device", "make_new_custom_noise"}   # this machine's, or one-off
+
+
+def file_flags() -> dict:
+    """The training flags an experiments file may set, with their defaults: every flag of the training parser
+    (train_cifar.py's dataset, noise and training flags) but the per-run ones and this machine's paths."""
+    p = cli.Parser()
+    cli.add_cifar_args(p)
+    cli.add_training_args(p, default_model="wrn-28-2", resumable=False)
+    return {k: v for k, v in vars(p.parse_args([])).items() if k not in PER_RUN | NOT_IN_FILES}
+
+
+def flag_argv(key: str, value, default) -> list[str]:
+    """A file's value as command-line arguments. A boolean flag that defaults to True is an --x/--no-x pair
+    (argparse.BooleanOptionalAction); one that defaults to False is an on-switch."""
+    if isinstance(default, bool):
+        return [f"--{key}"] if value else ([f"--no-{key}"] if default else [])
+    return [f"--{key}", str(value)]
 
 
 def read_experiments(path: Path) -> tuple[dict, list[str]]:
@@ -161,72 +177,69 @@ def read_experiments(path: Path) -> tuple[dict, list[str]]:
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as e:
-        engine.fail(f"cannot read --experiments {path}: {e.strerror}")
+        cli.fail(f"cannot read --experiments {path}: {e.strerror}")
     except yaml.YAMLError as e:
         where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
-        engine.fail(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}")
+        cli.fail(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}")
     if not isinstance(raw, dict):
-        engine.fail(f"{path} must be a mapping of keys to values (see configs/paper_cifar10.yaml)")
+        cli.fail(f"{path} must be a mapping of keys to values (see configs/paper_cifar10.yaml)")
+    flags = file_flags()
     for key in raw:
-        if key not in GRID_KEYS + FILE_FLAGS:
-            engine.fail(f"{path}: unknown key {key!r}; known keys: {', '.join(GRID_KEYS + FILE_FLAGS)}")
-    for key, allowed in (("variants", VARIANTS), ("noise_modes", engine.NOISE_MODES)):
+        if key not in GRID_KEYS and key not in flags:
+            cli.fail(f"{path}: unknown key {key!r}; known keys: {', '.join(GRID_KEYS + list(flags))}")
+    for key, allowed in (("variants", VARIANTS), ("noise_modes", cli.NOISE_MODES)):
         values = raw.get(key)
         if not isinstance(values, list) or not values or len(set(map(str, values))) != len(values):
-            engine.fail(f"{path}: {key} must be a non-empty list without repeats, from {', '.join(allowed)}")
+            cli.fail(f"{path}: {key} must be a non-empty list without repeats, from {', '.join(allowed)}")
         for v in values:
             if v not in allowed:
-                engine.fail(f"{path}: {key}: unknown {v!r}; choose from {', '.join(allowed)}")
+                cli.fail(f"{path}: {key}: unknown {v!r}; choose from {', '.join(allowed)}")
     seeds = raw.get("seeds")
     if (not isinstance(seeds, list) or not seeds
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds)):
-        engine.fail(f"{path}: seeds must be a non-empty list of distinct integers, e.g. [1, 2, 3, 4, 5]")
+        cli.fail(f"{path}: seeds must be a non-empty list of distinct integers, e.g. [1, 2, 3, 4, 5]")
     sigma = raw.get("sigma")
     if sigma is not None:
-        if not isinstance(sigma, dict) or not all(m in engine.NOISE_MODES for m in sigma):
-            engine.fail(f"{path}: sigma must map noise modes to sigma, e.g. {{sym: 1.0, asym: 0.5}}")
+        if not isinstance(sigma, dict) or not all(m in cli.NOISE_MODES for m in sigma):
+            cli.fail(f"{path}: sigma must map noise modes to sigma, e.g. {{sym: 1.0, asym: 0.5}}")
         for m, s in sigma.items():
             if isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0:
-                engine.fail(f"{path}: sigma for {m} must be a number > 0, got {s!r}")
+                cli.fail(f"{path}: sigma for {m} must be a number > 0, got {s!r}")
     argv = []
-    for key in FILE_FLAGS:
+    for key, default in flags.items():
         if key not in raw:
             continue
         value = raw[key]
-        if key in BOOL_FLAGS:
-            if not isinstance(value, bool):
-                engine.fail(f"{path}: {key} must be true or false, got {value!r}")
-            on, off = BOOL_FLAGS[key]
-            argv += [on] if value else ([off] if off else [])
-        elif isinstance(value, (bool, list, dict)) or value is None:
-            engine.fail(f"{path}: {key} must be a single value, got {value!r}")
-        else:
-            argv += [f"--{key}", str(value)]
+        if isinstance(default, bool) and not isinstance(value, bool):
+            cli.fail(f"{path}: {key} must be true or false, got {value!r}")
+        if not isinstance(default, bool) and (isinstance(value, (bool, list, dict)) or value is None):
+            cli.fail(f"{path}: {key} must be a single value, got {value!r}")
+        argv += flag_argv(key, value, default)
     grid = {"variants": raw["variants"], "noise_modes": raw["noise_modes"], "seeds": seeds, "sigma": sigma}
     return grid, argv
 
 
-def plan_experiments(parser: engine.Parser, args: argparse.Namespace, argv: list[str]) -> tuple[dict, argparse.Namespace]:
+def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[str]) -> tuple[dict, argparse.Namespace]:
     """Settings of an --experiments sweep: defaults, then the file's values, then the flags given here."""
     for name in ("sigma", "mo", "seed", "noise_mode", "sigmas", "val_size"):
         if name in changed_flags(parser, args):
-            engine.fail(f"--{name} is set per run by {args.experiments} (variants, noise_modes, seeds, sigma); drop it")
+            cli.fail(f"--{name} is set per run by {args.experiments} (variants, noise_modes, seeds, sigma); drop it")
     grid, file_argv = read_experiments(args.experiments)
     strict = build_parser()
     strict.exit_on_error = False      # a bad value in the file is reported against the file, not the command line
     try:
         strict.parse_args(file_argv)
     except argparse.ArgumentError as e:
-        engine.fail(f"{args.experiments}: {e}".replace("argument --", ""))
+        cli.fail(f"{args.experiments}: {e}".replace("argument --", ""))
     args = parser.parse_args(file_argv + argv)        # the command line comes last, so it wins
     if "openset" in grid["noise_modes"] and args.dataset_name != "cifar10":
-        engine.fail(f"{args.experiments}: open-set noise exists for CIFAR-10 only; remove openset from noise_modes")
-    sigma = grid["sigma"] or {m: engine.PAPER_SIGMA.get((args.dataset_name, m)) for m in grid["noise_modes"]}
+        cli.fail(f"{args.experiments}: open-set noise exists for CIFAR-10 only; remove openset from noise_modes")
+    sigma = grid["sigma"] or {m: cli.default_sigma(args.dataset_name, m) for m in grid["noise_modes"]}
     for m in grid["noise_modes"]:
         if sigma.get(m) is None and set(grid["variants"]) - {"CE"}:
-            engine.fail(f"{args.experiments}: sigma has no value for {m}; add it, e.g. sigma: {{{m}: 0.5}}")
+            cli.fail(f"{args.experiments}: sigma has no value for {m}; add it, e.g. sigma: {{{m}: 0.5}}")
     if "SLN-MO-LC" in grid["variants"] and not 0 < args.lc_n_epoch < args.n_epochs:
-        engine.fail(f"{args.experiments}: SLN-MO-LC needs lc_n_epoch in 1..{args.n_epochs - 1} "
+        cli.fail(f"{args.experiments}: SLN-MO-LC needs lc_n_epoch in 1..{args.n_epochs - 1} "
                     f"(the paper: 250 of 300 epochs), got {args.lc_n_epoch}")
     args.val_size = None                               # tables are test accuracy on the full training set
     experiments = args.experiments.resolve()
@@ -237,16 +250,16 @@ def plan_experiments(parser: engine.Parser, args: argparse.Namespace, argv: list
     return sweep, args
 
 
-def find_sweep(parser: engine.Parser, args: argparse.Namespace) -> Path:
+def find_sweep(parser: cli.Parser, args: argparse.Namespace) -> Path:
     extra = changed_flags(parser, args) - {"resume", "address", "out_dir"}
     if extra:
-        engine.fail(f"--resume continues a sweep with its saved settings; drop {', '.join('--' + k for k in sorted(extra))}")
+        cli.fail(f"--resume continues a sweep with its saved settings; drop {', '.join('--' + k for k in sorted(extra))}")
     hp_dir = Path(args.resume)
     if not hp_dir.is_dir():
         hp_dir = args.out_dir / "hp" / args.resume
     hp_dir = hp_dir.resolve()
     if not (hp_dir / "sweep.yaml").is_file() or not ray.tune.Tuner.can_restore(str(hp_dir / "tune")):
-        engine.fail(f"--resume {args.resume}: no sweep there (no {hp_dir / 'sweep.yaml'} or Tune state); give the "
+        cli.fail(f"--resume {args.resume}: no sweep there (no {hp_dir / 'sweep.yaml'} or Tune state); give the "
                     "folder of a sweep, or its id hp_... under <out_dir>/hp/")
     return hp_dir
 
@@ -257,7 +270,7 @@ def find_sweep(parser: engine.Parser, args: argparse.Namespace) -> Path:
 def worker_env() -> dict:
     """What every Ray worker needs: this project importable (trials start in their own directories) and
     no progress bars in the logs."""
-    path = os.pathsep.join(filter(None, [str(engine.CODE_DIR), os.environ.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [str(runs.CODE_DIR), os.environ.get("PYTHONPATH")]))
     return {"env_vars": {"PYTHONPATH": path, "TQDM_DISABLE": "1"}}
 
 
@@ -287,9 +300,9 @@ def use_auth_token() -> None:
         try:
             empty = not Path(path).read_text().strip()
         except OSError as e:
-            engine.fail(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the Ray token there ({e.strerror}); {TOKEN_HELP}")
+            cli.fail(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the Ray token there ({e.strerror}); {TOKEN_HELP}")
         if empty:   # Ray's C++ core aborts the whole process on an empty token file: say it here instead
-            engine.fail(f"RAY_AUTH_TOKEN_PATH={path} is empty; {TOKEN_HELP}")
+            cli.fail(f"RAY_AUTH_TOKEN_PATH={path} is empty; {TOKEN_HELP}")
     if "RAY_AUTH_MODE" in os.environ or token_source() is None:
         return
     os.environ["RAY_AUTH_MODE"] = "token"
@@ -305,13 +318,13 @@ def probe(address: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except ConnectionRefusedError:
-        engine.fail(f"cannot join a Ray cluster at --address {address}: nothing is listening there; start the head "
+        cli.fail(f"cannot join a Ray cluster at --address {address}: nothing is listening there; start the head "
                     "node with `ray start --head --port 6379` and give its address, or drop --address to run here")
     except socket.gaierror as e:
-        engine.fail(f"cannot join a Ray cluster at --address {address}: unknown host {host} ({e.strerror}); "
+        cli.fail(f"cannot join a Ray cluster at --address {address}: unknown host {host} ({e.strerror}); "
                     "give the head node's IP address and port (host:port)")
     except OSError as e:
-        engine.fail(f"cannot join a Ray cluster at --address {address}: no answer there "
+        cli.fail(f"cannot join a Ray cluster at --address {address}: no answer there "
                     f"({e.strerror or 'timed out'}); check the address, and that the port is open to this machine")
 
 
@@ -374,7 +387,7 @@ def join_ray(address: str) -> None:
         with quiet_stderr(log):
             ray.init(address=address, runtime_env=worker_env(), logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
-        engine.fail(join_error(address, e, log))
+        cli.fail(join_error(address, e, log))
     finally:
         if ours:
             os.environ.pop("RAY_gcs_server_port_wait_time_s", None)
@@ -399,9 +412,9 @@ def resources(cpus: float, gpus: float | None) -> dict:
     if gpus is None:
         gpus = 1.0 if have.get("GPU", 0) > 0 else 0.0
     if cpus > have.get("CPU", 0):
-        engine.fail(f"--cpus_per_trial {cpus:g} but the Ray cluster has {plural(have.get('CPU', 0), 'CPU')}; ask for fewer")
+        cli.fail(f"--cpus_per_trial {cpus:g} but the Ray cluster has {plural(have.get('CPU', 0), 'CPU')}; ask for fewer")
     if gpus > have.get("GPU", 0):
-        engine.fail(f"--gpus_per_trial {gpus:g} but the Ray cluster has {plural(have.get('GPU', 0), 'GPU')}; "
+        cli.fail(f"--gpus_per_trial {gpus:g} but the Ray cluster has {plural(have.get('GPU', 0), 'GPU')}; "
                     "use --gpus_per_trial 0 to train on CPUs")
     return {"cpu": cpus, "gpu": gpus}
 
@@ -449,7 +462,7 @@ def trial(config: dict, sweep: dict) -> None:
     if cut_off is not None:
         saved = yaml.safe_load((cut_off / "config.yaml").read_text())
         args.tune_trial_id = saved.get("tune_trial_id")            # the config on disk stays as it was
-    exp_id, summary = engine.run(args, data, lambda c: make_model(args.model, c),
+    exp_id, summary = engine.run(args, data, lambda c: make_model(args.model, c), "tune.py",
                                  on_epoch=lambda row: ray.tune.report({k: v for k, v in row.items() if v is not None}),
                                  val=val, resume_id=None if cut_off is None else cut_off.name)
     ray.tune.report({"exp_id": exp_id, **summary})
@@ -479,7 +492,7 @@ def fit(hp_dir: Path, sweep: dict, resume: bool) -> dict[str, dict]:
     total = len(trial_configs(sweep))
     if len(finished) < total:
         failed = [str(r.path) for r in results if r.error is not None]
-        engine.fail(f"{len(finished)} of {total} trials finished" + (f" ({len(failed)} failed: see {', '.join(failed)})"
+        cli.fail(f"{len(finished)} of {total} trials finished" + (f" ({len(failed)} failed: see {', '.join(failed)})"
                     if failed else "") + f"; continue the sweep with: python tune.py --resume {hp_dir}", code=1)
     return finished
 
@@ -489,14 +502,7 @@ def fit(hp_dir: Path, sweep: dict, resume: bool) -> dict[str, dict]:
 
 def metric_column(run_dir: Path, column: str) -> list[float]:
     """The values of one metrics.csv column, over the epochs that computed it (see --eval_every)."""
-    return [row[column] for row in engine.read_metrics(run_dir / "metrics.csv") if row[column] is not None]
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    def write(tmp: Path):
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows([header, *rows])
-    engine.write_atomic(path, write)
+    return [row[column] for row in runs.read_metrics(run_dir / "metrics.csv") if row[column] is not None]
 
 
 def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[float, str]:
@@ -510,8 +516,8 @@ def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[f
         rows.append([config["sigma"], round(100 * acc[-1], 4), round(100 * acc[best], 4), best + 1, exp_id])
     rows.sort(key=lambda r: r[0])
     best_sigma = max((r for r in rows if r[0] > 0), key=lambda r: (r[1], -r[0]))[0]
-    write_csv(hp_dir / "sigma_search.csv",
-              ["sigma", "val_acc_last_pct", "val_acc_best_pct", "best_epoch", "exp_id"], rows)
+    files.write_csv(hp_dir / "sigma_search.csv",
+                    [["sigma", "val_acc_last_pct", "val_acc_best_pct", "best_epoch", "exp_id"], *rows])
     b = sweep["base"]
     lines = [f"Sigma search, SLN: {b['dataset_name']} {b['noise_mode']} p={b['p']}, {b['model']}, {b['n_epochs']} epochs, "
              f"seed {b['seed']}; validation: {b['val_size']:.0%} of the noisy training set, noisy labels",
@@ -520,43 +526,17 @@ def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[f
               for s, last, top, ep, exp_id in rows]
     lines += ["", f"best sigma: {best_sigma} (highest last-epoch validation accuracy)"]
     text = "\n".join(lines) + "\n"
-    engine.write_atomic(hp_dir / "sigma_search.md", lambda tmp: tmp.write_text(text))
+    files.write_atomic(hp_dir / "sigma_search.md", lambda tmp: tmp.write_text(text))
     return best_sigma, text
 
 
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (ddof=1, the usual '±' over seeds); no std from one seed."""
-    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
-
-
-def experiments_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> str:
-    """Write table.csv/.md: rows the paper's models, columns the noise modes, cells the mean ± std over
-    seeds of the reported network's test accuracy at the last and at the best epoch."""
-    accs: dict[tuple[str, str], list[list[float]]] = {}
-    for exp_id, config in finished.items():
-        acc = metric_column(hp_dir / "runs" / exp_id, "test/acc_reported")
-        accs.setdefault((config["variant"], config["noise_mode"]), []).append([100 * acc[-1], 100 * max(acc)])
-    variants, modes = sweep["grid"]["variant"], sweep["grid"]["noise_mode"]
-    n_seeds = len(sweep["grid"]["seed"])
-    cell = {}
-    for key, values in accs.items():
-        cell[key] = [mean_std([v[i] for v in values]) for i in (0, 1)]
-    header = ["variant"] + [f"{m}_{w}_{s}" for m in modes for w in ("last", "best") for s in ("mean", "std")]
-    rows = [[v] + [x for m in modes for which in (0, 1) for x in cell[(v, m)][which]] for v in variants]
-    write_csv(hp_dir / "table.csv", header,
-              [[x if isinstance(x, str) else "" if x is None else round(x, 4) for x in r] for r in rows])
-
-    def fmt(mean: float, std: float | None) -> str:
-        return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
-    b = sweep["base"]
-    lines = [f"{b['dataset_name']}, p={b['p']}, {b['model']}, {b['n_epochs']} epochs: test accuracy (%), "
-             f"mean ± sample std (ddof=1) over {n_seeds} seeds {sweep['grid']['seed']}"]
-    for which, title in ((0, "last epoch (the paper's number)"), (1, "best epoch")):
-        lines += ["", f"### {title}", "", "| model | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
-        lines += [f"| {v} | " + " | ".join(fmt(*cell[(v, m)][which]) for m in modes) + " |" for v in variants]
-    text = "\n".join(lines) + "\n"
-    engine.write_atomic(hp_dir / "table.md", lambda tmp: tmp.write_text(text))
-    return text
+def experiments_table(hp_dir: Path, finished: dict[str, dict]) -> str:
+    """Write table.md/.csv: the paper-layout table of the finished trials, the very one that
+    `plot.py --table --runs_dir <sweep>/runs` makes from the same runs (tables.make_table)."""
+    markdown, rows = make_table([load_run(hp_dir / "runs" / exp_id) for exp_id in finished])
+    files.write_atomic(hp_dir / "table.md", lambda tmp: tmp.write_text(markdown))
+    files.write_csv(hp_dir / "table.csv", rows)
+    return markdown
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -585,15 +565,16 @@ def main(argv: list[str] | None = None) -> Path:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cpus_per_trial <= 0:
-        engine.fail(f"--cpus_per_trial must be > 0, got {args.cpus_per_trial:g}")
+        cli.fail(f"--cpus_per_trial must be > 0, got {args.cpus_per_trial:g}")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
-        engine.fail(f"--gpus_per_trial must be >= 0, got {args.gpus_per_trial:g}")
+        cli.fail(f"--gpus_per_trial must be >= 0, got {args.gpus_per_trial:g}")
+    cli.check_out_dir(args.out_dir)
     if args.resume:
         hp_dir = find_sweep(parser, args)
         sweep = yaml.safe_load((hp_dir / "sweep.yaml").read_text())
         sweep["base"]["out_dir"] = str(hp_dir)       # the folder may have moved since
     else:
-        engine.check_cifar_args(args)
+        cli.check_noise_args(args, args.dataset_name)
         if args.experiments:
             sweep, args = plan_experiments(parser, args, argv)
         else:
@@ -607,10 +588,10 @@ def main(argv: list[str] | None = None) -> Path:
         sweep["resources"] = resources(args.cpus_per_trial, args.gpus_per_trial)
         hp_dir = new_hp_dir(args.out_dir)
         sweep["base"]["out_dir"] = str(hp_dir)
-        sweep.update(command=["python", "tune.py", *argv], code=engine.code_version(),
-                     versions={**engine.library_versions(), "ray": ray.__version__},
+        sweep.update(command=["python", "tune.py", *argv], code=runs.code_version(),
+                     versions={**runs.library_versions(), "ray": ray.__version__},
                      started=datetime.datetime.now().isoformat(timespec="seconds"))
-        engine.save_config(hp_dir / "sweep.yaml", sweep)
+        runs.save_config(hp_dir / "sweep.yaml", sweep)
     print(f"sweep {hp_dir.name}: {plural(len(trial_configs(sweep)), 'trial')}, each with "
           f"{plural(sweep['resources']['cpu'], 'CPU')} and {plural(sweep['resources']['gpu'], 'GPU')}; outputs in {hp_dir} (tensorboard --logdir {hp_dir / 'runs'})", flush=True)
     finished = fit(hp_dir, sweep, resume=bool(args.resume))
@@ -618,7 +599,7 @@ def main(argv: list[str] | None = None) -> Path:
         _, text = sigma_table(hp_dir, finished, sweep)
         print(f"\n{text}(table in {hp_dir / 'sigma_search.md'} and sigma_search.csv)")
     else:
-        text = experiments_table(hp_dir, finished, sweep)
+        text = experiments_table(hp_dir, finished)
         print(f"\n{text}(table in {hp_dir / 'table.md'} and table.csv)")
     return hp_dir
 

@@ -5,11 +5,12 @@
     python viz.py cifar100 --noise_mode sym --p 0.4 --seed 123
     python viz.py animal-10n --seed 123
 
-Writes viz/<dataset>_<mode>_p_<p>_<paper|custom>.png (viz/animal-10n.png). An existing figure with other
-content is never replaced unless --overwrite is given: the new one gets a _2, _3, ... suffix.
+Writes viz/<dataset>_<mode>_p_<p>_<paper|custom|seed<N>>.png (viz/animal-10n.png). An existing figure with other
+content is never replaced unless --overwrite is given: the new one gets a -2, -3, ... suffix.
 """
 from __future__ import annotations
 
+import argparse
 import io
 import sys
 from pathlib import Path
@@ -21,11 +22,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
+import cli  # noqa: E402
 import data  # noqa: E402
-import engine  # noqa: E402
+import files  # noqa: E402
 
 DATASETS = ["cifar10", "cifar100", "animal-10n"]
-NOISE_MODES = ["sym", "asym", "dependent", "openset"]
 COLUMNS = 8             # images per row of the grid
 CELL_IN = (1.5, 1.75)   # width, height of one image and its two-line title, in inches
 MATRIX_IN = 8.5         # width of the transition-matrix panel, in inches
@@ -33,35 +34,25 @@ DPI = 100
 NOISY_COLOUR = "#d62728"
 
 
-def build_parser() -> engine.Parser:
-    p = engine.Parser(description=__doc__, formatter_class=engine.argparse.RawDescriptionHelpFormatter)
+def build_parser() -> cli.Parser:
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=DATASETS, help="which training set to show")
-    p.add_argument("--noise_mode", choices=NOISE_MODES, default="sym",
-                   help="CIFAR noise: sym/asym/dependent label noise, or openset (CIFAR-100 images in CIFAR-10)")
-    p.add_argument("--p", type=float, default=0.4, help="noise rate, in [0, 1)")
-    p.add_argument("--custom_noise", action="store_true",
-                   help="show generated noise (<data_dir>/<dataset>/label_noisy/<mode><p>_custom.csv, made if "
-                        "missing) instead of the paper's file")
-    p.add_argument("--make_new_custom_noise", action="store_true",
-                   help="regenerate the custom noise file from --seed first (an old file is kept aside)")
-    p.add_argument("--sym_variant", choices=list(data.SYM_VARIANTS), default=None,
-                   help="custom sym noise: other (never keeps the true class) or any (uniform over all classes)")
-    p.add_argument("--asym_variant", choices=list(data.ASYM_VARIANTS), default=None,
-                   help="custom asym noise: paper rule, superclass (CIFAR-100 within-superclass rule) or blocks "
-                        "(the same on blocks of 5 consecutive CIFAR-100 classes)")
+    cli.add_noise_args(p)      # the same noise flags and checks as train_cifar.py and tune.py
     p.add_argument("--seed", type=int, default=0, help="which images are drawn; also seeds generated noise")
     p.add_argument("--n_images", type=int, default=32, help="number of training images in the grid")
-    p.add_argument("--data_dir", type=Path, default=data.default_data_dir(),
-                   help="root of the datasets (default: $SLN_DATA_DIR or data/)")
+    cli.add_data_dir(p)
     p.add_argument("--out_dir", type=Path, default=Path("viz"), help="folder for the figure")
     p.add_argument("--overwrite", action="store_true", help="replace an existing figure of the same name")
     return p
 
 
-def figure_name(dataset: str, mode: str, p: float, custom: bool) -> str:
+def figure_name(dataset: str, mode: str, p: float, custom: bool, seed: int) -> str:
+    """viz/<dataset>_<mode>_p_<p>_<origin>.png: origin is custom (a generated file), paper (the authors' file) or
+    seed<N> (open-set noise drawn from the seed: the paper ships no open-set file)."""
     if dataset == "animal-10n":
         return "animal-10n.png"
-    return f"{dataset}_{mode}_p_{p}_{'custom' if custom else 'paper'}.png"
+    origin = "custom" if custom else f"seed{seed}" if mode == "openset" else "paper"
+    return f"{dataset}_{mode}_p_{p}_{origin}.png"
 
 
 def figure_size(n_images: int) -> tuple[float, float]:
@@ -146,40 +137,32 @@ def draw(images: np.ndarray, given: np.ndarray, clean: np.ndarray | None, class_
 
 
 def save_new(fig, path: Path, overwrite: bool) -> Path:
-    """Save as PNG; an existing file with other content is kept and the figure goes to <name>_2.png, ..."""
+    """Save as PNG. An existing file with the same content is left as it is; one with other content is kept and the
+    figure goes to <name>-2.png, <name>-3.png, ... (files.free_stem, as plot.py names its outputs)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches=None)  # fixed size, whatever the global rcParams say
     plt.close(fig)
     content = buf.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
-    candidate, k = path, 1
-    while not overwrite and candidate.is_file() and candidate.read_bytes() != content:
-        k += 1
-        candidate = path.with_name(f"{path.stem}_{k}{path.suffix}")
-    if candidate != path:
-        print(f"{path} exists with other content: kept it, writing {candidate.name} (--overwrite replaces it)")
-    if candidate.is_file() and candidate.read_bytes() == content:
-        print(f"{candidate} is already this figure: unchanged")
-    else:
-        candidate.write_bytes(content)
-    return candidate
+    if not overwrite and path.is_file() and path.read_bytes() == content:
+        print(f"{path} is already this figure: unchanged")
+        return path
+    target = Path(f"{files.free_stem(path.parent, path.stem, [path.suffix], overwrite)}{path.suffix}")
+    if target != path:
+        print(f"{path} exists with other content: kept it, writing {target.name} (--overwrite replaces it)")
+    files.write_atomic(target, lambda tmp: tmp.write_bytes(content))
+    return target
 
 
 def animal10n_figure(args):
-    loader = getattr(data, "load_animal10n", None)
-    if loader is None:
-        engine.fail("Animal-10N support not available in this version (data.load_animal10n is missing)")
-    d = loader(args.data_dir)
+    d = cli.dataset_from_config({"dataset_name": "animal-10n", "data_dir": args.data_dir})
     title = (f"Animal-10N training set (labels as given; about 8% are wrong), {args.n_images} random images, "
              f"seed {args.seed}")
     return draw(d.images, d.labels, getattr(d, "clean_labels", None), d.class_names, title, args.n_images, args.seed)
 
 
 def cifar_figure(args):
-    if args.noise_mode == "openset" and not args.custom_noise:
-        engine.fail("the paper ships no open-set noise file; add --custom_noise to generate and show one")
-    d = data.load_cifar_noisy(args.dataset, args.data_dir, args.noise_mode, args.p, args.seed, args.custom_noise,
-                              args.make_new_custom_noise, args.sym_variant, args.asym_variant)
+    d = cli.dataset_from_config({**vars(args), "dataset_name": args.dataset})
     kind = "custom" if args.custom_noise else "paper"
     print(data.format_noise_report(d.info["report"], d.class_names, f"{args.noise_mode} p={args.p}, {kind}"))
     replaced, replaced_names = None, None
@@ -190,7 +173,8 @@ def cifar_figure(args):
         replaced_names = {i: f"C100 {names100[y100[s]]}"
                           for i, s in zip(d.info["openset_replaced"], d.info["openset_source"])}
     origin = (f"custom file: seed {d.info.get('noise_seed')}, variant {d.info.get('noise_variant')}"
-              if args.custom_noise else "the paper's file")
+              if args.custom_noise else f"drawn from seed {args.seed}" if args.noise_mode == "openset"
+              else "the paper's file")
     what = "images replaced by CIFAR-100 images" if replaced is not None else "labels wrong"
     title = (f"{args.dataset} {args.noise_mode} noise p={args.p} ({origin}): {d.noise_rate():.1%} of "
              f"{len(d.labels)} training {what};  red frame = noisy")
@@ -200,17 +184,16 @@ def cifar_figure(args):
 
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
-    if not 0 <= args.p < 1:
-        engine.fail(f"--p must be in [0, 1), got {args.p}")
+    if args.dataset != "animal-10n":
+        cli.check_noise_args(args, args.dataset)
     if args.n_images <= 0:
-        engine.fail(f"--n_images must be positive, got {args.n_images}")
-    if args.make_new_custom_noise and not args.custom_noise:
-        engine.fail("--make_new_custom_noise needs --custom_noise")
+        cli.fail(f"--n_images must be positive, got {args.n_images}")
+    cli.check_out_dir(args.out_dir)
     try:
         fig = animal10n_figure(args) if args.dataset == "animal-10n" else cifar_figure(args)
     except data.DataError as e:
-        engine.fail(str(e))
-    path = save_new(fig, args.out_dir / figure_name(args.dataset, args.noise_mode, args.p, args.custom_noise),
+        cli.fail(str(e))
+    path = save_new(fig, args.out_dir / figure_name(args.dataset, args.noise_mode, args.p, args.custom_noise, args.seed),
                     args.overwrite)
     print(f"figure: {path}")
     return path

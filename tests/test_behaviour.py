@@ -13,6 +13,7 @@ import torch
 from sklearn.datasets import load_digits
 
 import data
+import cli
 import engine
 
 SEEDS = (0, 1, 2)
@@ -31,8 +32,8 @@ def noisy_digits(seed: int) -> data.NoisyData:
 
 
 def train_digits(tmp_path, seed: int, sigma: float, mo: bool) -> float:
-    parser = engine.Parser()
-    engine.add_training_args(parser, default_model="wrn-16-1")   # every flag at its default, then these
+    parser = cli.Parser()
+    cli.add_training_args(parser, default_model="wrn-16-1")   # every flag at its default, then these
     args = parser.parse_args(["--batch_size", "64", "--n_epochs", "40", "--lr", "0.03", "--sigma", str(sigma),
                               "--ema_alpha", "0.99", "--seed", str(seed)] + (["--mo"] if mo else []))
     torch.manual_seed(seed)

@@ -104,14 +104,11 @@ def one_epoch(flags: list[str], n: int = 16) -> tuple[torch.Tensor, list[torch.T
     """An epoch of engine.train_epoch (one SGD+EMA step) on fixed data; (sums, parameter updates, EMA tensors)."""
     x = torch.randint(0, 256, (n, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     labels = torch.arange(n) % 10
-    trainer = bench.Trainer("wrn-16-1", x, labels, 16, ["--lr", "0.05", *flags])
-    before = [p.detach().clone() for p in trainer.model.parameters()]
-    a = trainer.args
-    totals = engine.train_epoch(a, trainer.model, trainer.optimizer, trainer.ema_state, trainer.model_state, x,
-                                trainer.targets, labels, trainer.noisy, trainer.mean, trainer.std, 4, a.sigma,
-                                trainer.gen)
-    updates = [p.detach() - b for p, b in zip(trainer.model.parameters(), before)]
-    return totals, updates, [t.clone() for t in trainer.ema_state]
+    state = bench.Trainer("wrn-16-1", x, labels, 16, ["--lr", "0.05", *flags]).state
+    before = [p.detach().clone() for p in state.model.parameters()]
+    totals = engine.train_epoch(state)
+    updates = [p.detach() - b for p, b in zip(state.model.parameters(), before)]
+    return totals, updates, [t.clone() for t in state.ema_tensors]
 
 
 def relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:

@@ -17,6 +17,7 @@ import engine
 import plot
 import train_cifar
 from models import make_model
+from runs import write_metrics
 
 BASE = ["--dataset_name", "cifar10", "--p", "0.4", "--batch_size", "50", "--n_epochs", "2", "--lr", "0.01",
         "--model", "wrn-16-1", "--device", "cpu", "--train_subset", "100", "--test_subset", "50"]
@@ -356,7 +357,7 @@ def synthetic_run(runs_dir, template, name, changes, accs, finished=True):
     fields = ["epoch", "train/loss", "test/acc", "test/acc_ema", "test/acc_reported"]
     rows = [{"epoch": e + 1, "train/loss": 2.0 - 0.1 * e, "test/acc": a, "test/acc_ema": a, "test/acc_reported": a}
             for e, a in enumerate(accs)]
-    engine.write_metrics(dest / "metrics.csv", fields, rows)
+    write_metrics(dest / "metrics.csv", fields, rows)
     if finished:
         (dest / "summary.json").write_text(json.dumps({"variant": config["variant"]}))
     return dest
@@ -413,7 +414,7 @@ def test_table_and_ablation_skip_unfinished_runs_of_a_running_sweep(sparse_runs,
 
 def test_curves_of_a_run_in_progress_and_of_one_without_epochs(sparse_runs, tmp_path, capsys):
     running = sparse_runs / "exp_syn_running"
-    engine.write_metrics(running / "metrics.csv", ["epoch", "test/acc", "test/acc_reported"],
+    write_metrics(running / "metrics.csv", ["epoch", "test/acc", "test/acc_reported"],
                          [{"epoch": 1, "test/acc": None, "test/acc_reported": None},
                           {"epoch": 2, "test/acc": 0.25, "test/acc_reported": 0.25}])
     written = plot.main(["--runs_dir", str(sparse_runs), "--assets_dir", str(tmp_path / "a"), "--exp_id",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine
+import runs
 import train_cifar
 from conftest import ROOT
 
@@ -164,7 +164,7 @@ def test_nan_loss_stops_with_epoch_and_step(fake_root, tmp_path, capsys):
 
 def test_simultaneous_runs_get_different_ids(tmp_path):
     ids = []
-    threads = [threading.Thread(target=lambda: ids.append(engine.new_exp_id(tmp_path))) for _ in range(16)]
+    threads = [threading.Thread(target=lambda: ids.append(runs.new_exp_id(tmp_path))) for _ in range(16)]
     for t in threads:
         t.start()
     for t in threads:
@@ -174,7 +174,7 @@ def test_simultaneous_runs_get_different_ids(tmp_path):
 
 def test_config_is_never_overwritten(tmp_path):
     path = tmp_path / "c.yaml"
-    engine.save_config(path, {"a": 1})
+    runs.save_config(path, {"a": 1})
     with pytest.raises(FileExistsError):
-        engine.save_config(path, {"a": 2})
+        runs.save_config(path, {"a": 2})
     assert path.read_text() == "a: 1\n"

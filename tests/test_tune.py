@@ -192,18 +192,24 @@ def test_experiments_grid_table_is_mean_and_sample_std_over_seeds(ray_session, f
 
     (ce, lc) = read_csv(hp_dir / "table.csv")
     for row, variant in ((ce, "CE"), (lc, "SLN-MO-LC")):
-        assert row["variant"] == variant
+        assert (row["variant"], row["noise"], row["n_seeds"]) == (variant, "sym", "2")
         accs = [column(runs[(variant, seed)], "test/acc_reported") for seed in (1, 2)]
         last = [100 * a[-1] for a in accs]
         best = [100 * max(a) for a in accs]
-        assert float(row["sym_last_mean"]) == pytest.approx(np.mean(last), abs=1e-3)
-        assert float(row["sym_last_std"]) == pytest.approx(abs(last[0] - last[1]) / np.sqrt(2), abs=1e-3)
-        assert float(row["sym_best_mean"]) == pytest.approx(np.mean(best), abs=1e-3)
-        assert float(row["sym_best_std"]) == pytest.approx(abs(best[0] - best[1]) / np.sqrt(2), abs=1e-3)
+        assert float(row["last_mean"]) == pytest.approx(np.mean(last), abs=1e-3)
+        assert float(row["last_std"]) == pytest.approx(abs(last[0] - last[1]) / np.sqrt(2), abs=1e-3)
+        assert float(row["best_mean"]) == pytest.approx(np.mean(best), abs=1e-3)
+        assert float(row["best_std"]) == pytest.approx(abs(best[0] - best[1]) / np.sqrt(2), abs=1e-3)
     md = (hp_dir / "table.md").read_text()
     last_lc = [100 * column(runs[("SLN-MO-LC", s)], "test/acc_reported")[-1] for s in (1, 2)]
-    assert f"| SLN-MO-LC | {np.mean(last_lc):.2f} ± {np.std(last_lc, ddof=1):.2f} |" in md
-    assert md.index("| CE |") < md.index("| SLN-MO-LC |") < md.index("### best epoch")
+    assert f"| SLN-MO-LC | {np.mean(last_lc):.2f} ± {np.std(last_lc, ddof=1):.2f} (n=2) |" in md
+    assert md.index("| CE |") < md.index("| SLN-MO-LC |") < md.index("best epoch")
+
+    # plot.py --table over the sweep's runs makes the identical table, Markdown and CSV
+    import plot
+    plot.main(["--table", "--runs_dir", str(hp_dir / "runs"), "--assets_dir", str(tmp_path / "assets")])
+    assert (tmp_path / "assets" / "table.md").read_text() == md
+    assert (tmp_path / "assets" / "table.csv").read_text() == (hp_dir / "table.csv").read_text()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -236,7 +242,7 @@ def test_bad_experiments_file_gives_one_line_and_writes_nothing(fake_root, paper
     assert not (tmp_path / "hp").exists()
 
 
-PAPER_CIFAR10 = str(tune.engine.CODE_DIR / "configs" / "paper_cifar10.yaml")
+PAPER_CIFAR10 = str(tune.runs.CODE_DIR / "configs" / "paper_cifar10.yaml")
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -277,11 +283,11 @@ def test_more_resources_than_the_cluster_has(ray_session, fake_root, paper_sums,
 
 @pytest.mark.parametrize("name", ["paper_cifar10.yaml", "paper_cifar100.yaml"])
 def test_shipped_paper_configs(name):
-    grid, argv = tune.read_experiments(tune.engine.CODE_DIR / "configs" / name)
+    grid, argv = tune.read_experiments(tune.runs.CODE_DIR / "configs" / name)
     dataset = "cifar10" if name == "paper_cifar10.yaml" else "cifar100"
     assert grid["variants"] == tune.VARIANTS and grid["seeds"] == [1, 2, 3, 4, 5]
-    assert grid["sigma"] == {m: tune.engine.PAPER_SIGMA[(dataset, m)] for m in grid["noise_modes"]}
-    assert grid["noise_modes"] == (tune.engine.NOISE_MODES if dataset == "cifar10" else ["sym", "asym", "dependent"])
+    assert grid["sigma"] == {m: tune.cli.default_sigma(dataset, m) for m in grid["noise_modes"]}
+    assert grid["noise_modes"] == (tune.cli.NOISE_MODES if dataset == "cifar10" else ["sym", "asym", "dependent"])
     args = tune.build_parser().parse_args(argv)
     assert (args.dataset_name, args.p, args.n_epochs, args.lc_n_epoch, args.model) == (dataset, 0.4, 300, 250, "wrn-28-2")
 
@@ -297,7 +303,7 @@ def test_sigma_table_shows_a_ce_reference_but_never_chooses_it(tmp_path):
         fields = ["epoch", "val/acc", "test/acc_reported"]
         # test accuracy only at the last epoch (--eval_every): the table reads validation accuracy alone
         rows = [{"epoch": i + 1, "val/acc": v, "test/acc_reported": None if i == 0 else 0.1} for i, v in enumerate(val)]
-        tune.engine.write_metrics(hp_dir / "runs" / exp_id / "metrics.csv", fields, rows)
+        tune.runs.write_metrics(hp_dir / "runs" / exp_id / "metrics.csv", fields, rows)
         finished[exp_id] = {"sigma": sigma}
     sweep = {"base": {"dataset_name": "cifar10", "noise_mode": "sym", "p": 0.4, "model": "wrn-16-1", "n_epochs": 2,
                       "seed": 0, "val_size": 0.1}}
@@ -354,7 +360,7 @@ def test_local_sweep_ignores_a_cluster_left_behind(tmp_path):
     (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")   # nothing listens on port 9
     code = ("import ray, tune; tune.start_ray(None); "
             "print('nodes', len(ray.nodes()), 'cpus', ray.cluster_resources().get('CPU')); ray.shutdown()")
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONPATH": str(tune.engine.CODE_DIR)}
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONPATH": str(tune.runs.CODE_DIR)}
     try:
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     finally:
@@ -374,7 +380,7 @@ def test_resume_after_sigkill_never_trains_a_finished_trial_again(fake_root, tmp
              "--sigmas", "0.1", "1.0", "--cpus_per_trial", "1.5", "--batch_size", "64", "--n_epochs", "2", "--lr",
              "0.01", "--model", "wrn-16-1", "--train_subset", "200", "--test_subset", "50", "--data_dir", str(root),
              "--out_dir", str(tmp_path), "--device", "cpu"]
-    script = str(tune.engine.CODE_DIR / "tune.py")
+    script = str(tune.runs.CODE_DIR / "tune.py")
     driver = subprocess.Popen([sys.executable, script, *flags], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import cli
 import data
 import viz
 from conftest import write_cifar
@@ -25,6 +26,8 @@ def expected_pixels(n_images: int = 32) -> tuple[int, int]:
     (["cifar10", "--noise_mode", "sym", "--p", "0.4"], "cifar10_sym_p_0.4_paper.png"),
     (["cifar10", "--noise_mode", "asym", "--custom_noise", "--p", "0.3"], "cifar10_asym_p_0.3_custom.png"),
     (["cifar10", "--noise_mode", "openset", "--custom_noise", "--p", "0.4"], "cifar10_openset_p_0.4_custom.png"),
+    # as in train_cifar.py, open-set noise without --custom_noise is drawn from --seed (no file needed)
+    (["cifar10", "--noise_mode", "openset", "--p", "0.4"], "cifar10_openset_p_0.4_seed123.png"),
     (["cifar100", "--noise_mode", "dependent", "--p", "0.4", "--n_images", "10"], "cifar100_dependent_p_0.4_paper.png"),
 ])
 def test_figure_written_and_decodable(fake_root, paper_sums, tmp_path, flags, name):
@@ -78,7 +81,7 @@ def test_existing_figure_is_never_replaced_silently(tmp_path, capsys):
     assert viz.save_new(small_figure("red"), path, overwrite=False) == path      # same figure: left as it is
     assert "unchanged" in capsys.readouterr().out and path.read_bytes() == content
     other = viz.save_new(small_figure("blue"), path, overwrite=False)
-    assert other.name == "cifar10_sym_p_0.4_paper_2.png" and path.read_bytes() == content
+    assert other.name == "cifar10_sym_p_0.4_paper-2.png" and path.read_bytes() == content
     assert "kept it" in capsys.readouterr().out
     third = viz.save_new(small_figure("green"), path, overwrite=False)
     assert third.name == "cifar10_sym_p_0.4_paper_3.png"
@@ -105,7 +108,7 @@ def test_animal10n_figure_from_loader(tmp_path, monkeypatch):
                           ["cat", "lynx", "wolf", "coyote", "cheetah", "jaguar", "chimpanzee", "orangutan",
                            "hamster", "guinea pig"], (0.5,) * 3, (0.25,) * 3)
     seen = []
-    monkeypatch.setattr(data, "load_animal10n", lambda root: seen.append(root) or fake, raising=False)
+    monkeypatch.setattr(cli, "load_animal10n", lambda root: seen.append(root) or fake)
     path = viz.main(["animal-10n", "--seed", "123", "--data_dir", str(tmp_path), "--out_dir", str(tmp_path / "viz")])
     assert path == tmp_path / "viz" / "animal-10n.png" and seen == [tmp_path]
     with Image.open(path) as im:
@@ -114,8 +117,7 @@ def test_animal10n_figure_from_loader(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["cifar10", "--noise_mode", "openset", "--p", "0.4"], "no open-set noise file; add --custom_noise"),
-    (["cifar10", "--p", "1.5"], r"--p must be in \[0, 1\)"),
+    (["cifar10", "--p", "1.5"], r"p=1.5 is outside \[0, 1\); pass e.g. --p 0.4"),
     (["cifar10", "--make_new_custom_noise"], "needs --custom_noise"),
     (["cifar10", "--noise_mode", "sym", "--p", "0.2"], "add --custom_noise"),
     (["cifar100", "--noise_mode", "openset", "--custom_noise"], "CIFAR-10 only"),

@@ -1,0 +1,262 @@
+"""The command-line flags the scripts share, each declared once, with their checks.
+
+train_cifar.py, train_real.py and tune.py take the training flags (`add_training_args`); train_cifar.py, tune.py
+and viz.py the label-noise flags (`add_noise_args`). A bad value ends the script with one line (`fail`), never
+a traceback. `dataset_from_config` turns a run's flags (or its saved config) into its dataset: training,
+plot.py and viz.py all build data through it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+
+from data import (ASYM_VARIANTS, CIFAR, CIFARN, SYM_VARIANTS, DataError, NoisyData, check_rate, default_data_dir,
+                  load_animal10n, load_cifar_n, load_cifar_noisy)
+from files import check_writable
+from models import MODELS
+from runs import resolve_resume
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that answers a bad flag with one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print a user-facing error on one line and exit without a traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data_dir", type=Path, default=default_data_dir(),
+                   help="root of the datasets (default: $SLN_DATA_DIR or data/)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+
+def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable: bool = True) -> None:
+    """Flags of the method and the run, with the reference's defaults (SLN-REFERENCE.md)."""
+    g = p.add_argument_group("training (defaults: the SLN reference code)")
+    g.add_argument("--batch_size", type=int, default=128, help="minibatch size in images")
+    g.add_argument("--n_epochs", type=int, default=300, help="number of training epochs")
+    g.add_argument("--lr", type=float, default=0.001, help="SGD learning rate, constant (no schedule)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay (L2)")
+    g.add_argument("--sigma", type=float, default=None,
+                   help="std of the Gaussian noise added to one-hot targets; 0 = plain cross-entropy (CE). "
+                        "Default: the paper's value for the dataset and noise")
+    g.add_argument("--mo", action="store_true",
+                   help="SLN+MO: report the momentum (weight-EMA) model; needs sigma > 0")
+    g.add_argument("--ema_alpha", type=float, default=0.999, help="decay of the momentum model per optimiser step")
+    g.add_argument("--lc_n_epoch", type=int, default=-1,
+                   help="SLN+MO+LC: correct labels before every epoch after this one (reference 250); -1 = never")
+    g.add_argument("--lc_augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="apply the training augmentation in the label-correction pass, as the reference does; "
+                        "--no-lc_augment predicts on un-augmented images")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seeds the model init, data order, augmentation, SLN noise and generated label noise")
+    g.add_argument("--model", choices=list(MODELS), default=default_model, help="network architecture")
+    r = p.add_argument_group("data, device and output")
+    add_data_dir(r)
+    r.add_argument("--train_subset", type=int, default=None,
+                   help="train on a stratified, seeded subset of this many training images (quick runs)")
+    r.add_argument("--test_subset", type=int, default=None,
+                   help="evaluate on a stratified, seeded subset of this many test images")
+    r.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, mps ... (default: cuda if available)")
+    r.add_argument("--deterministic", action="store_true",
+                   help="bit-reproducible kernels (slower on GPU)")
+    r.add_argument("--eval_batch_size", type=int, default=None,
+                   help="batch size of evaluation and label-correction passes (no autograd); default 1024 on a GPU, "
+                        "128 on a CPU (large batches measured 2-3x slower there: docs/performance.md)")
+    r.add_argument("--eval_every", type=int, default=1,
+                   help="evaluate on the test set every this many epochs and at the last one (other epochs leave "
+                        "the test columns empty); a validation split, if any, is evaluated every epoch")
+    r.add_argument("--out_dir", type=Path, default=Path("."),
+                   help="where configs/ and runs/ are written (default: current directory)")
+    if resumable:
+        r.add_argument("--resume", metavar="EXP_ID", default=None,
+                       help="continue run EXP_ID (under --out_dir) from its last complete checkpoint, with its saved flags")
+    s = p.add_argument_group("speed (all off by default: docs/performance.md says what each did where measured)")
+    s.add_argument("--amp", action="store_true",
+                   help="bf16 autocast for forward passes (CUDA only; on CPUs without bf16 units it is much slower)")
+    s.add_argument("--channels_last", action="store_true",
+                   help="NHWC memory layout for the network and its input batches")
+    s.add_argument("--compile", action="store_true",
+                   help="torch.compile the network and its EMA copy (the first epoch is slower while it compiles)")
+
+
+def variant(args: argparse.Namespace) -> str:
+    """Which of the paper's four models the flags ask for, or an error listing the valid combinations."""
+    lc = args.lc_n_epoch != -1
+    if args.sigma == 0 and not args.mo and not lc:
+        return "CE"
+    if args.sigma > 0 and not args.mo and not lc:
+        return "SLN"
+    if args.sigma > 0 and args.mo and not lc:
+        return "SLN-MO"
+    if args.sigma > 0 and args.mo and 0 < args.lc_n_epoch < args.n_epochs:
+        return "SLN-MO-LC"
+    fail(f"--sigma {args.sigma} {'--mo ' if args.mo else ''}--lc_n_epoch {args.lc_n_epoch} is not one of the "
+         f"paper's models; use CE: --sigma 0 --lc_n_epoch -1 | SLN: --sigma >0 --lc_n_epoch -1 | "
+         f"SLN+MO: --sigma >0 --mo --lc_n_epoch -1 | SLN+MO+LC: --sigma >0 --mo --lc_n_epoch in 1..{args.n_epochs - 1}")
+
+
+def check_training_args(args: argparse.Namespace) -> str:
+    """Validate the shared flags (the output folder included, before any data is loaded); return the variant."""
+    for name in ("batch_size", "n_epochs", "eval_batch_size", "eval_every"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            fail(f"--{name} must be positive, got {value}")
+    if args.lr <= 0:
+        fail(f"--lr must be positive, got {args.lr}")
+    if args.sigma < 0:
+        fail(f"--sigma must be >= 0, got {args.sigma}")
+    if not 0 <= args.ema_alpha < 1:
+        fail(f"--ema_alpha must be in [0, 1), got {args.ema_alpha}")
+    for name in ("train_subset", "test_subset"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            fail(f"--{name} must be a positive number of images, got {getattr(args, name)}")
+    check_out_dir(args.out_dir)
+    return variant(args)
+
+
+def check_out_dir(folder: Path, flag: str = "--out_dir") -> None:
+    """One line, before any expensive work, when the scripts could not write their outputs under `folder`."""
+    try:
+        check_writable(folder, flag)
+    except ValueError as e:
+        fail(str(e))
+
+
+def pick_device(name: str) -> torch.device:
+    """--device: auto picks CUDA, then Apple MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        fail(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+# Sigma when --sigma is not given. CIFAR: the reference README's value per noise mode. Animal-10N: 0.5, the value
+# of the earlier re-implementation's commands. The paper has no CIFAR-N runs; human noise is instance-dependent,
+# so CIFAR-N takes the paper's sigma for instance-dependent noise on the same images (CIFAR-10 0.5, CIFAR-100 0.1).
+DEFAULT_SIGMA = {("cifar10", "sym"): 1.0, ("cifar10", "asym"): 0.5, ("cifar10", "dependent"): 0.5,
+                 ("cifar10", "openset"): 0.5, ("cifar100", "sym"): 0.2, ("cifar100", "asym"): 0.2,
+                 ("cifar100", "dependent"): 0.1,
+                 ("animal-10n", None): 0.5, ("cifar10n", None): 0.5, ("cifar100n", None): 0.1}
+
+
+def default_sigma(dataset: str, noise_mode: str | None = None) -> float | None:
+    """The default sigma of a dataset (and, for CIFAR, its noise mode); None where there is none (custom rates)."""
+    return DEFAULT_SIGMA.get((dataset, noise_mode if dataset in CIFAR else None))
+
+
+def resolve_sigma(args: argparse.Namespace) -> None:
+    """Fill in --sigma from DEFAULT_SIGMA when it was not given, and say so."""
+    if args.sigma is not None:
+        return
+    mode = getattr(args, "noise_mode", None)
+    args.sigma = default_sigma(args.dataset_name, mode)
+    if args.sigma is None:
+        fail(f"no default sigma for {args.dataset_name} {mode}; give --sigma")
+    print(f"--sigma not given: using {args.sigma} for {args.dataset_name}" + (f" {mode}" if mode else ""))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Label noise on CIFAR (train_cifar.py, tune.py, viz.py)
+
+NOISE_MODES = ["sym", "asym", "dependent", "openset"]
+
+
+def add_noise_args(p: argparse.ArgumentParser) -> None:
+    """Flags that choose the label noise of a CIFAR training set."""
+    d = p.add_argument_group("label noise")
+    d.add_argument("--noise_mode", choices=NOISE_MODES, default="sym",
+                   help="sym/asym/dependent: label noise; openset: CIFAR-100 images inside CIFAR-10 (CIFAR-10 only)")
+    d.add_argument("--p", type=float, default=0.4, help="noise rate, in [0, 1)")
+    d.add_argument("--custom_noise", action="store_true",
+                   help="use generated noise (<data_dir>/<dataset>/label_noisy/<mode><p>_custom.csv, made from --seed "
+                        "when missing) instead of the paper's files")
+    d.add_argument("--make_new_custom_noise", action="store_true",
+                   help="regenerate the custom noise file from --seed (needs --custom_noise); a file with other "
+                        "content is kept aside as <name>.old-<hash>.csv, never overwritten")
+    d.add_argument("--sym_variant", choices=list(SYM_VARIANTS), default=None,
+                   help="custom sym noise: " + "; ".join(f"{k}: {v}" for k, v in SYM_VARIANTS.items())
+                        + " (default other, or what the existing file was made with)")
+    d.add_argument("--asym_variant", choices=list(ASYM_VARIANTS), default=None,
+                   help="custom asym noise: " + "; ".join(f"{k}: {v}" for k, v in ASYM_VARIANTS.items())
+                        + " (default paper, or what the existing file was made with)")
+
+
+def add_cifar_args(p: argparse.ArgumentParser) -> None:
+    """The CIFAR dataset and its label noise."""
+    p.add_argument_group("dataset").add_argument("--dataset_name", choices=list(CIFAR), default="cifar10",
+                                                 help="training dataset")
+    add_noise_args(p)
+
+
+def check_noise_args(args: argparse.Namespace, dataset: str) -> None:
+    """Validate the label-noise flags for `dataset`. Open-set noise without --custom_noise is drawn from the seed
+    (the paper ships no open-set file), for training and viz.py alike."""
+    try:
+        check_rate(args.p)
+    except DataError as e:
+        fail(str(e))
+    if args.noise_mode == "openset" and dataset != "cifar10":
+        fail("open-set noise exists for CIFAR-10 only; use cifar10 or another --noise_mode")
+    if args.make_new_custom_noise and not args.custom_noise:
+        fail("--make_new_custom_noise needs --custom_noise")
+
+
+# ----------------------------------------------------------------------------------------------------
+# From flags (or a saved run config) to the dataset
+
+def dataset_from_config(config: dict) -> NoisyData:
+    """The full dataset (before subsets) that a run's flags describe: CIFAR-10/100 with its label noise, CIFAR-N
+    or Animal-10N. `config` is a run's config.yaml or vars(args); noise is read from its files, never made anew
+    unless the config asks for it (make_new_custom_noise). Raises DataError."""
+    name, root = config["dataset_name"], Path(config["data_dir"])
+    if name in CIFAR:
+        return load_cifar_noisy(name, root, config["noise_mode"], config["p"], config["seed"],
+                                config.get("custom_noise", False), config.get("make_new_custom_noise", False),
+                                config.get("sym_variant"), config.get("asym_variant"))
+    if name in CIFARN:
+        return load_cifar_n(name, root, config["noise_label"])
+    if name == "animal-10n":
+        return load_animal10n(root)
+    raise DataError(f"unknown dataset {name!r}; known: {', '.join([*CIFAR, *CIFARN, 'animal-10n'])}")
+
+
+def training_data(args: argparse.Namespace) -> NoisyData:
+    """The dataset of the flags with their subsets applied, or one line and exit on a data problem."""
+    try:
+        return dataset_from_config(vars(args)).subset(args.train_subset, args.test_subset, args.seed)
+    except DataError as e:
+        fail(str(e))
+
+
+def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse a training script's flags; with --resume, the resumed run's own flags (checked against argv)."""
+    args = parser.parse_args(argv)
+    if getattr(args, "resume", None):
+        try:
+            args = resolve_resume(parser, argv, args)
+        except DataError as e:
+            fail(str(e))
+    return args

@@ -1,0 +1,243 @@
+"""A run's folder: its id, config, metrics.csv, TensorBoard log, checkpoints, final weights and summary; resume.
+
+A run `<exp_id>` leaves
+  configs/<exp_id>.yaml          every resolved setting, code version, library versions, noise rate, data checksums
+  runs/<exp_id>/                 config.yaml (the same), TensorBoard scalars, metrics.csv (one row per epoch),
+                                 noise.json, checkpoint.pt (+ checkpoint.prev.pt), model_final.pt, ema_final.pt,
+                                 targets_final.pt, summary.json
+Everything is written whole or not at all, and nothing that exists is replaced (files.py).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import difflib
+import hashlib
+import json
+import os
+import platform
+import secrets
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from data import DataError, NoisyData
+from files import write_atomic, write_new
+
+CODE_DIR = Path(__file__).resolve().parent
+
+
+class TrainingStopped(Exception):
+    """Training cannot go on (non-finite loss, disk full); the message says where and what to do."""
+
+    def __init__(self, message: str, resumable: bool = False):
+        super().__init__(message)
+        self.resumable = resumable
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ids and configs
+
+def new_exp_id(out_dir: Path, prefix: str = "exp") -> str:
+    """A fresh id, unique even for runs started in the same instant (the folder is created exclusively)."""
+    (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+    while True:
+        exp_id = f"{prefix}_{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
+        try:
+            (out_dir / "runs" / exp_id).mkdir()
+            return exp_id
+        except FileExistsError:
+            continue
+
+
+def code_version() -> dict:
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=CODE_DIR, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"git_commit": git("rev-parse", "HEAD") or "unknown",
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def library_versions() -> dict:
+    import torchvision
+    return {"python": platform.python_version(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "numpy": str(np.__version__)}
+
+
+def save_config(path: Path, config: dict) -> None:
+    """Write a YAML file whole or not at all, and never over an existing one (FileExistsError)."""
+    write_new(path, yaml.safe_dump(config, sort_keys=False))
+
+
+def config_dict(args: argparse.Namespace, **extra) -> dict:
+    plain = {k: (str(v.resolve()) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    return {**plain, **extra, "code": code_version(), "versions": library_versions(), "host": platform.node()}
+
+
+def data_provenance(data: NoisyData) -> dict:
+    """Which copy of the data a run trained on: SHA-256 of the training and test images and labels exactly
+    as loaded (after subsets and splits), and whether the files were the official archive (None: unknown)."""
+    def sha(a: np.ndarray) -> str:
+        return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+    return {"train_images_sha256": sha(data.images), "train_labels_sha256": sha(data.labels.astype("<i8")),
+            "test_images_sha256": sha(data.test_images), "test_labels_sha256": sha(data.test_labels.astype("<i8")),
+            "official_files": data.info.get("official_files")}
+
+
+# ----------------------------------------------------------------------------------------------------
+# metrics.csv and TensorBoard
+
+def metric_cells(row: dict, fields: list[str]) -> list:
+    """One metrics.csv line: a metric the epoch did not compute is an empty cell."""
+    return ["" if row.get(k) is None else row[k] for k in fields]
+
+
+def write_metrics(path: Path, fields: list[str], rows: list[dict]) -> None:
+    """metrics.csv with these rows (not atomic: start_log wraps it)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        w.writerows(metric_cells(r, fields) for r in rows)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.csv back as dicts of floats (None for empty cells); floats round-trip exactly."""
+    with open(path, newline="") as f:
+        return [{k: (None if v in ("", None) else int(v) if k == "epoch" else float(v)) for k, v in r.items()}
+                for r in csv.DictReader(f)]
+
+
+def start_log(run_dir: Path, fields: list[str], history: list[dict]):
+    """metrics.csv with the rows so far (a resumed run's, up to its checkpoint) and a TensorBoard writer that
+    drops any steps after them, so that nothing is counted twice after a resume."""
+    from torch.utils.tensorboard import SummaryWriter
+    write_atomic(run_dir / "metrics.csv", lambda tmp: write_metrics(tmp, fields, history))
+    return SummaryWriter(str(run_dir), purge_step=len(history) + 1)
+
+
+def log_epoch(run_dir: Path, writer, fields: list[str], row: dict) -> None:
+    """One epoch's metrics into TensorBoard and metrics.csv; a metric the epoch did not compute stays empty."""
+    for k, v in row.items():
+        if k != "epoch" and v is not None:
+            writer.add_scalar(k, v, row["epoch"])
+    writer.flush()
+    with open(run_dir / "metrics.csv", "a", newline="") as f:
+        csv.writer(f).writerow(metric_cells(row, fields))
+
+
+def finish(run_dir: Path, final: dict[str, object], summary: dict) -> None:
+    """The final tensors (name -> state dict or tensor) and summary.json, each written atomically; summary.json
+    last, since its presence is what marks the run as finished."""
+    for name, obj in final.items():
+        write_atomic(run_dir / name, lambda tmp, obj=obj: torch.save(obj, tmp))
+    write_atomic(run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints
+
+class _DeferSigint:
+    """Hold Ctrl-C back while a checkpoint is written, so an interrupt never leaves half a file behind."""
+
+    def __enter__(self):
+        self.caught = False
+        self.main = threading.current_thread() is threading.main_thread()
+        if self.main:
+            self.old = signal.signal(signal.SIGINT, lambda *a: setattr(self, "caught", True))
+        return self
+
+    def __exit__(self, *exc):
+        if self.main:
+            signal.signal(signal.SIGINT, self.old)
+            if self.caught:
+                raise KeyboardInterrupt
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> None:
+    """Write checkpoint.pt atomically; the previous one stays (as checkpoint.prev.pt) until the new one is whole."""
+    path, prev = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
+    tmp = run_dir / ".checkpoint.pt.tmp"
+    with _DeferSigint():
+        try:
+            torch.save(state, tmp)
+        except (OSError, RuntimeError) as e:
+            tmp.unlink(missing_ok=True)
+            raise TrainingStopped(f"could not write the checkpoint of epoch {state['epoch']} to {run_dir} ({e}); "
+                                  f"the checkpoint of epoch {state['epoch'] - 1} is kept; free disk space, then resume", resumable=True)
+        if path.exists():
+            os.replace(path, prev)
+        os.replace(tmp, path)
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    """The newest readable checkpoint of a run: checkpoint.pt, or checkpoint.prev.pt if that one is torn."""
+    problems = []
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        path = run_dir / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+            continue
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(ckpt, dict) or "epoch" not in ckpt:
+                raise ValueError("not a checkpoint of this project")
+        except Exception as e:  # a torn file raises whatever the zip/pickle reader trips on
+            problems.append(f"{name} is damaged ({type(e).__name__})")
+            continue
+        if problems:
+            print(f"warning: {'; '.join(problems)}; using {name} (epoch {ckpt['epoch']})")
+        return ckpt
+    raise DataError(f"no usable checkpoint in {run_dir}: {'; '.join(problems)}; start a new run instead")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Starting and resuming runs
+
+def find_run(runs: Path, exp_id: str) -> Path:
+    """The run folder runs/<exp_id> (one with a config.yaml), or an error naming the closest existing ids."""
+    if exp_id and (runs / exp_id / "config.yaml").is_file():
+        return runs / exp_id
+    known = sorted(p.name for p in runs.iterdir() if (p / "config.yaml").is_file()) if runs.is_dir() else []
+    if not known:
+        raise DataError(f"no run {exp_id!r}: there are no runs in {runs}; pass the folder that holds them")
+    near = difflib.get_close_matches(exp_id, known, n=3, cutoff=0.0)
+    raise DataError(f"no run {exp_id!r} in {runs}; closest: {', '.join(near)}")
+
+
+def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace) -> argparse.Namespace:
+    """For --resume: the run's saved flags, after checking that no flag given now contradicts them."""
+    run_dir = find_run(args.out_dir.resolve() / "runs", args.resume)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    defaults = vars(parser.parse_args([]))       # every flag's name, from a parse of no arguments
+    unset = object()    # argparse fills in a default only for a name the namespace lacks: what is left was given
+    given = {k: v for k, v in vars(parser.parse_args(argv, argparse.Namespace(**{k: unset for k in defaults}))).items()
+             if v is not unset}
+    allowed_to_differ = {"resume", "device", "out_dir", "eval_batch_size"}
+    diffs = []
+    for key, value in given.items():
+        if key in allowed_to_differ:
+            continue
+        new = str(Path(value).resolve()) if isinstance(value, Path) else value
+        if new != saved.get(key):
+            diffs.append(f"--{key} {new} (run has {saved.get(key)})")
+    if given.get("make_new_custom_noise"):
+        raise DataError("--make_new_custom_noise cannot be used with --resume: a resumed run keeps its labels")
+    if diffs:
+        raise DataError(f"run {args.resume} was started with other flags: {'; '.join(diffs)}; "
+                        "drop these flags to resume it, or start a new run")
+    resumed = argparse.Namespace(**vars(args))
+    for key, default in defaults.items():
+        if key in saved and key not in allowed_to_differ:
+            value = saved[key]
+            setattr(resumed, key, Path(value) if isinstance(default, Path) and value is not None else value)
+    if hasattr(resumed, "make_new_custom_noise"):
+        resumed.make_new_custom_noise = False   # the noise file written at the start is reused as it is
+    return resumed

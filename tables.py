@@ -1,0 +1,230 @@
+"""The paper-layout results table from run folders, shared by plot.py --table and tune.py --experiments.
+
+Runs that differ only in their seed (and in bookkeeping: ids, paths, devices) are repetitions of one experiment
+and share a cell; a cell is the mean ± sample std over seeds of the reported network's test accuracy at the last
+and at the best evaluated epoch. Tables are split by every other setting, rows are the paper's models and columns
+the noise modes.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from runs import read_metrics as read_metric_rows
+from data import DataError
+from files import mean_std
+
+VARIANT_ORDER = ["CE", "SLN", "SLN-MO", "SLN-MO-LC"]
+COLUMN_ORDER = ["sym", "asym", "dependent", "openset"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading runs
+
+@dataclass
+class Run:
+    exp_id: str
+    folder: Path
+    config: dict
+    metrics: dict[str, np.ndarray]  # column -> one value per epoch, NaN where the run recorded none
+    summary: dict | None            # None while the run is unfinished
+
+    def last_and_best(self, column: str = "test/acc_reported") -> tuple[float, float]:
+        """(value at the last epoch, best value over epochs) of an accuracy column, in percent."""
+        if column not in self.metrics:
+            raise DataError(f"{self.folder / 'metrics.csv'} has no {column} column; it was not written by engine.py")
+        acc = 100 * self.metrics[column]
+        acc = acc[~np.isnan(acc)]   # epochs without a test evaluation (--eval_every) stay empty
+        if not len(acc):
+            raise DataError(f"{self.folder / 'metrics.csv'} has no {column} value in any epoch")
+        return float(acc[-1]), float(acc.max())
+
+
+def read_metrics(path: Path) -> dict[str, np.ndarray]:
+    """metrics.csv as float columns; empty cells (metrics a run could not compute) become NaN."""
+    try:
+        rows = read_metric_rows(path)
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror}); is this a run folder of engine.py?")
+    except ValueError as e:
+        raise DataError(f"{path} holds something that is not a number ({e}); it was not written by engine.py")
+    if not rows:
+        return {}
+    return {k: np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=float) for k in rows[0]}
+
+
+def load_run(folder: Path) -> Run:
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        summary_path = folder / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    except (OSError, yaml.YAMLError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read run {folder}: {str(e).splitlines()[0]}")
+    if not isinstance(config, dict):
+        raise DataError(f"{folder / 'config.yaml'} is not a run config (not a mapping)")
+    metrics_path = folder / "metrics.csv"
+    if summary is None and not metrics_path.is_file():
+        return Run(folder.name, folder, config, {}, None)   # started, but not one epoch done: skipped by tables
+    return Run(folder.name, folder, config, read_metrics(metrics_path), summary)
+
+
+def run_ids(runs_dir: Path) -> list[str]:
+    """Names of the run folders (those with a config.yaml) in runs_dir."""
+    return sorted(d.name for d in runs_dir.iterdir() if (d / "config.yaml").is_file())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Grouping runs into the paper's tables
+
+# Config entries that say where or how a run was made, not what was trained: runs that differ only in these
+# and in the seed are repetitions of one experiment.
+NOT_SETTINGS = {"exp_id", "seed", "data_dir", "out_dir", "device", "device_used", "deterministic", "eval_batch_size",
+                "eval_every", "tune_trial_id", "tune_config", "resume", "amp", "channels_last", "compile", "variant_id",
+                "make_new_custom_noise", "code", "versions", "host", "noise", "n_train", "n_test", "dataset"}
+ROW_KEYS = ["variant", "sigma", "mo", "lc_n_epoch", "ema_alpha", "lc_augment"]   # which of the paper's models
+COLUMN_KEYS = ["noise_mode", "noise_label"]   # the first one present: CIFAR's noise_mode, CIFAR-N's noise_label
+HEADLINE_KEYS = ["dataset_name", "model", "p", "custom_noise", "n_epochs", "train_subset", "test_subset"]
+
+
+def settings(config: dict) -> dict:
+    """What a run trained, from its config: bookkeeping keys and nested records dropped, and a key set to None
+    (tune.py's val_size of a table run, train_cifar.py's resume) counted as absent."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
+            if k not in NOT_SETTINGS and not isinstance(v, dict) and v is not None}
+
+
+def column_of(config: dict) -> str:
+    return next((str(config[k]) for k in COLUMN_KEYS if k in config), "-")
+
+
+@dataclass
+class Cell:
+    """The runs of one experiment (all settings equal but the seed), placed in a table."""
+    table: tuple        # sorted (key, value) pairs that a whole table shares
+    row: tuple          # values of ROW_KEYS
+    column: str
+    runs: list[Run]
+
+    @property
+    def variant(self) -> str:
+        return str(self.row[0])
+
+
+def group_cells(runs: list[Run]) -> list[Cell]:
+    cells: dict[tuple, Cell] = {}
+    for run in runs:
+        s = settings(run.config)
+        column_key = next((k for k in COLUMN_KEYS if k in s), None)
+        table = tuple(sorted((k, v) for k, v in s.items() if k not in ROW_KEYS and k != column_key))
+        row = tuple(s.get(k) for k in ROW_KEYS)
+        key = (table, row, column_of(run.config))
+        cells.setdefault(key, Cell(table, row, key[2], [])).runs.append(run)
+    return list(cells.values())
+
+
+def _row_key_name(i: int) -> str:
+    return "σ" if ROW_KEYS[i] == "sigma" else ROW_KEYS[i]
+
+
+def row_labels(cells: list[Cell]) -> dict[tuple, str]:
+    """Row names in one table, by row settings: the variant, plus the row settings that tell two runs of that
+    variant apart within one column. A setting that changes only from column to column, like the paper's
+    sigma per noise mode, does not make a new row."""
+    labels = {}
+    for variant in {c.variant for c in cells}:
+        mine = [c for c in cells if c.variant == variant]
+        differ = [i for i in range(1, len(ROW_KEYS))
+                  if any(len({c.row[i] for c in mine if c.column == col}) > 1 for col in {c.column for c in mine})]
+        for c in mine:
+            extra = ", ".join(f"{_row_key_name(i)}={c.row[i]}" for i in differ)
+            labels[c.row] = f"{variant} ({extra})" if extra else variant
+    return labels
+
+
+def per_column_notes(cells: list[Cell], labels: dict[tuple, str], cols: list[str]) -> list[str]:
+    """For each table row whose settings change from column to column (e.g. sigma), a line saying how."""
+    notes = []
+    for label in sorted(set(labels.values()), key=lambda v: (order_key(v.split(" ")[0], VARIANT_ORDER), v)):
+        mine = {c.column: c.row for c in cells if labels[c.row] == label}
+        for i in range(1, len(ROW_KEYS)):
+            if len({row[i] for row in mine.values()}) > 1:
+                notes.append(f"{label}: {_row_key_name(i)} = "
+                             + ", ".join(f"{mine[col][i]} ({col})" for col in cols if col in mine))
+    return notes
+
+
+def order_key(value: str, order: list[str]) -> tuple:
+    return (order.index(value) if value in order else len(order), value)
+
+
+def fmt(mean: float, std: float | None, n: int) -> str:
+    return f"{mean:.2f}{'' if std is None else f' ± {std:.2f}'} (n={n})"
+
+
+def headline(t: dict, extra: list[str]) -> str:
+    """A table's title: its dataset, network, noise rate, epochs and subsets, plus the `extra` settings."""
+    parts = [str(t[k]) for k in ("dataset_name", "model") if k in t]
+    parts += [f"p={t['p']}"] if "p" in t else []
+    parts += ["custom noise"] if t.get("custom_noise") else []
+    parts += [f"{t['n_epochs']} epochs"] if "n_epochs" in t else []
+    parts += [f"{k}={t[k]}" for k in ("train_subset", "test_subset") if t.get(k) is not None]
+    return ", ".join(parts + [f"{k}={t.get(k)}" for k in extra if k not in HEADLINE_KEYS])
+
+
+def make_table(runs: list[Run]) -> tuple[str, list[list]]:
+    """The paper's tables from runs: one per setting, rows the methods (CE, SLN, SLN-MO, SLN-MO-LC), columns the
+    noise modes, cells the mean ± std over seeds of the reported test accuracy at the last and the best epoch.
+    Returns (Markdown, CSV rows with a header row)."""
+    cells = group_cells(runs)
+    tables = sorted({c.table for c in cells}, key=lambda t: headline(dict(t), []))
+    all_keys = sorted({k for t in tables for k, _ in t})
+    # settings that differ between tables go into each table's title; the others are said once
+    varying = [k for k in all_keys if len({dict(t).get(k) for t in tables}) > 1]
+    common = {k: v for k, v in tables[0] if k not in varying and k not in HEADLINE_KEYS and v is not None}
+    lines = ["Test accuracy (%) of the reported network (the EMA network for SLN-MO and SLN-MO-LC), "
+             "mean ± sample std (ddof=1) over n seeds.", "",
+             "Other settings, the same in every table: " + ", ".join(f"{k}={v}" for k, v in common.items())]
+    csv_rows: list[list] = [all_keys + ["method", "variant", "noise", *ROW_KEYS[1:], "n_seeds", "seeds",
+                                        "last_mean", "last_std", "best_mean", "best_std", "exp_ids"]]
+    for table in tables:
+        t, t_cells = dict(table), [c for c in cells if c.table == table]
+        labels = row_labels(t_cells)
+        rows = sorted(set(labels.values()), key=lambda v: (order_key(v.split(" ")[0], VARIANT_ORDER), v))
+        cols = sorted({c.column for c in t_cells}, key=lambda v: order_key(v, COLUMN_ORDER))
+        stats = {}
+        for cell in sorted(t_cells, key=lambda c: (rows.index(labels[c.row]), cols.index(c.column))):
+            accs = [r.last_and_best() for r in cell.runs]
+            last, best = mean_std([a[0] for a in accs]), mean_std([a[1] for a in accs])
+            stats[(labels[cell.row], cell.column)] = (last, best, len(accs))
+            csv_rows.append([t.get(k) for k in all_keys] + [labels[cell.row], cell.variant, cell.column,
+                            *cell.row[1:], len(accs), " ".join(str(r.config.get("seed")) for r in cell.runs),
+                            *(None if v is None else round(v, 4) for v in (*last, *best)),
+                            " ".join(r.exp_id for r in cell.runs)])
+        notes = per_column_notes(t_cells, labels, cols)
+        for which, what in ((0, "last epoch (the paper's number)"), (1, "best epoch")):
+            lines += ["", f"### {headline(t, varying)}: {what}", "", "| method | " + " | ".join(cols) + " |",
+                      "|---" * (len(cols) + 1) + "|"]
+            for row in rows:
+                text = [fmt(*stats[(row, col)][which], stats[(row, col)][2]) if (row, col) in stats else "–"
+                        for col in cols]
+                lines.append(f"| {row} | " + " | ".join(text) + " |")
+            lines += [""] + notes if notes else []
+    return "\n".join(lines) + "\n", [[("" if v is None else v) for v in r] for r in csv_rows]
+
+
+def one_table(runs: list[Run]) -> tuple[list[Cell], dict]:
+    """The cells of runs that make up a single paper table, and the settings they share; an error naming the
+    settings that differ when the runs belong to several tables."""
+    cells = group_cells(runs)
+    tables = {c.table for c in cells}
+    if len(tables) > 1:
+        differ = sorted(k for k in {k for t in tables for k, _ in t} if len({dict(t).get(k) for t in tables}) > 1)
+        raise DataError(f"the runs belong to {len(tables)} different tables (they differ in {', '.join(differ)}); "
+                        "choose one with --filter, e.g. --filter " + ",".join(f"{k}=..." for k in differ[:2]))
+    return cells, dict(next(iter(tables)))
+
+
