@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= $(or $(SLN_DATA_DIR),data)
 # idle OpenMP threads sleep instead of spinning: on a CPU shared with other work this made the tests ~2x
-# faster (README 'Performance'); a value already in the environment wins
+# faster (docs/performance.md); a value already in the environment wins
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: test demo env clean-venv
