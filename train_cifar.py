@@ -20,11 +20,16 @@ def build_parser() -> cli.Parser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = cli.parse_training_args(build_parser(), argv)
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag check, before anything is loaded or written (the docs test runs it on documented commands)."""
     cli.check_noise_args(args, args.dataset_name)
     cli.resolve_sigma(args)
     cli.check_training_args(args)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = cli.parse_training_args(build_parser(), argv)
+    check_args(args)
     data = cli.training_data(args)
     print(format_noise_report(data.info["report"], data.class_names,
                               f"{args.noise_mode} p={args.p}, {'custom' if args.custom_noise else 'paper'}"))

@@ -38,7 +38,8 @@ def build_parser() -> cli.Parser:
     return p
 
 
-def check_args(args) -> None:
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag check, before anything is loaded or written."""
     if args.dataset_name == "animal-10n":
         if args.noise_label is not None:
             cli.fail("--noise_label is for cifar10n / cifar100n only; Animal-10N's labels are fixed (drop the flag)")
@@ -51,13 +52,13 @@ def check_args(args) -> None:
                      + (f" (got {args.noise_label})" if args.noise_label else ""))
     if args.model is None:
         args.model = DEFAULT_MODEL[args.dataset_name]
+    cli.resolve_sigma(args)
+    cli.check_training_args(args)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_training_args(build_parser(), argv)
     check_args(args)
-    cli.resolve_sigma(args)
-    cli.check_training_args(args)
     data = cli.training_data(args)
     info = data.info
     if "realised_noise_rate" in info:

@@ -84,20 +84,19 @@ def test_existing_figure_is_never_replaced_silently(tmp_path, capsys):
     assert other.name == "cifar10_sym_p_0.4_paper-2.png" and path.read_bytes() == content
     assert "kept it" in capsys.readouterr().out
     third = viz.save_new(small_figure("green"), path, overwrite=False)
-    assert third.name == "cifar10_sym_p_0.4_paper_3.png"
+    assert third.name == "cifar10_sym_p_0.4_paper-3.png"                       # plot.py's suffixes
     assert viz.save_new(small_figure("blue"), path, overwrite=True) == path
     assert path.read_bytes() == other.read_bytes()
     assert len(list(tmp_path.iterdir())) == 3
 
 
-def test_animal10n_without_loader_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.delattr(data, "load_animal10n", raising=False)
+def test_animal10n_without_data_says_what_to_get(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        viz.main(["animal-10n", "--seed", "123", "--out_dir", str(tmp_path)])
+        viz.main(["animal-10n", "--seed", "123", "--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "viz")])
     assert exc.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        "error: Animal-10N support not available in this version (data.load_animal10n is missing)"]
-    assert not any(tmp_path.iterdir())
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and "animal-10n" in line.lower() and str(tmp_path / "data") in line
+    assert not (tmp_path / "viz").exists()
 
 
 def test_animal10n_figure_from_loader(tmp_path, monkeypatch):
