@@ -45,7 +45,7 @@ import os
 
 if __name__ == "__main__":
     # Idle OpenMP threads spin by default, which on a machine shared with other work takes the cores from
-    # the threads that have work: on the shared 2-core machine of README 'Performance', passive waiting
+    # the threads that have work: on the shared 2-core machine of docs/performance.md, passive waiting
     # made the input pipeline 10-30x and training 2-3x faster. Set here, before torch loads OpenMP; an
     # OMP_WAIT_POLICY already in the environment wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

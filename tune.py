@@ -311,7 +311,7 @@ def use_auth_token() -> None:
 
 def probe(address: str) -> None:
     """Fail at once when nothing listens at host:port: Ray itself retries for minutes before it gives up
-    (about 36 s per try for an address that does not answer, see README)."""
+    (about 36 s per try for an address that does not answer, see docs/tune-and-plots.md)."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or "://" in address:
         return                     # "auto", or an address form that Ray resolves itself
