@@ -67,8 +67,10 @@ import cli
 import engine
 import runs
 import sln
-from data import CIFAR, DataError, NoisyData, default_data_dir, load_cifar, normalise, random_crop_flip
+from augment import normalise, random_crop_flip
+from data import CIFAR, NoisyData, default_data_dir, load_cifar
 from models import MODELS, make_model
+from noise import DataError
 
 TARGETS = {"pipeline_speedup": (">=", 10.0), "non_model_fraction/wrn-16-1": ("<=", 0.05),
            "flop_utilisation/wrn-28-2": (">=", 0.45)}

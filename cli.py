@@ -14,10 +14,11 @@ from typing import NoReturn
 
 import torch
 
-from data import (ASYM_VARIANTS, CIFAR, CIFARN, SYM_VARIANTS, DataError, NoisyData, check_rate, default_data_dir,
-                  load_animal10n, load_cifar_n, load_cifar_noisy)
+from data import CIFAR, NoisyData, default_data_dir, load_cifar_noisy
 from files import check_writable
 from models import MODELS
+from noise import ASYM_VARIANTS, SYM_VARIANTS, DataError, check_rate
+from real_data import CIFARN, load_animal10n, load_cifar_n
 from runs import resolve_resume
 
 

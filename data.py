@@ -1,8 +1,10 @@
-"""Datasets, label noise and the on-device input pipeline.
+"""Datasets on disk: CIFAR-10/100 in its python pickle layout, the paper's noise files, generated
+("custom") noise files, and NoisyData, the arrays a run trains on.
 
-Datasets are plain arrays: images as uint8 (N, 3, H, W), labels as int64. Noise is decided here by
-pure functions or read from files, never inside a dataset object. The training pipeline keeps the
-whole training set on the training device and crops, flips and normalises whole batches there.
+Datasets are plain arrays: images as uint8 (N, 3, H, W), labels as int64. Noise is decided by the pure
+functions of noise.py or read from files here, never inside a dataset object. Real-world noisy datasets
+(Animal-10N, CIFAR-N) live in real_data.py and the on-device augmentation in augment.py, so this module
+needs no torch (torchvision only fetches a missing CIFAR archive).
 """
 from __future__ import annotations
 
@@ -12,32 +14,25 @@ import io
 import json
 import os
 import pickle
-import re
 import shutil
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
 
-
-class DataError(Exception):
-    """A problem with the user's data or flags; the scripts print its message on one line and exit."""
-
+from noise import DataError, check_noise_options, generate_noise, noise_report, noise_rules, openset_indices
 
 # ----------------------------------------------------------------------------------------------------
 # CIFAR on disk
 
 @dataclass(frozen=True)
 class CifarSpec:
+    """Where one CIFAR lives on disk and online, and what its files must hold."""
+
     folder: str
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
@@ -47,17 +42,22 @@ class CifarSpec:
     archive_md5: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    file_md5: dict[str, str]           # every file of the official archive, to tell it from a re-encoded copy
 
 
 CIFAR = {
     "cifar10": CifarSpec(
         "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "labels", 10,
         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
-        (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+        (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
+        {"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+         "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+         "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e"}),
     "cifar100": CifarSpec(
         "cifar-100-python", ("train",), ("test",), "fine_labels", 100,
         "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
-        (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+        (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761),
+        {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"}),
 }
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -71,7 +71,7 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("SLN_DATA_DIR", "data"))
 
 
-class _ArrayUnpickler(pickle.Unpickler):
+class ArrayUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists and numpy arrays only: downloaded pickles can run no code."""
 
     ALLOWED = {
@@ -90,7 +90,7 @@ def load_array_pickle(path: Path):
     """Read a pickle that may hold only plain containers and numpy arrays (CIFAR batches, CIFAR-N labels)."""
     try:
         with open(path, "rb") as f:
-            return _ArrayUnpickler(f, encoding="latin1").load()
+            return ArrayUnpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise DataError(f"{path} is truncated or not a plain-array pickle ({e}); delete it and download it again")
 
@@ -113,7 +113,7 @@ def _read_batches(folder: Path, files: tuple[str, ...], label_key: str, num_clas
     return x.reshape(-1, 3, 32, 32), y.astype(np.int64)
 
 
-def _download(url: str, dest: Path, what: str, fix: str, md5: str | None = None, sha256: str | None = None) -> None:
+def download_file(url: str, dest: Path, what: str, fix: str, md5: str | None = None, sha256: str | None = None) -> None:
     """Fetch `url` to `dest` atomically, verifying the checksum before the file appears."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     print(f"downloading {what} from {url}")
@@ -131,6 +131,7 @@ def _download(url: str, dest: Path, what: str, fix: str, md5: str | None = None,
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB chunks so that a large archive needs little memory."""
     h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -162,16 +163,16 @@ def load_cifar(name: str, root: Path, download: bool = True):
 
 
 def cifar_files_official(name: str, root: Path) -> bool:
-    """Whether the CIFAR files under `root` are byte for byte those of the official archive (torchvision's
-    md5 list); a re-encoded copy, such as the offline JPEG copy, is not."""
-    import torchvision.datasets as tvd
-    listed = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    """Whether the CIFAR files under `root` are byte for byte those of the official archive (the md5 sums
+    torchvision lists too); a re-encoded copy, such as the offline JPEG copy, is not."""
     folder = root / CIFAR[name].folder
     return all((folder / f).is_file() and file_digest(folder / f, "md5") == md5
-               for f, md5 in listed.train_list + listed.test_list)
+               for f, md5 in CIFAR[name].file_md5.items())
 
 
 def cifar_class_names(name: str, root: Path) -> list[str]:
+    """Class names for figures and reports: CIFAR-10's are fixed, CIFAR-100's come from its `meta` pickle
+    (the class indices when that is missing)."""
     if name == "cifar10":
         return CIFAR10_CLASSES
     meta = root / CIFAR[name].folder / "meta"
@@ -180,6 +181,30 @@ def cifar_class_names(name: str, root: Path) -> list[str]:
         if names and len(names) == 100:
             return [str(n) for n in names]
     return [str(i) for i in range(100)]
+
+
+# Superclass (coarse label) of each CIFAR-100 fine class, in fine-label order; the same as the
+# 'coarse_labels' of the official pickles, used when those are missing.
+CIFAR100_COARSE = (4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
+                   6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
+                   5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+                   10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+                   16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13)
+
+
+def cifar100_coarse(root: Path) -> tuple[np.ndarray, str]:
+    """Superclass of each CIFAR-100 fine class, from the `train` pickle's 'coarse_labels' when present,
+    else the built-in table; and where it came from."""
+    path = root / CIFAR["cifar100"].folder / "train"
+    if path.is_file():
+        batch = load_array_pickle(path)
+        if isinstance(batch, dict) and "coarse_labels" in batch and "fine_labels" in batch:
+            fine, coarse = np.asarray(batch["fine_labels"]), np.asarray(batch["coarse_labels"])
+            table = np.full(100, -1, dtype=np.int64)
+            table[fine] = coarse
+            if (table >= 0).all() and np.array_equal(table[fine], coarse):
+                return table, "coarse_labels of cifar-100-python/train"
+    return np.array(CIFAR100_COARSE, dtype=np.int64), "data.CIFAR100_COARSE"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -197,6 +222,7 @@ PAPER_NOISE_SHA256 = {
 
 
 def noise_dir(root: Path, dataset: str) -> Path:
+    """`<root>/<dataset>/label_noisy/`: the paper's repository layout, kept for its files and custom ones."""
     return root / dataset / "label_noisy"
 
 
@@ -213,7 +239,7 @@ def paper_noise_file(root: Path, dataset: str, mode: str, p: float, download: bo
     if not path.is_file():
         if not download:
             raise DataError(f"paper noise file {path} is missing; {fix}")
-        _download(url, path, f"the paper's {dataset} {mode}{p} labels", fix, sha256=PAPER_NOISE_SHA256[key])
+        download_file(url, path, f"the paper's {dataset} {mode}{p} labels", fix, sha256=PAPER_NOISE_SHA256[key])
     got = file_digest(path)
     if got != PAPER_NOISE_SHA256[key]:
         raise DataError(f"{path} fails its SHA-256 check (got {got[:12]}…, expected "
@@ -245,307 +271,10 @@ def read_label_csv(path: Path, n: int, num_classes: int) -> tuple[np.ndarray, np
 
 
 # ----------------------------------------------------------------------------------------------------
-# Noise that is not a label file
-
-def openset_indices(n: int, n_source: int, p: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Open-set noise (reference `dataset.py`): which round(p*n) of the n training images are replaced,
-    and by which of the n_source CIFAR-100 training images. Both drawn without replacement, seeded
-    (the reference leaves this unseeded)."""
-    rng = np.random.default_rng(seed)
-    k = int(round(p * n))
-    if k > n_source:
-        raise DataError(f"open-set noise p={p} replaces {k} images but CIFAR-100 has only {n_source}; lower --p")
-    return np.sort(rng.choice(n, k, replace=False)), rng.choice(n_source, k, replace=False)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Generated ("custom") label noise: pure, seeded, vectorised generators for any rate 0 <= p < 1
-
-SYM_VARIANTS = {
-    "other": "a flipped label goes to a uniformly drawn other class, never the true one (as in the paper's files)",
-    "any": "a chosen label is redrawn uniformly over all classes and may keep the true one (DivideMix-style)",
-}
-ASYM_VARIANTS = {
-    "paper": "the paper's rule: CIFAR-10 truck->automobile, bird->airplane, cat<->dog, deer->horse; "
-             "CIFAR-100 class i -> i+1 mod 100",
-    "superclass": "CIFAR-100 only: each class -> the next class of its superclass, circularly",
-    "blocks": "CIFAR-100 only: the superclass rule as much public code implements it, on blocks of 5 "
-              "consecutive class indices (which are not the real superclasses)",
-}
-# Source -> destination classes of CIFAR-10 asymmetric noise (Patrini et al., CVPR 2017; the SLN paper's file).
-CIFAR10_ASYM = {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
-# Superclass (coarse label) of each CIFAR-100 fine class, in fine-label order; the same as the
-# 'coarse_labels' of the official pickles, used when those are missing.
-CIFAR100_COARSE = (4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
-                   6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
-                   5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
-                   10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
-                   16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13)
-DEPENDENT_RATE_STD = 0.1   # Xia et al.'s default spread of the per-image flip rates
-
-
-def check_rate(p: float) -> None:
-    if not 0 <= p < 1:
-        raise DataError(f"noise rate p={p} is outside [0, 1); pass e.g. --p 0.4")
-
-
-def sym_noise(labels: np.ndarray, num_classes: int, p: float, seed: int, variant: str = "other") -> np.ndarray:
-    """Symmetric noise: exactly round(p*n) labels, chosen uniformly without replacement, are redrawn.
-
-    variant "other": the new label is uniform over the C-1 *other* classes, so it never keeps the true
-    class and exactly round(p*n) labels are wrong. The SLN paper's sym files behave like this (their
-    flipped labels never equal the true class); Co-teaching (Han et al., NeurIPS 2018) also flips only to
-    other classes, but each label independently with probability p.
-    variant "any": the new label is uniform over all C classes and keeps the true class with probability
-    1/C, so about p*(C-1)/C of the labels end up wrong (DivideMix, Li et al., ICLR 2020, and code derived
-    from it).
-    """
-    check_rate(p)
-    if variant not in SYM_VARIANTS:
-        raise DataError(f"unknown symmetric-noise variant {variant!r}; use one of {', '.join(SYM_VARIANTS)}")
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(labels), int(round(p * len(labels))), replace=False)
-    noisy = labels.copy()
-    if variant == "other":
-        # adding 1..C-1 modulo C reaches every other class exactly once: uniform, never the true class
-        noisy[chosen] = (labels[chosen] + rng.integers(1, num_classes, len(chosen))) % num_classes
-    else:
-        noisy[chosen] = rng.integers(0, num_classes, len(chosen))
-    return noisy
-
-
-def asym_destinations(dataset: str, num_classes: int, variant: str = "paper",
-                      coarse: np.ndarray | None = None) -> np.ndarray:
-    """dest[c]: the class that flipped labels of class c become, or -1 where class c is never flipped.
-
-    "paper": CIFAR-10's map (CIFAR10_ASYM), otherwise class i -> i+1 mod C (the SLN paper's CIFAR-100
-    file). "superclass": the rule described by Patrini et al. (CVPR 2017), each class goes to the next
-    class (by fine-label index) of its own superclass, circularly; `coarse[c]` is class c's superclass.
-    "blocks": the same on blocks of 5 consecutive indices, as the noisify_cifar100_asymmetric code that
-    Co-teaching and many later repositories share does (CIFAR-100's indices are alphabetical, so these
-    blocks are not superclasses).
-    """
-    if variant == "paper":
-        if dataset == "cifar10":
-            dest = np.full(num_classes, -1, dtype=np.int64)
-            dest[list(CIFAR10_ASYM)] = list(CIFAR10_ASYM.values())
-            return dest
-        return (np.arange(num_classes) + 1) % num_classes
-    if variant == "blocks":
-        variant, coarse = "superclass", np.arange(num_classes) // 5
-    if variant == "superclass":
-        if coarse is None or len(coarse) != num_classes:
-            raise DataError(f"the superclass rule needs the superclass of each of the {num_classes} classes "
-                            "(CIFAR-100 only); use --asym_variant paper")
-        dest = np.empty(num_classes, dtype=np.int64)
-        for group in np.unique(coarse):
-            members = np.flatnonzero(coarse == group)
-            dest[members] = np.roll(members, -1)
-        return dest
-    raise DataError(f"unknown asymmetric-noise variant {variant!r}; use one of {', '.join(ASYM_VARIANTS)}")
-
-
-def asym_noise(labels: np.ndarray, dest: np.ndarray, p: float, seed: int) -> np.ndarray:
-    """Asymmetric (class-conditional) noise: in every class c with dest[c] >= 0, exactly round(p*n_c) of
-    its n_c labels, chosen uniformly, become dest[c]; so each label of such a class flips with probability p."""
-    check_rate(p)
-    rng = np.random.default_rng(seed)
-    noisy = labels.copy()
-    for c in np.flatnonzero(dest >= 0):
-        members = np.flatnonzero(labels == c)
-        noisy[rng.choice(members, int(round(p * len(members))), replace=False)] = dest[c]
-    return noisy
-
-
-def dependent_rate_std(p: float) -> float:
-    """Spread of the per-image flip rates: Xia et al.'s 0.1, narrowed near p = 0 and p = 1 so that cutting
-    the normal to [0, 1] (at >= 4 std) does not move its mean away from p (0.1 for 0.4 <= p <= 0.6)."""
-    return min(DEPENDENT_RATE_STD, p / 4, (1 - p) / 4)
-
-
-def dependent_noise(images: np.ndarray, labels: np.ndarray, num_classes: int, p: float, seed: int) -> np.ndarray:
-    """Instance-dependent noise with the generator of Xia et al., "Part-dependent label noise: towards
-    instance-dependent label noise", NeurIPS 2020 (its instance-dependent baseline); needs no trained network.
-
-    1. each image i gets a flip rate q_i ~ N(p, s^2) cut to [0, 1] (s = dependent_rate_std(p));
-    2. each class c gets a random projection W_c ~ N(0, 1) of shape (pixels, C);
-    3. the flattened, standardised image x_i scores the classes as x_i W_{y_i}; its true class is
-       excluded and a softmax turns the scores into destination probabilities;
-    4. with probability q_i the label becomes a class drawn from those probabilities, else it is kept.
-    So the realised rate is mean(q) ~ p, a flipped label never keeps its class, and where it goes depends
-    on the image. `images`: uint8, one row (any shape) per label.
-    """
-    check_rate(p)
-    rng = np.random.default_rng(seed)
-    n = len(labels)
-    s = dependent_rate_std(p)
-    q = rng.normal(p, s, n)
-    outside = (q < 0) | (q > 1)
-    while outside.any():                     # resample until every rate lies in [0, 1] (truncated normal)
-        q[outside] = rng.normal(p, s, int(outside.sum()))
-        outside = (q < 0) | (q > 1)
-    flat = images.reshape(n, -1)
-    # one scalar mean and std over all pixels, from the 256-bin histogram (exact, no float copy of the set)
-    hist = np.bincount(flat.reshape(-1), minlength=256).astype(np.float64)
-    values = np.arange(256.0)
-    mean = (hist * values).sum() / hist.sum()
-    std = np.sqrt((hist * (values - mean) ** 2).sum() / hist.sum()) or 1.0
-    probs = np.zeros((n, num_classes))
-    for c in range(num_classes):
-        w = rng.standard_normal((flat.shape[1], num_classes))   # drawn for every class, present or not
-        members = np.flatnonzero(labels == c)
-        scores = ((flat[members] - mean) / std) @ w
-        scores[:, c] = -np.inf
-        scores -= scores.max(axis=1, keepdims=True)
-        e = np.exp(scores)
-        probs[members] = e / e.sum(axis=1, keepdims=True)
-    flip = rng.random(n) < q
-    cumulative = probs.cumsum(axis=1)
-    # inverse-CDF draw; scaling u by the row total keeps rounding from ever reaching past the last class
-    u = rng.random(n) * cumulative[:, -1]
-    dest = (u[:, None] >= cumulative).sum(axis=1)
-    return np.where(flip, dest, labels)
-
-
-def cifar100_coarse(root: Path) -> tuple[np.ndarray, str]:
-    """Superclass of each CIFAR-100 fine class, from the `train` pickle's 'coarse_labels' when present,
-    else the built-in table; and where it came from."""
-    path = root / CIFAR["cifar100"].folder / "train"
-    if path.is_file():
-        batch = load_array_pickle(path)
-        if isinstance(batch, dict) and "coarse_labels" in batch and "fine_labels" in batch:
-            fine, coarse = np.asarray(batch["fine_labels"]), np.asarray(batch["coarse_labels"])
-            table = np.full(100, -1, dtype=np.int64)
-            table[fine] = coarse
-            if (table >= 0).all() and np.array_equal(table[fine], coarse):
-                return table, "coarse_labels of cifar-100-python/train"
-    return np.array(CIFAR100_COARSE, dtype=np.int64), "data.CIFAR100_COARSE"
-
-
-def generate_noise(dataset: str, mode: str, p: float, seed: int, labels: np.ndarray, num_classes: int,
-                   images: np.ndarray | None = None, n_source: int | None = None, sym_variant: str = "other",
-                   asym_variant: str = "paper", coarse: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """Noisy labels for one noise setting, plus (open-set only) per image the index of the CIFAR-100 training
-    image that replaces it (-1 = kept), plus a description of the generator for the metadata file."""
-    check_rate(p)
-    meta: dict = {"dataset": dataset, "noise_mode": mode, "p": p, "seed": seed, "n": len(labels),
-                  "num_classes": num_classes}
-    source = None
-    if mode == "sym":
-        noisy = sym_noise(labels, num_classes, p, seed, sym_variant)
-        meta.update(generator="data.sym_noise", variant=sym_variant, description=SYM_VARIANTS[sym_variant])
-    elif mode == "asym":
-        dest = asym_destinations(dataset, num_classes, asym_variant, coarse)
-        noisy = asym_noise(labels, dest, p, seed)
-        meta.update(generator="data.asym_noise", variant=asym_variant, description=ASYM_VARIANTS[asym_variant],
-                    destinations=dest.tolist())
-    elif mode == "dependent":
-        if images is None or len(images) != len(labels):
-            raise DataError("instance-dependent noise needs the training images, one per label")
-        noisy = dependent_noise(images, labels, num_classes, p, seed)
-        meta.update(generator="data.dependent_noise", variant="xia2020", rate_std=dependent_rate_std(p),
-                    description="instance-dependent noise of Xia et al., NeurIPS 2020 (part-dependent label "
-                                "noise paper): per-image flip rate ~ truncated normal around p, destination "
-                                "from a per-class random projection of the image")
-    elif mode == "openset":
-        if n_source is None:
-            raise DataError("open-set noise needs the number of CIFAR-100 training images to draw from")
-        replaced, picked = openset_indices(len(labels), n_source, p, seed)
-        source = np.full(len(labels), -1, dtype=np.int64)
-        source[replaced] = picked
-        noisy = labels.copy()
-        meta.update(generator="data.openset_indices", variant="cifar100-images", n_source=n_source,
-                    description="round(p*n) images replaced by distinct random CIFAR-100 training images; "
-                                "labels kept")
-    else:
-        raise DataError(f"unknown noise mode {mode!r}; use sym, asym, dependent or openset")
-    wrong = noisy != labels if source is None else source >= 0
-    meta["realised_rate"] = float(wrong.mean())
-    return noisy, source, meta
-
-
-def noise_rules(mode: str, p: float, num_classes: int, meta: dict) -> list[tuple[int, str, float, str]]:
-    """The rule behind generated noise, one row per source class: (source class, destination classes
-    (space-separated), probability that a label of that class ends up in them, how)."""
-    everyone = np.arange(num_classes)
-    rows = []
-    for c in range(num_classes):
-        others = " ".join(map(str, everyone[everyone != c]))
-        if mode == "sym" and meta["variant"] == "other":
-            rows.append((c, others, p, "exactly round(p*n) labels of the set flipped, uniform over other classes"))
-        elif mode == "sym":
-            rows.append((c, " ".join(map(str, everyone)), p,
-                         "exactly round(p*n) labels of the set redrawn uniformly over all classes (may keep c)"))
-        elif mode == "asym" and meta["destinations"][c] >= 0:
-            rows.append((c, str(meta["destinations"][c]), p, "exactly round(p*n_c) labels of the class flipped"))
-        elif mode == "dependent":
-            rows.append((c, others, p, f"per image: rate ~ truncated N(p, {meta['rate_std']:g}^2) on [0, 1], "
-                                       "destination by a random projection of the image"))
-        elif mode == "openset":
-            rows.append((c, str(c), p, "image replaced by a CIFAR-100 training image (cifar100_index); label kept"))
-    return rows
-
-
-# ----------------------------------------------------------------------------------------------------
-# Noise report: rate, per-class rates and the transition matrix of any noise in use
-
-def noise_report(clean: np.ndarray, given: np.ndarray, num_classes: int,
-                 replaced: np.ndarray | None = None) -> dict:
-    """Overall and per-class noise rate and the class-to-class transition counts (rows: true class,
-    columns: given label). A sample is noisy when its given label differs from the true class, or, for
-    open-set noise (`replaced` given), when its image was replaced."""
-    wrong = given != clean if replaced is None else replaced
-    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(counts, (clean, given), 1)
-    per_class = np.bincount(clean, minlength=num_classes)
-    per_class_wrong = np.bincount(clean[wrong], minlength=num_classes)
-    return {"n": int(len(clean)), "num_classes": num_classes,
-            "noise_rate": float(wrong.mean()) if len(clean) else 0.0,
-            "noisy_means": "given label differs from the true class" if replaced is None
-            else "image replaced by a CIFAR-100 image (label kept)",
-            "per_class_count": per_class.tolist(),
-            "per_class_noise_rate": [float(w / c) if c else 0.0 for w, c in zip(per_class_wrong, per_class)],
-            "transition_counts": counts.tolist()}
-
-
-def format_noise_report(report: dict, class_names: list[str], title: str = "") -> str:
-    """A few lines for the console; the full matrix only for up to 10 classes."""
-    c = report["num_classes"]
-    names = class_names if len(class_names) == c else [str(i) for i in range(c)]
-    rates = np.array(report["per_class_noise_rate"])
-    counts = np.array(report["transition_counts"])
-    rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    lines = [f"noise{' (' + title + ')' if title else ''}: {report['noise_rate']:.2%} of {report['n']} training "
-             f"images noisy ({report['noisy_means']})"]
-    off = rows * ~np.eye(c, dtype=bool)
-    if c <= 10:
-        lines.append("  per true class: " + ", ".join(f"{n} {r:.1%}" for n, r in zip(names, rates)))
-        if not off.any():
-            lines.append("  no label differs from its true class")
-            return "\n".join(lines)
-        lines.append("  transitions, % of each true class (rows) given each label (columns):")
-        short = [n[:6] for n in names]
-        lines.append("  " + " " * 8 + "".join(f"{s:>7}" for s in short))
-        for name, row in zip(short, rows):
-            lines.append(f"  {name:>8}" + "".join(f"{100 * v:7.1f}" for v in row))
-    else:
-        order = np.argsort(rates, kind="stable")
-        lines.append(f"  per true class: min {rates.min():.1%} ({names[order[0]]}), median {np.median(rates):.1%}, "
-                     f"max {rates.max():.1%} ({names[order[-1]]})")
-        used = int((off > 0).sum())
-        top = np.argsort(-off, axis=None, kind="stable")[:5]
-        pairs = [f"{names[i]}->{names[j]} {off[i, j]:.1%}" for i, j in zip(*np.unravel_index(top, off.shape))
-                 if off[i, j] > 0]
-        lines.append(f"  {used} of {c * (c - 1)} off-diagonal transitions occur; largest: "
-                     + (", ".join(pairs) or "none"))
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------
 # Custom noise files: <data_dir>/<dataset>/label_noisy/<mode><p>_custom.csv and companions
 
 def custom_noise_paths(root: Path, dataset: str, mode: str, p: float) -> dict[str, Path]:
+    """The four files of one generated noise setting: labels, per-class rules, metadata and report."""
     folder, stem = noise_dir(root, dataset), f"{mode}{p}"
     return {"labels": folder / f"{stem}_custom.csv", "rules": folder / f"{stem}_noise_rules.csv",
             "meta": folder / f"{stem}_custom.json", "report": folder / f"{stem}_custom_report.json"}
@@ -624,23 +353,6 @@ def _read_openset_column(path: Path, n: int, n_source: int) -> np.ndarray:
     if source.min(initial=-1) < -1 or source.max(initial=-1) >= n_source:
         raise DataError(f"{path}: cifar100_index outside [-1, {n_source}) (there are {n_source} CIFAR-100 images)")
     return source
-
-
-def check_noise_options(dataset: str, mode: str, p: float, custom: bool, sym_variant: str | None,
-                        asym_variant: str | None) -> None:
-    """Refuse contradictory noise options before anything is loaded or written."""
-    check_rate(p)
-    if mode == "openset" and dataset != "cifar10":
-        raise DataError("open-set noise exists for CIFAR-10 only (it inserts CIFAR-100 images); "
-                        "use --dataset_name cifar10 or another --noise_mode")
-    if not custom and (sym_variant or asym_variant):
-        raise DataError("--sym_variant/--asym_variant choose how custom noise is generated; add --custom_noise")
-    if sym_variant is not None and mode != "sym":
-        raise DataError(f"--sym_variant applies to --noise_mode sym, not {mode}; drop it")
-    if asym_variant is not None and mode != "asym":
-        raise DataError(f"--asym_variant applies to --noise_mode asym, not {mode}; drop it")
-    if asym_variant in ("superclass", "blocks") and dataset != "cifar100":
-        raise DataError(f"--asym_variant {asym_variant} exists for CIFAR-100 only; use --asym_variant paper")
 
 
 def load_custom_noise(root: Path, dataset: str, mode: str, p: float, seed: int, labels: np.ndarray,
@@ -851,390 +563,3 @@ def save_report_beside(noise_file: Path, report: dict) -> None:
             _write_bytes(path, content)
     except OSError as e:
         print(f"note: could not save the noise report next to {noise_file} ({e}); it is still saved with the run")
-
-
-# ----------------------------------------------------------------------------------------------------
-# The on-device pipeline
-
-def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator | None = None,
-                     offsets: torch.Tensor | None = None, flips: torch.Tensor | None = None,
-                     flip: bool = True) -> torch.Tensor:
-    """Batched RandomCrop(size, padding=pad) + RandomHorizontalFlip() on uint8 (B, C, H, W) images.
-
-    Zero padding, then one crop window per image (offsets (B, 2) as (top, left) in [0, 2*pad]) and a
-    horizontal flip where `flips` is true; both drawn from `generator` unless given (no flips at all
-    with flip=False). Same result as torchvision's functional crop and hflip with those offsets and flips.
-    """
-    b, c, h, w = images.shape
-    dev = images.device
-    if offsets is None:
-        offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=dev)
-    if flips is None:
-        flips = torch.rand(b, generator=generator, device=dev) < 0.5
-        flips &= flip
-    # Two passes that copy whole rows with index_select, first on the transposed images (choosing
-    # columns), then the right way round (choosing rows): several times faster on a CPU than gathering
-    # single pixels, and a handful of kernels on a GPU.
-    planes = torch.arange(b * c, device=dev).view(b, c, 1)
-    cols = offsets[:, 1:] + torch.arange(w, device=dev)                       # (B, W) source columns
-    cols = torch.where(flips[:, None], cols.flip(1), cols)                    # flipping = reading them backwards
-    padded = F.pad(images.transpose(2, 3), (0, 0, pad, pad)).reshape(-1, h)   # rows = columns of the padded images
-    out = padded.index_select(0, (planes * (w + 2 * pad) + cols[:, None, :]).view(-1)).view(b, c, w, h)
-    rows = offsets[:, :1] + torch.arange(h, device=dev)                       # (B, H) source rows
-    padded = F.pad(out.transpose(2, 3), (0, 0, pad, pad)).reshape(-1, w)
-    return padded.index_select(0, (planes * (h + 2 * pad) + rows[:, None, :]).view(-1)).view(b, c, h, w)
-
-
-def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float, as ToTensor() then Normalize(mean, std) (equal up to float rounding)."""
-    # one new tensor, scaled and shifted in place: fewer passes over memory than (x / 255 - mean) / std
-    scale, shift = (1 / (255 * std)).view(1, -1, 1, 1), (mean / std).view(1, -1, 1, 1)
-    return images.to(torch.float32, copy=True).mul_(scale).sub_(shift)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Real-world label noise: Animal-10N (no clean labels) and CIFAR-N (human re-annotations of CIFAR)
-
-ANIMAL10N_URL = "https://dm.kaist.ac.kr/datasets/animal-10n/"
-ANIMAL10N_CLASSES = ["cat", "lynx", "wolf", "coyote", "cheetah", "jaguar", "chimpanzee", "orangutan", "hamster",
-                     "guinea pig"]
-ANIMAL10N_SPLITS = ("training", "testing")
-# Random-crop padding: the reference's CIFAR augmentation (4 px) kept unchanged, so that Animal-10N runs
-# differ from CIFAR runs only in their data; on 64-px images that is a shift of at most 1/16 of the side.
-ANIMAL10N_PAD = 4
-ANIMAL10N_CACHE_FORMAT = 1
-# Members of raw_image.zip that are extracted: images directly in training/ or testing/, optionally under
-# one top folder. The output path is built from (split, file name) only, so no member can escape.
-_ANIMAL10N_MEMBER = re.compile(r"(?:[^/]+/)?(training|testing)/([^/\\]+\.jpe?g)", re.IGNORECASE)
-_ANIMAL10N_NAME = re.compile(r"(\d+)_[^/\\]*\.jpe?g", re.IGNORECASE)
-
-
-def animal10n_dir(root: Path) -> Path:
-    """Where Animal-10N lives under the data root: `<root>/animal-10n/`."""
-    return root / "animal-10n"
-
-
-def _animal10n_layout(folder: Path) -> str:
-    return (f"request Animal-10N at {ANIMAL10N_URL} and put the raw_image_ver.zip it sends you (or the "
-            f"raw_image.zip inside it, or that zip's extracted training/ and testing/ folders of "
-            f"<label>_<name>.jpg images) into {folder}/")
-
-
-def _open_zip(path: Path, shown: str, folder: Path) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DataError(f"{shown} is truncated or not a zip archive ({e}); delete it and {_animal10n_layout(folder)}")
-
-
-def _extract_animal10n_splits(zip_path: Path, shown: str, folder: Path, splits: list[str]) -> None:
-    """Extract the training/ and/or testing/ images of raw_image.zip into `folder`, each split appearing
-    only once it is complete (a staging folder is renamed into place)."""
-    with _open_zip(zip_path, shown, folder) as zf:
-        members: dict[str, list[tuple[zipfile.ZipInfo, str]]] = {s: [] for s in splits}
-        for info in zf.infolist():
-            m = _ANIMAL10N_MEMBER.fullmatch(info.filename)
-            if m and m.group(1) in members and not m.group(2).startswith(".") and "__MACOSX" not in info.filename:
-                members[m.group(1)].append((info, m.group(2)))
-        empty = [s for s, items in members.items() if not items]
-        if empty:
-            raise DataError(f"{shown} holds no images in {'/ or '.join(empty)}/; {_animal10n_layout(folder)}")
-        staging = folder / f".extracting-{os.getpid()}"
-        print(f"extracting {sum(map(len, members.values()))} Animal-10N images from {shown} into {folder}/")
-        try:
-            for split, items in members.items():
-                (staging / split).mkdir(parents=True, exist_ok=True)
-                for info, name in items:
-                    with zf.open(info) as src, open(staging / split / name, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-            for split in members:
-                try:
-                    os.replace(staging / split, folder / split)
-                except OSError:
-                    # another run on the same data (parallel trials) finished this split first
-                    if not (folder / split).is_dir():
-                        raise
-        except (zipfile.BadZipFile, EOFError, zlib.error) as e:
-            raise DataError(f"{shown} is truncated or corrupt ({e}); delete it and {_animal10n_layout(folder)}")
-        except NotImplementedError as e:  # e.g. Deflate64, which some archivers write and zipfile cannot read
-            raise DataError(f"{shown} uses a compression Python cannot read ({e}); extract it with another tool "
-                            f"so that {folder}/training/ and {folder}/testing/ exist")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def extract_animal10n(folder: Path) -> None:
-    """Make `folder/training/` and `folder/testing/` exist, extracting them from `folder/raw_image.zip`
-    or, failing that, from the raw_image.zip nested in `folder/raw_image_ver.zip` (the file as downloaded)."""
-    missing = [s for s in ANIMAL10N_SPLITS if not (folder / s).is_dir()]
-    if not missing:
-        return
-    inner, outer = folder / "raw_image.zip", folder / "raw_image_ver.zip"
-    if inner.is_file():
-        _extract_animal10n_splits(inner, str(inner), folder, missing)
-        return
-    if not outer.is_file():
-        raise DataError(f"Animal-10N not found ({' and '.join(str(folder / s) + '/' for s in missing)} missing); "
-                        f"{_animal10n_layout(folder)}")
-    with _open_zip(outer, str(outer), folder) as zf:
-        nested = [i for i in zf.infolist() if Path(i.filename).name == "raw_image.zip"]
-        if len(nested) != 1:
-            raise DataError(f"{outer} should hold exactly one raw_image.zip, it holds {len(nested)}; "
-                            f"{_animal10n_layout(folder)}")
-        # the nested zip needs random access, so it goes to a temporary file first
-        tmp = folder / f".raw_image.zip.{os.getpid()}"
-        try:
-            try:
-                with zf.open(nested[0]) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-            except (zipfile.BadZipFile, EOFError, zlib.error) as e:
-                raise DataError(f"{outer} is truncated or corrupt ({e}); delete it and {_animal10n_layout(folder)}")
-            _extract_animal10n_splits(tmp, f"{outer}:{nested[0].filename}", folder, missing)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
-def _write_text_if_changed(path: Path, text: str) -> None:
-    if path.is_file() and path.read_text() == text:
-        return
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def annotate_animal10n(folder: Path, num_classes: int = len(ANIMAL10N_CLASSES)) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Labels of the extracted Animal-10N images from their file names (`<label>_<name>.jpg`).
-
-    Writes `training.csv` and `testing.csv` (columns `img_paths,targets`, paths relative to `folder`,
-    sorted by file name) and returns {split: (paths, labels)}.
-    """
-    out = {}
-    for split in ANIMAL10N_SPLITS:
-        names = sorted(p.name for p in (folder / split).iterdir()
-                       if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg") and not p.name.startswith("."))
-        if not names:
-            raise DataError(f"{folder / split}/ holds no .jpg images; {_animal10n_layout(folder)}")
-        labels = []
-        for name in names:
-            m = _ANIMAL10N_NAME.fullmatch(name)
-            if not m or int(m.group(1)) >= num_classes:
-                raise DataError(f"{folder / split / name}: Animal-10N file names must be <label>_<name>.jpg with a "
-                                f"label in 0..{num_classes - 1}; remove or rename the file")
-            labels.append(int(m.group(1)))
-        paths = [f"{split}/{n}" for n in names]
-        rows = "".join(f"{p},{y}\n" for p, y in zip(paths, labels))
-        _write_text_if_changed(folder / f"{split}.csv", "img_paths,targets\n" + rows)
-        out[split] = (paths, np.array(labels, dtype=np.int64))
-    return out
-
-
-def decode_image(path: Path) -> np.ndarray:
-    """uint8 (3, H, W) RGB pixels of an image file, or a DataError naming the file."""
-    try:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB")
-    # Pillow reports broken files as OSError (UnidentifiedImageError, truncation), ValueError or,
-    # for some corrupt headers, SyntaxError
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path} does not decode as an image ({e}); delete it (and the archive it came from) "
-                        "and extract the dataset again")
-    return np.asarray(rgb).transpose(2, 0, 1)
-
-
-def channel_mean_std(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std of uint8 (N, C, H, W) images scaled to [0, 1], as
-    Normalize(mean, std) after ToTensor() expects them."""
-    total = np.zeros(images.shape[1])
-    squares = np.zeros(images.shape[1])
-    for i in range(0, len(images), chunk):
-        x = images[i:i + chunk].astype(np.float64) / 255
-        total += x.sum(axis=(0, 2, 3))
-        squares += (x * x).sum(axis=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean ** 2, 0))
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-
-def _read_animal10n_cache(cache: Path, csv_sums: dict[str, str]) -> dict | None:
-    """The cached arrays if the manifest matches the current annotation files and every array file
-    passes its SHA-256; None otherwise (the cache is then rebuilt)."""
-    try:
-        manifest = json.loads((cache / "manifest.json").read_text())
-        if manifest.get("format") != ANIMAL10N_CACHE_FORMAT or manifest.get("csv_sha256") != csv_sums:
-            return None
-        arrays = {}
-        for name, digest in manifest["files"].items():
-            if file_digest(cache / name) != digest:
-                return None
-            arrays[Path(name).stem] = np.load(cache / name, allow_pickle=False)
-        return {**arrays, "mean": tuple(manifest["mean"]), "std": tuple(manifest["std"])}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
-def _build_animal10n_cache(folder: Path, annotations: dict, csv_sums: dict[str, str]) -> dict:
-    """Decode every image once into uint8 arrays under `folder/cache/`; the manifest is written last,
-    so an interrupted build is never mistaken for a finished one."""
-    cache = folder / "cache"
-    cache.mkdir(exist_ok=True)
-    (cache / "manifest.json").unlink(missing_ok=True)
-    print(f"decoding {sum(len(p) for p, _ in annotations.values())} Animal-10N images once into {cache}/")
-    arrays: dict[str, np.ndarray] = {}
-    for split, (paths, labels) in annotations.items():
-        first = decode_image(folder / paths[0])
-        images = np.empty((len(paths), *first.shape), dtype=np.uint8)
-        for i, rel in enumerate(paths):
-            img = first if i == 0 else decode_image(folder / rel)
-            if img.shape != first.shape:
-                raise DataError(f"{folder / rel} is {img.shape[2]}x{img.shape[1]} pixels but {folder / paths[0]} is "
-                                f"{first.shape[2]}x{first.shape[1]}; all Animal-10N images must have one size")
-            images[i] = img
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
-    mean, std = channel_mean_std(arrays["training_images"])
-    files = {}
-    for key, arr in arrays.items():
-        tmp = cache / f".{key}.npy.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, cache / f"{key}.npy")
-        files[f"{key}.npy"] = file_digest(cache / f"{key}.npy")
-    manifest = {"format": ANIMAL10N_CACHE_FORMAT, "csv_sha256": csv_sums, "files": files,
-                "mean": list(mean), "std": list(std), "mean_std_from": "training set"}
-    _write_text_if_changed(cache / "manifest.json", json.dumps(manifest, indent=2))
-    return {**arrays, "mean": mean, "std": std}
-
-
-def load_animal10n(root: Path) -> NoisyData:
-    """Animal-10N from `<root>/animal-10n/` (Song et al., "SELFIE", ICML 2019): real label noise, no clean labels.
-
-    Accepts the downloaded raw_image_ver.zip, the raw_image.zip inside it, or its extracted training/
-    and testing/ folders; extracts what is missing, writes training.csv / testing.csv and decodes the
-    images once into `cache/` (uint8 .npy arrays checked by SHA-256 in cache/manifest.json). The
-    normalisation mean/std are computed from the training images (the dataset publishes none).
-    """
-    folder = animal10n_dir(root)
-    extract_animal10n(folder)
-    annotations = annotate_animal10n(folder)
-    csv_sums = {s: file_digest(folder / f"{s}.csv") for s in ANIMAL10N_SPLITS}
-    arrays = _read_animal10n_cache(folder / "cache", csv_sums)
-    if arrays is None or any(not np.array_equal(arrays.get(f"{s}_labels"), annotations[s][1]) for s in ANIMAL10N_SPLITS):
-        arrays = _build_animal10n_cache(folder, annotations, csv_sums)
-    info = {"noise": "real (human) labelling errors, about 8 % per the dataset's authors; no clean labels",
-            "labels_from": "file names <label>_<name>.jpg", "mean_std_from": "training set",
-            "cache": str(folder / "cache"), "noise_rate": None}
-    return NoisyData("animal-10n", arrays["training_images"], arrays["training_labels"], None, None,
-                     arrays["testing_images"], arrays["testing_labels"], len(ANIMAL10N_CLASSES),
-                     list(ANIMAL10N_CLASSES), arrays["mean"], arrays["std"], pad=ANIMAL10N_PAD, info=info)
-
-
-@dataclass(frozen=True)
-class CifarNSpec:
-    base: str                          # the CIFAR whose training images were re-annotated
-    file: str
-    sha256: str
-    label_keys: dict[str, str]         # --noise_label -> array name in the file
-    published: dict[str, float]        # noise rates published by Wei et al. (ICLR 2022), to 0.1 %
-
-
-CIFARN_URL = "https://raw.githubusercontent.com/UCSC-REAL/cifar-10-100n/main/data/{file}"
-CIFARN = {
-    "cifar10n": CifarNSpec(
-        "cifar10", "CIFAR-10_human.pt", "873e69c39cb9b5e97fb6bae2d60bb59b38a5cbc31d2b868f7903dcb2b9dd2310",
-        {"aggre": "aggre_label", "worst": "worse_label", "random1": "random_label1", "random2": "random_label2",
-         "random3": "random_label3"},
-        {"aggre": 0.090, "worst": 0.402, "random1": 0.172, "random2": 0.181, "random3": 0.176}),
-    "cifar100n": CifarNSpec(
-        "cifar100", "CIFAR-100_human.pt", "bd2d80409754d420292d622e15e25248ba21e37d27429efac49c8da723f44394",
-        {"noisy": "noisy_label"}, {"noisy": 0.402}),
-}
-
-
-def cifarn_label_file(root: Path, name: str, download: bool = True) -> Path:
-    """`<root>/cifar-n/<file>`, fetched from the CIFAR-N authors' repository on first use and always
-    checked against its SHA-256."""
-    spec = CIFARN[name]
-    path = root / "cifar-n" / spec.file
-    url = CIFARN_URL.format(file=spec.file)
-    fix = f"download {url} to {path}, or {DATA_DIR_HINT}"
-    if not path.is_file():
-        if not download:
-            raise DataError(f"CIFAR-N label file {path} is missing; {fix}")
-        _download(url, path, f"the {name} human labels", fix, sha256=spec.sha256)
-    got = file_digest(path)
-    if got != spec.sha256:
-        raise DataError(f"{path} fails its SHA-256 check (got {got[:12]}…, expected {spec.sha256[:12]}…); "
-                        f"delete it and {fix}")
-    return path
-
-
-def read_cifarn_labels(path: Path) -> dict:
-    """The dict of label arrays in a CIFAR-N `*_human.pt` file, without running any pickled code.
-
-    The published files are torch.save zip archives whose `<name>/data.pkl` is an ordinary pickle of
-    numpy arrays (no tensors), so that pickle is read with the restricted `_ArrayUnpickler`; a plain
-    pickle of the same dict is read the same way. Anything else (tensors, other objects) is refused.
-    """
-    if not zipfile.is_zipfile(path):
-        table = load_array_pickle(path)
-    else:
-        try:
-            with zipfile.ZipFile(path) as zf:
-                pickles = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
-                if len(pickles) != 1:
-                    raise DataError(f"{path} is a zip archive without exactly one data.pkl; it is not a CIFAR-N "
-                                    "label file: delete it and download it again")
-                raw = zf.read(pickles[0])
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path} is truncated or corrupt ({e}); delete it and download it again")
-        try:
-            table = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-            raise DataError(f"{path} is not a plain-array pickle ({e}); delete it and download it again")
-    if not isinstance(table, dict):
-        raise DataError(f"{path} holds a {type(table).__name__}, not a dict of label arrays; delete it and download it again")
-    return table
-
-
-def _cifarn_array(table: dict, key: str, path: Path, n: int, num_classes: int) -> np.ndarray:
-    if key not in table:
-        raise DataError(f"{path} has no '{key}' labels (it has: {', '.join(map(str, table))}); "
-                        "delete it and download it again")
-    labels = np.asarray(table[key])
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= num_classes:
-        raise DataError(f"'{key}' in {path} is not {n} integer labels in [0, {num_classes}); "
-                        "the file belongs to another dataset or is damaged")
-    return labels.astype(np.int64)
-
-
-def load_cifar_n(name: str, root: Path, noise_label: str) -> NoisyData:
-    """CIFAR-10N / CIFAR-100N (Wei et al., ICLR 2022): CIFAR training images with human labels.
-
-    `noise_label` picks the label set (cifar10n: aggre, worst, random1..3; cifar100n: noisy). The file's
-    clean labels must equal the CIFAR training labels (same image order). `info` records the realised
-    noise rate of every label set in the file, measured on the full training set.
-    """
-    spec = CIFARN[name]
-    if noise_label not in spec.label_keys:
-        raise DataError(f"{name} has no '{noise_label}' labels; use --noise_label {' | '.join(spec.label_keys)}")
-    base = CIFAR[spec.base]
-    x, y, tx, ty = load_cifar(spec.base, root)
-    path = cifarn_label_file(root, name)
-    table = read_cifarn_labels(path)
-    clean = _cifarn_array(table, "clean_label", path, len(y), base.num_classes)
-    if not np.array_equal(clean, y):
-        raise DataError(f"the clean labels in {path} do not match the training set in {root / base.folder}: the "
-                        "images are in a different order than torchvision's; re-download the dataset")
-    rates = {label: float(np.mean(_cifarn_array(table, key, path, len(y), base.num_classes) != clean))
-             for label, key in spec.label_keys.items() if key in table}
-    noisy = _cifarn_array(table, spec.label_keys[noise_label], path, len(y), base.num_classes)
-    is_noisy = noisy != clean
-    rate, published = float(is_noisy.mean()), spec.published[noise_label]
-    info = {"noise_label": noise_label, "label_key": spec.label_keys[noise_label], "label_file": str(path),
-            "realised_noise_rate": rate, "published_noise_rate": published,
-            # published rates are given to 0.1 %: agreement means within half of that last digit
-            "matches_published": abs(rate - published) <= 0.0005,
-            "realised_noise_rates": rates, "n_full": len(y), "noise_rate": rate,
-            "official_files": cifar_files_official(spec.base, root)}
-    return NoisyData(name, x, noisy, clean, is_noisy, tx, ty, base.num_classes, cifar_class_names(spec.base, root),
-                     base.mean, base.std, info=info)

@@ -22,8 +22,10 @@ from tqdm import tqdm
 
 import runs
 import sln
+from augment import normalise, random_crop_flip
 from cli import fail, pick_device, variant
-from data import DataError, NoisyData, normalise, random_crop_flip
+from data import NoisyData
+from noise import DataError
 
 METRIC_FIELDS = ["epoch", "seconds", "sigma", "train/loss", "train/loss_clean", "train/loss_noisy", "train/acc",
                  "test/loss", "test/acc", "test/loss_ema", "test/acc_ema", "test/acc_reported"]

@@ -37,9 +37,11 @@ import cli  # noqa: E402
 import engine  # noqa: E402
 import files  # noqa: E402
 import runs  # noqa: E402
-from data import CIFAR, CIFARN, DataError, NoisyData  # noqa: E402
+from data import CIFAR, NoisyData  # noqa: E402
 from files import mean_std  # noqa: E402
 from models import make_model  # noqa: E402
+from noise import DataError  # noqa: E402
+from real_data import CIFARN  # noqa: E402
 from tables import (COLUMN_ORDER, VARIANT_ORDER, Run, column_of, headline, load_run, make_table,  # noqa: E402
                     one_table, order_key, row_labels, run_ids, settings)
 

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 import yaml
 
-from data import DataError, NoisyData
+from data import NoisyData
 from files import write_atomic, write_new
+from noise import DataError
 
 CODE_DIR = Path(__file__).resolve().parent
 

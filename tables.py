@@ -15,8 +15,8 @@ import numpy as np
 import yaml
 
 from runs import read_metrics as read_metric_rows
-from data import DataError
 from files import mean_std
+from noise import DataError
 
 VARIANT_ORDER = ["CE", "SLN", "SLN-MO", "SLN-MO-LC"]
 COLUMN_ORDER = ["sym", "asym", "dependent", "openset"]

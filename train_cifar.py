@@ -9,8 +9,8 @@ import sys
 
 import cli
 import engine
-from data import format_noise_report
 from models import make_model
+from noise import format_noise_report
 
 
 def build_parser() -> cli.Parser:

@@ -12,8 +12,8 @@ import sys
 
 import cli
 import engine
-from data import CIFARN
 from models import make_model
+from real_data import CIFARN
 
 DATASETS = ["animal-10n", *CIFARN]
 

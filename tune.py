@@ -39,8 +39,9 @@ import cli
 import engine
 import files
 import runs
-from data import DataError, NoisyData
+from data import NoisyData
 from models import make_model
+from noise import DataError
 from tables import load_run, make_table
 
 DEFAULT_SIGMAS = [0.1, 0.2, 0.5, 1.0]                 # the paper's grid

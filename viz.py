@@ -25,6 +25,7 @@ from matplotlib.colors import PowerNorm  # noqa: E402
 import cli  # noqa: E402
 import data  # noqa: E402
 import files  # noqa: E402
+import noise  # noqa: E402
 
 DATASETS = ["cifar10", "cifar100", "animal-10n"]
 COLUMNS = 8             # images per row of the grid
@@ -158,13 +159,13 @@ def animal10n_figure(args):
     d = cli.dataset_from_config({"dataset_name": "animal-10n", "data_dir": args.data_dir})
     title = (f"Animal-10N training set (labels as given; about 8% are wrong), {args.n_images} random images, "
              f"seed {args.seed}")
-    return draw(d.images, d.labels, getattr(d, "clean_labels", None), d.class_names, title, args.n_images, args.seed)
+    return draw(d.images, d.labels, d.clean_labels, d.class_names, title, args.n_images, args.seed)
 
 
 def cifar_figure(args):
     d = cli.dataset_from_config({**vars(args), "dataset_name": args.dataset})
     kind = "custom" if args.custom_noise else "paper"
-    print(data.format_noise_report(d.info["report"], d.class_names, f"{args.noise_mode} p={args.p}, {kind}"))
+    print(noise.format_noise_report(d.info["report"], d.class_names, f"{args.noise_mode} p={args.p}, {kind}"))
     replaced, replaced_names = None, None
     if args.noise_mode == "openset":
         replaced = d.is_noisy
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> Path:
     cli.check_out_dir(args.out_dir)
     try:
         fig = animal10n_figure(args) if args.dataset == "animal-10n" else cifar_figure(args)
-    except data.DataError as e:
+    except noise.DataError as e:
         cli.fail(str(e))
     path = save_new(fig, args.out_dir / figure_name(args.dataset, args.noise_mode, args.p, args.custom_noise, args.seed),
                     args.overwrite)

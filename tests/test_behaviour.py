@@ -15,6 +15,7 @@ from sklearn.datasets import load_digits
 import data
 import cli
 import engine
+import noise
 
 SEEDS = (0, 1, 2)
 
@@ -26,7 +27,7 @@ def noisy_digits(seed: int) -> data.NoisyData:
     test = data.stratified_indices(labels, 500, seed)
     train = np.setdiff1d(np.arange(len(labels)), test)
     clean = labels[train]
-    noisy = data.sym_noise(clean, 10, 0.4, seed)
+    noisy = noise.sym_noise(clean, 10, 0.4, seed)
     return data.NoisyData("digits", images[train], noisy, clean, noisy != clean, images[test], labels[test], 10,
                           [str(i) for i in range(10)], (0.5,) * 3, (0.5,) * 3, pad=0, flip=False)
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import data
+import noise
 import train_cifar
 from conftest import ROOT, write_cifar
 
@@ -46,7 +47,7 @@ def assert_uniform(values: np.ndarray, support: np.ndarray) -> None:
 @pytest.mark.parametrize("c, p", [(10, 0.4), (10, 0.83), (100, 0.4), (100, 0.05)])
 def test_sym_other_flips_exactly_round_pn_uniformly_to_other_classes(c, p):
     clean = fake_labels(c)
-    noisy = data.sym_noise(clean, c, p, seed=7)
+    noisy = noise.sym_noise(clean, c, p, seed=7)
     flipped = noisy != clean
     assert flipped.sum() == round(p * N)                                 # exact count, true class never kept
     per_class = np.bincount(clean, minlength=c)
@@ -64,18 +65,18 @@ def test_sym_other_flips_exactly_round_pn_uniformly_to_other_classes(c, p):
 @pytest.mark.parametrize("c, p", [(10, 0.4), (100, 0.6)])
 def test_sym_any_redraws_round_pn_over_all_classes(c, p):
     clean = fake_labels(c)
-    noisy = data.sym_noise(clean, c, p, seed=7, variant="any")
+    noisy = noise.sym_noise(clean, c, p, seed=7, variant="any")
     wrong = p * (c - 1) / c                                                # a redraw keeps the class w.p. 1/C
     assert abs((noisy != clean).mean() - wrong) < tolerance(N, wrong)
     # the same draw of which labels are touched as variant "other"; only the destinations differ
-    touched = data.sym_noise(clean, c, p, seed=7, variant="other") != clean
+    touched = noise.sym_noise(clean, c, p, seed=7, variant="other") != clean
     assert touched.sum() == round(p * N) and np.all(noisy[~touched] == clean[~touched])
     assert_uniform((noisy[touched] - clean[touched]) % c, np.arange(c))  # offset 0 = kept, as likely as any
 
 
 def test_asym_cifar10_paper_map_exact_per_class():
     clean = fake_labels(10)
-    noisy = data.asym_noise(clean, data.asym_destinations("cifar10", 10), 0.4, seed=3)
+    noisy = noise.asym_noise(clean, noise.asym_destinations("cifar10", 10), 0.4, seed=3)
     counts = transitions(clean, noisy, 10)
     expected = np.diag(np.bincount(clean, minlength=10))
     # truck->automobile, bird->airplane, cat<->dog, deer->horse: exactly 40 % of each source class
@@ -89,7 +90,7 @@ def test_asym_cifar10_paper_map_exact_per_class():
 
 def test_asym_cifar100_paper_rule_is_next_class():
     clean = fake_labels(100)
-    noisy = data.asym_noise(clean, data.asym_destinations("cifar100", 100), 0.4, seed=3)
+    noisy = noise.asym_noise(clean, noise.asym_destinations("cifar100", 100), 0.4, seed=3)
     flipped = noisy != clean
     assert np.all(noisy[flipped] == (clean[flipped] + 1) % 100)
     assert np.array_equal(np.bincount(clean[flipped], minlength=100), np.full(100, 200))   # 40 % of 500
@@ -100,7 +101,7 @@ def test_superclass_table_and_rule():
     assert np.array_equal(np.bincount(coarse), np.full(20, 5))           # 20 superclasses of 5 classes
     # spot checks against the CIFAR-100 meta: apple, maple_tree, oak_tree, palm_tree, pine_tree, willow_tree
     assert coarse[0] == 4 and set(coarse[[47, 52, 56, 59, 96]]) == {17}
-    dest = data.asym_destinations("cifar100", 100, "superclass", coarse)
+    dest = noise.asym_destinations("cifar100", 100, "superclass", coarse)
     assert np.all(coarse[dest] == coarse) and np.all(dest != np.arange(100))
     assert dest[47] == 52 and dest[96] == 47                            # trees: 47->52->56->59->96->47
     for members in (np.flatnonzero(coarse == g) for g in range(20)):    # each superclass is one 5-cycle
@@ -110,13 +111,13 @@ def test_superclass_table_and_rule():
             k = dest[k]
         assert k == members[0] and sorted(seen) == members.tolist()
     clean = fake_labels(100)
-    noisy = data.asym_noise(clean, dest, 0.3, seed=1)
+    noisy = noise.asym_noise(clean, dest, 0.3, seed=1)
     assert np.all(noisy[noisy != clean] == dest[clean[noisy != clean]])
     assert (noisy != clean).sum() == 100 * round(0.3 * 500)
 
 
 def test_blocks_rule_cycles_within_five_consecutive_indices():
-    dest = data.asym_destinations("cifar100", 100, "blocks")
+    dest = noise.asym_destinations("cifar100", 100, "blocks")
     assert dest[:10].tolist() == [1, 2, 3, 4, 0, 6, 7, 8, 9, 5] and np.all(dest // 5 == np.arange(100) // 5)
 
 
@@ -148,7 +149,7 @@ def prototype_images(clean: np.ndarray, per_class: int = 4, seed: int = 0):
 def test_dependent_rate_and_instance_dependence(p):
     clean = fake_labels(10)
     images, proto = prototype_images(clean)
-    noisy = data.dependent_noise(images, clean, 10, p, seed=11)
+    noisy = noise.dependent_noise(images, clean, 10, p, seed=11)
     flipped = noisy != clean
     assert abs(flipped.mean() - p) < tolerance(N, p)
     per_class = np.bincount(clean[flipped], minlength=10) / np.bincount(clean, minlength=10)
@@ -163,21 +164,21 @@ def test_dependent_rate_and_instance_dependence(p):
 
 
 def test_dependent_rate_spread_and_zero_rate():
-    assert data.dependent_rate_std(0.4) == 0.1 and data.dependent_rate_std(0.6) == 0.1
-    assert data.dependent_rate_std(0.02) == pytest.approx(0.005)
+    assert noise.dependent_rate_std(0.4) == 0.1 and noise.dependent_rate_std(0.6) == 0.1
+    assert noise.dependent_rate_std(0.02) == pytest.approx(0.005)
     clean = fake_labels(10)[:1000]
     images, _ = prototype_images(clean)
-    assert np.array_equal(data.dependent_noise(images, clean, 10, 0.0, seed=0), clean)
+    assert np.array_equal(noise.dependent_noise(images, clean, 10, 0.0, seed=0), clean)
 
 
 def test_openset_generator_replaces_round_pn_distinct_images():
     clean = fake_labels(10)
-    noisy, source, meta = data.generate_noise("cifar10", "openset", 0.3, 5, clean, 10, n_source=N)
+    noisy, source, meta = noise.generate_noise("cifar10", "openset", 0.3, 5, clean, 10, n_source=N)
     assert np.array_equal(noisy, clean)
     picked = source[source >= 0]
     assert len(picked) == 15_000 and len(np.unique(picked)) == 15_000 and picked.max() < N
     assert meta["realised_rate"] == 0.3
-    replaced, src = data.openset_indices(N, N, 0.3, 5)                   # the same mechanism as without a file
+    replaced, src = noise.openset_indices(N, N, 0.3, 5)                   # the same mechanism as without a file
     assert np.array_equal(np.flatnonzero(source >= 0), replaced) and np.array_equal(source[replaced], src)
 
 
@@ -185,7 +186,7 @@ def test_openset_generator_replaces_round_pn_distinct_images():
 def test_generators_are_pure_and_seeded(mode):
     clean = fake_labels(10)[:5000]
     images, _ = prototype_images(clean)
-    make = lambda seed: data.generate_noise("cifar10", mode, 0.4, seed, clean, 10, images, 5000)  # noqa: E731
+    make = lambda seed: noise.generate_noise("cifar10", mode, 0.4, seed, clean, 10, images, 5000)  # noqa: E731
     a, b, c = make(1), make(1), make(2)
     assert np.array_equal(a[0], b[0]) and a[2] == b[2]
     differs = not np.array_equal(a[0], c[0]) if mode != "openset" else not np.array_equal(a[1], c[1])
@@ -195,8 +196,8 @@ def test_generators_are_pure_and_seeded(mode):
 
 @pytest.mark.parametrize("p", [-0.1, 1.0])
 def test_rate_outside_unit_interval_is_refused(p):
-    with pytest.raises(data.DataError, match=r"outside \[0, 1\)"):
-        data.sym_noise(fake_labels(10), 10, p, seed=0)
+    with pytest.raises(noise.DataError, match=r"outside \[0, 1\)"):
+        noise.sym_noise(fake_labels(10), 10, p, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------------- reports
@@ -204,21 +205,21 @@ def test_rate_outside_unit_interval_is_refused(p):
 def test_noise_report_counts():
     clean = np.array([0, 0, 0, 1, 1, 2])
     given = np.array([0, 1, 1, 1, 2, 2])
-    r = data.noise_report(clean, given, 3)
+    r = noise.noise_report(clean, given, 3)
     assert r["noise_rate"] == pytest.approx(0.5)
     assert r["per_class_noise_rate"] == pytest.approx([2 / 3, 0.5, 0.0])
     assert r["transition_counts"] == [[1, 2, 0], [0, 1, 1], [0, 0, 1]]
-    opened = data.noise_report(clean, clean, 3, replaced=np.array([1, 0, 0, 0, 0, 1], bool))
+    opened = noise.noise_report(clean, clean, 3, replaced=np.array([1, 0, 0, 0, 0, 1], bool))
     assert opened["noise_rate"] == pytest.approx(1 / 3) and opened["per_class_noise_rate"] == [1 / 3, 0.0, 1.0]
 
 
 def test_report_printing_is_compact_for_100_classes():
     clean = fake_labels(100)
-    noisy = data.asym_noise(clean, data.asym_destinations("cifar100", 100), 0.4, seed=0)
-    text = data.format_noise_report(data.noise_report(clean, noisy, 100), [f"c{i}" for i in range(100)])
+    noisy = noise.asym_noise(clean, noise.asym_destinations("cifar100", 100), 0.4, seed=0)
+    text = noise.format_noise_report(noise.noise_report(clean, noisy, 100), [f"c{i}" for i in range(100)])
     assert len(text.splitlines()) == 3
     assert "100 of 9900 off-diagonal transitions occur" in text and "c0->c1 40.0%" in text
-    ten = data.format_noise_report(data.noise_report(clean % 10, clean % 10, 10), data.CIFAR10_CLASSES)
+    ten = noise.format_noise_report(noise.noise_report(clean % 10, clean % 10, 10), data.CIFAR10_CLASSES)
     assert "no label differs" in ten
 
 
@@ -246,6 +247,7 @@ def test_missing_file_is_generated_with_rules_metadata_and_report(root, capsys, 
     meta = json.loads(paths["meta"].read_text())
     assert (meta["seed"], meta["p"], meta["noise_mode"]) == (4, 0.3, mode)
     assert meta["labels_sha256"] == data.file_digest(paths["labels"])
+    assert callable(getattr(noise, meta["generator"].removeprefix("noise.")))   # it names the function that made it
     report = json.loads(paths["report"].read_text())
     assert report == d.info["report"] and report["noise_rate"] == pytest.approx(d.noise_rate())
     rules = paths["rules"].read_text().splitlines()
@@ -315,7 +317,7 @@ def test_existing_file_is_used_as_is(root, capsys):
 def test_contradicting_variant_is_refused_and_nothing_written(root):
     data.load_cifar_noisy("cifar10", root, "sym", 0.4, seed=1, custom_noise=True)
     before = listing(data.noise_dir(root, "cifar10"))
-    with pytest.raises(data.DataError, match="generated with variant 'other', not 'any'.*--make_new_custom_noise"):
+    with pytest.raises(noise.DataError, match="generated with variant 'other', not 'any'.*--make_new_custom_noise"):
         data.load_cifar_noisy("cifar10", root, "sym", 0.4, seed=1, custom_noise=True, sym_variant="any")
     assert listing(data.noise_dir(root, "cifar10")) == before
 
@@ -328,7 +330,7 @@ def test_contradicting_variant_is_refused_and_nothing_written(root):
 ])
 def test_bad_noise_options(root, kwargs, message):
     kwargs = {"custom_noise": True, **kwargs}
-    with pytest.raises(data.DataError, match=message):
+    with pytest.raises(noise.DataError, match=message):
         data.load_cifar_noisy("cifar10", root, p=0.4, seed=0, **kwargs)
     assert not (root / "cifar10").exists()
 
@@ -351,7 +353,7 @@ def test_openset_file_without_source_column_is_refused(root):
     data.load_cifar_noisy("cifar10", root, "openset", 0.2, seed=1, custom_noise=True)
     path = data.custom_noise_paths(root, "cifar10", "openset", 0.2)["labels"]
     path.write_text("\n".join(",".join(line.split(",")[:2]) for line in path.read_text().splitlines()) + "\n")
-    with pytest.raises(data.DataError, match="no cifar100_index column"):
+    with pytest.raises(noise.DataError, match="no cifar100_index column"):
         data.load_cifar_noisy("cifar10", root, "openset", 0.2, seed=1, custom_noise=True)
 
 
@@ -377,6 +379,6 @@ def test_training_uses_exactly_the_labels_in_the_written_file(tmp_path):
     (run_dir,) = (tmp_path / "out" / "runs").iterdir()
     targets = torch.load(run_dir / "checkpoint.pt", weights_only=True)["targets"]
     assert np.array_equal(targets.argmax(1).numpy(), noisy)              # CE trains on the given labels
-    noise = json.loads((run_dir / "noise.json").read_text())
-    assert noise["noise_file_sha256"] == data.file_digest(path) and noise["noise_seed"] == 3
-    assert noise["report"]["transition_counts"] == data.noise_report(clean, noisy, 10)["transition_counts"]
+    saved = json.loads((run_dir / "noise.json").read_text())
+    assert saved["noise_file_sha256"] == data.file_digest(path) and saved["noise_seed"] == 3
+    assert saved["report"]["transition_counts"] == noise.noise_report(clean, noisy, 10)["transition_counts"]

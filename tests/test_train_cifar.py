@@ -129,10 +129,10 @@ def test_eval_every_leaves_unevaluated_epochs_empty(fake_root, paper_sums, tmp_p
 
 
 def test_run_records_which_copy_of_the_data_it_trained_on(fake_root, paper_sums, tmp_path, monkeypatch):
+    import dataclasses
     import hashlib
 
     import numpy as np
-    import torchvision.datasets as tvd
 
     import data
     run_cli(fake_root, tmp_path, "--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4",
@@ -145,11 +145,12 @@ def test_run_records_which_copy_of_the_data_it_trained_on(fake_root, paper_sums,
     assert prov["train_labels_sha256"] == sha(loaded.labels.astype("<i8"))     # the noisy labels it trained on
     assert prov["test_labels_sha256"] == sha(loaded.test_labels.astype("<i8"))
     assert prov["official_files"] is False                                  # the fake files are not the archive's
-    # with torchvision's md5 list naming exactly these files, they count as the official archive; one byte off, not
+    # with the official md5 list naming exactly these files, they count as the official archive; one byte off, not
     folder = fake_root / "cifar-10-batches-py"
-    listed = [[f.name, data.file_digest(f, "md5")] for f in sorted(folder.glob("data_batch_*"))]
-    monkeypatch.setattr(tvd.CIFAR10, "train_list", listed)
-    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", data.file_digest(folder / "test_batch", "md5")]])
+    listed = {f.name: data.file_digest(f, "md5") for f in sorted(folder.glob("data_batch_*"))}
+    listed["test_batch"] = data.file_digest(folder / "test_batch", "md5")
+    official = lambda sums: dataclasses.replace(data.CIFAR["cifar10"], file_md5=sums)  # noqa: E731
+    monkeypatch.setitem(data.CIFAR, "cifar10", official(listed))
     assert data.cifar_files_official("cifar10", fake_root)
-    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", "0" * 32]])
+    monkeypatch.setitem(data.CIFAR, "cifar10", official({**listed, "test_batch": "0" * 32}))
     assert not data.cifar_files_official("cifar10", fake_root)

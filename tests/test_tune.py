@@ -20,6 +20,7 @@ import yaml
 
 import data
 import tune
+from noise import DataError
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_split_validation_is_stratified_seeded_and_noisy(fake_root, paper_sums):
     again = full.split_validation(0.1, seed=5)[0].info["val_indices"]
     other = full.split_validation(0.1, seed=6)[0].info["val_indices"]
     assert again == info["val_indices"] and other != info["val_indices"]
-    with pytest.raises(data.DataError, match="--val_size"):
+    with pytest.raises(DataError, match="--val_size"):
         full.split_validation(0.001, seed=5)
 
 
