@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from files import write_atomic
 from noise import DataError, check_noise_options, generate_noise, noise_report, noise_rules, openset_indices
 
 # ----------------------------------------------------------------------------------------------------
@@ -309,14 +310,8 @@ def _rules_csv_bytes(rows: list[tuple[int, str, float, str]]) -> bytes:
 
 
 def _write_bytes(path: Path, content: bytes) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: tmp.write_bytes(content))
 
 
 def save_noise_files(files: dict[Path, bytes]) -> list[str]:

@@ -23,6 +23,7 @@ from PIL import Image
 
 from data import (CIFAR, DATA_DIR_HINT, ArrayUnpickler, NoisyData, cifar_class_names, cifar_files_official,
                   download_file, file_digest, load_array_pickle, load_cifar)
+from files import write_atomic
 from noise import DataError
 
 # ----------------------------------------------------------------------------------------------------
@@ -127,12 +128,16 @@ def extract_animal10n(folder: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save to exactly `path` (given a name, np.save would append .npy to a temporary name)."""
+    with open(path, "wb") as f:
+        np.save(f, array)
+
+
 def _write_text_if_changed(path: Path, text: str) -> None:
     if path.is_file() and path.read_text() == text:
         return
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def annotate_animal10n(folder: Path, num_classes: int = len(ANIMAL10N_CLASSES)) -> dict[str, tuple[list[str], np.ndarray]]:
@@ -227,10 +232,7 @@ def _build_animal10n_cache(folder: Path, annotations: dict, csv_sums: dict[str, 
     mean, std = channel_mean_std(arrays["training_images"])
     files = {}
     for key, arr in arrays.items():
-        tmp = cache / f".{key}.npy.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, cache / f"{key}.npy")
+        write_atomic(cache / f"{key}.npy", lambda tmp, arr=arr: save_npy(tmp, arr))
         files[f"{key}.npy"] = file_digest(cache / f"{key}.npy")
     manifest = {"format": ANIMAL10N_CACHE_FORMAT, "csv_sha256": csv_sums, "files": files,
                 "mean": list(mean), "std": list(std), "mean_std_from": "training set"}

@@ -123,6 +123,8 @@ def group_cells(runs: list[Run]) -> list[Cell]:
         row = tuple(s.get(k) for k in ROW_KEYS)
         key = (table, row, column_of(run.config))
         cells.setdefault(key, Cell(table, row, key[2], [])).runs.append(run)
+    for cell in cells.values():   # the same table whatever order the runs came in (plot.py or tune.py)
+        cell.runs.sort(key=lambda r: (str(r.config.get("seed")), r.exp_id))
     return list(cells.values())
 
 
