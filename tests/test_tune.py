@@ -434,3 +434,23 @@ def test_one_table_pools_sweep_runs_and_loose_runs(ray_session, fake_root, paper
     plot.main(["--table", "--runs_dir", str(hp_dir / "runs"), "--assets_dir", str(tmp_path / "assets")])
     (row,) = read_csv(tmp_path / "assets" / "table.csv")
     assert (row["method"], row["noise"], row["n_seeds"], sorted(row["seeds"].split())) == ("CE", "sym", "2", ["1", "2"])
+
+
+def test_mini_experiments_file_and_its_search_agree():
+    """configs/mini_cifar10.yaml (the README's Results) parses into the 24-run grid, and the sigma search in
+    results/mini_cifar10/reproduce.sh trains with the same settings, so the sigma it picks suits the grid."""
+    import shlex
+    root = tune.runs.CODE_DIR
+    grid, argv = tune.read_experiments(root / "configs" / "mini_cifar10.yaml")
+    assert grid["variants"] == tune.VARIANTS and grid["noise_modes"] == ["sym", "asym"] and grid["seeds"] == [1, 2, 3]
+    assert set(grid["sigma"]) == {"sym", "asym"} and all(s > 0 for s in grid["sigma"].values())
+    args = tune.build_parser().parse_args(argv)
+    assert (args.dataset_name, args.p, args.model, args.train_subset, args.test_subset) == ("cifar10", 0.4, "wrn-16-1", 2000, None)
+    assert 0 < args.lc_n_epoch < args.n_epochs and args.eval_every > 0 and args.n_epochs % args.eval_every == 0
+    script = (root / "results" / "mini_cifar10" / "reproduce.sh").read_text()
+    search = script[script.index("sweep sigma_search"):]
+    search = shlex.split(search[:search.index(")")].replace("\\\n", " "))
+    flags = dict(zip(search[::1], search[1::1]))
+    for name in ("model", "train_subset", "n_epochs", "lr", "batch_size", "ema_alpha", "p"):
+        assert str(getattr(args, name)) == flags[f"--{name}"], name
+    assert "--channels_last" in search and args.channels_last
