@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from runs import read_metrics as read_metric_rows
 from files import mean_std
 from noise import DataError
+from runs import read_metrics as read_metric_rows
 
 VARIANT_ORDER = ["CE", "SLN", "SLN-MO", "SLN-MO-LC"]
 COLUMN_ORDER = ["sym", "asym", "dependent", "openset"]
