@@ -46,7 +46,10 @@ from tables import load_run, make_table
 
 DEFAULT_SIGMAS = [0.1, 0.2, 0.5, 1.0]                 # the paper's grid
 VARIANTS = ["CE", "SLN", "SLN-MO", "SLN-MO-LC"]       # the paper's four models, the rows of its tables
-TUNE_ONLY = ["sigmas", "experiments", "resume", "address", "cpus_per_trial", "gpus_per_trial"]
+TUNE_ONLY = ["sigmas", "experiments", "resume", "reuse_runs", "address", "cpus_per_trial", "gpus_per_trial"]
+# flags that do not change what a trial trains: a finished run may be reused whatever they were
+NOT_TRAINING = {"data_dir", "out_dir", "device", "eval_batch_size", "tune_trial_id", "tune_config",
+                "make_new_custom_noise"}
 
 
 def build_parser() -> cli.Parser:
@@ -61,6 +64,10 @@ def build_parser() -> cli.Parser:
     s.add_argument("--experiments", type=Path, default=None,
                    help="YAML file of a grid of runs (variants x noise modes x seeds) to run instead of a sigma "
                         "search, e.g. configs/paper_cifar10.yaml; flags given here override the file's values")
+    s.add_argument("--reuse_runs", type=Path, nargs="+", default=[], metavar="DIR",
+                   help="folders of finished runs (e.g. committed results/<name>/runs) to take instead of training "
+                        "again: a trial whose settings equal such a run's is reported from it (its small files are "
+                        "copied into the sweep), so a sweep whose own folder was lost need not start over")
     s.add_argument("--resume", default=None,
                    help="continue an interrupted sweep with its saved settings: its folder, or its id (hp_...) "
                         "under <out_dir>/hp/; finished trials are not run again")
@@ -441,6 +448,32 @@ def earlier_runs(runs_dir: Path, config: dict) -> tuple[Path | None, Path | None
     return finished, (unfinished[-1] if unfinished else None)
 
 
+def reusable_run(folders: list[str], config: dict, args: argparse.Namespace) -> Path | None:
+    """A finished run in `folders` that trained exactly this trial: the same Tune config and, flag for flag,
+    the same training settings (paths, devices and ids aside)."""
+    wanted = {k: v for k, v in vars(args).items() if k not in NOT_TRAINING}
+    for folder in folders:
+        for path in sorted(Path(folder).glob("*/config.yaml")):
+            try:
+                saved = yaml.safe_load(path.read_text())
+            except (OSError, yaml.YAMLError):
+                continue
+            if (isinstance(saved, dict) and saved.get("tune_config") == config and (path.parent / "summary.json").is_file()
+                    and all(saved.get(k) == v for k, v in wanted.items())):
+                return path.parent
+    return None
+
+
+def adopt(run: Path, runs_dir: Path) -> Path:
+    """Copy a reused run's small files into this sweep's runs/ (summary.json last: it marks the run finished)."""
+    dest = runs_dir / run.name
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "metrics.csv", "noise.json", "summary.json"):
+        if (run / name).is_file():
+            files.write_atomic(dest / name, lambda tmp, name=name: tmp.write_bytes((run / name).read_bytes()))
+    return dest
+
+
 def trial(config: dict, sweep: dict) -> None:
     """One Ray Tune trial: an ordinary training run whose flags are the sweep's base plus `config["trial"]`.
     Reports every epoch's metrics row, then the run's id and summary. A trial that finished before (in an
@@ -453,6 +486,9 @@ def trial(config: dict, sweep: dict) -> None:
     if args.device == "auto" and sweep["resources"]["gpu"] == 0:
         args.device = "cpu"                                         # Ray gave this trial no GPU
     done, cut_off = earlier_runs(args.out_dir / "runs", config)
+    if done is None and cut_off is None:
+        reused = reusable_run(sweep.get("reuse_runs", []), config, args)
+        done = None if reused is None else adopt(reused, args.out_dir / "runs")
     if done is not None:
         summary = json.loads((done / "summary.json").read_text())
         ray.tune.report({"exp_id": done.name, **summary})
@@ -576,10 +612,14 @@ def main(argv: list[str] | None = None) -> Path:
         sweep["base"]["out_dir"] = str(hp_dir)       # the folder may have moved since
     else:
         cli.check_noise_args(args, args.dataset_name)
+        for folder in args.reuse_runs:
+            if not folder.is_dir():
+                cli.fail(f"--reuse_runs {folder}: no such folder; give folders that hold finished run folders")
         if args.experiments:
             sweep, args = plan_experiments(parser, args, argv)
         else:
             sweep = plan_sigma_search(parser, args)
+        sweep["reuse_runs"] = [str(folder.resolve()) for folder in args.reuse_runs]
         preflight(sweep)
     if not ray.is_initialized():
         start_ray(args.address)

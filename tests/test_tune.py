@@ -454,3 +454,30 @@ def test_mini_experiments_file_and_its_search_agree():
     for name in ("model", "train_subset", "n_epochs", "lr", "batch_size", "ema_alpha", "p"):
         assert str(getattr(args, name)) == flags[f"--{name}"], name
     assert "--channels_last" in search and args.channels_last
+
+
+def test_a_finished_run_elsewhere_is_reused_only_when_it_trained_the_same(tmp_path):
+    """--reuse_runs: a trial takes a finished run of another folder (say, committed results) instead of training,
+    but only when the Tune config and every training flag agree; its small files are copied into the sweep."""
+    import argparse
+    config = {"noise_mode": "sym", "variant": "CE", "seed": 1}
+    flags = {"dataset_name": "cifar10", "lr": 0.02, "n_epochs": 100, "sigma": 0.0, "seed": 1, "noise_mode": "sym"}
+    committed = tmp_path / "committed"
+    for name, changes, finished in (("exp_other_lr", {"lr": 0.05}, True), ("exp_unfinished", {}, False),
+                                    ("exp_same", {}, True)):
+        run = committed / name
+        run.mkdir(parents=True)
+        saved = {**flags, **changes, "tune_config": config, "data_dir": "/elsewhere", "device": "cuda", "exp_id": name}
+        (run / "config.yaml").write_text(yaml.safe_dump(saved))
+        (run / "metrics.csv").write_text("epoch,test/acc_reported\n1,0.5\n")
+        if finished:
+            (run / "summary.json").write_text(json.dumps({"variant": "CE"}))
+    args = argparse.Namespace(**flags, data_dir=Path("/here"), out_dir=tmp_path / "sweep", device="cpu",
+                              tune_config=config, tune_trial_id="t1")
+    found = tune.reusable_run([str(committed)], config, args)
+    assert found == committed / "exp_same"
+    assert tune.reusable_run([str(committed)], {**config, "seed": 2}, args) is None
+    assert tune.reusable_run([str(committed)], config, argparse.Namespace(**{**vars(args), "n_epochs": 50})) is None
+    copied = tune.adopt(found, tmp_path / "sweep" / "runs")
+    assert sorted(p.name for p in copied.iterdir()) == ["config.yaml", "metrics.csv", "summary.json"]
+    assert tune.earlier_runs(tmp_path / "sweep" / "runs", config) == (copied, None)

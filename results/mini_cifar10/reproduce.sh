@@ -5,7 +5,8 @@
 #   results/mini_cifar10/reproduce.sh DATA_DIR      # DATA_DIR holds cifar-10-batches-py/ (+ cifar10/label_noisy/)
 #
 # Interrupted (Ctrl-C, a reboot)? Run the same command again: finished steps are kept, and a sweep that was cut
-# off continues where it stopped (tune.py --resume). PYTHON=... picks the interpreter (default: python).
+# off continues where it stopped (tune.py --resume). Even without $WORK (say, in a fresh clone), runs already
+# committed under runs/ and search_runs/ are taken as they are, not trained again (tune.py --reuse_runs). PYTHON=... picks the interpreter (default: python).
 # About 4.5 hours on a 2-core CPU (README 'Results'); tune.py runs one trial per core.
 set -euo pipefail
 DATA=${1:?usage: results/mini_cifar10/reproduce.sh DATA_DIR}
@@ -14,7 +15,7 @@ PY=${PYTHON:-python}
 OUT=${RESULTS:-results/mini_cifar10}   # RESULTS=<folder> puts everything elsewhere
 WORK=$OUT/work                    # sweep folders: Tune's state, checkpoints, weights (git-ignored)
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-mkdir -p "$WORK"
+mkdir -p "$WORK" "$OUT/runs" "$OUT/search_runs"
 
 # The sweep folder in $WORK/hp of a given kind (and noise mode), if one was started.
 sweep_of() {
@@ -63,7 +64,8 @@ collect() {  # sweep folder, destination
 for mode in sym asym; do
     hp=$(sweep sigma_search "$mode" -- --dataset_name cifar10 --noise_mode "$mode" --p 0.4 --lc_n_epoch -1 \
         --val_size 0.1 --seed 0 --sigmas 0 0.05 0.1 0.2 0.5 1.0 --model wrn-16-1 --train_subset 2000 --n_epochs 100 \
-        --lr 0.02 --batch_size 32 --ema_alpha 0.995 --eval_every 100 --channels_last --data_dir "$DATA")
+        --lr 0.02 --batch_size 32 --ema_alpha 0.995 --eval_every 100 --channels_last --data_dir "$DATA" \
+        --reuse_runs "$OUT/search_runs")
     cp "$hp/sigma_search.md" "$OUT/sigma_search_$mode.md"
     cp "$hp/sigma_search.csv" "$OUT/sigma_search_$mode.csv"
     collect "$hp" "$OUT/search_runs"
@@ -76,7 +78,8 @@ config = yaml.safe_load(Path(sys.argv[1]).read_text())
 config.update(noise_modes=[sys.argv[3]], sigma={sys.argv[3]: float(sys.argv[4])})
 Path(sys.argv[2]).write_text(yaml.safe_dump(config, sort_keys=False))
 PYEOF
-    grid=$(sweep experiments "$mode" -- --experiments "$WORK/mini_cifar10_$mode.yaml" --data_dir "$DATA")
+    grid=$(sweep experiments "$mode" -- --experiments "$WORK/mini_cifar10_$mode.yaml" --data_dir "$DATA" \
+        --reuse_runs "$OUT/runs")
     collect "$grid" "$OUT/runs"
 done
 
