@@ -16,6 +16,7 @@ import torch
 
 from data import CIFAR, NoisyData, default_data_dir, load_cifar_noisy
 from files import check_writable
+from folder_data import load_folder
 from models import MODELS
 from noise import ASYM_VARIANTS, SYM_VARIANTS, DataError, check_rate
 from real_data import CIFARN, load_animal10n, load_cifar_n
@@ -157,10 +158,12 @@ def pick_device(name: str) -> torch.device:
 # Sigma when --sigma is not given. CIFAR: the reference README's value per noise mode. Animal-10N: 0.5, the value
 # of the earlier re-implementation's commands. The paper has no CIFAR-N runs; human noise is instance-dependent,
 # so CIFAR-N takes the paper's sigma for instance-dependent noise on the same images (CIFAR-10 0.5, CIFAR-100 0.1).
+# The user's own images (folder): 0.5, the value used for Animal-10N, the paper's one real-world image set.
 DEFAULT_SIGMA = {("cifar10", "sym"): 1.0, ("cifar10", "asym"): 0.5, ("cifar10", "dependent"): 0.5,
                  ("cifar10", "openset"): 0.5, ("cifar100", "sym"): 0.2, ("cifar100", "asym"): 0.2,
                  ("cifar100", "dependent"): 0.1,
-                 ("animal-10n", None): 0.5, ("cifar10n", None): 0.5, ("cifar100n", None): 0.1}
+                 ("animal-10n", None): 0.5, ("cifar10n", None): 0.5, ("cifar100n", None): 0.1,
+                 ("folder", None): 0.5}
 
 
 def default_sigma(dataset: str, noise_mode: str | None = None) -> float | None:
@@ -230,7 +233,7 @@ def check_noise_args(args: argparse.Namespace, dataset: str) -> None:
 
 def dataset_from_config(config: dict) -> NoisyData:
     """The full dataset (before subsets) that a run's flags describe: CIFAR-10/100 with its label noise, CIFAR-N
-    or Animal-10N. `config` is a run's config.yaml or vars(args); noise is read from its files, never made anew
+    Animal-10N or the user's own folder. `config` is a run's config.yaml or vars(args); noise is read from its files, never made anew
     unless the config asks for it (make_new_custom_noise). Raises DataError."""
     name, root = config["dataset_name"], Path(config["data_dir"])
     if name in CIFAR:
@@ -241,7 +244,9 @@ def dataset_from_config(config: dict) -> NoisyData:
         return load_cifar_n(name, root, config["noise_label"])
     if name == "animal-10n":
         return load_animal10n(root)
-    raise DataError(f"unknown dataset {name!r}; known: {', '.join([*CIFAR, *CIFARN, 'animal-10n'])}")
+    if name == "folder":
+        return load_folder(root, config.get("image_size"))
+    raise DataError(f"unknown dataset {name!r}; known: {', '.join([*CIFAR, *CIFARN, 'animal-10n', 'folder'])}")
 
 
 def training_data(args: argparse.Namespace) -> NoisyData:

@@ -132,13 +132,14 @@ def rebuild_training_set(run: Run, data_dir: Path | None) -> NoisyData:
     if not has_clean_labels(run):
         raise DataError(f"run {run.exp_id} ({name}) has no clean labels, and pred_probs and sample_dissect need "
                         "clean labels to tell clean from noisy samples; use --plot_type curves for this run")
-    if name not in CIFAR and name not in CIFARN:
-        raise DataError(f"pred_probs and sample_dissect rebuild CIFAR-10/100 and CIFAR-N runs only; "
+    if name not in CIFAR and name not in CIFARN and name != "folder":
+        raise DataError(f"pred_probs and sample_dissect rebuild CIFAR-10/100, CIFAR-N and folder runs only; "
                         f"run {run.exp_id} trained on {name}")
     root = data_dir or Path(cfg.get("data_dir", "data"))
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist here; pass --data_dir <folder holding the CIFAR "
-                        f"images and {'cifar-n/' if name in CIFARN else f'{name}/label_noisy/'}>")
+        holding = ("the train/ and test/ folders or train.csv and test.csv of the run" if name == "folder" else
+                   f"the CIFAR images and {'cifar-n/' if name in CIFARN else f'{name}/label_noisy/'}")
+        raise DataError(f"data folder {root} does not exist here; pass --data_dir <folder holding {holding}>")
     # the noise files the run wrote are read back, never made anew
     data = cli.dataset_from_config({**cfg, "data_dir": root, "make_new_custom_noise": False})
     data = data.subset(cfg.get("train_subset"), None, cfg["seed"])

@@ -166,16 +166,21 @@ def annotate_animal10n(folder: Path, num_classes: int = len(ANIMAL10N_CLASSES)) 
     return out
 
 
-def decode_image(path: Path) -> np.ndarray:
-    """uint8 (3, H, W) RGB pixels of an image file, or a DataError naming the file."""
+EXTRACT_AGAIN = "delete it (and the archive it came from) and extract the dataset again"
+
+
+def decode_image(path: Path, size: int | None = None, fix: str = EXTRACT_AGAIN, where: str = "") -> np.ndarray:
+    """uint8 (3, H, W) RGB pixels of an image file, resized to size x size (bilinear) if a size is given,
+    or a DataError naming the file (after `where`, e.g. a CSV row) and what to do about it (`fix`)."""
     try:
         with Image.open(path) as img:
             rgb = img.convert("RGB")
+            if size is not None:
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     # Pillow reports broken files as OSError (UnidentifiedImageError, truncation), ValueError or,
     # for some corrupt headers, SyntaxError
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path} does not decode as an image ({e}); delete it (and the archive it came from) "
-                        "and extract the dataset again")
+        raise DataError(f"{where}{path} does not decode as an image ({e}); {fix}")
     return np.asarray(rgb).transpose(2, 0, 1)
 
 
