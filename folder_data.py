@@ -96,6 +96,15 @@ def read_csv_split(root: Path, split: str) -> Split:
     file = root / f"{split}.csv"
     if not file.is_file():
         raise DataError(f"{file} is missing; the CSV layout needs train.csv and test.csv (path,label[,clean_label])")
+    try:
+        return read_csv_rows(root, file)
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise DataError(f"{file} is not a UTF-8 CSV file ({e}); save it as CSV (UTF-8) with columns "
+                        "path,label[,clean_label]")
+
+
+def read_csv_rows(root: Path, file: Path) -> Split:
+    """The rows of one CSV file, each checked as it is read, so that an error can name its row."""
     with open(file, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
@@ -115,12 +124,21 @@ def read_csv_split(root: Path, split: str) -> Split:
                 raise DataError(f"{where}image {path} does not exist; fix the path (relative to {root})")
             out.paths.append(path)
             out.where.append(where)
-            out.labels.append((row.get("label") or "").strip())
+            out.labels.append(non_empty(row, "label", where))
             if out.clean is not None:
-                out.clean.append((row.get("clean_label") or "").strip())
+                out.clean.append(non_empty(row, "clean_label", where))
     if not out.paths:
         raise DataError(f"{file} lists no images")
     return out
+
+
+def non_empty(row: dict, column: str, where: str) -> str:
+    """A row's label, stripped; an empty one is an error rather than a class called ''."""
+    value = (row.get(column) or "").strip()
+    if not value:
+        raise DataError(f"{where}the {column} is empty; give every row one" +
+                        (" or drop the clean_label column" if column == "clean_label" else ""))
+    return value
 
 
 def csv_classes(train: Split) -> list[str]:
@@ -132,7 +150,8 @@ def csv_classes(train: Split) -> list[str]:
     if any(integer) and not all(integer):
         i, j = integer.index(True), integer.index(False)
         rows = train.where * (2 if train.clean else 1)
-        raise DataError(f"{rows[j]}label {values[j]!r} is a name but {rows[i].rstrip(': ')} has the integer "
+        column = ["label"] * len(train.labels) + ["clean_label"] * len(train.clean or [])
+        raise DataError(f"{rows[j]}{column[j]} {values[j]!r} is a name but {rows[i].rstrip(': ')} has the integer "
                         f"{values[i]!r}; use integers 0..C-1 or class names, not both")
     # the classes are those of the given labels (what the network learns); a clean label outside them is an error
     if all(integer):
@@ -145,10 +164,11 @@ def canonical(value: str) -> str:
     return str(int(value)) if _INTEGER.fullmatch(value) else value
 
 
-def to_indices(values: list[str], where: list[str], classes: list[str], what: str) -> np.ndarray:
-    """int64 class indices of label strings; an unknown one is named with its file and row."""
+def to_indices(values: list[str], where: list[str], classes: list[str], what: str, integers: bool) -> np.ndarray:
+    """int64 class indices of label strings (with `integers`, CSV integer labels, '07' is class 7); an unknown
+    one is named with its file and row."""
     index = {name: k for k, name in enumerate(classes)}
-    if classes[0] == "0" and all(_INTEGER.fullmatch(c) for c in classes):
+    if integers:
         values = [canonical(v) for v in values]
     for v, w in zip(values, where):
         if v not in index:
@@ -194,11 +214,12 @@ def load_folder(root: Path, image_size: int | None = None) -> NoisyData:
         if unknown:
             raise DataError(f"{root / 'test' / unknown[0]}/ is a class that {root / 'train'}/ does not have; "
                             "test classes must be training classes")
-    labels = to_indices(train.labels, train.where, classes, "label")
-    clean = None if train.clean is None else to_indices(train.clean, train.where, classes, "clean_label")
-    test_labels = to_indices(test.labels, test.where, classes, "label")
+    integers = layout == "csv" and classes[0] == "0" and all(_INTEGER.fullmatch(c) for c in classes)
+    labels = to_indices(train.labels, train.where, classes, "label", integers)
+    clean = None if train.clean is None else to_indices(train.clean, train.where, classes, "clean_label", integers)
+    test_labels = to_indices(test.labels, test.where, classes, "label", integers)
     if test.clean is not None:       # the test set is for measuring: its clean labels, where given, are the truth
-        test_labels = to_indices(test.clean, test.where, classes, "clean_label")
+        test_labels = to_indices(test.clean, test.where, classes, "clean_label", integers)
     images = decode_split(train, image_size, None, None)
     test_images = decode_split(test, image_size, images.shape[1:], train.paths[0])
     if min(images.shape[2:]) < MIN_IMAGE_SIZE:

@@ -146,6 +146,8 @@ BAD = {
     "test label unknown": ("csv", edit_csv("test", 3, 1, "7"), r"test\.csv row 3: label '7' is not one of the 3 classes"),
     "clean label unknown": ("names", edit_csv("train", 2, 2, "zebra"), r"train\.csv row 2: clean_label 'zebra' is not one"),
     "names and integers": ("names", edit_csv("train", 4, 1, "2"), r"train\.csv row 2: label 'dog' is a name but .*train\.csv row 4 has the integer '2'"),
+    "empty label": ("csv", edit_csv("train", 4, 1, " "), r"train\.csv row 4: the label is empty; give every row one"),
+    "not utf-8": ("csv", lambda r: (r / "train.csv").write_bytes(b"path,label\n\xff\xfe,1\n"), r"train\.csv is not a UTF-8 CSV file"),
     "missing image": ("csv", edit_csv("train", 5, 0, "img/nope.png"), r"train\.csv row 5: image .*img/nope\.png does not exist"),
     "dot-dot path": ("csv", edit_csv("train", 6, 0, "../elsewhere.png"), r"train\.csv row 6: path '\.\./elsewhere\.png' leaves the data folder"),
     "absolute path outside": ("csv", outside, r"train\.csv row 3: path '/.*elsewhere\.png' leaves the data folder"),
