@@ -542,15 +542,20 @@ def hp_folder(text: Path, runs_dir: Path) -> Path:
 
 
 def figure_hp(tables: list[tuple[Path, dict]]) -> tuple[plt.Figure, list[list]]:
+    """Validation accuracy against sigma (log axis) per sweep, the chosen sigma starred; a CE reference trial
+    (sigma 0, which a log axis cannot show) is a dotted horizontal line."""
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     rows = [["sweep", "sigma", "n_trials", "last_mean", "last_std", "best_mean", "best_std"]]
     for i, (hp_dir, table) in enumerate(tables):
-        sigmas = sorted(table)
-        stats = [(mean_std(table[s][0]), mean_std(table[s][1]), len(table[s][0])) for s in sigmas]
-        rows += [[hp_dir.name, s, n, *last, *best] for s, (last, best, n) in zip(sigmas, stats)]
         colour = f"C{i}"
         name = hp_dir.name + " " if len(tables) > 1 else ""
-        # the chosen sigma: highest last-epoch validation accuracy, the smaller sigma on a tie
+        every = sorted(table)
+        rows += [[hp_dir.name, s, len(table[s][0]), *mean_std(table[s][0]), *mean_std(table[s][1])] for s in every]
+        if 0 in table:
+            ax.axhline(mean_std(table[0][0])[0], ls=":", lw=1.8, color=colour, label=f"{name}CE (σ=0), last epoch")
+        sigmas = [s for s in every if s > 0]
+        stats = [(mean_std(table[s][0]), mean_std(table[s][1]), len(table[s][0])) for s in sigmas]
+        # the chosen sigma: highest last-epoch validation accuracy, the smaller sigma on a tie (never CE)
         top = max(range(len(sigmas)), key=lambda j: (stats[j][0][0], -sigmas[j]))
         for k, style, what in ((0, "-", f"last epoch (best σ={sigmas[top]:g}, ★)"), (1, "--", "best epoch")):
             means = [st[k][0] for st in stats]
@@ -560,7 +565,7 @@ def figure_hp(tables: list[tuple[Path, dict]]) -> tuple[plt.Figure, list[list]]:
                         capsize=4, mfc=colour if k == 0 else "white", label=name + what)
         ax.plot(sigmas[top], stats[top][0][0], "*", ms=18, color=colour, mec="black", zorder=5)
     ax.set_xscale("log")
-    all_sigmas = sorted({s for _, t in tables for s in t})
+    all_sigmas = sorted({s for _, t in tables for s in t if s > 0})
     ax.set_xticks(all_sigmas, [f"{s:g}" for s in all_sigmas])
     ax.minorticks_off()
     ax.margins(x=0.08, y=0.1)

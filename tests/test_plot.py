@@ -462,3 +462,16 @@ def test_dissect_compare_needs_two_to_four_runs(runs, tmp_path, capsys):
         run_plot(out, tmp_path, "--plot_type", "dissect_compare", "--exp_ids", ids["ce"])
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "2 to 4 runs" in err
+
+
+def test_hp_figure_shows_a_ce_reference_as_a_line(tmp_path):
+    """A sigma search with a CE trial (sigma 0): the log axis cannot place it, so it is a horizontal line; the star
+    goes to the best sigma > 0 even where CE scored higher, as tune.py chooses."""
+    table = {0.0: ([40.0], [41.0]), 0.1: ([32.0], [33.0]), 0.2: ([35.0], [36.0])}
+    fig, rows = plot.figure_hp([(tmp_path / "hp_x", table)])
+    ax = fig.axes[0]
+    assert [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == ":"] == [40.0]
+    (star,) = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    assert (star.get_xdata()[0], star.get_ydata()[0]) == (0.2, 35.0)
+    assert [r[1] for r in rows[1:]] == [0.0, 0.1, 0.2]
+    assert 0.0 not in list(ax.get_xticks())
