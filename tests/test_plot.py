@@ -475,3 +475,11 @@ def test_hp_figure_shows_a_ce_reference_as_a_line(tmp_path):
     assert (star.get_xdata()[0], star.get_ydata()[0]) == (0.2, 35.0)
     assert [r[1] for r in rows[1:]] == [0.0, 0.1, 0.2]
     assert 0.0 not in list(ax.get_xticks())
+
+
+def test_committed_results_table_is_rebuilt_exactly_from_the_committed_runs(tmp_path):
+    """results/mini_cifar10/table.md and table.csv are what plot.py --table makes from the committed run files."""
+    results = plot.runs.CODE_DIR / "results" / "mini_cifar10"
+    plot.main(["--table", "--runs_dir", str(results / "runs"), "--assets_dir", str(tmp_path), "--name", "table"])
+    assert (tmp_path / "table.md").read_text() == (results / "table.md").read_text()
+    assert (tmp_path / "table.csv").read_text() == (results / "table.csv").read_text()
