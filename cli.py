@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+import numpy as np
 import torch
 
 from data import CIFAR, NoisyData, default_data_dir, load_cifar_noisy
@@ -247,6 +248,15 @@ def dataset_from_config(config: dict) -> NoisyData:
     if name == "folder":
         return load_folder(root, config.get("image_size"))
     raise DataError(f"unknown dataset {name!r}; known: {', '.join([*CIFAR, *CIFARN, 'animal-10n', 'folder'])}")
+
+
+def split_data(config: dict) -> tuple[NoisyData, tuple[np.ndarray, np.ndarray] | None]:
+    """What a run trained on: the dataset of its config with its subsets, and, for a tune.py sigma-search run
+    (val_size set), without its validation split, which is returned too (else None). Raises DataError."""
+    data = dataset_from_config(config).subset(config.get("train_subset"), config.get("test_subset"), config["seed"])
+    if not config.get("val_size"):
+        return data, None
+    return data.split_validation(config["val_size"], config["seed"])
 
 
 def training_data(args: argparse.Namespace) -> NoisyData:

@@ -141,10 +141,7 @@ def rebuild_training_set(run: Run, data_dir: Path | None) -> NoisyData:
                    f"the CIFAR images and {'cifar-n/' if name in CIFARN else f'{name}/label_noisy/'}")
         raise DataError(f"data folder {root} does not exist here; pass --data_dir <folder holding {holding}>")
     # the noise files the run wrote are read back, never made anew
-    data = cli.dataset_from_config({**cfg, "data_dir": root, "make_new_custom_noise": False})
-    data = data.subset(cfg.get("train_subset"), None, cfg["seed"])
-    if cfg.get("val_size"):                       # a tune.py sigma-search trial trained without its split
-        data = data.split_validation(cfg["val_size"], cfg["seed"])[0]
+    data, _ = cli.split_data({**cfg, "data_dir": root, "make_new_custom_noise": False})
     check_same_training_set(run, data, root)
     return data
 

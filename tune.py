@@ -39,7 +39,6 @@ import cli
 import engine
 import files
 import runs
-from data import NoisyData
 from models import make_model
 from noise import DataError
 from tables import load_run, make_table
@@ -91,14 +90,6 @@ def changed_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 # ----------------------------------------------------------------------------------------------------
 # Planning a sweep: every check happens here, before anything is written
 
-def load_data(args: argparse.Namespace) -> tuple[NoisyData, tuple[np.ndarray, np.ndarray] | None]:
-    """The training data of one trial, and its validation split when args.val_size is set."""
-    data = cli.dataset_from_config(vars(args)).subset(args.train_subset, args.test_subset, args.seed)
-    if args.val_size is None:
-        return data, None
-    return data.split_validation(args.val_size, args.seed)
-
-
 def trial_flags(config: dict, sweep: dict) -> dict:
     """The flags that one trial's Tune `config` sets on top of the sweep's base flags."""
     if sweep["kind"] == "sigma_search":
@@ -137,7 +128,7 @@ def preflight(sweep: dict) -> None:
         cli.check_training_args(args)
         if args.noise_mode not in loaded:
             try:
-                load_data(args)
+                cli.split_data(vars(args))
             except DataError as e:
                 cli.fail(str(e))
             loaded.add(args.noise_mode)
@@ -427,6 +418,19 @@ def resources(cpus: float, gpus: float | None) -> dict:
     return {"cpu": cpus, "gpu": gpus}
 
 
+def runs_of_trial(folder: Path, config: dict) -> list[tuple[Path, dict]]:
+    """(run folder, its saved config) of every run in `folder` whose config.yaml holds this trial's Tune config."""
+    found = []
+    for path in sorted(Path(folder).glob("*/config.yaml")):
+        try:
+            saved = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(saved, dict) and saved.get("tune_config") == config:
+            found.append((path.parent, saved))
+    return found
+
+
 def earlier_runs(runs_dir: Path, config: dict) -> tuple[Path | None, Path | None]:
     """(a finished run of this trial, the newest unfinished one that has a checkpoint) in the sweep's runs/.
 
@@ -434,17 +438,11 @@ def earlier_runs(runs_dir: Path, config: dict) -> tuple[Path | None, Path | None
     sweep exact even when Tune's own state, written only now and then, still lists a finished trial as running.
     """
     finished, unfinished = None, []
-    for folder in sorted(runs_dir.glob("*/config.yaml")):
-        try:
-            saved = yaml.safe_load(folder.read_text())
-        except (OSError, yaml.YAMLError):
-            continue
-        if not isinstance(saved, dict) or saved.get("tune_config") != config:
-            continue
-        if (folder.parent / "summary.json").is_file():
-            finished = folder.parent
-        elif any((folder.parent / n).is_file() for n in ("checkpoint.pt", "checkpoint.prev.pt")):
-            unfinished.append(folder.parent)
+    for run, _ in runs_of_trial(runs_dir, config):
+        if (run / "summary.json").is_file():
+            finished = run
+        elif any((run / n).is_file() for n in ("checkpoint.pt", "checkpoint.prev.pt")):
+            unfinished.append(run)
     return finished, (unfinished[-1] if unfinished else None)
 
 
@@ -453,14 +451,9 @@ def reusable_run(folders: list[str], config: dict, args: argparse.Namespace) -> 
     the same training settings (paths, devices and ids aside)."""
     wanted = {k: v for k, v in vars(args).items() if k not in NOT_TRAINING}
     for folder in folders:
-        for path in sorted(Path(folder).glob("*/config.yaml")):
-            try:
-                saved = yaml.safe_load(path.read_text())
-            except (OSError, yaml.YAMLError):
-                continue
-            if (isinstance(saved, dict) and saved.get("tune_config") == config and (path.parent / "summary.json").is_file()
-                    and all(saved.get(k) == v for k, v in wanted.items())):
-                return path.parent
+        for run, saved in runs_of_trial(Path(folder), config):
+            if (run / "summary.json").is_file() and all(saved.get(k) == v for k, v in wanted.items()):
+                return run
     return None
 
 
@@ -495,7 +488,7 @@ def trial(config: dict, sweep: dict) -> None:
         return
     # one CPU thread per reserved core: more would fight the other trials for the same cores
     torch.set_num_threads(max(1, int(sweep["resources"]["cpu"])))
-    data, val = load_data(args)
+    data, val = cli.split_data(vars(args))
     if cut_off is not None:
         saved = yaml.safe_load((cut_off / "config.yaml").read_text())
         args.tune_trial_id = saved.get("tune_trial_id")            # the config on disk stays as it was
