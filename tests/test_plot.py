@@ -483,3 +483,24 @@ def test_committed_results_table_is_rebuilt_exactly_from_the_committed_runs(tmp_
     plot.main(["--table", "--runs_dir", str(results / "runs"), "--assets_dir", str(tmp_path), "--name", "table"])
     assert (tmp_path / "table.md").read_text() == (results / "table.md").read_text()
     assert (tmp_path / "table.csv").read_text() == (results / "table.csv").read_text()
+
+
+def test_readme_results_table_shows_the_committed_table(tmp_path):
+    """The README's Results block is what readme_table.py makes of results/mini_cifar10/table.csv, and a changed
+    number in table.csv makes the check fail."""
+    import subprocess
+    import sys
+    root = plot.runs.CODE_DIR
+    script = root / "results" / "mini_cifar10" / "readme_table.py"
+    check = [sys.executable, str(script), "--check"]
+    assert subprocess.run(check, cwd=root).returncode == 0
+    table = (root / "results" / "mini_cifar10" / "table.csv").read_text().splitlines()
+    header, first = table[0].split(","), table[1].split(",")
+    first[header.index("last_mean")] = "12.3456"
+    changed = tmp_path / "table.csv"
+    changed.write_text("\n".join([table[0], ",".join(first), *table[2:]]) + "\n")
+    assert subprocess.run(check + ["--table", str(changed)], cwd=root).returncode == 1
+    readme = tmp_path / "README.md"
+    readme.write_text((root / "README.md").read_text())
+    assert subprocess.run([sys.executable, str(script), "--table", str(changed), "--readme", str(readme)]).returncode == 0
+    assert "| 12.35 ± " in readme.read_text()

@@ -85,6 +85,7 @@ done
 
 # 3. table and figures, from the copied run files alone (the dissection needs the weights in $WORK)
 "$PY" plot.py --table --runs_dir "$OUT/runs" --assets_dir "$OUT" --name table --overwrite
+[ "$OUT" = results/mini_cifar10 ] && "$PY" results/mini_cifar10/readme_table.py   # README's Results table
 "$PY" plot.py --plot_type compare --runs_dir "$OUT/runs" --assets_dir "$OUT" --name compare --overwrite
 "$PY" plot.py --plot_type hp --hp_dir "$(sweep_of sigma_search sym | tail -n 1)" "$(sweep_of sigma_search asym | tail -n 1)" \
     --assets_dir "$OUT" --name sigma_search --overwrite
