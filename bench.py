@@ -65,6 +65,7 @@ from torch import nn
 
 import cli
 import engine
+import files
 import runs
 import sln
 from augment import normalise, random_crop_flip
@@ -119,6 +120,8 @@ def resolve(args) -> None:
     if args.threads <= 0:
         cli.fail(f"--threads must be positive, got {args.threads}")
     if args.json is not None:
+        if args.json.is_dir():
+            cli.fail(f"--json {args.json} is a folder; give a file name, e.g. --json {args.json / 'bench.json'}")
         cli.check_out_dir(args.json.parent, "--json")
     args.models = [m for m in args.models.split(",") if m]
     args.options = [o for o in args.options.split(",") if o]
@@ -521,7 +524,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(table(res))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
+        files.write_atomic(args.json, lambda tmp: tmp.write_text(json.dumps(res, indent=2)))
         print(f"written {args.json}")
     return res
 

@@ -16,7 +16,6 @@ import os
 import pickle
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -118,17 +117,17 @@ def download_file(url: str, dest: Path, what: str, fix: str, md5: str | None = N
     """Fetch `url` to `dest` atomically, verifying the checksum before the file appears."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     print(f"downloading {what} from {url}")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
-            shutil.copyfileobj(r, tmp)
-    except (urllib.error.URLError, OSError) as e:
-        raise DataError(f"cannot download {what} ({e}); {fix}")
-    tmp_path = Path(tmp.name)
-    got = file_digest(tmp_path, "md5" if md5 else "sha256")
-    if got != (md5 or sha256):
-        tmp_path.unlink()
-        raise DataError(f"download of {what} from {url} failed its checksum ({got}); {fix}")
-    os.replace(tmp_path, dest)
+
+    def fetch(tmp: Path) -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+                shutil.copyfileobj(r, f)
+        except (urllib.error.URLError, OSError) as e:
+            raise DataError(f"cannot download {what} ({e}); {fix}")
+        got = file_digest(tmp, "md5" if md5 else "sha256")
+        if got != (md5 or sha256):
+            raise DataError(f"download of {what} from {url} failed its checksum ({got}); {fix}")
+    write_atomic(dest, fetch)
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
@@ -308,20 +307,7 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     model = model_builder(data.num_classes)
 
     out = args.out_dir.resolve()
-    if resume_id:
-        exp_id = resume_id
-    else:
-        exp_id = runs.new_exp_id(out)
-        # lists (indices) and dicts (the noise report) go to noise.json only, not the config
-        noise_info = {k: v for k, v in data.info.items() if not isinstance(v, (list, dict))}
-        config = runs.config_dict(args, exp_id=exp_id, variant=model_name, dataset=data.name, device_used=str(device),
-                                  n_train=len(data.labels), n_test=len(data.test_labels), noise=noise_info,
-                                  data_provenance=runs.data_provenance(data),
-                                  **({} if val is None else {"n_val": len(val[1])}))
-        (out / "configs").mkdir(parents=True, exist_ok=True)
-        runs.save_config(out / "configs" / f"{exp_id}.yaml", config)
-        runs.save_config(out / "runs" / exp_id / "config.yaml", config)
-        (out / "runs" / exp_id / "noise.json").write_text(json.dumps(data.info))
+    exp_id = resume_id or runs.create_run(out, args, data, model_name, str(device), None if val is None else len(val[1]))
     run_dir = out / "runs" / exp_id
     rate = data.noise_rate()
     print(f"{exp_id}: {model_name} on {data.name} ({len(data.labels)} train / {len(data.test_labels)} test images, "

@@ -29,7 +29,6 @@ from real_data import channel_mean_std, decode_image
 # Random-crop padding: 4 px, as for CIFAR and Animal-10N (the reference's augmentation unchanged).
 FOLDER_PAD = 4
 MIN_IMAGE_SIZE = 8
-SPLITS = ("train", "test")
 # files an operating system or a photo tool leaves in folders; not images, so not the user's data
 JUNK = {"thumbs.db", "desktop.ini"}
 LAYOUTS = ("train/<class>/<image> and test/<class>/<image> folders (ImageFolder), or train.csv and test.csv "

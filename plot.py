@@ -664,6 +664,9 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("batch_size", "bins", "hist_bins"):
         if getattr(args, name) <= 0:
             cli.fail(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.name is not None and (args.name in ("", ".", "..") or Path(args.name).name != args.name):
+        cli.fail(f"--name {args.name!r} must be a plain file name (no folder, no extension); "
+                 "give the folder with --assets_dir")
     cli.check_out_dir(args.assets_dir, "--assets_dir")
 
 

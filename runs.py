@@ -93,6 +93,23 @@ def data_provenance(data: NoisyData) -> dict:
             "official_files": data.info.get("official_files")}
 
 
+def create_run(out: Path, args: argparse.Namespace, data: NoisyData, variant: str, device: str,
+               n_val: int | None = None) -> str:
+    """A new run folder out/runs/<exp_id>/ with its config.yaml (also as out/configs/<exp_id>.yaml) and
+    noise.json; returns the id. The config holds every flag, the code and library versions and the data's
+    provenance; lists (indices) and dicts (the noise report) of data.info go to noise.json only."""
+    exp_id = new_exp_id(out)
+    noise_info = {k: v for k, v in data.info.items() if not isinstance(v, (list, dict))}
+    config = config_dict(args, exp_id=exp_id, variant=variant, dataset=data.name, device_used=device,
+                         n_train=len(data.labels), n_test=len(data.test_labels), noise=noise_info,
+                         data_provenance=data_provenance(data), **({} if n_val is None else {"n_val": n_val}))
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    save_config(out / "configs" / f"{exp_id}.yaml", config)
+    save_config(out / "runs" / exp_id / "config.yaml", config)
+    write_new(out / "runs" / exp_id / "noise.json", json.dumps(data.info))
+    return exp_id
+
+
 # ----------------------------------------------------------------------------------------------------
 # metrics.csv and TensorBoard
 

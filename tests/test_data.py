@@ -119,3 +119,26 @@ def test_stratified_subset_keeps_class_shares():
     assert len(idx) == 100 and len(set(idx)) == 100
     assert np.bincount(labels[idx]).tolist() == [10, 20, 30, 40]
     assert np.array_equal(idx, data.stratified_indices(labels, 100, seed=0))
+
+
+def test_download_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """download_file writes through files.write_atomic: a good download appears under its name, a bad checksum or
+    a broken connection leaves neither the file nor a temporary one behind."""
+    import hashlib
+    import io
+    import urllib.error
+    import urllib.request
+    payload = b"label,label_noisy\n0,1\n"
+    good = hashlib.sha256(payload).hexdigest()
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(payload))
+    dest = tmp_path / "sub" / "noise.csv"
+    data.download_file("https://example.org/x", dest, "the file", "fetch it by hand", sha256=good)
+    assert dest.read_bytes() == payload
+    for name, sha in (("bad-sum.csv", "0" * 64), ("cut.csv", good)):
+        if name == "cut.csv":
+            def broken(url, timeout):
+                raise urllib.error.URLError("connection reset")
+            monkeypatch.setattr(urllib.request, "urlopen", broken)
+        with pytest.raises(DataError, match="checksum" if name == "bad-sum.csv" else "cannot download"):
+            data.download_file("https://example.org/x", tmp_path / "sub" / name, "the file", "fetch it", sha256=sha)
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["noise.csv"]

@@ -268,3 +268,20 @@ def test_help(script, help_runs):
     returncode, out, err = help_runs[script]
     assert returncode == 0, f"python {script} --help exited {returncode}:\n{err[-2000:]}"
     assert out.startswith("usage:") and f"{script}" in out.splitlines()[0], out[:500]
+
+
+def test_readme_is_a_front_page_with_a_map_of_every_module():
+    """Issue 13: at most 300 lines; its sections in the agreed order; one row of the repository map per Python
+    module at the top level; a link to every page in docs/."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 300
+    headings = [h.strip() for h in re.findall(r"^## (.+)$", text, re.M)]
+    assert headings == ["Results", "The four models", "The earlier re-implementation's commands",
+                        "Repository map", "Documentation"], headings
+    map_section = text.split("## Repository map", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)` \|", map_section, re.M)
+    modules = sorted(p.name for p in ROOT.glob("*.py"))
+    assert [m for m in modules if m not in rows] == []
+    assert len(rows) == len(set(rows))
+    docs_section = text.split("## Documentation", 1)[1]
+    assert [p.name for p in sorted((ROOT / "docs").glob("*.md")) if f"docs/{p.name}" not in docs_section] == []

@@ -39,3 +39,27 @@ def test_unwritable_output_folder_is_refused_first(script, where, tmp_path, caps
     assert re.search(r"--(out_dir|assets_dir|json) \S+: (.* is a file, not a folder|cannot write in)", err), err
     assert NOWHERE not in err                   # refused before the data was looked for
     assert blocker.read_text() == "not a folder"
+
+
+def test_bench_json_that_is_a_folder_is_refused_first(tmp_path, capsys):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--quick", "--device", "cpu", "--data_dir", NOWHERE, "--json", str(folder)])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and f"--json {folder} is a folder" in err, err
+    assert "img/s" not in captured.out                # nothing was timed
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["sub/table", "..", "", "/tmp/table"])
+def test_plot_name_with_a_folder_is_refused_first(name, tmp_path, capsys):
+    assets = tmp_path / "assets"
+    with pytest.raises(SystemExit) as exc:
+        plot.main(["--table", "--runs_dir", NOWHERE, "--assets_dir", str(assets), "--name", name])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--name" in err and "--assets_dir" in err, err
+    assert NOWHERE not in err and not assets.exists()

@@ -129,3 +129,38 @@ def test_bad_flags_one_line_nothing_written(fake_root, paper_sums, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and re.search(message, err), err
     assert not (tmp_path / "viz").exists()
+
+
+@pytest.mark.parametrize("dataset, flags", [
+    ("cifar10", ["--p", "1.5"]),
+    ("cifar10", ["--p", "-0.1"]),
+    ("cifar10", ["--make_new_custom_noise"]),
+    ("cifar100", ["--noise_mode", "openset", "--p", "0.4"]),
+])
+def test_noise_flags_are_refused_alike_by_viz_train_cifar_and_tune(tmp_path, capsys, dataset, flags):
+    """One declaration and one check of the noise flags (cli.add_noise_args, cli.check_noise_args): the three
+    scripts give the same one line for the same bad noise, before any data is looked for."""
+    import train_cifar
+    import tune
+    nowhere = str(tmp_path / "no-data")
+    common = [*flags, "--data_dir", nowhere, "--out_dir", str(tmp_path / "out")]
+    errors = []
+    for main, argv in ((viz.main, [dataset, *common]),
+                       (train_cifar.main, ["--dataset_name", dataset, "--sigma", "0", *common]),
+                       (tune.main, ["--dataset_name", dataset, *common])):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        errors.append(capsys.readouterr().err.strip())
+    assert len(errors[0].splitlines()) == 1 and errors[0].startswith("error: ") and nowhere not in errors[0]
+    assert errors[0] == errors[1] == errors[2], errors
+    assert not (tmp_path / "out").exists()
+
+
+def test_openset_without_custom_noise_passes_the_same_checks_in_training(tmp_path):
+    """The behaviour issue 13 picked: open-set noise without --custom_noise is drawn from --seed, in viz.py (above)
+    and in train_cifar.py alike."""
+    import train_cifar
+    args = train_cifar.build_parser().parse_args(["--noise_mode", "openset", "--p", "0.4", "--out_dir", str(tmp_path)])
+    train_cifar.check_args(args)       # no SystemExit
+    assert args.sigma == cli.default_sigma("cifar10", "openset")
