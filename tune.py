@@ -308,22 +308,52 @@ def use_auth_token() -> None:
     ray._raylet.Config.initialize("")     # Ray caches its config: make it read RAY_AUTH_MODE again (as Ray does)
 
 
+def auto_address() -> tuple[str, str]:
+    """The host:port that Ray's address="auto" joins, and where Ray found it, in Ray's own order (RAY_ADDRESS,
+    then the cluster that `ray start` last recorded in <Ray temp dir>/ray_current_cluster, then any Ray
+    running here); a one-line error when there is none."""
+    from ray._private import services, utils
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    quiet = logging.getLogger(services.__name__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)      # Ray's ray.init repeats its "multiple Ray instances" warning anyway
+    try:
+        found = services.get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        cli.fail("cannot join a Ray cluster at --address auto: no Ray cluster runs on this machine; start one with "
+                 "`ray start --head`, or give the head node's host:port, or drop --address to run here")
+    finally:
+        quiet.setLevel(level)
+    if found == utils.read_ray_address(None):
+        return found, utils.get_ray_address_file(None)
+    return found, "a Ray running on this machine"
+
+
 def probe(address: str) -> None:
-    """Fail at once when nothing listens at host:port: Ray itself retries for minutes before it gives up
-    (about 36 s per try for an address that does not answer, see docs/tune-and-plots.md)."""
+    """Fail at once when nothing listens at host:port (for "auto": at the address Ray would pick): Ray itself
+    retries for minutes before it gives up (about 36 s per try for an address that does not answer, see
+    docs/tune-and-plots.md)."""
+    where, hint = f"--address {address}", "start the head node with `ray start --head --port 6379` and give its address"
+    if address == "auto":
+        address, source = auto_address()
+        where = f"--address auto ({address}, from {source})"
+        if source.endswith("ray_current_cluster"):
+            hint = (f"that file is left behind by a `ray start` stopped without `ray stop`: start the head node "
+                    f"again, or give the running head node's host:port")
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or "://" in address:
-        return                     # "auto", or an address form that Ray resolves itself
+        return                     # an address form that Ray resolves itself
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except ConnectionRefusedError:
-        cli.fail(f"cannot join a Ray cluster at --address {address}: nothing is listening there; start the head "
-                    "node with `ray start --head --port 6379` and give its address, or drop --address to run here")
+        cli.fail(f"cannot join a Ray cluster at {where}: nothing is listening there; {hint}, or drop --address "
+                 "to run here")
     except socket.gaierror as e:
-        cli.fail(f"cannot join a Ray cluster at --address {address}: unknown host {host} ({e.strerror}); "
+        cli.fail(f"cannot join a Ray cluster at {where}: unknown host {host} ({e.strerror}); "
                     "give the head node's IP address and port (host:port)")
     except OSError as e:
-        cli.fail(f"cannot join a Ray cluster at --address {address}: no answer there "
+        cli.fail(f"cannot join a Ray cluster at {where}: no answer there "
                     f"({e.strerror or 'timed out'}); check the address, and that the port is open to this machine")
 
 

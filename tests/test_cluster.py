@@ -191,3 +191,32 @@ def test_nothing_listening(data_dir, tmp_path):
                       timeout=60)
     assert_one_line_error(result, "nothing is listening", "ray start --head")
     assert time.time() - start < 30
+
+
+def test_auto_joins_the_cluster_that_ray_start_recorded(cluster):
+    """--address auto joins the cluster whose address `ray start --head` wrote to <Ray temp dir>/ray_current_cluster
+    (the fixture's temp dir, made Ray's by RAY_TMPDIR), with the token from ~/.ray/auth_token."""
+    address, home, temp_dir = cluster
+    code = ("import ray, tune; tune.start_ray('auto'); "
+            "print('joined', ray.get_runtime_context().gcs_address, len(ray.nodes()), ray.cluster_resources()['CPU'])")
+    done = subprocess.run([sys.executable, "-c", code], env=clean_env(home, RAY_TMPDIR=str(temp_dir.parent)), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, gcs, nodes, cpus = done.stdout.split()
+    assert gcs.rsplit(":", 1)[1] == address.rsplit(":", 1)[1] and (nodes, cpus) == ("2", "3.0"), done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_auto_with_a_cluster_left_behind_names_the_file(data_dir, tmp_path):
+    """A `ray start` killed without `ray stop` leaves its address in <Ray temp dir>/ray_current_cluster; --address auto
+    then says so at once (Ray itself would retry that address for minutes) and writes nothing."""
+    ray_tmp = tmp_path / "raytmp"
+    (ray_tmp / "ray").mkdir(parents=True)
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}\n")   # nothing listens there
+    start = time.time()
+    result = run_tune(["--address", "auto", *sweep_flags(data_dir, tmp_path / "out")],
+                      clean_env(tmp_path, RAY_TMPDIR=str(ray_tmp)), timeout=60)
+    assert_one_line_error(result, "--address auto (127.0.0.1:", str(ray_tmp / "ray" / "ray_current_cluster"),
+                          "nothing is listening", "without `ray stop`")
+    assert time.time() - start < 30
+    assert not (tmp_path / "out").exists()

@@ -18,7 +18,7 @@ def test_reads_pickle_layout(fake_root):
 
 
 def test_missing_dataset_offline_says_what_to_fetch(tmp_path):
-    with pytest.raises(DataError, match=r"cifar-10-python.tar.gz.*cifar-10-batches-py"):
+    with pytest.raises(DataError, match=r"cifar-10-python.tar.gz.*cifar-10-batches-py.*--data_dir.*make demo DATA_DIR="):
         data.load_cifar("cifar10", tmp_path, download=True)   # download fails: network is off in tests
     assert not any(tmp_path.rglob("*.tar.gz"))
 

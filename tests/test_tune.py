@@ -34,7 +34,9 @@ def ray_session(fake_root):
         import data as worker_data
         worker_data.PAPER_NOISE_SHA256.update(sums)
 
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+    # address="local": a Ray of its own, never a cluster that runs (or was left behind) on this machine
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING,
              runtime_env={**tune.worker_env(), "worker_process_setup_hook": accept_fake_noise_files})
     yield
     ray.shutdown()
@@ -431,7 +433,8 @@ def test_one_table_pools_sweep_runs_and_loose_runs(ray_session, fake_root, paper
                                               "--sigma", "0", "--lc_n_epoch", "-1", "--seed", "1"]
     train_cifar.main(loose)
     assert len(list((hp_dir / "runs").iterdir())) == 2
-    plot.main(["--table", "--runs_dir", str(hp_dir / "runs"), "--assets_dir", str(tmp_path / "assets")])
+    # the sweep folder itself: plot.py reads its runs/
+    plot.main(["--table", "--runs_dir", str(hp_dir), "--assets_dir", str(tmp_path / "assets")])
     (row,) = read_csv(tmp_path / "assets" / "table.csv")
     assert (row["method"], row["noise"], row["n_seeds"], sorted(row["seeds"].split())) == ("CE", "sym", "2", ["1", "2"])
 
