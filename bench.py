@@ -309,8 +309,7 @@ class Trainer:
     def epoch(self, n: int) -> float:
         """Wall seconds of engine.train_epoch over the first `n` images, including its one read of the sums."""
         s = self.state
-        part = dataclasses.replace(s, x=s.x[:n], labels=s.labels[:n], clean=s.clean[:n],
-                                   noisy_mask=s.noisy_mask[:n], targets=s.targets[:n])
+        part = dataclasses.replace(s, members=torch.arange(n, device=s.labels.device))
         sync(self.device)
         t = time.perf_counter()
         engine.train_epoch(part).tolist()
