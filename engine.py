@@ -382,7 +382,8 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     except runs.TrainingStopped as e:
         fail(f"{exp_id}: {e}" + (f": {how}" if e.resumable else ""), 3)
     except UnreadableImage as e:
-        fail(f"{exp_id}: {e}; the last complete epoch is checkpointed: continue with: {how}", 3)
+        again = f"continue with: {how}" if (run_dir / "checkpoint.pt").is_file() else "then start the run again"
+        fail(f"{exp_id}: {e}, {again}", 3)
     except DataError as e:   # an unusable checkpoint
         fail(str(e))
     except KeyboardInterrupt:

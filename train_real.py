@@ -35,7 +35,8 @@ VGG_MIN_SIZE = 32
 # their CIFAR recipe: batch 32, 10 epochs, weight decay 1e-3, lr / 10 after epoch 5, a fresh balanced sample of
 # 18,976 images per class every epoch, soft label-correction targets, evaluation in batches of 4 x 32, 224-px
 # crops (after resizing the shorter side to 256), ImageNet weights. A value is used when its flag is not given.
-CLOTHING1M_RECIPE = {"batch_size": 32, "n_epochs": 10, "weight_decay": 1e-3, "lr_milestones": [5], "lr_decay": 0.1,
+# (--lr_decay is the shared default, 0.1, as theirs.)
+CLOTHING1M_RECIPE = {"batch_size": 32, "n_epochs": 10, "weight_decay": 1e-3, "lr_milestones": [5],
                      "num_per_class": 18976, "lc_soft": True, "eval_batch_size": 128, "image_size": 224}
 RECIPE_FLAGS = [k for k in CLOTHING1M_RECIPE if k != "image_size"]   # shared training flags the recipe sets
 
@@ -81,7 +82,8 @@ def apply_recipe(args: argparse.Namespace) -> None:
     for key in (*RECIPE_FLAGS, "image_size"):
         if getattr(args, key) is None and recipe.get(key) is not None:
             setattr(args, key, recipe[key])
-            taken.append(f"--{key} {' '.join(map(str, args.lr_milestones)) if key == 'lr_milestones' else recipe[key]}")
+            value = recipe[key]
+            taken.append(f"--{key}" if value is True else f"--{key} {' '.join(map(str, value)) if isinstance(value, list) else value}")
     if args.dataset_name == "clothing1m" and taken:
         print(f"clothing1m: the authors' recipe for the flags not given: {' '.join(taken)}")
 
@@ -127,13 +129,16 @@ def check_pretrained(args: argparse.Namespace) -> None:
 
 
 def pretrained_weights(args: argparse.Namespace) -> dict | None:
-    """The state dict to start from, fetched before any data is read (a resumed run takes its checkpoint's)."""
+    """The state dict to start from, fetched and tried on the network before any data is read (a resumed run takes
+    its checkpoint's)."""
     if not args.pretrained or args.resume:
         return None
     try:
-        return imagenet_state_dict(args.model, args.weights)
+        backbone = imagenet_state_dict(args.model, args.weights)
+        make_model(args.model, 1, backbone)
     except WeightsError as e:
         cli.fail(str(e))
+    return backbone
 
 
 def check_image_size(args: argparse.Namespace, size: tuple[int, ...]) -> None:
