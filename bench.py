@@ -114,7 +114,8 @@ def build_parser() -> cli.Parser:
     p.add_argument("--file_size", type=int, default=500,
                    help="side in px of those JPEGs (square; the pipeline resizes them first)")
     p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader workers of the Clothing1M pipeline (default: as train_real.py, one per core up to 16)")
+                   help="DataLoader workers of the Clothing1M pipeline (default: as train_real.py, one per core, "
+                        "at most 16)")
     p.add_argument("--clothing_steps", type=int, default=None,
                    help="timed resnet50 training steps on 224-px images (default 2)")
     p.add_argument("--quick", action="store_true",
@@ -126,8 +127,8 @@ def build_parser() -> cli.Parser:
 
 def resolve(args) -> None:
     """Fill unset sizes from --quick or the full defaults; reject impossible values."""
-    quick = {"batch_size": 16, "steps": 2, "loader_batches": 3, "matmul_size": 256, "option_steps": 1, "eval_images": 256,
-             "file_images": 16, "clothing_steps": 1}
+    quick = {"batch_size": 16, "steps": 2, "loader_batches": 3, "matmul_size": 256, "option_steps": 1,
+             "eval_images": 256, "file_images": 16, "clothing_steps": 1}
     full = {"batch_size": 128, "steps": 10, "loader_batches": 40, "matmul_size": 4096, "option_steps": 3,
             "eval_images": 4096, "file_images": 256, "clothing_steps": 2}
     for k in quick:
@@ -439,7 +440,8 @@ def time_eval(name: str, x: torch.Tensor, n: int, rounds: int = 2) -> dict:
 
 
 def time_clothing(args, device: torch.device) -> dict:
-    """The Clothing1M pipeline's images/s next to the resnet50 training step's, at the authors' sizes (--quick: tiny)."""
+    """The Clothing1M pipeline's images/s next to the resnet50 training step's, at the authors' sizes (--quick:
+    tiny)."""
     crop, batch = (32, 4) if args.quick else (224, 32)
     with tempfile.TemporaryDirectory() as folder:
         pipeline = clothing_pipeline_img_s(Path(folder), max(args.file_images, 2 * batch), args.file_size, crop, batch,

@@ -174,7 +174,8 @@ def check_lr_schedule(args: argparse.Namespace) -> None:
             fail("--lr_decay needs --lr_milestones (the epochs after which it applies)")
         return
     if any(not 0 < m < args.n_epochs for m in milestones) or milestones != sorted(set(milestones)):
-        fail(f"--lr_milestones must be increasing epochs in 1..{args.n_epochs - 1}, got {' '.join(map(str, milestones))}")
+        fail(f"--lr_milestones must be increasing epochs in 1..{args.n_epochs - 1}, got "
+             f"{' '.join(map(str, milestones))}")
     if args.lr_decay is None:
         args.lr_decay = DEFAULT_LR_DECAY
     if not 0 < args.lr_decay <= 1:
@@ -284,7 +285,8 @@ def check_noise_args(args: argparse.Namespace, dataset: str) -> None:
 
 def dataset_from_config(config: dict) -> NoisyData:
     """The full dataset (before subsets) that a run's flags describe: CIFAR-10/100 with its label noise, CIFAR-N,
-    Animal-10N, Clothing1M or the user's own folder. `config` is a run's config.yaml or vars(args); noise is read from its files, never made anew
+    Animal-10N, Clothing1M or the user's own folder. `config` is a run's config.yaml or vars(args); noise is read
+    from its files, never made anew
     unless the config asks for it (make_new_custom_noise). Raises DataError."""
     name, root = config["dataset_name"], Path(config["data_dir"])
     if name in CIFAR:
@@ -299,7 +301,8 @@ def dataset_from_config(config: dict) -> NoisyData:
         return load_folder(root, config.get("image_size"))
     if name == "clothing1m":
         return load_clothing1m(root, config["image_size"], workers(config))
-    raise DataError(f"unknown dataset {name!r}; known: {', '.join([*CIFAR, *CIFARN, 'animal-10n', 'folder', 'clothing1m'])}")
+    known = [*CIFAR, *CIFARN, "animal-10n", "folder", "clothing1m"]
+    raise DataError(f"unknown dataset {name!r}; known: {', '.join(known)}")
 
 
 def workers(config: dict) -> int:

@@ -27,11 +27,11 @@ from tqdm import tqdm
 import runs
 import sln
 from augment import normalise
-from cli import MAX_DEFAULT_WORKERS, fail, pick_device, variant
+from cli import fail, pick_device, variant, workers
 from data import NoisyData, balanced_indices
 from models import WeightsError
 from noise import DataError
-from sources import DeviceImages, FileImages, UnreadableImage, default_workers, image_source
+from sources import DeviceImages, FileImages, UnreadableImage, image_source
 
 METRIC_FIELDS = ["epoch", "seconds", "sigma", "train/loss", "train/loss_clean", "train/loss_noisy", "train/acc",
                  "test/loss", "test/acc", "test/loss_ema", "test/acc_ema", "test/acc_reported"]
@@ -145,8 +145,7 @@ def setup(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         model.compile()  # in place: parameters, state-dict keys and the EMA tensors below stay the same
         ema.compile()
     given = sln.onehot(labels, data.num_classes)
-    workers = default_workers(MAX_DEFAULT_WORKERS) if args.workers is None else args.workers
-    source = lambda images: image_source(images, device, data.pad, data.flip, workers)  # noqa: E731
+    source = lambda images: image_source(images, device, data.pad, data.flip, workers(vars(args)))  # noqa: E731
     return TrainState(
         args=args, model=model, ema=ema,
         optimizer=torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
@@ -236,7 +235,8 @@ def epoch_metrics(s: TrainState, sums: list[float], evaluate_test: bool) -> dict
         row["train/loss_clean"] = sums[1] / max(n - n_noisy, 1)
         row["train/loss_noisy"] = sums[2] / n_noisy if n_noisy else None
     reported = s.ema if s.report_ema else s.model
-    evaluate = lambda net, images: logits_of(net, images.eval_batches(s.eval_bs), s.mean, s.std, s.args.amp)  # noqa: E731
+    def evaluate(net: nn.Module, images) -> torch.Tensor:
+        return logits_of(net, images.eval_batches(s.eval_bs), s.mean, s.std, s.args.amp)
     if evaluate_test:
         row["test/acc"], row["test/loss"] = accuracy_and_loss(evaluate(s.model, s.test_x), s.test_y)
         row["test/acc_ema"], row["test/loss_ema"] = accuracy_and_loss(evaluate(s.ema, s.test_x), s.test_y)
@@ -268,6 +268,22 @@ def restore(s: TrainState, run_dir: Path) -> list[dict]:
     return runs.read_metrics(run_dir / "metrics.csv")[:ckpt["epoch"]]   # rows written after it are dropped
 
 
+def start_epoch(s: TrainState, epoch: int) -> dict:
+    """Before an epoch, each only where its flag is set (the authors' Clothing1M script): the step schedule's
+    learning rate, and a fresh class-balanced sample of the training set, labelled afresh with the given labels
+    (they build a new training set every epoch). Returns the metrics it sets."""
+    a, row = s.args, {}
+    if a.lr_milestones:
+        row["lr"] = lr_at(epoch, a.lr, a.lr_milestones, a.lr_decay)
+        for group in s.optimizer.param_groups:
+            group["lr"] = row["lr"]
+    if a.num_per_class:
+        sample = balanced_indices(s.labels.cpu().numpy(), a.num_per_class, [a.seed, epoch])
+        s.members = torch.from_numpy(sample).to(s.labels.device)
+        s.targets = s.given.clone()
+    return row
+
+
 def describe_epoch(row: dict, n_epochs: int) -> str:
     parts = [f"epoch {row['epoch']}/{n_epochs} {row['seconds']:.1f}s", f"sigma {row['sigma']:g}",
              f"train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f}"]
@@ -294,16 +310,7 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
               "lc/corrected_precision are not reported")
     for epoch in range(len(history) + 1, args.n_epochs + 1):
         t0 = time.time()
-        row: dict = {"epoch": epoch}
-        if args.lr_milestones:
-            row["lr"] = lr_at(epoch, args.lr, args.lr_milestones, args.lr_decay)
-            for group in s.optimizer.param_groups:
-                group["lr"] = row["lr"]
-        if args.num_per_class:
-            # the authors' Clothing1M script builds a new training set every epoch, labelled with the given labels
-            sample = balanced_indices(s.labels.cpu().numpy(), args.num_per_class, [args.seed, epoch])
-            s.members = torch.from_numpy(sample).to(s.labels.device)
-            s.targets = s.given.clone()
+        row: dict = {"epoch": epoch, **start_epoch(s, epoch)}
         if s.lc_on and epoch > args.lc_n_epoch:
             row.update(correct_labels(s))
         sums = train_epoch(s, f"epoch {epoch}/{args.n_epochs}").tolist()   # the epoch's one host sync

@@ -121,7 +121,8 @@ def resnet50(num_classes: int, backbone: dict | None = None) -> nn.Module:
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
             raise WeightsError(f"the weights are not a resnet50 state dict ({len(missing)} tensors missing, e.g. "
-                               f"{(missing or ['-'])[0]}; {len(unexpected)} unexpected, e.g. {(unexpected or ['-'])[0]})")
+                               f"{(missing or ['-'])[0]}; {len(unexpected)} unexpected, e.g. "
+                               f"{(unexpected or ['-'])[0]})")
     net.fc = nn.Linear(net.fc.in_features, num_classes)
     return net
 

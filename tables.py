@@ -219,7 +219,8 @@ def make_table(runs: list[Run]) -> tuple[str, list[list]]:
             stats[(labels[cell.row], cell.column)] = (last, best, at_val, len(accs))
             csv_rows.append([t.get(k) for k in all_keys] + [labels[cell.row], cell.variant, cell.column,
                             *cell.row[1:], len(accs), " ".join(str(r.config.get("seed")) for r in cell.runs),
-                            *(None if v is None else round(v, 4) for v in (*last, *best, *(at_val if with_val else ()))),
+                            *(None if v is None else round(v, 4)
+                              for v in (*last, *best, *(at_val if with_val else ()))),
                             " ".join(r.exp_id for r in cell.runs)])
         notes = per_column_notes(t_cells, labels, cols)
         blocks = [(0, "last epoch (the paper's number)"), (1, "best epoch")]

@@ -83,7 +83,8 @@ def apply_recipe(args: argparse.Namespace) -> None:
         if getattr(args, key) is None and recipe.get(key) is not None:
             setattr(args, key, recipe[key])
             value = recipe[key]
-            taken.append(f"--{key}" if value is True else f"--{key} {' '.join(map(str, value)) if isinstance(value, list) else value}")
+            shown = "" if value is True else " ".join(map(str, value)) if isinstance(value, list) else value
+            taken.append(f"--{key} {shown}".rstrip())
     if args.dataset_name == "clothing1m" and taken:
         print(f"clothing1m: the authors' recipe for the flags not given: {' '.join(taken)}")
 
@@ -165,8 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
               + ("clean labels: none" if data.noise_rate() is None else f"noise rate {data.noise_rate():.2%} "
                  "(label != clean_label)"))
     if args.dataset_name == "clothing1m":
-        print(f"clothing1m (the {info['layout']}' lists): {len(data.labels):,} noisy training, {len(data.val[1]):,} clean "
-              f"validation and {len(data.test_labels):,} clean test images, {info['resize']}-px resize, "
+        print(f"clothing1m (the {info['layout']}' lists): {len(data.labels):,} noisy training, "
+              f"{len(data.val[1]):,} clean validation and {len(data.test_labels):,} clean test images, {info['resize']}-px resize, "
               f"{info['crop']}-px crops"
               + ("" if info["val_test_lines_match_published"] else " (val/test sizes differ from the authors' "
                  "14,313 / 10,526 lines)"))

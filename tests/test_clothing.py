@@ -4,7 +4,6 @@ step schedule, validation-picked test accuracy), every bad input, pretrained wei
 import csv
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
