@@ -175,6 +175,9 @@ def load_clothing1m(root: Path, crop: int, workers: int) -> NoisyData:
             (PUBLISHED_LINES["val"], PUBLISHED_LINES["test"]),
             "train_class_counts": counts.tolist(), "class_names_from": names_from,
             "resize": resize_for(crop), "crop": crop, "mean_std_from": "the SLN authors' noise_clothing1m_train.py",
+            "normalise": f"mean {MEAN}, std {STD}",
+            "augment": f"train: Resize({resize_for(crop)}), RandomCrop({crop}), RandomHorizontalFlip; evaluation: "
+                       f"Resize({resize_for(crop)}), CenterCrop({crop})",
             "noise": "labels from the text around each image (no clean labels for the training set)",
             "noise_rate": None}
     return NoisyData("clothing1m", files["train"], labels["train"], None, None, files["test"], labels["test"],

@@ -181,6 +181,9 @@ def test_sln_mo_lc_run_with_resnet50(owners_root, tmp_path, capsys):
     assert (config["model"], config["pretrained"], config["lc_soft"], config["weight_decay"], config["n_val"]) == \
         ("resnet50", False, True, 1e-3, 14)
     assert (config["num_per_class"], config["lr_milestones"], config["lr_decay"], config["image_size"]) == (2, [1], 0.1, 16)
+    assert config["noise"]["augment"] == ("train: Resize(18), RandomCrop(16), RandomHorizontalFlip; evaluation: "
+                                          "Resize(18), CenterCrop(16)")
+    assert config["noise"]["normalise"] == "mean (0.6959, 0.6537, 0.6371), std (0.3113, 0.3192, 0.3214)"
     assert config["noise"]["layout"] == "owners" and config["data_provenance"]["train_images_sha256"] == \
         clothing_data.load_clothing1m(owners_root, 16, 0).images.digest()
     rows = metrics(run_dir)
