@@ -35,6 +35,12 @@ the absolute rates move with the machine's load. Rates are images per second on 
   best of two alternating rounds. `eval_speedup` is each over the first.
 - with --options: `train_img_s` of --option_model with each of --channels_last, --amp and --compile,
   measured in alternation with the default settings, and the speed-up of each over the default.
+- `clothing_pipeline_img_s`: the Clothing1M input pipeline as a run uses it (`sources.FileImages`): --file_images
+  synthetic JPEGs of --file_size px, each opened, resized (shorter side 256), randomly cropped (224) and flipped
+  in --workers DataLoader processes, batches of 32 moved to the device and normalised; timed after the first
+  batch. `clothing_train_img_s`: `engine.train_epoch` of resnet50 on 224-px images already on the device (the
+  training step alone, --clothing_steps batches of 32), so that the two show whether the pipeline keeps up.
+  With --quick: 32-px crops after a 37-px resize, batches of 4.
 
 On CUDA, convolutions run in TF32 by default (cudnn.allow_tf32) while the reference matmul is strict
 float32, so utilisation there can read high; this was written and checked on a CPU.
@@ -56,11 +62,13 @@ import dataclasses
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 import cli
@@ -69,9 +77,11 @@ import files
 import runs
 import sln
 from augment import normalise, random_crop_flip
+from clothing_data import MEAN, RESIZE_PER_CROP, STD
 from data import CIFAR, NoisyData, default_data_dir, load_cifar
 from models import MODELS, make_model
 from noise import DataError
+from sources import FileImages, ImageFiles, default_workers
 
 TARGETS = {"pipeline_speedup": (">=", 10.0), "non_model_fraction/wrn-16-1": ("<=", 0.05),
            "flop_utilisation/wrn-28-2": (">=", 0.45)}
@@ -100,6 +110,15 @@ def build_parser() -> cli.Parser:
     p.add_argument("--eval_images", type=int, default=None, help="images per timed evaluation pass (default 4096)")
     p.add_argument("--option_steps", type=int, default=None,
                    help="timed steps per setting and round for --options (default 3; bf16 on a CPU is slow)")
+    p.add_argument("--file_images", type=int, default=None,
+                   help="synthetic JPEGs read through the Clothing1M pipeline (default 256)")
+    p.add_argument("--file_size", type=int, default=500,
+                   help="side in px of those JPEGs (square; the pipeline resizes them first)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers of the Clothing1M pipeline (default: as train_real.py, one per core, "
+                        "at most 16)")
+    p.add_argument("--clothing_steps", type=int, default=None,
+                   help="timed resnet50 training steps on 224-px images (default 2)")
     p.add_argument("--quick", action="store_true",
                    help="tiny settings for tests (batch 16, 2 steps, 512 random images, small matmul); "
                         "explicit flags still win")
@@ -109,9 +128,10 @@ def build_parser() -> cli.Parser:
 
 def resolve(args) -> None:
     """Fill unset sizes from --quick or the full defaults; reject impossible values."""
-    quick = {"batch_size": 16, "steps": 2, "loader_batches": 3, "matmul_size": 256, "option_steps": 1, "eval_images": 256}
+    quick = {"batch_size": 16, "steps": 2, "loader_batches": 3, "matmul_size": 256, "option_steps": 1,
+             "eval_images": 256, "file_images": 16, "clothing_steps": 1}
     full = {"batch_size": 128, "steps": 10, "loader_batches": 40, "matmul_size": 4096, "option_steps": 3,
-            "eval_images": 4096}
+            "eval_images": 4096, "file_images": 256, "clothing_steps": 2}
     for k in quick:
         if getattr(args, k) is None:
             setattr(args, k, (quick if args.quick else full)[k])
@@ -119,6 +139,10 @@ def resolve(args) -> None:
             cli.fail(f"--{k} must be positive, got {getattr(args, k)}")
     if args.threads <= 0:
         cli.fail(f"--threads must be positive, got {args.threads}")
+    if args.workers is None:
+        args.workers = default_workers(cli.MAX_DEFAULT_WORKERS)
+    if args.workers < 0 or args.file_size < 8:
+        cli.fail(f"--workers must be 0 or more and --file_size at least 8, got {args.workers} and {args.file_size}")
     if args.json is not None:
         if args.json.is_dir():
             cli.fail(f"--json {args.json} is a folder; give a file name, e.g. --json {args.json / 'bench.json'}")
@@ -204,7 +228,6 @@ def pipeline_img_s(x: torch.Tensor, batch_size: int, mean: torch.Tensor, std: to
 def dataloader_img_s(images: np.ndarray, labels: np.ndarray, batch_size: int, batches: int,
                      mean: tuple, std: tuple, device: torch.device) -> float:
     """Images/s of torchvision Dataset + transforms + DataLoader(num_workers=os.cpu_count()), steady state."""
-    from PIL import Image
     from torch.utils.data import DataLoader
     from torchvision import transforms
     from torchvision.datasets import VisionDataset
@@ -239,6 +262,32 @@ def dataloader_img_s(images: np.ndarray, labels: np.ndarray, batch_size: int, ba
     seconds = time.perf_counter() - t
     del it  # shuts the workers down
     return batches * batch_size / seconds
+
+
+def clothing_pipeline_img_s(folder: Path, n: int, side: int, crop: int, batch_size: int, workers: int,
+                            device: torch.device) -> float:
+    """Images/s of sources.FileImages' training batches (decode, resize, crop, flip in workers; to the device;
+    normalise) over `n` synthetic side x side JPEGs written to `folder`, after the first batch."""
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(n):
+        # smooth colour fields with noise: JPEG sizes and decode times closer to photos than pure noise
+        base = np.linspace(0, 255, side)[None, :, None] * rng.random(3) + rng.normal(0, 12, (side, side, 3))
+        Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(folder / f"{i}.jpg", quality=90)
+        names.append(f"{i}.jpg".encode())
+    files = ImageFiles(folder, np.array(names), round(crop * RESIZE_PER_CROP), crop)
+    source = FileImages(files, device, workers)
+    mean, std = torch.tensor(MEAN, device=device), torch.tensor(STD, device=device)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(device)
+    batches = source.train_batches(order, batch_size, torch.Generator(device=device).manual_seed(0))
+    next(batches)   # worker start-up is not timed
+    t = time.perf_counter()
+    count = 0
+    for _, xb in batches:
+        normalise(xb, mean, std)
+        count += len(xb)
+    sync(device)
+    return count / (time.perf_counter() - t)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -312,8 +361,7 @@ class Trainer:
     def epoch(self, n: int) -> float:
         """Wall seconds of engine.train_epoch over the first `n` images, including its one read of the sums."""
         s = self.state
-        part = dataclasses.replace(s, x=s.x[:n], labels=s.labels[:n], clean=s.clean[:n],
-                                   noisy_mask=s.noisy_mask[:n], targets=s.targets[:n])
+        part = dataclasses.replace(s, members=torch.arange(n, device=s.labels.device))
         sync(self.device)
         t = time.perf_counter()
         engine.train_epoch(part).tolist()
@@ -394,6 +442,23 @@ def time_eval(name: str, x: torch.Tensor, n: int, rounds: int = 2) -> dict:
     return {"eval_img_s": out, "eval_speedup": {k: v / first for k, v in out.items()}}
 
 
+def time_clothing(args, device: torch.device) -> dict:
+    """The Clothing1M pipeline's images/s next to the resnet50 training step's, at the authors' sizes (--quick:
+    tiny)."""
+    crop, batch = (32, 4) if args.quick else (224, 32)
+    with tempfile.TemporaryDirectory() as folder:
+        pipeline = clothing_pipeline_img_s(Path(folder), max(args.file_images, 2 * batch), args.file_size, crop, batch,
+                                           args.workers, device)
+    n = batch * (args.clothing_steps + 1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, crop, crop), generator=g, dtype=torch.uint8).to(device)
+    trainer = Trainer("resnet50", x, torch.randint(0, 10, (n,), generator=g).to(device), batch)
+    trainer.epoch(batch)                            # warm-up
+    train = batch * args.clothing_steps / trainer.epoch(batch * args.clothing_steps)
+    return {"clothing_pipeline_img_s": pipeline, "clothing_train_img_s": train, "clothing_crop": crop,
+            "clothing_batch_size": batch, "workers": args.workers, "file_size": args.file_size}
+
+
 def check_targets(results: dict) -> dict:
     checks = {}
     for key, (op, bound) in TARGETS.items():
@@ -430,6 +495,8 @@ def table(results: dict) -> str:
     for k, v in results.get("options", {}).items():
         extra = f" ({v['speedup']:.2f}x default)" if "speedup" in v else ""
         rows.append((f"{results['option_model']} {k}", f"{v['train_img_s']:.1f} img/s{extra}"))
+    rows += [(f"clothing_pipeline_img_s ({results['workers']} workers)", f"{results['clothing_pipeline_img_s']:.1f}"),
+             (f"clothing_train_img_s resnet50 {results['clothing_crop']}px", f"{results['clothing_train_img_s']:.1f}")]
     rows += [(f"target {k}", "met" if ok else "MISSED") for k, ok in results["targets"].items()]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -506,6 +573,9 @@ def measure(args, device: torch.device, argv: list[str]) -> dict:
     if args.options:
         res["options"] = time_options(args.option_model, x, labels, args.batch_size, args.option_steps,
                                       args.options)
+    res.update(time_clothing(args, device))
+    print(f"  clothing1m pipeline {res['clothing_pipeline_img_s']:.1f} img/s ({args.workers} workers), resnet50 "
+          f"training step {res['clothing_train_img_s']:.1f} img/s", flush=True)
     res["targets"] = check_targets(res)
     return res
 

@@ -15,6 +15,7 @@ from typing import NoReturn
 import numpy as np
 import torch
 
+from clothing_data import load_clothing1m
 from data import CIFAR, NoisyData, default_data_dir, load_cifar_noisy
 from files import check_writable
 from folder_data import load_folder
@@ -22,6 +23,7 @@ from models import MODELS
 from noise import ASYM_VARIANTS, SYM_VARIANTS, DataError, check_rate
 from real_data import CIFARN, load_animal10n, load_cifar_n
 from runs import resolve_resume
+from sources import default_workers
 
 
 class Parser(argparse.ArgumentParser):
@@ -45,12 +47,23 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------------------------------
 # Training
 
+# The step schedule's factor: the authors' Clothing1M script divides the learning rate by 10.
+DEFAULT_LR_DECAY = 0.1
+# Default DataLoader workers: one per core, at most the authors' 16 (noise_clothing1m_train.py).
+MAX_DEFAULT_WORKERS = 16
+
 def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable: bool = True) -> None:
     """Flags of the method and the run, with the reference's defaults (SLN-REFERENCE.md)."""
     g = p.add_argument_group("training (defaults: the SLN reference code)")
     g.add_argument("--batch_size", type=int, default=128, help="minibatch size in images")
     g.add_argument("--n_epochs", type=int, default=300, help="number of training epochs")
-    g.add_argument("--lr", type=float, default=0.001, help="SGD learning rate, constant (no schedule)")
+    g.add_argument("--lr", type=float, default=0.001, help="SGD learning rate (constant unless --lr_milestones)")
+    g.add_argument("--lr_milestones", type=int, nargs="*", default=None, metavar="EPOCH",
+                   help="multiply the learning rate by --lr_decay after each of these epochs (the authors' Clothing1M "
+                        "script: 5, i.e. epochs 6.. at a tenth); default, or given with no epochs: constant, as the "
+                        "reference's CIFAR runs")
+    g.add_argument("--lr_decay", type=float, default=None,
+                   help=f"factor of the learning rate at each --lr_milestones epoch (default {DEFAULT_LR_DECAY})")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay (L2)")
     g.add_argument("--sigma", type=float, default=None,
@@ -64,6 +77,13 @@ def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable:
     g.add_argument("--lc_augment", action=argparse.BooleanOptionalAction, default=True,
                    help="apply the training augmentation in the label-correction pass, as the reference does; "
                         "--no-lc_augment predicts on un-augmented images")
+    g.add_argument("--lc_soft", action=argparse.BooleanOptionalAction, default=None,
+                   help="label correction towards the momentum model's softmax, as the authors' Clothing1M script, "
+                        "instead of its argmax (their CIFAR script); default: argmax")
+    g.add_argument("--num_per_class", type=int, default=None, metavar="N",
+                   help="every epoch, train on a fresh seeded class-balanced sample of N training images per class "
+                        "(all of a smaller class), labelled afresh with the given labels, as the authors' Clothing1M "
+                        "script (N 18976); default, or 0: the whole training set every epoch")
     g.add_argument("--seed", type=int, default=0,
                    help="seeds the model init, data order, augmentation, SLN noise and generated label noise")
     g.add_argument("--model", choices=list(MODELS), default=default_model, help="network architecture")
@@ -79,6 +99,10 @@ def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable:
     r.add_argument("--eval_batch_size", type=int, default=None,
                    help="batch size of evaluation and label-correction passes (no autograd); default 1024 on a GPU, "
                         "128 on a CPU (large batches measured 2-3x slower there: docs/performance.md)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes that decode and crop the images of a dataset read from its "
+                        "files batch by batch (clothing1m); 0 = in the main process; default: the CPU cores, at most "
+                        f"{MAX_DEFAULT_WORKERS}. Datasets held in memory do not use it")
     r.add_argument("--eval_every", type=int, default=1,
                    help="evaluate on the test set every this many epochs and at the last one (other epochs leave "
                         "the test columns empty); a validation split, if any, is evaluated every epoch")
@@ -94,6 +118,13 @@ def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable:
                    help="NHWC memory layout for the network and its input batches")
     s.add_argument("--compile", action="store_true",
                    help="torch.compile the network and its EMA copy (the first epoch is slower while it compiles)")
+
+
+def training_defaults() -> dict:
+    """Every training flag's default as add_training_args declares it (before a script changes any)."""
+    p = argparse.ArgumentParser()
+    add_training_args(p, default_model=None)
+    return vars(p.parse_args([]))
 
 
 def variant(args: argparse.Namespace) -> str:
@@ -120,6 +151,10 @@ def check_training_args(args: argparse.Namespace) -> str:
             fail(f"--{name} must be positive, got {value}")
     if args.lr <= 0:
         fail(f"--lr must be positive, got {args.lr}")
+    check_lr_schedule(args)
+    for name in ("num_per_class", "workers"):
+        if getattr(args, name, None) is not None and getattr(args, name) < 0:
+            fail(f"--{name} must be 0 or more, got {getattr(args, name)}")
     if args.sigma < 0:
         fail(f"--sigma must be >= 0, got {args.sigma}")
     if not 0 <= args.ema_alpha < 1:
@@ -129,6 +164,22 @@ def check_training_args(args: argparse.Namespace) -> str:
             fail(f"--{name} must be a positive number of images, got {getattr(args, name)}")
     check_out_dir(args.out_dir)
     return variant(args)
+
+
+def check_lr_schedule(args: argparse.Namespace) -> None:
+    """--lr_milestones: epochs in 1..n_epochs-1, increasing; --lr_decay only with them (filled in when not given)."""
+    milestones = args.lr_milestones or []
+    if not milestones:
+        if args.lr_decay is not None:
+            fail("--lr_decay needs --lr_milestones (the epochs after which it applies)")
+        return
+    if any(not 0 < m < args.n_epochs for m in milestones) or milestones != sorted(set(milestones)):
+        fail(f"--lr_milestones must be increasing epochs in 1..{args.n_epochs - 1}, got "
+             f"{' '.join(map(str, milestones))}")
+    if args.lr_decay is None:
+        args.lr_decay = DEFAULT_LR_DECAY
+    if not 0 < args.lr_decay <= 1:
+        fail(f"--lr_decay must be in (0, 1], got {args.lr_decay}")
 
 
 def check_out_dir(folder: Path, flag: str = "--out_dir") -> None:
@@ -159,12 +210,12 @@ def pick_device(name: str) -> torch.device:
 # Sigma when --sigma is not given. CIFAR: the reference README's value per noise mode. Animal-10N: 0.5, the value
 # of the earlier re-implementation's commands. The paper has no CIFAR-N runs; human noise is instance-dependent,
 # so CIFAR-N takes the paper's sigma for instance-dependent noise on the same images (CIFAR-10 0.5, CIFAR-100 0.1).
-# The user's own images (folder): 0.5, the value used for Animal-10N, the paper's one real-world image set.
+# The user's own images (folder): 0.5, the value used for Animal-10N. Clothing1M: 0.2, the authors' README command.
 DEFAULT_SIGMA = {("cifar10", "sym"): 1.0, ("cifar10", "asym"): 0.5, ("cifar10", "dependent"): 0.5,
                  ("cifar10", "openset"): 0.5, ("cifar100", "sym"): 0.2, ("cifar100", "asym"): 0.2,
                  ("cifar100", "dependent"): 0.1,
                  ("animal-10n", None): 0.5, ("cifar10n", None): 0.5, ("cifar100n", None): 0.1,
-                 ("folder", None): 0.5}
+                 ("folder", None): 0.5, ("clothing1m", None): 0.2}
 
 
 def default_sigma(dataset: str, noise_mode: str | None = None) -> float | None:
@@ -233,8 +284,9 @@ def check_noise_args(args: argparse.Namespace, dataset: str) -> None:
 # From flags (or a saved run config) to the dataset
 
 def dataset_from_config(config: dict) -> NoisyData:
-    """The full dataset (before subsets) that a run's flags describe: CIFAR-10/100 with its label noise, CIFAR-N
-    Animal-10N or the user's own folder. `config` is a run's config.yaml or vars(args); noise is read from its files, never made anew
+    """The full dataset (before subsets) that a run's flags describe: CIFAR-10/100 with its label noise, CIFAR-N,
+    Animal-10N, Clothing1M or the user's own folder. `config` is a run's config.yaml or vars(args); noise is read
+    from its files, never made anew
     unless the config asks for it (make_new_custom_noise). Raises DataError."""
     name, root = config["dataset_name"], Path(config["data_dir"])
     if name in CIFAR:
@@ -247,7 +299,16 @@ def dataset_from_config(config: dict) -> NoisyData:
         return load_animal10n(root)
     if name == "folder":
         return load_folder(root, config.get("image_size"))
-    raise DataError(f"unknown dataset {name!r}; known: {', '.join([*CIFAR, *CIFARN, 'animal-10n', 'folder'])}")
+    if name == "clothing1m":
+        return load_clothing1m(root, config["image_size"], workers(config))
+    known = [*CIFAR, *CIFARN, "animal-10n", "folder", "clothing1m"]
+    raise DataError(f"unknown dataset {name!r}; known: {', '.join(known)}")
+
+
+def workers(config: dict) -> int:
+    """--workers of a run's flags or config, or the default (one per core, at most MAX_DEFAULT_WORKERS)."""
+    given = config.get("workers")
+    return default_workers(MAX_DEFAULT_WORKERS) if given is None else given
 
 
 def split_data(config: dict) -> tuple[NoisyData, tuple[np.ndarray, np.ndarray] | None]:

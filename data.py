@@ -1,7 +1,8 @@
 """Datasets on disk: CIFAR-10/100 in its python pickle layout, the paper's noise files, generated
 ("custom") noise files, and NoisyData, the arrays a run trains on.
 
-Datasets are plain arrays: images as uint8 (N, 3, H, W), labels as int64. Noise is decided by the pure
+Datasets are plain arrays: images as uint8 (N, 3, H, W), labels as int64; a set too large for memory
+(Clothing1M) holds a list of its image files instead (sources.ImageFiles), indexed the same way. Noise is decided by the pure
 functions of noise.py or read from files here, never inside a dataset object. Real-world noisy datasets
 (Animal-10N, CIFAR-N) live in real_data.py and the on-device augmentation in augment.py, so this module
 needs no torch (torchvision only fetches a missing CIFAR archive).
@@ -416,10 +417,11 @@ def load_custom_noise(root: Path, dataset: str, mode: str, p: float, seed: int, 
 
 @dataclass
 class NoisyData:
-    """Training images with their given (noisy) labels and, where known, the clean ones; plus the test set."""
+    """Training images with their given (noisy) labels and, where known, the clean ones; plus the test set and,
+    for a dataset that comes with one (Clothing1M), a clean validation set."""
 
     name: str
-    images: np.ndarray            # uint8 (N, 3, H, W)
+    images: np.ndarray            # uint8 (N, 3, H, W), or a sources.ImageFiles list of N image files
     labels: np.ndarray            # int64 (N,) labels used for training
     clean_labels: np.ndarray | None
     is_noisy: np.ndarray | None   # bool (N,): the label (or, for open-set noise, the image) is wrong
@@ -432,6 +434,7 @@ class NoisyData:
     pad: int = 4                  # zero padding of the random crop
     flip: bool = True             # random horizontal flips (not for digits or text)
     info: dict = field(default_factory=dict)  # noise description saved with the run
+    val: tuple | None = None      # (images, clean labels) of the dataset's own validation set
 
     def noise_rate(self) -> float | None:
         return None if self.is_noisy is None else float(self.is_noisy.mean())
@@ -490,6 +493,19 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     quota[np.argsort(-(counts * n / len(labels) - quota), kind="stable")[:rest]] += 1
     picked = [rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quota)]
     return np.sort(np.concatenate(picked))
+
+
+def balanced_indices(labels: np.ndarray, per_class: int, seed: int | list[int]) -> np.ndarray:
+    """A class-balanced random sample: `per_class` indices of every class (all of a smaller class), sorted.
+
+    The authors' Clothing1M sampler (dataset.py, `num_per_class`): shuffle the whole set, then keep each class's
+    first `per_class` samples in that order; the shuffle here comes from numpy's default_rng(seed).
+    """
+    order = np.random.default_rng(seed).permutation(len(labels))
+    grouped = order[np.argsort(labels[order], kind="stable")]        # by class, shuffled within each class
+    sorted_labels = labels[grouped]
+    rank = np.arange(len(grouped)) - np.searchsorted(sorted_labels, sorted_labels)   # position within its class
+    return np.sort(grouped[rank < per_class])
 
 
 def load_cifar_noisy(dataset: str, root: Path, noise_mode: str, p: float, seed: int,

@@ -2,7 +2,11 @@
 
 Follows the reference `noise_cifar_train.py`: an EMA copy of the network is always kept (the network starts
 as a copy of it); SLN+MO and SLN+MO+LC report the EMA network; label correction runs before every epoch
-after `lc_n_epoch` and turns sigma off. The run folder (config, metrics, checkpoints, resume) is runs.py's.
+after `lc_n_epoch` and turns sigma off. The authors' Clothing1M script adds four options, each a flag that is
+off by default: a step learning-rate schedule (`lr_milestones`), a fresh class-balanced sample of the training
+set every epoch (`num_per_class`), soft correction targets (`lc_soft`) and a validation set that picks the
+epoch whose test accuracy is reported. Batches come from sources.py (the images on the device, or image files
+read by DataLoader workers). The run folder (config, metrics, checkpoints, resume) is runs.py's.
 """
 from __future__ import annotations
 
@@ -21,15 +25,18 @@ from tqdm import tqdm
 
 import runs
 import sln
-from augment import normalise, random_crop_flip
-from cli import fail, pick_device, variant
-from data import NoisyData
+from augment import normalise
+from cli import fail, pick_device, variant, workers
+from data import NoisyData, balanced_indices
+from models import WeightsError
 from noise import DataError
+from sources import DeviceImages, FileImages, UnreadableImage, image_source
 
 METRIC_FIELDS = ["epoch", "seconds", "sigma", "train/loss", "train/loss_clean", "train/loss_noisy", "train/acc",
                  "test/loss", "test/acc", "test/loss_ema", "test/acc_ema", "test/acc_reported"]
 LC_FIELDS = ["lc/changed_fraction", "lc/corrected_precision"]
 VAL_FIELDS = ["val/loss", "val/acc"]
+LR_FIELDS = ["lr"]
 
 
 def default_eval_batch_size(device: torch.device) -> int:
@@ -44,20 +51,29 @@ def autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
+def logits_of(model: nn.Module, batches, mean: torch.Tensor, std: torch.Tensor, amp: bool = False) -> torch.Tensor:
+    """float32 logits of `model` in eval mode for each uint8 batch (on the device) of `batches`, concatenated."""
+    model.eval()
+    out = []
+    for xb in batches:
+        with autocast(xb.device, amp):
+            out.append(model(normalise(xb, mean, std)).float())
+    return torch.cat(out)
+
+
 def predict(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch_size: int,
             pad: int = 0, generator: torch.Generator | None = None, flip: bool = True,
             amp: bool = False) -> torch.Tensor:
     """Logits of `model` in eval mode for uint8 images on the device; with pad > 0 the training
     augmentation is applied first (the reference's label-correction pass does this). Logits are float32."""
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        xb = images[i:i + batch_size]
-        if pad:
-            xb = random_crop_flip(xb, pad, generator, flip=flip)
-        with autocast(images.device, amp):
-            out.append(model(normalise(xb, mean, std)).float())
-    return torch.cat(out)
+    batches = DeviceImages(images, pad, flip).eval_batches(batch_size, augment=pad > 0, gen=generator)
+    return logits_of(model, batches, mean, std, amp)
+
+
+def lr_at(epoch: int, lr: float, milestones: list[int], decay: float) -> float:
+    """The step schedule: `lr` times `decay` for every milestone that `epoch` is past (the authors' Clothing1M
+    script: lr 1e-3, times 0.1 for epochs > 5)."""
+    return lr * decay ** sum(epoch > m for m in milestones)
 
 
 def accuracy_and_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -80,34 +96,40 @@ class TrainState:
     ema_tensors: list[torch.Tensor]      # the EMA's float state (parameters and BN buffers), for sln.ema_update
     model_tensors: list[torch.Tensor]
     gen: torch.Generator                 # data order, augmentation, SLN noise
-    x: torch.Tensor                      # uint8 training images (N, C, H, W)
+    x: DeviceImages | FileImages         # the training images (N of them)
     labels: torch.Tensor                 # given (noisy) labels
     clean: torch.Tensor                  # clean labels (the given ones where unknown)
     noisy_mask: torch.Tensor             # the given label (or, open-set, the image) is wrong
     given: torch.Tensor                  # one-hot given labels
     targets: torch.Tensor                # current targets before SLN noise: given, or corrected
     sigma: float
-    test_x: torch.Tensor
+    test_x: DeviceImages | FileImages
     test_y: torch.Tensor
-    val_x: torch.Tensor | None           # tune.py's split of the noisy training set, with its noisy labels
+    # tune.py's split of the noisy training set (noisy labels) or the dataset's own clean one (Clothing1M)
+    val_x: DeviceImages | FileImages | None
     val_y: torch.Tensor | None
     mean: torch.Tensor
     std: torch.Tensor
-    pad: int
-    flip: bool
     eval_bs: int
     has_clean: bool
     report_ema: bool                     # SLN-MO and SLN-MO-LC report the EMA network
     lc_on: bool
+    members: torch.Tensor | None = None  # with num_per_class: this epoch's sample (indices); None: all images
 
     def fields(self) -> list[str]:
         """The columns of this run's metrics.csv."""
-        return METRIC_FIELDS + (LC_FIELDS if self.lc_on else []) + (VAL_FIELDS if self.val_x is not None else [])
+        return (METRIC_FIELDS + (LC_FIELDS if self.lc_on else []) + (VAL_FIELDS if self.val_x is not None else [])
+                + (LR_FIELDS if self.args.lr_milestones else []))
+
+    def trained(self, values: torch.Tensor) -> torch.Tensor:
+        """The entries of a per-image tensor for the images this epoch trains on."""
+        return values if self.members is None else values[self.members]
 
 
 def setup(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: torch.device,
           val: tuple[np.ndarray, np.ndarray] | None = None) -> TrainState:
-    """Move the data to the device as uint8, make the EMA copy and the optimiser (bench.py times this too)."""
+    """Put the images where batches come from (the device, or DataLoader workers for image files), make the EMA
+    copy and the optimiser (bench.py times this too)."""
     name = variant(args)
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed)
@@ -122,18 +144,19 @@ def setup(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         model.compile()  # in place: parameters, state-dict keys and the EMA tensors below stay the same
         ema.compile()
     given = sln.onehot(labels, data.num_classes)
+    source = lambda images: image_source(images, device, data.pad, data.flip, workers(vars(args)))  # noqa: E731
     return TrainState(
         args=args, model=model, ema=ema,
         optimizer=torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                   weight_decay=args.weight_decay),
         ema_tensors=sln.ema_tensors(ema), model_tensors=sln.ema_tensors(model), gen=gen,
-        x=to_dev(data.images), labels=labels, clean=to_dev(data.clean_labels) if has_clean else labels,
+        x=source(data.images), labels=labels, clean=to_dev(data.clean_labels) if has_clean else labels,
         noisy_mask=to_dev(data.is_noisy) if data.is_noisy is not None else torch.zeros_like(labels, dtype=torch.bool),
         given=given, targets=given.clone(), sigma=args.sigma,
-        test_x=to_dev(data.test_images), test_y=to_dev(data.test_labels),
-        val_x=None if val is None else to_dev(val[0]), val_y=None if val is None else to_dev(val[1]),
+        test_x=source(data.test_images), test_y=to_dev(data.test_labels),
+        val_x=None if val is None else source(val[0]), val_y=None if val is None else to_dev(val[1]),
         mean=torch.tensor(data.mean, device=device), std=torch.tensor(data.std, device=device),
-        pad=data.pad, flip=data.flip, eval_bs=args.eval_batch_size or default_eval_batch_size(device),
+        eval_bs=args.eval_batch_size or default_eval_batch_size(device),
         has_clean=has_clean, report_ema=name in ("SLN-MO", "SLN-MO-LC"), lc_on=name == "SLN-MO-LC")
 
 
@@ -141,9 +164,9 @@ def setup(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
 # One epoch
 
 def train_epoch(s: TrainState, desc: str = "") -> torch.Tensor:
-    """One epoch of training steps over the uint8 images `s.x` in a seeded random order.
+    """One epoch of training steps over the images `s.x` (this epoch's `s.members`, if set) in a seeded random order.
 
-    Each step crops, flips and normalises its batch on the device, adds SLN noise (sigma) to the batch's
+    Each step takes its augmented batch from the source, normalises it, adds SLN noise (sigma) to the batch's
     targets, takes an SGD step and an EMA step. Nothing in the loop waits for the device: the returned
     sums (objective, CE on clean samples, CE on noisy samples, correct predictions vs the given label)
     and the index of the first step whose loss was not finite (the number of steps if none) stay on it
@@ -152,17 +175,20 @@ def train_epoch(s: TrainState, desc: str = "") -> torch.Tensor:
     a = s.args
     s.model.train()
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
-    order = torch.randperm(len(s.x), generator=s.gen, device=s.x.device)
-    n_steps = -(-len(s.x) // a.batch_size)
-    steps = torch.arange(n_steps + 1, device=s.x.device)
-    totals = torch.zeros(4, device=s.x.device)
+    device = s.labels.device
+    order = torch.randperm(len(s.x) if s.members is None else len(s.members), generator=s.gen, device=device)
+    if s.members is not None:
+        order = s.members[order]
+    n_steps = -(-len(order) // a.batch_size)
+    steps = torch.arange(n_steps + 1, device=device)
+    totals = torch.zeros(4, device=device)
     first_bad = steps[-1].clone()
-    for step in tqdm(range(n_steps), desc=desc, leave=False, unit="batch", dynamic_ncols=True):
-        idx = order[step * a.batch_size:(step + 1) * a.batch_size]
-        # index_select copies whole images (x[idx] gathers them byte by byte on a CPU)
-        xb = random_crop_flip(s.x.index_select(0, idx), s.pad, s.gen, flip=s.flip).contiguous(memory_format=fmt)
+    batches = s.x.train_batches(order, a.batch_size, s.gen)
+    for step, (idx, xb) in enumerate(tqdm(batches, total=n_steps, desc=desc, leave=False, unit="batch",
+                                          dynamic_ncols=True)):
+        xb = xb.contiguous(memory_format=fmt)
         tb = sln.noisy_targets(s.targets[idx], s.sigma, s.gen)
-        with autocast(s.x.device, a.amp):
+        with autocast(device, a.amp):
             out = s.model(normalise(xb, s.mean, s.std))
         out = out.float()  # the loss and the metrics in float32, also with --amp
         loss = sln.soft_cross_entropy(out, tb)
@@ -181,29 +207,35 @@ def train_epoch(s: TrainState, desc: str = "") -> torch.Tensor:
 
 def correct_labels(s: TrainState) -> dict:
     """Label correction before an epoch (reference): sigma off for good; the EMA network, in eval mode and on
-    augmented images (--lc_augment), predicts every training sample; new soft targets from sln.corrected_targets.
-    Returns its metrics."""
+    augmented images (--lc_augment), predicts every training sample (of this epoch's sample, with num_per_class);
+    new targets from sln.corrected_targets (soft ones with --lc_soft). Returns its metrics."""
     s.sigma = 0.0
-    logits = predict(s.ema, s.x, s.mean, s.std, s.eval_bs, s.pad if s.args.lc_augment else 0, s.gen, s.flip,
-                     s.args.amp)
-    s.targets = sln.corrected_targets(sln.soft_cross_entropy(logits, s.targets, reduction="none"), s.given, logits)
-    hard = s.targets.argmax(1)
-    row = {"lc/changed_fraction": float((hard != s.labels).float().mean())}
-    if s.has_clean and s.noisy_mask.any():
-        row["lc/corrected_precision"] = float((hard[s.noisy_mask] == s.clean[s.noisy_mask]).float().mean())
+    batches = s.x.eval_batches(s.eval_bs, augment=s.args.lc_augment, gen=s.gen, indices=s.members)
+    logits = logits_of(s.ema, batches, s.mean, s.std, s.args.amp)
+    losses = sln.soft_cross_entropy(logits, s.trained(s.targets), reduction="none")
+    new = sln.corrected_targets(losses, s.trained(s.given), logits, soft=bool(s.args.lc_soft))
+    if s.members is None:
+        s.targets = new
+    else:
+        s.targets[s.members] = new
+    hard, labels, noisy, clean = new.argmax(1), s.trained(s.labels), s.trained(s.noisy_mask), s.trained(s.clean)
+    row = {"lc/changed_fraction": float((hard != labels).float().mean())}
+    if s.has_clean and noisy.any():
+        row["lc/corrected_precision"] = float((hard[noisy] == clean[noisy]).float().mean())
     return row
 
 
 def epoch_metrics(s: TrainState, sums: list[float], evaluate_test: bool) -> dict:
     """The epoch's training metrics from train_epoch's sums, test metrics of both networks when `evaluate_test`,
     and the reported network's validation metrics when there is a validation split."""
-    n, n_noisy = len(s.labels), int(s.noisy_mask.sum())
+    n, n_noisy = len(s.trained(s.labels)), int(s.trained(s.noisy_mask).sum())
     row = {"sigma": s.sigma, "train/loss": sums[0] / n, "train/acc": sums[3] / n}
     if s.has_clean:
         row["train/loss_clean"] = sums[1] / max(n - n_noisy, 1)
         row["train/loss_noisy"] = sums[2] / n_noisy if n_noisy else None
     reported = s.ema if s.report_ema else s.model
-    evaluate = lambda net, images: predict(net, images, s.mean, s.std, s.eval_bs, amp=s.args.amp)  # noqa: E731
+    def evaluate(net: nn.Module, images) -> torch.Tensor:
+        return logits_of(net, images.eval_batches(s.eval_bs), s.mean, s.std, s.args.amp)
     if evaluate_test:
         row["test/acc"], row["test/loss"] = accuracy_and_loss(evaluate(s.model, s.test_x), s.test_y)
         row["test/acc_ema"], row["test/loss_ema"] = accuracy_and_loss(evaluate(s.ema, s.test_x), s.test_y)
@@ -228,11 +260,27 @@ def restore(s: TrainState, run_dir: Path) -> list[dict]:
     s.model.load_state_dict(ckpt["model"])
     s.ema.load_state_dict(ckpt["ema"])
     s.optimizer.load_state_dict(ckpt["optimizer"])
-    s.targets, s.sigma = ckpt["targets"].to(s.x.device), ckpt["sigma"]
+    s.targets, s.sigma = ckpt["targets"].to(s.labels.device), ckpt["sigma"]
     s.gen.set_state(ckpt["generator"])
     torch.set_rng_state(ckpt["torch_rng"])
     print(f"resuming after epoch {ckpt['epoch']}")
     return runs.read_metrics(run_dir / "metrics.csv")[:ckpt["epoch"]]   # rows written after it are dropped
+
+
+def start_epoch(s: TrainState, epoch: int) -> dict:
+    """Before an epoch, each only where its flag is set (the authors' Clothing1M script): the step schedule's
+    learning rate, and a fresh class-balanced sample of the training set, labelled afresh with the given labels
+    (they build a new training set every epoch). Returns the metrics it sets."""
+    a, row = s.args, {}
+    if a.lr_milestones:
+        row["lr"] = lr_at(epoch, a.lr, a.lr_milestones, a.lr_decay)
+        for group in s.optimizer.param_groups:
+            group["lr"] = row["lr"]
+    if a.num_per_class:
+        sample = balanced_indices(s.labels.cpu().numpy(), a.num_per_class, [a.seed, epoch])
+        s.members = torch.from_numpy(sample).to(s.labels.device)
+        s.targets = s.given.clone()
+    return row
 
 
 def describe_epoch(row: dict, n_epochs: int) -> str:
@@ -259,13 +307,13 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
     if not s.has_clean and not resume:
         print("note: no clean labels for this dataset: train/loss_clean, train/loss_noisy and "
               "lc/corrected_precision are not reported")
-    n_steps = -(-len(s.x) // args.batch_size)
     for epoch in range(len(history) + 1, args.n_epochs + 1):
         t0 = time.time()
-        row: dict = {"epoch": epoch}
+        row: dict = {"epoch": epoch, **start_epoch(s, epoch)}
         if s.lc_on and epoch > args.lc_n_epoch:
             row.update(correct_labels(s))
         sums = train_epoch(s, f"epoch {epoch}/{args.n_epochs}").tolist()   # the epoch's one host sync
+        n_steps = -(-len(s.trained(s.labels)) // args.batch_size)
         if sums[4] < n_steps:
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "nothing was checkpointed yet"
             raise runs.TrainingStopped(f"the loss became NaN/Inf at epoch {epoch}, step {int(sums[4]) + 1}; {kept}; "
@@ -279,10 +327,16 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         if on_epoch is not None:
             on_epoch(row)
     writer.close()
-    best = max((r for r in history if r.get("test/acc_reported") is not None), key=lambda r: r["test/acc_reported"])
+    tested = [r for r in history if r.get("test/acc_reported") is not None]
+    best = max(tested, key=lambda r: r["test/acc_reported"])
     summary = {"variant": variant(args), "reported_network": "ema" if s.report_ema else "net",
                "last_test_acc": history[-1]["test/acc_reported"], "best_test_acc": best["test/acc_reported"],
                "best_epoch": best["epoch"], "epochs": args.n_epochs, "seconds": sum(r["seconds"] for r in history)}
+    if s.val_x is not None:
+        # the authors' Clothing1M number: the test accuracy at the (first) epoch of best validation accuracy
+        chosen = max(tested, key=lambda r: r["val/acc"])
+        summary.update(best_val_acc=chosen["val/acc"], best_val_epoch=chosen["epoch"],
+                       test_acc_at_best_val=chosen["test/acc_reported"])
     runs.finish(run_dir, {"model_final.pt": s.model.state_dict(), "ema_final.pt": s.ema.state_dict(),
                           "targets_final.pt": s.targets.cpu()}, summary)
     return summary
@@ -304,7 +358,10 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = not args.deterministic
     torch.manual_seed(args.seed)
-    model = model_builder(data.num_classes)
+    try:
+        model = model_builder(data.num_classes)
+    except WeightsError as e:
+        fail(str(e))
 
     out = args.out_dir.resolve()
     exp_id = resume_id or runs.create_run(out, args, data, model_name, str(device), None if val is None else len(val[1]))
@@ -317,10 +374,15 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
         summary = train(args, data, model, device, run_dir, on_epoch, bool(resume_id), val)
     except runs.TrainingStopped as e:
         fail(f"{exp_id}: {e}" + (f": {how}" if e.resumable else ""), 3)
+    except UnreadableImage as e:
+        again = f"continue with: {how}" if (run_dir / "checkpoint.pt").is_file() else "then start the run again"
+        fail(f"{exp_id}: {e}, {again}", 3)
     except DataError as e:   # an unusable checkpoint
         fail(str(e))
     except KeyboardInterrupt:
         fail(f"{exp_id}: interrupted; the last complete epoch is checkpointed; continue with: {how}", 130)
+    at_val = ("" if "test_acc_at_best_val" not in summary else
+              f", at the best validation epoch ({summary['best_val_epoch']}) {summary['test_acc_at_best_val']:.4f}")
     print(f"{exp_id}: last test acc {summary['last_test_acc']:.4f}, best {summary['best_test_acc']:.4f} "
-          f"(epoch {summary['best_epoch']}); outputs in {run_dir}")
+          f"(epoch {summary['best_epoch']}){at_val}; outputs in {run_dir}")
     return exp_id, summary

@@ -8,11 +8,17 @@
   experiments and the test suite.
 - ``vgg19-bn``: VGG-19 with batch normalisation, the network of the Animal-10N benchmark
   (Song et al., "SELFIE", ICML 2019, which introduced Animal-10N, trains VGG-19 with BN on it).
+- ``resnet50``: torchvision's ResNet-50 with a new final layer, the network of the authors' Clothing1M script;
+  `make_model(..., backbone=imagenet_state_dict("resnet50"))` starts it from ImageNet weights, as they do.
 """
 from __future__ import annotations
 
+import urllib.error
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 
@@ -97,15 +103,82 @@ class VGG(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
+class WeightsError(ValueError):
+    """Pretrained weights that cannot be had or do not fit; the message says what to do."""
+
+
+def resnet50(num_classes: int, backbone: dict | None = None) -> nn.Module:
+    """torchvision's ResNet-50 with a new `num_classes`-way final layer (the authors' Clothing1M network). It is
+    built 1000-way, as on ImageNet, so that `backbone` (a state dict of ImageNet weights) loads as it is; the
+    backbone's own final layer, if any, is not used."""
+    net = torchvision.models.resnet50()
+    if backbone is not None:
+        kept = {k: v for k, v in backbone.items() if not k.startswith("fc.")}
+        try:
+            missing, unexpected = net.load_state_dict(kept, strict=False)
+        except RuntimeError as e:   # a tensor of the wrong shape
+            raise WeightsError(f"the weights do not fit resnet50: {str(e).splitlines()[-1].strip()}")
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            raise WeightsError(f"the weights are not a resnet50 state dict ({len(missing)} tensors missing, e.g. "
+                               f"{(missing or ['-'])[0]}; {len(unexpected)} unexpected, e.g. "
+                               f"{(unexpected or ['-'])[0]})")
+    net.fc = nn.Linear(net.fc.in_features, num_classes)
+    return net
+
+
 MODELS = {
     "wrn-28-2": lambda c: WideResNet(28, 2, c),
     "wrn-16-1": lambda c: WideResNet(16, 1, c),
     "vgg19-bn": lambda c: VGG(VGG19_CFG, c),
+    "resnet50": resnet50,
 }
+# ImageNet weights through torchvision's weights API: IMAGENET1K_V1 are torchvision's original ResNet-50 weights,
+# the ones the authors' script downloads (under their older file name resnet50-19c8e357.pth).
+IMAGENET_WEIGHTS = {"resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1}
 
 
-def make_model(name: str, num_classes: int) -> nn.Module:
-    """Build the network called `name` (one of `MODELS`) with `num_classes` outputs."""
+def make_model(name: str, num_classes: int, backbone: dict | None = None) -> nn.Module:
+    """Build the network called `name` (one of `MODELS`) with `num_classes` outputs; `backbone`: pretrained
+    weights to start from (networks of IMAGENET_WEIGHTS only)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[name](num_classes)
+    if backbone is None:
+        return MODELS[name](num_classes)
+    if name not in IMAGENET_WEIGHTS:
+        raise WeightsError(f"{name} has no pretrained weights here; use --no-pretrained or --model "
+                           f"{' | '.join(IMAGENET_WEIGHTS)}")
+    return MODELS[name](num_classes, backbone)
+
+
+def imagenet_state_dict(name: str, path: Path | None = None) -> dict:
+    """The ImageNet weights of network `name`: from the file `path` (loaded with weights_only=True), else through
+    torchvision's weights API, which downloads them once into torch.hub's cache and checks the download's hash."""
+    if path is not None:
+        if not path.is_file():
+            raise WeightsError(f"--weights {path} does not exist; give the path of a saved state dict")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a torn or foreign file raises whatever the zip/pickle reader trips on
+            raise WeightsError(f"--weights {path} is not a PyTorch state dict ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:120] if str(e) else ''}); give a file saved with "
+                               "torch.save(model.state_dict(), path)")
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise WeightsError(f"--weights {path} holds a {type(state).__name__}, not a state dict of tensors; give "
+                               "a file saved with torch.save(model.state_dict(), path)")
+        return state
+    weights = IMAGENET_WEIGHTS[name]
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    file = cache / Path(weights.url).name
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        reason = getattr(e, "reason", e)
+        raise WeightsError(f"the ImageNet weights {file.name} of {name} are not in {cache}/ and cannot be downloaded "
+                           f"({reason}); download {weights.url} into {cache}/ on a machine with internet access, or "
+                           "pass --weights PATH, or train from scratch with --no-pretrained")
+    except Exception as e:  # a failed hash check (RuntimeError) or a damaged cached file (whatever torch.load raises)
+        if "hash" in str(e):   # torch.hub removes a download that fails the check
+            raise WeightsError(f"the download of {weights.url} failed its hash check ({str(e).splitlines()[0]}); "
+                               f"run again, or download the file into {cache}/ yourself")
+        raise WeightsError(f"{file} is damaged ({str(e).splitlines()[0][:120]}); delete it and run again")

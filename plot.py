@@ -345,9 +345,10 @@ def figure_curves(run: Run) -> tuple[plt.Figure, list[list]]:
     marker = "o" if len(epochs) <= 30 else None
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
     reported = reported_network(run)
-    # val/acc: tune.py's trials also measure a noisy validation split
+    # val/acc: the reported network on tune.py's noisy validation split or on the dataset's clean one (Clothing1M)
+    val_labels = "noisy labels" if run.config.get("val_size") else "clean labels"
     names = {"test/acc": ("net", "network, test"), "test/acc_ema": ("ema", "EMA network, test"),
-             "val/acc": (None, "network, validation (noisy labels)")}
+             "val/acc": (None, f"reported network, validation ({val_labels})")}
     for column, (net, label) in names.items():
         if column in m and not np.all(np.isnan(m[column])):
             label += " (reported)" if net == reported else ""

@@ -85,8 +85,11 @@ def config_dict(args: argparse.Namespace, **extra) -> dict:
 
 def data_provenance(data: NoisyData) -> dict:
     """Which copy of the data a run trained on: SHA-256 of the training and test images and labels exactly
-    as loaded (after subsets and splits), and whether the files were the official archive (None: unknown)."""
-    def sha(a: np.ndarray) -> str:
+    as loaded (after subsets and splits), and whether the files were the official archive (None: unknown).
+    Images read from files (Clothing1M) are hashed as their list of paths."""
+    def sha(a) -> str:
+        if hasattr(a, "digest"):
+            return a.digest()
         return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
     return {"train_images_sha256": sha(data.images), "train_labels_sha256": sha(data.labels.astype("<i8")),
             "test_images_sha256": sha(data.test_images), "test_labels_sha256": sha(data.test_labels.astype("<i8")),
@@ -238,7 +241,7 @@ def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args
     unset = object()    # argparse fills in a default only for a name the namespace lacks: what is left was given
     given = {k: v for k, v in vars(parser.parse_args(argv, argparse.Namespace(**{k: unset for k in defaults}))).items()
              if v is not unset}
-    allowed_to_differ = {"resume", "device", "out_dir", "eval_batch_size"}
+    allowed_to_differ = {"resume", "device", "out_dir", "eval_batch_size", "workers", "weights"}
     diffs = []
     for key, value in given.items():
         if key in allowed_to_differ:

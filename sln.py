@@ -63,13 +63,19 @@ def minmax_normalise(values: torch.Tensor) -> torch.Tensor:
     return (values - values.min()) / span.clamp_min(torch.finfo(values.dtype).tiny)
 
 
-def corrected_targets(losses: torch.Tensor, noisy_onehot: torch.Tensor, ema_logits: torch.Tensor) -> torch.Tensor:
+def corrected_targets(losses: torch.Tensor, noisy_onehot: torch.Tensor, ema_logits: torch.Tensor,
+                      soft: bool = False) -> torch.Tensor:
     """Label correction (paper Sec. 3.3, reference `noise_cifar_train.py`), steps 3 and 4.
 
     `losses` are the momentum model's per-sample losses against the current targets; after min-max
     normalisation to l in [0, 1], the new target is l * onehot(noisy label) + (1 - l) * onehot(argmax
     prediction): samples the model finds hard keep their given label, easy ones take its prediction.
+    With `soft`, the prediction is the momentum model's softmax instead of its one-hot argmax, as in the
+    reference's `noise_clothing1m_train.py`.
     """
     weight = minmax_normalise(losses).unsqueeze(1)
-    predicted = onehot(ema_logits.argmax(dim=1), noisy_onehot.shape[1])
+    if soft:
+        predicted = torch.softmax(ema_logits, dim=1)
+    else:
+        predicted = onehot(ema_logits.argmax(dim=1), noisy_onehot.shape[1])
     return weight * noisy_onehot + (1 - weight) * predicted

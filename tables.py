@@ -43,6 +43,15 @@ class Run:
             raise DataError(f"{self.folder / 'metrics.csv'} has no {column} value in any epoch")
         return float(acc[-1]), float(acc.max())
 
+    def at_best_val(self, column: str = "test/acc_reported") -> float | None:
+        """The test accuracy (%) at the first epoch of best val/acc among the tested ones (engine.py's
+        test_acc_at_best_val, the authors' Clothing1M number); None for a run without a validation set."""
+        if "val/acc" not in self.metrics or column not in self.metrics:
+            return None
+        val, test = self.metrics["val/acc"], self.metrics[column]
+        tested = np.flatnonzero(~np.isnan(val) & ~np.isnan(test))
+        return None if not len(tested) else float(100 * test[tested[np.argmax(val[tested])]])
+
 
 def read_metrics(path: Path) -> dict[str, np.ndarray]:
     """metrics.csv as float columns; empty cells (metrics a run could not compute) become NaN."""
@@ -84,7 +93,8 @@ def run_ids(runs_dir: Path) -> list[str]:
 # and in the seed are repetitions of one experiment.
 NOT_SETTINGS = {"exp_id", "seed", "data_dir", "out_dir", "device", "device_used", "deterministic", "eval_batch_size",
                 "eval_every", "tune_trial_id", "tune_config", "resume", "amp", "channels_last", "compile", "variant_id",
-                "make_new_custom_noise", "code", "versions", "host", "noise", "n_train", "n_test", "dataset"}
+                "make_new_custom_noise", "code", "versions", "host", "noise", "n_train", "n_test", "dataset",
+                "workers", "weights"}
 ROW_KEYS = ["variant", "sigma", "mo", "lc_n_epoch", "ema_alpha", "lc_augment"]   # which of the paper's models
 COLUMN_KEYS = ["noise_mode", "noise_label"]   # the first one present: CIFAR's noise_mode, CIFAR-N's noise_label
 HEADLINE_KEYS = ["dataset_name", "model", "p", "custom_noise", "n_epochs", "train_subset", "test_subset"]
@@ -98,7 +108,7 @@ def settings(config: dict) -> dict:
 
 
 def column_of(config: dict) -> str:
-    return next((str(config[k]) for k in COLUMN_KEYS if k in config), "-")
+    return next((str(config[k]) for k in COLUMN_KEYS if config.get(k) is not None), "-")
 
 
 @dataclass
@@ -180,8 +190,10 @@ def headline(t: dict, extra: list[str]) -> str:
 def make_table(runs: list[Run]) -> tuple[str, list[list]]:
     """The paper's tables from runs: one per setting, rows the methods (CE, SLN, SLN-MO, SLN-MO-LC), columns the
     noise modes, cells the mean ± std over seeds of the reported test accuracy at the last and the best epoch.
+    Runs with a validation set (Clothing1M) also get the test accuracy at their best validation epoch.
     Returns (Markdown, CSV rows with a header row)."""
     cells = group_cells(runs)
+    with_val = any(r.at_best_val() is not None for r in runs)
     tables = sorted({c.table for c in cells}, key=lambda t: headline(dict(t), []))
     all_keys = sorted({k for t in tables for k, _ in t})
     # settings that differ between tables go into each table's title; the others are said once
@@ -191,7 +203,8 @@ def make_table(runs: list[Run]) -> tuple[str, list[list]]:
              "mean ± sample std (ddof=1) over n seeds.", "",
              "Other settings, the same in every table: " + ", ".join(f"{k}={v}" for k, v in common.items())]
     csv_rows: list[list] = [all_keys + ["method", "variant", "noise", *ROW_KEYS[1:], "n_seeds", "seeds",
-                                        "last_mean", "last_std", "best_mean", "best_std", "exp_ids"]]
+                                        "last_mean", "last_std", "best_mean", "best_std",
+                                        *(["at_best_val_mean", "at_best_val_std"] if with_val else []), "exp_ids"]]
     for table in tables:
         t, t_cells = dict(table), [c for c in cells if c.table == table]
         labels = row_labels(t_cells)
@@ -201,18 +214,24 @@ def make_table(runs: list[Run]) -> tuple[str, list[list]]:
         for cell in sorted(t_cells, key=lambda c: (rows.index(labels[c.row]), cols.index(c.column))):
             accs = [r.last_and_best() for r in cell.runs]
             last, best = mean_std([a[0] for a in accs]), mean_std([a[1] for a in accs])
-            stats[(labels[cell.row], cell.column)] = (last, best, len(accs))
+            at_val = [r.at_best_val() for r in cell.runs]
+            at_val = mean_std(at_val) if None not in at_val else (None, None)
+            stats[(labels[cell.row], cell.column)] = (last, best, at_val, len(accs))
             csv_rows.append([t.get(k) for k in all_keys] + [labels[cell.row], cell.variant, cell.column,
                             *cell.row[1:], len(accs), " ".join(str(r.config.get("seed")) for r in cell.runs),
-                            *(None if v is None else round(v, 4) for v in (*last, *best)),
+                            *(None if v is None else round(v, 4)
+                              for v in (*last, *best, *(at_val if with_val else ()))),
                             " ".join(r.exp_id for r in cell.runs)])
         notes = per_column_notes(t_cells, labels, cols)
-        for which, what in ((0, "last epoch (the paper's number)"), (1, "best epoch")):
+        blocks = [(0, "last epoch (the paper's number)"), (1, "best epoch")]
+        if with_val:
+            blocks.append((2, "epoch of best validation accuracy (the authors' Clothing1M number)"))
+        for which, what in blocks:
             lines += ["", f"### {headline(t, varying)}: {what}", "", "| method | " + " | ".join(cols) + " |",
                       "|---" * (len(cols) + 1) + "|"]
             for row in rows:
-                text = [fmt(*stats[(row, col)][which], stats[(row, col)][2]) if (row, col) in stats else "–"
-                        for col in cols]
+                text = [fmt(*stats[(row, col)][which], stats[(row, col)][3])
+                        if (row, col) in stats and stats[(row, col)][which][0] is not None else "–" for col in cols]
                 lines.append(f"| {row} | " + " | ".join(text) + " |")
             lines += [""] + notes if notes else []
     return "\n".join(lines) + "\n", [[("" if v is None else v) for v in r] for r in csv_rows]

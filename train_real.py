@@ -1,29 +1,44 @@
-"""Train CE, SLN, SLN+MO or SLN+MO+LC on real-world label noise: Animal-10N, CIFAR-N or your own images.
+"""Train CE, SLN, SLN+MO or SLN+MO+LC on real-world label noise: Animal-10N, CIFAR-N, Clothing1M or your own images.
 
     python train_real.py --dataset_name animal-10n --batch_size 128 --n_epochs 300 --lr 0.001 --sigma 0.5 --mo --lc_n_epoch 250 --seed 123
     python train_real.py --dataset_name cifar10n --noise_label worst --sigma 0.5 --mo --lc_n_epoch 250 --seed 123
+    python train_real.py --dataset_name clothing1m --sigma 0.2 --mo --lc_n_epoch 1 --seed 123
     python train_real.py --dataset_name folder --data_dir my_images --image_size 32 --sigma 0.5 --mo --lc_n_epoch 250
 
-Default network: vgg19-bn for animal-10n, wrn-28-2 for cifar10n / cifar100n / folder (change it with --model).
+Default network: vgg19-bn for animal-10n, resnet50 (ImageNet weights) for clothing1m, wrn-28-2 for cifar10n /
+cifar100n / folder (change it with --model). clothing1m also takes the rest of the authors' Clothing1M recipe
+as its defaults (CLOTHING1M_RECIPE); every flag given on the command line wins.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from pathlib import Path
+
 import cli
 import engine
 from folder_data import MIN_IMAGE_SIZE
-from models import make_model
+from models import IMAGENET_WEIGHTS, WeightsError, imagenet_state_dict, make_model
 from real_data import CIFARN
 
-DATASETS = ["animal-10n", *CIFARN, "folder"]
+DATASETS = ["animal-10n", *CIFARN, "clothing1m", "folder"]
 
 # VGG-19 with BN is the network of the Animal-10N benchmark (SELFIE, Song et al., ICML 2019); CIFAR-N
 # keeps the reference's CIFAR network. The user's own images (folder) get wrn-28-2 as well: it pools globally,
 # so it takes any image size from 8 px on, where VGG-19's five max-pools need at least 32 px.
-DEFAULT_MODEL = {"animal-10n": "vgg19-bn", "cifar10n": "wrn-28-2", "cifar100n": "wrn-28-2", "folder": "wrn-28-2"}
+DEFAULT_MODEL = {"animal-10n": "vgg19-bn", "cifar10n": "wrn-28-2", "cifar100n": "wrn-28-2", "folder": "wrn-28-2",
+                 "clothing1m": "resnet50"}
 VGG_MIN_SIZE = 32
+
+# The authors' Clothing1M recipe (noise_clothing1m_train.py) where it differs from the shared defaults, which are
+# their CIFAR recipe: batch 32, 10 epochs, weight decay 1e-3, lr / 10 after epoch 5, a fresh balanced sample of
+# 18,976 images per class every epoch, soft label-correction targets, evaluation in batches of 4 x 32, 224-px
+# crops (after resizing the shorter side to 256), ImageNet weights. A value is used when its flag is not given.
+# (--lr_decay is the shared default, 0.1, as theirs.)
+CLOTHING1M_RECIPE = {"batch_size": 32, "n_epochs": 10, "weight_decay": 1e-3, "lr_milestones": [5],
+                     "num_per_class": 18976, "lc_soft": True, "eval_batch_size": 128, "image_size": 224}
+RECIPE_FLAGS = [k for k in CLOTHING1M_RECIPE if k != "image_size"]   # shared training flags the recipe sets
 
 NOISE_LABELS = [label for spec in CIFARN.values() for label in spec.label_keys]
 
@@ -33,27 +48,55 @@ def build_parser() -> cli.Parser:
     d = p.add_argument_group("dataset and noise")
     d.add_argument("--dataset_name", choices=DATASETS, default="animal-10n",
                    help="animal-10n: <data_dir>/animal-10n/ (no clean labels); cifar10n / cifar100n: CIFAR images with "
-                        "the human labels of <data_dir>/cifar-n/CIFAR-10_human.pt / CIFAR-100_human.pt; folder: your "
+                        "the human labels of <data_dir>/cifar-n/CIFAR-10_human.pt / CIFAR-100_human.pt; clothing1m: "
+                        "<data_dir>/clothing1m/ (images/ and the owners' or the SLN authors' list files; the authors' "
+                        "recipe becomes the default); folder: your "
                         "own images in --data_dir itself, as train/<class>/ and test/<class>/ folders or train.csv and "
                         "test.csv with columns path,label[,clean_label] (docs/real-world-data.md)")
     d.add_argument("--noise_label", choices=NOISE_LABELS, default=None,
                    help="CIFAR-N label set; cifar10n (required): aggre (9.0%% noisy), worst (40.2%%), random1, random2, "
                         "random3 (17-18%%); cifar100n: noisy (40.2%%, the default)")
     d.add_argument("--image_size", type=int, default=None, metavar="N",
-                   help="folder only: resize every image to N x N (bilinear); default: the images' own size, "
-                        "which all must then share")
+                   help="folder: resize every image to N x N (bilinear); default: the images' own size, which all "
+                        "must then share. clothing1m: crops of N x N after resizing the shorter side to N x 256/224 "
+                        "(default 224, the authors')")
+    w = p.add_argument_group("pretrained weights")
+    w.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"start {' / '.join(IMAGENET_WEIGHTS)} from ImageNet weights, downloaded once by torchvision "
+                        "(which checks their hash) into torch.hub's cache; default: on for clothing1m with resnet50, "
+                        "as the authors, off otherwise")
+    w.add_argument("--weights", type=Path, default=None, metavar="PATH",
+                   help="load the pretrained weights from this state-dict file instead (e.g. torchvision's "
+                        "resnet50-0676ba61.pth copied from another machine; loaded with weights_only=True; its final "
+                        "layer is replaced); implies --pretrained")
     cli.add_training_args(p, default_model=DEFAULT_MODEL["animal-10n"])
-    p.set_defaults(model=None)  # resolved per dataset in check_args
+    # resolved per dataset in check_args
+    p.set_defaults(model=None, **{k: None for k in RECIPE_FLAGS})
     return p
+
+
+def apply_recipe(args: argparse.Namespace) -> None:
+    """Fill the flags not given with the dataset's recipe: the authors' Clothing1M one, or the shared defaults."""
+    recipe = CLOTHING1M_RECIPE if args.dataset_name == "clothing1m" else cli.training_defaults()
+    taken = []
+    for key in (*RECIPE_FLAGS, "image_size"):
+        if getattr(args, key) is None and recipe.get(key) is not None:
+            setattr(args, key, recipe[key])
+            value = recipe[key]
+            shown = "" if value is True else " ".join(map(str, value)) if isinstance(value, list) else value
+            taken.append(f"--{key} {shown}".rstrip())
+    if args.dataset_name == "clothing1m" and taken:
+        print(f"clothing1m: the authors' recipe for the flags not given: {' '.join(taken)}")
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Every flag check, before anything is loaded or written."""
-    if args.image_size is not None and args.dataset_name != "folder":
-        cli.fail(f"--image_size is for --dataset_name folder only; {args.dataset_name} has a fixed size (drop the flag)")
+    if args.image_size is not None and args.dataset_name not in ("folder", "clothing1m"):
+        cli.fail(f"--image_size is for --dataset_name folder and clothing1m only; {args.dataset_name} has a fixed size "
+                 "(drop the flag)")
     if args.image_size is not None and args.image_size < MIN_IMAGE_SIZE:
         cli.fail(f"--image_size must be at least {MIN_IMAGE_SIZE}, got {args.image_size}")
-    if args.dataset_name in ("animal-10n", "folder"):
+    if args.dataset_name in ("animal-10n", "folder", "clothing1m"):
         if args.noise_label is not None:
             cli.fail(f"--noise_label is for cifar10n / cifar100n only; {args.dataset_name}'s labels are fixed "
                      "(drop the flag)")
@@ -66,8 +109,37 @@ def check_args(args: argparse.Namespace) -> None:
                      + (f" (got {args.noise_label})" if args.noise_label else ""))
     if args.model is None:
         args.model = DEFAULT_MODEL[args.dataset_name]
+    apply_recipe(args)
+    check_pretrained(args)
     cli.resolve_sigma(args)
     cli.check_training_args(args)
+
+
+def check_pretrained(args: argparse.Namespace) -> None:
+    """--pretrained / --weights: ImageNet weights exist for IMAGENET_WEIGHTS' networks; on by default for clothing1m
+    with resnet50 (None, i.e. off, elsewhere, so that other datasets' configs stay as they were)."""
+    if args.weights is not None:
+        if args.pretrained is False:
+            cli.fail("--weights loads pretrained weights, --no-pretrained asks for none; drop one of them")
+        args.pretrained = True
+    if args.pretrained is None and args.dataset_name == "clothing1m" and args.model in IMAGENET_WEIGHTS:
+        args.pretrained = True
+    if args.pretrained and args.model not in IMAGENET_WEIGHTS:
+        cli.fail(f"--pretrained: {args.model} has no ImageNet weights here; use --model "
+                 f"{' | '.join(IMAGENET_WEIGHTS)} or --no-pretrained")
+
+
+def pretrained_weights(args: argparse.Namespace) -> dict | None:
+    """The state dict to start from, fetched and tried on the network before any data is read (a resumed run takes
+    its checkpoint's)."""
+    if not args.pretrained or args.resume:
+        return None
+    try:
+        backbone = imagenet_state_dict(args.model, args.weights)
+        make_model(args.model, 1, backbone)
+    except WeightsError as e:
+        cli.fail(str(e))
+    return backbone
 
 
 def check_image_size(args: argparse.Namespace, size: tuple[int, ...]) -> None:
@@ -80,6 +152,7 @@ def check_image_size(args: argparse.Namespace, size: tuple[int, ...]) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_training_args(build_parser(), argv)
     check_args(args)
+    backbone = pretrained_weights(args)
     data = cli.training_data(args)
     check_image_size(args, data.images.shape[2:])
     info = data.info
@@ -92,7 +165,14 @@ def main(argv: list[str] | None = None) -> dict:
               f"images of {data.images.shape[3]}x{data.images.shape[2]}, {data.num_classes} classes; "
               + ("clean labels: none" if data.noise_rate() is None else f"noise rate {data.noise_rate():.2%} "
                  "(label != clean_label)"))
-    _, summary = engine.run(args, data, lambda c: make_model(args.model, c), "train_real.py", resume_id=args.resume)
+    if args.dataset_name == "clothing1m":
+        print(f"clothing1m (the {info['layout']}' lists): {len(data.labels):,} noisy training, "
+              f"{len(data.val[1]):,} clean validation and {len(data.test_labels):,} clean test images, {info['resize']}-px resize, "
+              f"{info['crop']}-px crops"
+              + ("" if info["val_test_lines_match_published"] else " (val/test sizes differ from the authors' "
+                 "14,313 / 10,526 lines)"))
+    _, summary = engine.run(args, data, lambda c: make_model(args.model, c, backbone), "train_real.py",
+                            val=data.val, resume_id=args.resume)
     return summary
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -22,6 +23,7 @@ def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise urllib.error.URLError("network disabled in tests")
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(torch.hub, "urlopen", refuse)    # torch.hub imported its own name (pretrained weights)
 
 
 def class_images(labels: np.ndarray, rng: np.random.Generator, size: int = 32) -> np.ndarray:

@@ -21,6 +21,7 @@ from models import make_model
 def quick_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     bench.main(["--quick", "--models", "wrn-16-1", "--options", "channels_last", "--device", "cpu", "--threads", "1",
+                "--workers", "1", "--file_size", "40",
                 "--data_dir", str(out.parent / "no-cifar-here"), "--json", str(out)])
     return json.loads(out.read_text())
 
@@ -71,6 +72,9 @@ def test_quick_bench_writes_every_key(quick_results):
     assert all(v > 0 for v in r["eval_img_s"].values())
     assert r["eval_speedup"]["batch 1024"] == 1
     assert r["eval_speedup"]["batch 128"] == pytest.approx(r["eval_img_s"]["batch 128"] / r["eval_img_s"]["batch 1024"])
+    # the Clothing1M pipeline (JPEG files through DataLoader workers) next to resnet50's training step, tiny here
+    assert r["clothing_pipeline_img_s"] > 0 and r["clothing_train_img_s"] > 0
+    assert (r["clothing_crop"], r["clothing_batch_size"], r["workers"], r["file_size"]) == (32, 4, 1, 40)
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -187,7 +187,7 @@ def test_bad_input_one_line_nothing_written(tmp_path, capsys, case):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--dataset_name", "animal-10n", "--image_size", "32"], "--image_size is for --dataset_name folder only"),
+    (["--dataset_name", "animal-10n", "--image_size", "32"], "--image_size is for --dataset_name folder and clothing1m only"),
     (["--image_size", "4"], "--image_size must be at least 8, got 4"),
     (["--noise_label", "worst"], "--noise_label is for cifar10n / cifar100n only; folder's labels"),
 ])

@@ -271,7 +271,7 @@ def test_readme_command_flags_and_defaults():
     (["--dataset_name", "cifar10n"], r"cifar10n needs --noise_label aggre \| worst \| random1"),
     (["--dataset_name", "cifar100n", "--noise_label", "worst"], r"needs --noise_label noisy \(got worst\)"),
     (["--dataset_name", "animal-10n", "--noise_label", "aggre"], "cifar10n / cifar100n only"),
-    (["--dataset_name", "clothing1m"], "invalid choice"),
+    (["--dataset_name", "webvision"], "invalid choice"),
     (["--dataset_name", "animal-10n", "--sigma", "0", "--mo"], "not one of the paper's models"),
 ])
 def test_bad_flags_one_line_nothing_written(tmp_path, capsys, flags, message):
