@@ -89,18 +89,10 @@ done
 "$PY" plot.py --plot_type compare --runs_dir "$OUT/runs" --assets_dir "$OUT" --name compare --overwrite
 "$PY" plot.py --plot_type hp --hp_dir "$(sweep_of sigma_search sym | tail -n 1)" "$(sweep_of sigma_search asym | tail -n 1)" \
     --assets_dir "$OUT" --name sigma_search --overwrite
-grid=$(sweep_of experiments sym | tail -n 1)
-pair=$("$PY" - "$grid/runs" <<'PYEOF'
-import sys, yaml
-from pathlib import Path
-found = {}
-for config in Path(sys.argv[1]).glob("*/config.yaml"):
-    c = yaml.safe_load(config.read_text())
-    if c["noise_mode"] == "sym" and c["seed"] == 1:
-        found[c["variant"]] = config.parent.name
-print(found["CE"], found["SLN-MO-LC"])
-PYEOF
-)
-"$PY" plot.py --plot_type dissect_compare --exp_ids $pair --runs_dir "$grid/runs" --data_dir "$DATA" \
+# the sample dissection needs final weights: dissect_pair.py trains CE / SLN-MO-LC (sym, seed 1) again where the
+# grid's run has none (a reused committed run), and links the two runs into one folder for plot.py
+found=$("$PY" results/mini_cifar10/dissect_pair.py "$(sweep_of experiments sym | tail -n 1)/runs" "$WORK" "$DATA")
+read -r pair ce lc <<< "$found"
+"$PY" plot.py --plot_type dissect_compare --exp_ids "$ce" "$lc" --runs_dir "$pair" --data_dir "$DATA" \
     --assets_dir "$OUT" --name dissect_sym --overwrite
 echo "done: $OUT"
