@@ -504,3 +504,46 @@ def test_readme_results_table_shows_the_committed_table(tmp_path):
     readme.write_text((root / "README.md").read_text())
     assert subprocess.run([sys.executable, str(script), "--table", str(changed), "--readme", str(readme)]).returncode == 0
     assert "| 12.35 ± " in readme.read_text()
+
+
+def test_dissect_pair_uses_weights_it_has_and_retrains_with_the_runs_own_flags(tmp_path, monkeypatch):
+    """results/mini_cifar10/dissect_pair.py: a grid run with final weights is used as it is; one without is
+    replaced by a finished retrain with the same training flags, or else trained again with exactly its flags."""
+    import importlib.util
+    import yaml
+    path = plot.runs.CODE_DIR / "results" / "mini_cifar10" / "dissect_pair.py"
+    spec = importlib.util.spec_from_file_location("dissect_pair", path)
+    pair = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pair)
+
+    flags = {"dataset_name": "cifar10", "noise_mode": "sym", "p": 0.4, "lr": 0.02, "batch_size": 32, "n_epochs": 3,
+             "sigma": 0.0, "mo": False, "lc_n_epoch": -1, "seed": 1, "model": "wrn-16-1", "channels_last": True,
+             "lc_augment": True}
+    def make(folder, name, variant, weights, **changes):
+        run = folder / name
+        run.mkdir(parents=True)
+        config = {**flags, **changes, "variant": variant, "exp_id": name, "out_dir": "/elsewhere", "device": "cuda",
+                  "tune_trial_id": "t0", "data_dir": "/old"}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        (run / "summary.json").write_text('{"last_test_acc": 0.3, "best_test_acc": 0.4}')
+        for name in pair.WEIGHTS if weights else ():
+            (run / name).write_bytes(b"w")
+        return run
+    grid, work = tmp_path / "grid", tmp_path / "work"
+    ce = make(grid, "exp_ce", "CE", weights=False)
+    lc = make(grid, "exp_lc", "SLN-MO-LC", weights=True, sigma=0.1, mo=True, lc_n_epoch=2)
+    make(work / "dissect" / "runs", "exp_other_lr", "CE", weights=True, lr=0.05)   # other flags: not the same run
+    trained = []
+    def fake_main(argv):
+        trained.append(argv)
+        make(work / "dissect" / "runs", "exp_retrained", "CE", weights=True)
+    monkeypatch.setattr(pair.train_cifar, "main", fake_main)
+    assert pair.with_weights(lc, yaml.safe_load((lc / "config.yaml").read_text()), work, tmp_path / "data") == lc
+    again = pair.with_weights(ce, yaml.safe_load((ce / "config.yaml").read_text()), work, tmp_path / "data")
+    assert again.name == "exp_retrained" and len(trained) == 1
+    args = pair.train_cifar.build_parser().parse_args(trained[0])
+    assert {k: getattr(args, k) for k in flags} == flags
+    assert (args.data_dir, args.out_dir) == (tmp_path / "data", work / "dissect")
+    # the retrain is found next time, so nothing is trained twice
+    assert pair.with_weights(ce, yaml.safe_load((ce / "config.yaml").read_text()), work, tmp_path / "data") == again
+    assert len(trained) == 1

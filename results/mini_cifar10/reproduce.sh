@@ -91,8 +91,12 @@ done
     --assets_dir "$OUT" --name sigma_search --overwrite
 # the sample dissection needs final weights: dissect_pair.py trains CE / SLN-MO-LC (sym, seed 1) again where the
 # grid's run has none (a reused committed run), and links the two runs into one folder for plot.py
-found=$("$PY" results/mini_cifar10/dissect_pair.py "$(sweep_of experiments sym | tail -n 1)/runs" "$WORK" "$DATA")
-read -r pair ce lc <<< "$found"
-"$PY" plot.py --plot_type dissect_compare --exp_ids "$ce" "$lc" --runs_dir "$pair" --data_dir "$DATA" \
-    --assets_dir "$OUT" --name dissect_sym --overwrite
+if [ -f "$OUT/dissect_sym.png" ]; then
+    echo "kept $OUT/dissect_sym.png (delete it to draw it again)"
+else
+    found=$("$PY" results/mini_cifar10/dissect_pair.py "$(sweep_of experiments sym | tail -n 1)/runs" "$WORK" "$DATA")
+    read -r pair ce lc <<< "$found"
+    "$PY" plot.py --plot_type dissect_compare --exp_ids "$ce" "$lc" --runs_dir "$pair" --data_dir "$DATA" \
+        --assets_dir "$OUT" --name dissect_sym
+fi
 echo "done: $OUT"
