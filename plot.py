@@ -539,14 +539,28 @@ def hp_folder(text: Path, runs_dir: Path) -> Path:
                     "folder hp/hp_<timestamp>/")
 
 
+def sweep_names(folders: list[Path]) -> list[str]:
+    """A legend name per sweep folder: its noise setting from sweep.yaml ('sym p=0.4') where that tells the sweeps
+    apart, else the folder's name."""
+    def setting(folder: Path) -> str | None:
+        try:
+            base = yaml.safe_load((folder / "sweep.yaml").read_text())["base"]
+            return f"{base['noise_mode']} p={base['p']:g}"
+        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+            return None
+    names = [setting(f) for f in folders]
+    return names if None not in names and len(set(names)) == len(names) else [f.name for f in folders]
+
+
 def figure_hp(tables: list[tuple[Path, dict]]) -> tuple[plt.Figure, list[list]]:
     """Validation accuracy against sigma (log axis) per sweep, the chosen sigma starred; a CE reference trial
     (sigma 0, which a log axis cannot show) is a dotted horizontal line."""
-    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
     rows = [["sweep", "sigma", "n_trials", "last_mean", "last_std", "best_mean", "best_std"]]
+    names = sweep_names([hp_dir for hp_dir, _ in tables])
     for i, (hp_dir, table) in enumerate(tables):
         colour = f"C{i}"
-        name = hp_dir.name + " " if len(tables) > 1 else ""
+        name = names[i] + ": " if len(tables) > 1 else ""
         every = sorted(table)
         rows += [[hp_dir.name, s, len(table[s][0]), *mean_std(table[s][0]), *mean_std(table[s][1])] for s in every]
         if 0 in table:
@@ -571,7 +585,7 @@ def figure_hp(tables: list[tuple[Path, dict]]) -> tuple[plt.Figure, list[list]]:
     ax.set_ylabel("validation accuracy (%), noisy labels")
     ax.set_title("Sigma search (SLN): accuracy on the noisy validation split"
                  + (f"\n{tables[0][0].name}" if len(tables) == 1 else ""))
-    ax.legend()
+    fig.legend(loc="outside lower center", ncol=2, fontsize=9)   # below the axes: never over a curve
     return fig, [[("" if v is None else v) for v in r] for r in rows]
 
 

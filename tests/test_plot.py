@@ -547,3 +547,23 @@ def test_dissect_pair_uses_weights_it_has_and_retrains_with_the_runs_own_flags(t
     # the retrain is found next time, so nothing is trained twice
     assert pair.with_weights(ce, yaml.safe_load((ce / "config.yaml").read_text()), work, tmp_path / "data") == again
     assert len(trained) == 1
+
+
+def test_hp_legend_names_sweeps_by_their_noise_setting(tmp_path):
+    """Two sigma searches in one figure are told apart by the noise setting in their sweep.yaml; folders without
+    one, or with the same setting, keep their folder names."""
+    import yaml
+    folders = []
+    for name, mode in (("hp_a", "sym"), ("hp_b", "asym"), ("hp_c", "sym")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "sweep.yaml").write_text(yaml.safe_dump({"kind": "sigma_search",
+                                                                    "base": {"noise_mode": mode, "p": 0.4}}))
+        folders.append(tmp_path / name)
+    assert plot.sweep_names(folders[:2]) == ["sym p=0.4", "asym p=0.4"]
+    assert plot.sweep_names(folders) == ["hp_a", "hp_b", "hp_c"]                 # two sym searches: ambiguous
+    assert plot.sweep_names([folders[0], tmp_path / "elsewhere"]) == ["hp_a", "elsewhere"]
+    table = {0.1: ([32.0], [33.0]), 0.2: ([35.0], [36.0])}
+    fig, _ = plot.figure_hp([(folders[0], table), (folders[1], table)])
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(t.startswith("sym p=0.4: last epoch") for t in labels)
+    assert any(t.startswith("asym p=0.4: best epoch") for t in labels)
