@@ -330,10 +330,10 @@ def auto_address() -> tuple[str, str]:
     return found, "a Ray running on this machine"
 
 
-def probe(address: str) -> None:
+def probe(address: str) -> str:
     """Fail at once when nothing listens at host:port (for "auto": at the address Ray would pick): Ray itself
     retries for minutes before it gives up (about 36 s per try for an address that does not answer, see
-    docs/tune-and-plots.md)."""
+    docs/tune-and-plots.md). Returns how to name the address in a later error, for "auto" with where it led."""
     where, hint = f"--address {address}", "start the head node with `ray start --head --port 6379` and give its address"
     if address == "auto":
         address, source = auto_address()
@@ -343,7 +343,7 @@ def probe(address: str) -> None:
                     f"again, or give the running head node's host:port")
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or "://" in address:
-        return                     # an address form that Ray resolves itself
+        return where               # an address form that Ray resolves itself
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except ConnectionRefusedError:
@@ -355,16 +355,18 @@ def probe(address: str) -> None:
     except OSError as e:
         cli.fail(f"cannot join a Ray cluster at {where}: no answer there "
                     f"({e.strerror or 'timed out'}); check the address, and that the port is open to this machine")
+    return where
 
 
-def join_error(address: str, error: BaseException, log: Path) -> str:
-    """One line on why ray.init could not join: Ray wraps the cause (refused token, version mismatch, no GCS)
-    in a generic ConnectionError whose text only names the address."""
+def join_error(where: str, error: BaseException, log: Path) -> str:
+    """One line on why ray.init could not join the cluster at `where` (what probe returned): Ray wraps the
+    cause (refused token, version mismatch, no GCS) in a generic ConnectionError whose text only names the
+    address."""
     text, cause = "", error
     while cause is not None:
         text += f"{type(cause).__name__}: {cause}\n"
         cause = cause.__cause__ or cause.__context__
-    where = f"cannot join the Ray cluster at --address {address}"
+    where = f"cannot join the Ray cluster at {where}"
     if "InvalidAuthToken" in text or "AuthenticationError" in text or "authentication token" in text:
         source = token_source() if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else None
         if source is None:
@@ -406,7 +408,7 @@ def quiet_stderr(log: Path):
 def join_ray(address: str) -> None:
     """Join the cluster at `address` with Ray's log sent to a file; on failure say why on one line."""
     use_auth_token()
-    probe(address)
+    where = probe(address)
     fd, name = tempfile.mkstemp(prefix="tune-ray-join-", suffix=".log")
     os.close(fd)
     log = Path(name)
@@ -416,7 +418,7 @@ def join_ray(address: str) -> None:
         with quiet_stderr(log):
             ray.init(address=address, runtime_env=worker_env(), logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
-        cli.fail(join_error(address, e, log))
+        cli.fail(join_error(where, e, log))
     finally:
         if ours:
             os.environ.pop("RAY_gcs_server_port_wait_time_s", None)
