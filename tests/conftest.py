@@ -26,6 +26,16 @@ def no_network(monkeypatch):
     monkeypatch.setattr(torch.hub, "urlopen", refuse)    # torch.hub imported its own name (pretrained weights)
 
 
+def assert_refused(capsys, call, message: str, out_dir: Path) -> None:
+    """`call()` stops with exit status 2 and one stderr line holding `message`, and creates nothing at `out_dir`."""
+    with pytest.raises(SystemExit) as exc:
+        call()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not out_dir.exists()
+
+
 def class_images(labels: np.ndarray, rng: np.random.Generator, size: int = 32) -> np.ndarray:
     """uint8 (N, 3*size*size) images whose colour depends on the class, so a network can learn something."""
     n = len(labels)

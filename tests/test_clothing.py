@@ -20,7 +20,7 @@ import plot
 import sln
 import sources
 import train_real
-from conftest import variant_flags
+from conftest import assert_refused, variant_flags
 from data import balanced_indices
 
 NAMES = ["T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker", "Jacket", "Downcoat", "Suit",
@@ -343,12 +343,7 @@ def test_bad_input_one_line_nothing_written(tmp_path, capsys, case):
     (["--noise_label", "worst"], "--noise_label is for cifar10n / cifar100n only; clothing1m's labels"),
 ])
 def test_bad_flags(tmp_path, capsys, flags, message):
-    with pytest.raises(SystemExit) as exc:
-        run_cli(tmp_path / "data", tmp_path / "out", *flags)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and message in err, err
-    assert not (tmp_path / "out").exists()
+    assert_refused(capsys, lambda: run_cli(tmp_path / "data", tmp_path / "out", *flags), message, tmp_path / "out")
 
 
 def test_the_authors_recipe_is_the_default_and_given_flags_win():
