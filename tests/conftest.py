@@ -3,14 +3,20 @@ and a guard that keeps every test off the network."""
 from __future__ import annotations
 
 import csv
+import os
 import pickle
 import sys
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# Progress bars are for a terminal; the tests read stderr as text, where a bar's carriage returns would split the
+# one-line errors they check. Set here, not only in .ci/run, so that `make test` run by hand agrees with CI, and
+# before anything imports tqdm: tqdm reads it once, at import, and torch imports it. Subprocesses inherit it.
+os.environ["TQDM_DISABLE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
