@@ -554,7 +554,8 @@ def sweep_names(folders: list[Path]) -> list[str]:
 
 def figure_hp(tables: list[tuple[Path, dict]]) -> tuple[plt.Figure, list[list]]:
     """Validation accuracy against sigma (log axis) per sweep, the chosen sigma starred; a CE reference trial
-    (sigma 0, which a log axis cannot show) is a dotted horizontal line."""
+    (sigma 0, which a log axis cannot show) is a dotted horizontal line. The CSV rows name the sweeps as the
+    legend does, so that a search run again (a new folder) writes the same file."""
     fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
     rows = [["sweep", "sigma", "n_trials", "last_mean", "last_std", "best_mean", "best_std"]]
     names = sweep_names([hp_dir for hp_dir, _ in tables])
@@ -562,7 +563,7 @@ def figure_hp(tables: list[tuple[Path, dict]]) -> tuple[plt.Figure, list[list]]:
         colour = f"C{i}"
         name = names[i] + ": " if len(tables) > 1 else ""
         every = sorted(table)
-        rows += [[hp_dir.name, s, len(table[s][0]), *mean_std(table[s][0]), *mean_std(table[s][1])] for s in every]
+        rows += [[names[i], s, len(table[s][0]), *mean_std(table[s][0]), *mean_std(table[s][1])] for s in every]
         if 0 in table:
             ax.axhline(mean_std(table[0][0])[0], ls=":", lw=1.8, color=colour, label=f"{name}CE (σ=0), last epoch")
         sigmas = [s for s in every if s > 0]

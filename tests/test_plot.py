@@ -563,7 +563,8 @@ def test_hp_legend_names_sweeps_by_their_noise_setting(tmp_path):
     assert plot.sweep_names(folders) == ["hp_a", "hp_b", "hp_c"]                 # two sym searches: ambiguous
     assert plot.sweep_names([folders[0], tmp_path / "elsewhere"]) == ["hp_a", "elsewhere"]
     table = {0.1: ([32.0], [33.0]), 0.2: ([35.0], [36.0])}
-    fig, _ = plot.figure_hp([(folders[0], table), (folders[1], table)])
+    fig, rows = plot.figure_hp([(folders[0], table), (folders[1], table)])
+    assert [r[0] for r in rows] == ["sweep", "sym p=0.4", "sym p=0.4", "asym p=0.4", "asym p=0.4"]   # CSV as legend
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert any(t.startswith("sym p=0.4: last epoch") for t in labels)
     assert any(t.startswith("asym p=0.4: best epoch") for t in labels)
