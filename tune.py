@@ -366,27 +366,27 @@ def join_error(where: str, error: BaseException, log: Path) -> str:
     while cause is not None:
         text += f"{type(cause).__name__}: {cause}\n"
         cause = cause.__cause__ or cause.__context__
-    where = f"cannot join the Ray cluster at {where}"
+    head = f"cannot join the Ray cluster at {where}"
     if "InvalidAuthToken" in text or "AuthenticationError" in text or "authentication token" in text:
         source = token_source() if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else None
         if source is None:
-            return f"{where}: it requires an authentication token and this machine has none; {TOKEN_HELP} (Ray's log: {log})"
-        return f"{where}: it refused the authentication token from {source}; {TOKEN_HELP} (Ray's log: {log})"
+            return f"{head}: it requires an authentication token and this machine has none; {TOKEN_HELP} (Ray's log: {log})"
+        return f"{head}: it refused the authentication token from {source}; {TOKEN_HELP} (Ray's log: {log})"
     mismatch = re.search(r"Version mismatch: The cluster was started with:\s*Ray: (\S+)\s*Python: (\S+)\s*"
                          r"This process .*? was started with:\s*Ray: (\S+)\s*Python: (\S+)", text, re.S)
     if mismatch:
         ray_c, py_c, ray_d, py_d = mismatch.groups()
-        return (f"{where}: Ray version mismatch, the cluster runs Ray {ray_c} on Python {py_c} and this driver Ray "
+        return (f"{head}: Ray version mismatch, the cluster runs Ray {ray_c} on Python {py_c} and this driver Ray "
                 f"{ray_d} on Python {py_d}; run the driver with the cluster's versions (pip install ray=={ray_c} "
                 f"under Python {py_c}) (Ray's log: {log})")
     if "Could not find any running Ray instance" in text:
-        return (f"{where}: no Ray cluster runs on this machine; start one with `ray start --head`, or give the head "
+        return (f"{head}: no Ray cluster runs on this machine; start one with `ray start --head`, or give the head "
                 f"node's host:port (Ray's log: {log})")
     if "Timed out while waiting for GCS" in text:
-        return (f"{where}: something listens there but it is not a Ray head node's GCS port; give the port that "
+        return (f"{head}: something listens there but it is not a Ray head node's GCS port; give the port that "
                 f"`ray start --head` printed (default 6379) (Ray's log: {log})")
     last = text.strip().splitlines()[-1] if text.strip() else repr(error)
-    return f"{where} ({last}); see Ray's log {log}"
+    return f"{head} ({last}); see Ray's log {log}"
 
 
 @contextlib.contextmanager
