@@ -78,6 +78,27 @@ def save_config(path: Path, config: dict) -> None:
     write_new(path, yaml.safe_dump(config, sort_keys=False))
 
 
+def device_name(device: str) -> str:
+    """The processor that does the arithmetic: the GPU's name, or the CPU model."""
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def runtime(device: str) -> dict:
+    """What decides a run's numbers beyond its flags and seed: two runs with equal flags, seed, code and this
+    record (and --deterministic) are bit-identical. Torch's intra-op thread count changes how sums are split,
+    so a different count changes the last bits from the first epoch on (docs/training.md)."""
+    return {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+            "torch": str(torch.__version__), "cuda": torch.version.cuda, "device_name": device_name(device)}
+
+
 def config_dict(args: argparse.Namespace, **extra) -> dict:
     plain = {k: (str(v.resolve()) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     return {**plain, **extra, "code": code_version(), "versions": library_versions(), "host": platform.node()}
@@ -104,6 +125,7 @@ def create_run(out: Path, args: argparse.Namespace, data: NoisyData, variant: st
     exp_id = new_exp_id(out)
     noise_info = {k: v for k, v in data.info.items() if not isinstance(v, (list, dict))}
     config = config_dict(args, exp_id=exp_id, variant=variant, dataset=data.name, device_used=device,
+                         runtime=runtime(device),
                          n_train=len(data.labels), n_test=len(data.test_labels), noise=noise_info,
                          data_provenance=data_provenance(data), **({} if n_val is None else {"n_val": n_val}))
     (out / "configs").mkdir(parents=True, exist_ok=True)

@@ -93,7 +93,7 @@ def run_ids(runs_dir: Path) -> list[str]:
 # and in the seed are repetitions of one experiment.
 NOT_SETTINGS = {"exp_id", "seed", "data_dir", "out_dir", "device", "device_used", "deterministic", "eval_batch_size",
                 "eval_every", "tune_trial_id", "tune_config", "resume", "amp", "channels_last", "compile", "variant_id",
-                "make_new_custom_noise", "code", "versions", "host", "noise", "n_train", "n_test", "dataset",
+                "make_new_custom_noise", "code", "versions", "runtime", "host", "noise", "n_train", "n_test", "dataset",
                 "workers", "weights"}
 ROW_KEYS = ["variant", "sigma", "mo", "lc_n_epoch", "ema_alpha", "lc_augment"]   # which of the paper's models
 COLUMN_KEYS = ["noise_mode", "noise_label"]   # the first one present: CIFAR's noise_mode, CIFAR-N's noise_label
