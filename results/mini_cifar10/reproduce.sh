@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Regenerates results/mini_cifar10/ from nothing: for sym noise, then for asym noise, the sigma search and the
-# 12 runs of configs/mini_cifar10.yaml with the sigma found; then the table and the figures.
+# 12 runs of configs/mini_cifar10.yaml with the sigma found; then dependent noise likewise; then the table and the figures.
 #
 #   results/mini_cifar10/reproduce.sh DATA_DIR      # DATA_DIR holds cifar-10-batches-py/ (+ cifar10/label_noisy/)
 #
 # Interrupted (Ctrl-C, a reboot)? Run the same command again: finished steps are kept, and a sweep that was cut
 # off continues where it stopped (tune.py --resume). Even without $WORK (say, in a fresh clone), runs already
 # committed under runs/ and search_runs/ are taken as they are, not trained again (tune.py --reuse_runs). PYTHON=... picks the interpreter (default: python).
-# About 4.5 hours on a 2-core CPU (README 'Results'); tune.py runs one trial per core.
+# About 4.5 hours for sym and asym on a 2-core CPU, 2-3 more for dependent (README 'Results'); tune.py runs one trial per core.
 set -euo pipefail
 DATA=${1:?usage: results/mini_cifar10/reproduce.sh DATA_DIR}
 cd "$(dirname "$0")/../.."
@@ -56,12 +56,12 @@ collect() {  # sweep folder, destination
     done
 }
 
-# Per noise mode, sym first: its whole table is done before asym starts.
+# Per noise mode (MODES=..., default sym asym dependent), in order: one mode's whole table is done before the next starts.
 # 1. sigma search: SLN with each sigma, and CE (sigma 0) for reference, on 90 % of the subset; chosen on the
 #    other 10 % with its noisy labels, never on test images
 # 2. the grid of configs/mini_cifar10.yaml for that noise mode, with the sigma just found (the file holds the
 #    sigmas of the committed results)
-for mode in sym asym; do
+for mode in ${MODES:-sym asym dependent}; do
     hp=$(sweep sigma_search "$mode" -- --dataset_name cifar10 --noise_mode "$mode" --p 0.4 --lc_n_epoch -1 \
         --val_size 0.1 --seed 0 --sigmas 0 0.05 0.1 0.2 0.5 1.0 --model wrn-16-1 --train_subset 2000 --n_epochs 100 \
         --lr 0.02 --batch_size 32 --ema_alpha 0.995 --eval_every 100 --channels_last --data_dir "$DATA" \
@@ -83,12 +83,20 @@ PYEOF
     collect "$grid" "$OUT/runs"
 done
 
+[ -n "${RUNS_ONLY:-}" ] && { echo "runs done; RUNS_ONLY is set, so no table or figures"; exit 0; }
+
 # 3. table and figures, from the copied run files alone (the dissection needs the weights in $WORK)
 "$PY" plot.py --table --runs_dir "$OUT/runs" --assets_dir "$OUT" --name table --overwrite
 [ "$OUT" = results/mini_cifar10 ] && "$PY" results/mini_cifar10/readme_table.py   # README's Results table
 "$PY" plot.py --plot_type compare --runs_dir "$OUT/runs" --assets_dir "$OUT" --name compare --overwrite
-"$PY" plot.py --plot_type hp --hp_dir "$(sweep_of sigma_search sym | tail -n 1)" "$(sweep_of sigma_search asym | tail -n 1)" \
-    --assets_dir "$OUT" --name sigma_search --overwrite
+searches=()
+for mode in sym asym dependent; do
+    folder=$(sweep_of sigma_search "$mode" | tail -n 1)
+    [ -n "$folder" ] && searches+=("$folder")
+done
+if [ ${#searches[@]} -gt 0 ]; then
+    "$PY" plot.py --plot_type hp --hp_dir "${searches[@]}" --assets_dir "$OUT" --name sigma_search --overwrite
+fi
 # the sample dissection needs final weights: dissect_pair.py trains CE / SLN-MO-LC (sym, seed 1) again where the
 # grid's run has none (a reused committed run), and links the two runs into one folder for plot.py
 if [ -f "$OUT/dissect_sym.png" ]; then
