@@ -68,7 +68,7 @@ def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable:
     g.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay (L2)")
     g.add_argument("--sigma", type=float, default=None,
                    help="std of the Gaussian noise added to one-hot targets; 0 = plain cross-entropy (CE). "
-                        "Default: the paper's value for the dataset and noise")
+                        "Default, by dataset and noise: " + sigma_table())
     g.add_argument("--mo", action="store_true",
                    help="SLN+MO: report the momentum (weight-EMA) model; needs sigma > 0")
     g.add_argument("--ema_alpha", type=float, default=0.999, help="decay of the momentum model per optimiser step")
@@ -138,9 +138,13 @@ def variant(args: argparse.Namespace) -> str:
         return "SLN-MO"
     if args.sigma > 0 and args.mo and 0 < args.lc_n_epoch < args.n_epochs:
         return "SLN-MO-LC"
-    fail(f"--sigma {args.sigma} {'--mo ' if args.mo else ''}--lc_n_epoch {args.lc_n_epoch} is not one of the "
-         f"paper's models; use CE: --sigma 0 --lc_n_epoch -1 | SLN: --sigma >0 --lc_n_epoch -1 | "
-         f"SLN+MO: --sigma >0 --mo --lc_n_epoch -1 | SLN+MO+LC: --sigma >0 --mo --lc_n_epoch in 1..{args.n_epochs - 1}")
+    given = f"--sigma {args.sigma} {'--mo ' if args.mo else ''}--lc_n_epoch {args.lc_n_epoch}"
+    if args.sigma > 0 and args.mo and args.lc_n_epoch > 0 and args.n_epochs < 2:
+        fail(f"{given} with --n_epochs {args.n_epochs}: SLN+MO+LC corrects labels before the epochs after "
+             f"--lc_n_epoch, so it needs --n_epochs 2 or more and --lc_n_epoch below it (e.g. --n_epochs 2 --lc_n_epoch 1)")
+    lc_range = f"in 1..{args.n_epochs - 1}" if args.n_epochs >= 2 else "below --n_epochs (which must be 2 or more)"
+    fail(f"{given} is not one of the paper's models; use CE: --sigma 0 --lc_n_epoch -1 | SLN: --sigma >0 --lc_n_epoch -1 | "
+         f"SLN+MO: --sigma >0 --mo --lc_n_epoch -1 | SLN+MO+LC: --sigma >0 --mo --lc_n_epoch {lc_range}")
 
 
 def check_training_args(args: argparse.Namespace) -> str:
@@ -218,6 +222,19 @@ DEFAULT_SIGMA = {("cifar10", "sym"): 1.0, ("cifar10", "asym"): 0.5, ("cifar10", 
                  ("folder", None): 0.5, ("clothing1m", None): 0.2}
 
 
+def sigma_table() -> str:
+    """DEFAULT_SIGMA for --help: 'cifar10 sym 1.0, cifar10 asym 0.5, ..., animal-10n 0.5, ...'."""
+    return ", ".join(f"{d}{' ' + m if m else ''} {s}" for (d, m), s in DEFAULT_SIGMA.items()) + \
+        " (CIFAR: the paper's values; the others: docs/real-world-data.md)"
+
+
+def sigma_source(dataset: str, noise_mode: str | None) -> str:
+    """Where a default sigma comes from, for the line that says it was used."""
+    if dataset in CIFAR:
+        return f"the paper's value for {dataset} {noise_mode}"
+    return f"this project's default for {dataset}, docs/real-world-data.md"
+
+
 def default_sigma(dataset: str, noise_mode: str | None = None) -> float | None:
     """The default sigma of a dataset (and, for CIFAR, its noise mode); None where there is none (custom rates)."""
     return DEFAULT_SIGMA.get((dataset, noise_mode if dataset in CIFAR else None))
@@ -231,7 +248,7 @@ def resolve_sigma(args: argparse.Namespace) -> None:
     args.sigma = default_sigma(args.dataset_name, mode)
     if args.sigma is None:
         fail(f"no default sigma for {args.dataset_name} {mode}; give --sigma")
-    print(f"--sigma not given: using {args.sigma} for {args.dataset_name}" + (f" {mode}" if mode else ""))
+    print(f"sigma {args.sigma:g} ({sigma_source(args.dataset_name, mode)}; --sigma not given)")
 
 
 # ----------------------------------------------------------------------------------------------------

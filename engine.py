@@ -14,6 +14,7 @@ import argparse
 import copy
 import dataclasses
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+import files
 import runs
 import sln
 from augment import normalise
@@ -283,8 +285,10 @@ def start_epoch(s: TrainState, epoch: int) -> dict:
     return row
 
 
-def describe_epoch(row: dict, n_epochs: int) -> str:
-    parts = [f"epoch {row['epoch']}/{n_epochs} {row['seconds']:.1f}s", f"sigma {row['sigma']:g}",
+def describe_epoch(row: dict, n_epochs: int, seconds_so_far: list[float] | None = None) -> str:
+    """One epoch's line; with the seconds of the epochs this process trained, the time the run has left."""
+    left = "" if seconds_so_far is None else f" ({files.time_left(seconds_so_far, n_epochs - row['epoch'])})"
+    parts = [f"epoch {row['epoch']}/{n_epochs} {row['seconds']:.1f}s{left}", f"sigma {row['sigma']:g}",
              f"train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f}"]
     if "test/acc" in row:
         parts.append(f"test acc {row['test/acc']:.4f} ema {row['test/acc_ema']:.4f}")
@@ -307,6 +311,7 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
     if not s.has_clean and not resume:
         print("note: no clean labels for this dataset: train/loss_clean, train/loss_noisy and "
               "lc/corrected_precision are not reported")
+    seconds: list[float] = []     # of the epochs trained by this process: the estimate of the time left
     for epoch in range(len(history) + 1, args.n_epochs + 1):
         t0 = time.time()
         row: dict = {"epoch": epoch, **start_epoch(s, epoch)}
@@ -323,7 +328,8 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         history.append(row)
         runs.log_epoch(run_dir, writer, s.fields(), row)
         runs.save_checkpoint(run_dir, checkpoint(s, epoch))
-        print(describe_epoch(row, args.n_epochs), flush=True)
+        seconds.append(row["seconds"])
+        print(describe_epoch(row, args.n_epochs, seconds), flush=True)
         if on_epoch is not None:
             on_epoch(row)
     writer.close()
@@ -340,6 +346,10 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
     runs.finish(run_dir, {"model_final.pt": s.model.state_dict(), "ema_final.pt": s.ema.state_dict(),
                           "targets_final.pt": s.targets.cpu()}, summary)
     return summary
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / n).is_file() for n in ("checkpoint.pt", "checkpoint.prev.pt"))
 
 
 def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int], nn.Module], script: str,
@@ -369,9 +379,10 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     rate = data.noise_rate()
     print(f"{exp_id}: {model_name} on {data.name} ({len(data.labels)} train / {len(data.test_labels)} test images, "
           f"{'unknown' if rate is None else f'{rate:.2%}'} noisy) with {args.model} on {device}")
-    how = f"python {script} --resume {exp_id}" + (f" --out_dir {out}" if out != Path.cwd() else "")
+    how = f"python {script} --resume {exp_id}" + (f" --out_dir {shlex.quote(str(out))}" if out != Path.cwd() else "")
     try:
-        summary = train(args, data, model, device, run_dir, on_epoch, bool(resume_id), val)
+        with runs.on_sigterm():
+            summary = train(args, data, model, device, run_dir, on_epoch, bool(resume_id), val)
     except runs.TrainingStopped as e:
         fail(f"{exp_id}: {e}" + (f": {how}" if e.resumable else ""), 3)
     except UnreadableImage as e:
@@ -379,10 +390,16 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
         fail(f"{exp_id}: {e}, {again}", 3)
     except DataError as e:   # an unusable checkpoint
         fail(str(e))
-    except KeyboardInterrupt:
-        fail(f"{exp_id}: interrupted; the last complete epoch is checkpointed; continue with: {how}", 130)
+    except KeyboardInterrupt as e:
+        what, code = ("stopped by SIGTERM", 143) if isinstance(e, runs.Terminated) else ("interrupted", 130)
+        kept = ("the last complete epoch is checkpointed; continue with: " + how if has_checkpoint(run_dir) else
+                f"no epoch was complete, so nothing can be resumed: delete {run_dir} and start the run again")
+        fail(f"{exp_id}: {what}; {kept}", code)
     at_val = ("" if "test_acc_at_best_val" not in summary else
               f", at the best validation epoch ({summary['best_val_epoch']}) {summary['test_acc_at_best_val']:.4f}")
     print(f"{exp_id}: last test acc {summary['last_test_acc']:.4f}, best {summary['best_test_acc']:.4f} "
           f"(epoch {summary['best_epoch']}){at_val}; outputs in {run_dir}")
+    runs_dir = "" if out / "runs" == Path.cwd() / "runs" else f" --runs_dir {shlex.quote(str(out / 'runs'))}"
+    print(f"next: its training curves with: python plot.py --exp_id {exp_id} --plot_type curves{runs_dir} "
+          "(other figures: python plot.py --help)")
     return exp_id, summary

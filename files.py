@@ -73,3 +73,22 @@ def check_writable(folder: Path, flag: str) -> None:
     except OSError as e:
         raise ValueError(f"{flag} {folder}: cannot write in {existing} ({e.strerror or e}); "
                          "give a folder you can write to")
+
+
+def duration(seconds: float) -> str:
+    """A time span as a person reads it: 42s, 7m05s, 3h02m."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def time_left(seconds_done: list[float], n_left: int) -> str:
+    """'about 3h02m left': the mean time of the units done so far, times the units left."""
+    if not n_left:
+        return "done"
+    if not seconds_done:
+        return "time left unknown"
+    return f"about {duration(sum(seconds_done) / len(seconds_done) * n_left)} left"

@@ -187,20 +187,50 @@ def finish(run_dir: Path, final: dict[str, object], summary: dict) -> None:
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints
 
-class _DeferSigint:
-    """Hold Ctrl-C back while a checkpoint is written, so an interrupt never leaves half a file behind."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a job scheduler, docker stop), handled as Ctrl-C is, but exiting with 143."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
+
+
+class on_sigterm:
+    """While active (main thread only), SIGTERM raises Terminated, so that a run stops as on Ctrl-C: with its
+    last complete epoch checkpointed and the command that resumes it."""
 
     def __enter__(self):
-        self.caught = False
         self.main = threading.current_thread() is threading.main_thread()
         if self.main:
-            self.old = signal.signal(signal.SIGINT, lambda *a: setattr(self, "caught", True))
+            self.old = signal.signal(signal.SIGTERM, raise_terminated)
         return self
 
     def __exit__(self, *exc):
         if self.main:
-            signal.signal(signal.SIGINT, self.old)
-            if self.caught:
+            signal.signal(signal.SIGTERM, self.old)
+
+
+class _DeferSigint:
+    """Hold Ctrl-C and SIGTERM back while a checkpoint is written, so an interrupt never leaves half a file
+    behind; the one that came is raised afterwards."""
+
+    def __enter__(self):
+        self.caught = None
+        self.main = threading.current_thread() is threading.main_thread()
+        if self.main:
+            self.old = {sig: signal.signal(sig, lambda n, f: setattr(self, "caught", self.caught or n))
+                        for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        if self.main:
+            for sig, handler in self.old.items():
+                signal.signal(sig, handler)
+            if self.caught == signal.SIGTERM and self.old[signal.SIGTERM] is raise_terminated:
+                raise Terminated
+            if self.caught == signal.SIGTERM:   # not in a run: do what SIGTERM would have done
+                signal.raise_signal(signal.SIGTERM)
+            if self.caught == signal.SIGINT:
                 raise KeyboardInterrupt
 
 
@@ -244,25 +274,46 @@ def load_checkpoint(run_dir: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # Starting and resuming runs
 
+def run_folder_path(exp_id: str) -> Path | None:
+    """A run given as its folder's path (`runs/exp_...`, what tab completion gives, or an absolute path) rather
+    than its id: that folder, when it is a run folder; else None."""
+    path = Path(exp_id.rstrip("/")) if exp_id else None
+    if path is None or (len(path.parts) < 2 and not path.is_absolute()):
+        return None
+    return path.resolve() if (path / "config.yaml").is_file() else None
+
+
 def find_run(runs: Path, exp_id: str) -> Path:
-    """The run folder runs/<exp_id> (one with a config.yaml), or an error naming the closest existing ids."""
+    """The run folder runs/<exp_id> (one with a config.yaml), or the run folder whose path `exp_id` is, or an
+    error naming the closest existing ids."""
     if exp_id and (runs / exp_id / "config.yaml").is_file():
         return runs / exp_id
+    if (folder := run_folder_path(exp_id)) is not None:
+        return folder
     known = sorted(p.name for p in runs.iterdir() if (p / "config.yaml").is_file()) if runs.is_dir() else []
     if not known:
         raise DataError(f"no run {exp_id!r}: there are no runs in {runs}; pass the folder that holds them")
-    near = difflib.get_close_matches(exp_id, known, n=3, cutoff=0.0)
+    near = difflib.get_close_matches(Path(exp_id.rstrip("/")).name, known, n=3, cutoff=0.0)
     raise DataError(f"no run {exp_id!r} in {runs}; closest: {', '.join(near)}")
 
 
 def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace) -> argparse.Namespace:
     """For --resume: the run's saved flags, after checking that no flag given now contradicts them."""
-    run_dir = find_run(args.out_dir.resolve() / "runs", args.resume)
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     defaults = vars(parser.parse_args([]))       # every flag's name, from a parse of no arguments
     unset = object()    # argparse fills in a default only for a name the namespace lacks: what is left was given
     given = {k: v for k, v in vars(parser.parse_args(argv, argparse.Namespace(**{k: unset for k in defaults}))).items()
              if v is not unset}
+    run_dir = find_run(args.out_dir.resolve() / "runs", args.resume)
+    if run_dir.parent != args.out_dir.resolve() / "runs":    # --resume <path of a run folder>
+        if "out_dir" in given:
+            raise DataError(f"--resume {args.resume} is not under --out_dir {args.out_dir} (its runs/ folder); "
+                            "drop --out_dir, or give the run's id")
+        if run_dir.parent.name != "runs":
+            raise DataError(f"--resume {args.resume}: a run folder lives in <out_dir>/runs/, this one does not; "
+                            "move it back there")
+        args.out_dir = run_dir.parent.parent
+    args.resume = run_dir.name
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     allowed_to_differ = {"resume", "device", "out_dir", "eval_batch_size", "workers", "weights"}
     diffs = []
     for key, value in given.items():

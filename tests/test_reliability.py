@@ -96,6 +96,41 @@ def test_ctrl_c_says_how_to_resume(fake_root, tmp_path, reference_run):
     assert_same_results(reference_run, tmp_path / "runs" / exp_id)
 
 
+def test_sigterm_says_how_to_resume_and_resumes_bit_identically(fake_root, tmp_path, reference_run):
+    # kill, timeout, job schedulers and docker stop send SIGTERM: it must end a run as Ctrl-C does, exit 143
+    proc = subprocess.Popen(cli(fake_root, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    wait_for(tmp_path / "runs", proc)
+    (exp_id,) = run_ids(tmp_path)
+    wait_for(tmp_path / "runs" / exp_id / "checkpoint.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert "stopped by SIGTERM" in last and last.endswith(f"--resume {exp_id} --out_dir {tmp_path}"), err
+    assert "Traceback" not in err
+    # resumed by the run folder's path, as tab completion gives it
+    done = subprocess.run([*cli(fake_root, tmp_path)[:2], "--resume", f"runs/{exp_id}/"], capture_output=True,
+                          text=True, cwd=tmp_path, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert run_ids(tmp_path) == [exp_id]
+    assert_same_results(reference_run, tmp_path / "runs" / exp_id)
+
+
+def test_sigterm_before_the_first_checkpoint_says_nothing_can_be_resumed(fake_root, tmp_path):
+    proc = subprocess.Popen(cli(fake_root, tmp_path, "--n_epochs", "300"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    wait_for(tmp_path / "runs", proc)
+    (exp_id,) = run_ids(tmp_path)
+    wait_for(tmp_path / "runs" / exp_id / "config.yaml", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if (tmp_path / "runs" / exp_id / "checkpoint.pt").exists():
+        pytest.skip("the first epoch ended before SIGTERM came")
+    assert proc.returncode == 143, err
+    assert "nothing can be resumed" in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
 def in_process(fake_root, out_dir, *extra):
     return train_cifar.main([*FLAGS, "--data_dir", str(fake_root), "--out_dir", str(out_dir), *extra])
 

@@ -89,6 +89,7 @@ def test_subsets_are_stratified_and_recorded(fake_root, paper_sums, tmp_path):
     (["--sigma", "0", "--mo"], "not one of the paper's models"),
     (["--sigma", "1", "--lc_n_epoch", "1"], "not one of the paper's models"),
     (["--sigma", "1", "--mo", "--lc_n_epoch", "2"], r"lc_n_epoch in 1\.\.1"),
+    (["--n_epochs", "1", "--sigma", "1", "--mo", "--lc_n_epoch", "5"], "needs --n_epochs 2 or more"),
     (["--sigma", "-1"], "--sigma must be >= 0"),
     (["--p", "1.0"], r"p=1.0 is outside \[0, 1\); pass e.g. --p 0.4"),
     (["--noise_mode", "openset", "--dataset_name", "cifar100"], "CIFAR-10 only"),

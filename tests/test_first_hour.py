@@ -1,0 +1,98 @@
+"""What a new user meets in the first hour (issue 17): the paper's sigma shown, errors that say what to change,
+an estimate of the time left, the next command after a run, outputs git does not list."""
+import re
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+import cli
+import files
+import train_cifar
+from conftest import ROOT, variant_flags
+
+
+def run_cli(fake_root, out_dir, *flags):
+    argv = ["--batch_size", "64", "--n_epochs", "2", "--lr", "0.01", "--seed", "123", "--model", "wrn-16-1",
+            "--data_dir", str(fake_root), "--out_dir", str(out_dir), "--device", "cpu", *flags]
+    return train_cifar.main(argv)
+
+
+def test_an_impossible_lc_epoch_says_what_to_change(fake_root, paper_sums, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(fake_root, tmp_path, "--noise_mode", "sym", "--p", "0.4", "--n_epochs", "1", "--sigma", "1.0",
+                "--mo", "--lc_n_epoch", "5")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1..0" not in err, err
+    assert "needs --n_epochs 2 or more and --lc_n_epoch below it" in err
+
+
+def test_the_paper_sigma_is_listed_and_announced(fake_root, paper_sums, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_cifar.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for (dataset, mode), sigma in cli.DEFAULT_SIGMA.items():
+        if dataset in cli.CIFAR:
+            assert f"{dataset} {mode} {sigma}" in help_text
+    run_cli(fake_root, tmp_path, "--noise_mode", "asym", "--p", "0.4", "--lc_n_epoch", "-1", "--n_epochs", "1")
+    out = capsys.readouterr().out
+    assert "sigma 0.5 (the paper's value for cifar10 asym; --sigma not given)" in out.splitlines()[0]
+
+
+def test_epoch_lines_estimate_the_time_left_and_the_end_names_the_next_step(fake_root, paper_sums, tmp_path, capsys):
+    run_cli(fake_root, tmp_path, "--noise_mode", "sym", "--p", "0.4", *variant_flags("1.0")["CE"], "--n_epochs", "3")
+    out = capsys.readouterr().out
+    epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 3
+    assert all(re.search(r"\(about (\d+s|\d+m\d\ds|\d+h\d\dm) left\)", line) for line in epochs[:2]), epochs
+    assert "(done)" in epochs[2]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    nxt = out.strip().splitlines()[-1]
+    assert nxt.startswith(f"next: its training curves with: python plot.py --exp_id {run_dir.name} --plot_type curves"
+                          f" --runs_dir {tmp_path / 'runs'}"), nxt
+
+
+@pytest.mark.parametrize("seconds, text", [(0.4, "0s"), (42, "42s"), (425, "7m05s"), (10920, "3h02m")])
+def test_durations_read_as_a_person_reads_them(seconds, text):
+    assert files.duration(seconds) == text
+
+
+def test_time_left_is_the_mean_epoch_times_the_epochs_left():
+    assert files.time_left([10, 20, 30], 6) == "about 2m00s left"
+    assert files.time_left([10], 0) == "done"
+    assert files.time_left([], 4) == "time left unknown"
+
+
+@pytest.mark.parametrize("path, ignored", [
+    ("assets/exp_2026-12-02_14-39-42_878785/curves.png", True),
+    ("assets/table.csv", True),
+    ("viz/cifar10_sym_p_0.4.png", True),
+    ("viz/cifar10_asym_p_0.4_custom.png", False),      # the one example the docs show
+    ("runs/README.md", False),
+    ("runs/exp_1/config.yaml", True),
+])
+def test_what_the_scripts_write_is_git_ignored(path, ignored):
+    done = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT)
+    assert done.returncode == (0 if ignored else 1), path
+
+
+def test_a_run_folder_path_is_accepted_where_an_id_is(fake_root, paper_sums, tmp_path, monkeypatch, capsys):
+    import plot
+    import runs
+    run_cli(fake_root, tmp_path, "--noise_mode", "sym", "--p", "0.4", *variant_flags("1.0")["CE"], "--n_epochs", "1")
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    monkeypatch.chdir(tmp_path)
+    for given in (f"runs/{run_dir.name}", f"runs/{run_dir.name}/", str(run_dir)):
+        assert runs.find_run(tmp_path / "elsewhere", given) == run_dir
+    written = plot.main(["--exp_id", f"runs/{run_dir.name}/", "--plot_type", "curves", "--assets_dir", "a"])
+    assert Path("a") / run_dir.name / "curves.png" in written
+    # a folder that is no run is still refused with the nearest ids
+    with pytest.raises(runs.DataError, match=f"no run 'runs/exp_nope' in .*closest: {run_dir.name}"):
+        runs.find_run(tmp_path / "runs", "runs/exp_nope")
+    # resuming a path elsewhere than --out_dir says which to drop
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        train_cifar.main(["--resume", str(run_dir), "--out_dir", str(tmp_path / "other")])
+    assert exc.value.code == 2 and "is not under --out_dir" in capsys.readouterr().err
