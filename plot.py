@@ -43,7 +43,7 @@ from models import make_model  # noqa: E402
 from noise import DataError  # noqa: E402
 from real_data import CIFARN  # noqa: E402
 from tables import (COLUMN_ORDER, VARIANT_ORDER, Run, column_of, headline, load_run, make_table,  # noqa: E402
-                    one_table, order_key, row_labels, run_ids, settings)
+                    one_run_per_seed, one_table, order_key, row_labels, run_ids, settings)
 
 SINGLE_RUN_PLOTS = ["pred_probs", "sample_dissect", "curves"]
 PLOT_TYPES = SINGLE_RUN_PLOTS + ["compare", "dissect_compare", "ablation", "hp"]
@@ -385,7 +385,7 @@ def figure_curves(run: Run) -> tuple[plt.Figure, list[list]]:
 def compare_points(runs: list[Run]) -> tuple[list[list], str]:
     """Test accuracy (%) of the reported network over epochs, mean and sample std (ddof=1) over seeds, per method
     and noise mode, at the epochs that every seed evaluated (see --eval_every). CSV rows (with header), title."""
-    cells, shared = one_table(runs)
+    cells, shared = one_table(one_run_per_seed(runs)[0])
     labels = row_labels(cells)
     rows = [["noise", "method", "epoch", "n_seeds", "mean", "std"]]
     for cell in sorted(cells, key=lambda c: (order_key(c.column, COLUMN_ORDER), order_key(c.variant, VARIANT_ORDER),
@@ -434,7 +434,7 @@ def ablation_points(runs: list[Run]) -> tuple[list[list], str]:
     """Test accuracy vs sigma: one line per setting other than sigma (and the variant its value implies).
     Returns CSV rows (with header) and the settings all lines share."""
     groups: dict[tuple, dict[float, list[Run]]] = {}
-    for run in runs:
+    for run in one_run_per_seed(runs)[0]:
         s = settings(run.config)
         key = tuple(sorted((k, v) for k, v in s.items() if k not in ("sigma", "variant")))
         groups.setdefault(key, {}).setdefault(float(run.config["sigma"]), []).append(run)
@@ -718,6 +718,9 @@ def _main(argv: list[str] | None) -> list[Path]:
                 written += save(folder, "curves", fig, args, rows)
         if args.table or {"ablation", "compare"} & set(args.plot_type):
             runs = select_runs(runs_folder(args.runs_dir), args.exp_ids, args.filter)
+            if not args.table:    # the table says it in its Markdown
+                for note in one_run_per_seed(runs)[1]:
+                    print(f"note: {note}")
             if args.table:
                 markdown, rows = make_table(runs)
                 print(markdown)

@@ -107,6 +107,26 @@ def settings(config: dict) -> dict:
             if k not in NOT_SETTINGS and not isinstance(v, dict) and v is not None}
 
 
+def one_run_per_seed(runs: list[Run]) -> tuple[list[Run], list[str]]:
+    """The runs to pool, at most one per experiment and seed: where a seed has several finished runs of the same
+    settings (a rerun, a demo run twice), the newest by its id's start time; and one note per seed so treated,
+    naming the runs left out. The mean ± std over n seeds then counts n distinct seeds."""
+    by_seed: dict[tuple, list[Run]] = {}
+    for run in runs:
+        key = (tuple(sorted(settings(run.config).items(), key=str)), str(run.config.get("seed")))
+        by_seed.setdefault(key, []).append(run)
+    kept, notes = [], []
+    for (_, seed), same in by_seed.items():
+        same.sort(key=lambda r: r.exp_id)
+        kept.append(same[-1])
+        if len(same) > 1:
+            notes.append(f"seed {seed} of {same[-1].config.get('variant', '?')} "
+                         f"({column_of(same[-1].config)}) has {len(same)} runs: the newest, {same[-1].exp_id}, is "
+                         f"used; left out: {', '.join(r.exp_id for r in same[:-1])}")
+    order = {id(r): i for i, r in enumerate(runs)}
+    return sorted(kept, key=lambda r: order[id(r)]), notes
+
+
 def column_of(config: dict) -> str:
     return next((str(config[k]) for k in COLUMN_KEYS if config.get(k) is not None), "-")
 
@@ -191,7 +211,9 @@ def make_table(runs: list[Run]) -> tuple[str, list[list]]:
     """The paper's tables from runs: one per setting, rows the methods (CE, SLN, SLN-MO, SLN-MO-LC), columns the
     noise modes, cells the mean ± std over seeds of the reported test accuracy at the last and the best epoch.
     Runs with a validation set (Clothing1M) also get the test accuracy at their best validation epoch.
+    A seed with several runs of one experiment counts once (one_run_per_seed); a note names the runs left out.
     Returns (Markdown, CSV rows with a header row)."""
+    runs, repeated = one_run_per_seed(runs)
     cells = group_cells(runs)
     with_val = any(r.at_best_val() is not None for r in runs)
     tables = sorted({c.table for c in cells}, key=lambda t: headline(dict(t), []))
@@ -202,6 +224,7 @@ def make_table(runs: list[Run]) -> tuple[str, list[list]]:
     lines = ["Test accuracy (%) of the reported network (the EMA network for SLN-MO and SLN-MO-LC), "
              "mean ± sample std (ddof=1) over n seeds.", "",
              "Other settings, the same in every table: " + ", ".join(f"{k}={v}" for k, v in common.items())]
+    lines += [""] + [f"Note: {n}." for n in repeated] if repeated else []
     csv_rows: list[list] = [all_keys + ["method", "variant", "noise", *ROW_KEYS[1:], "n_seeds", "seeds",
                                         "last_mean", "last_std", "best_mean", "best_std",
                                         *(["at_best_val_mean", "at_best_val_std"] if with_val else []), "exp_ids"]]

@@ -568,3 +568,31 @@ def test_hp_legend_names_sweeps_by_their_noise_setting(tmp_path):
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert any(t.startswith("sym p=0.4: last epoch") for t in labels)
     assert any(t.startswith("asym p=0.4: best epoch") for t in labels)
+
+
+def test_a_seed_run_twice_counts_once_in_a_table():
+    # the demo run and an identical rerun: one seed, so n=1 and no std; the newest run stands for the seed
+    md, rows = plot.make_table([fake_run("exp_2026-12-02_10-00-00_aaaaaa", 1.0, 123, [0.1, 0.2]),
+                                fake_run("exp_2026-12-02_11-00-00_bbbbbb", 1.0, 123, [0.3, 0.4]),
+                                fake_run("exp_2026-12-02_09-00-00_cccccc", 1.0, 124, [0.5, 0.6])])
+    assert "| SLN | 50.00 ± 14.14 (n=2) |" in md, md
+    header, (row,) = rows[0], rows[1:]
+    assert row[header.index("n_seeds")] == 2 and row[header.index("seeds")] in ("123 124", "124 123")
+    assert "exp_2026-12-02_10-00-00_aaaaaa" not in row[header.index("exp_ids")]
+    (note,) = [line for line in md.splitlines() if line.startswith("Note:")]
+    assert "seed 123" in note and "exp_2026-12-02_11-00-00_bbbbbb, is used" in note \
+        and "left out: exp_2026-12-02_10-00-00_aaaaaa" in note
+
+
+def test_compare_and_ablation_count_distinct_seeds(sparse_runs, runs, tmp_path, capsys):
+    out, ids = runs
+    synthetic_run(sparse_runs, out / "runs" / ids["ce"], "ce1again",
+                  {"seed": 1, "n_epochs": 4, "eval_every": 2}, [None, 0.90, None, 0.90])
+    plot.main(["--runs_dir", str(sparse_runs), "--assets_dir", str(tmp_path / "a"), "--plot_type", "compare",
+               "ablation"])
+    printed = capsys.readouterr().out
+    assert "note: seed 1 of CE (sym) has 2 runs: the newest, exp_syn_ce1again, is used; left out: exp_syn_ce1" in printed
+    compare = {(r["method"], int(r["epoch"])): r for r in read_csv(tmp_path / "a" / "compare.csv")}
+    assert compare[("CE", 4)]["n_seeds"] == "2" and float(compare[("CE", 4)]["mean"]) == pytest.approx(75.0)
+    ablation = {float(r["sigma"]): r for r in read_csv(tmp_path / "a" / "ablation.csv")}
+    assert ablation[0.0]["n_seeds"] == "2" and "exp_syn_ce1 " not in ablation[0.0]["exp_ids"] + " "
