@@ -66,6 +66,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import deps  # noqa: F401  (first: a Python without the packages gets one line, not a traceback)
+
 import numpy as np
 import torch
 from PIL import Image

@@ -24,6 +24,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import deps  # noqa: F401  (first: a Python without the packages gets one line, not a traceback)
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only: works on machines without a display

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import deps  # noqa: F401  (first: a Python without the packages gets one line, not a traceback)
+
 import cli
 import engine
 from models import make_model

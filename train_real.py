@@ -16,6 +16,8 @@ import sys
 
 from pathlib import Path
 
+import deps  # noqa: F401  (first: a Python without the packages gets one line, not a traceback)
+
 import cli
 import engine
 from folder_data import MIN_IMAGE_SIZE

@@ -27,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import deps  # noqa: F401  (first: a Python without the packages gets one line, not a traceback)
+
 import numpy as np
 import ray
 import ray._raylet

@@ -15,6 +15,8 @@ import io
 import sys
 from pathlib import Path
 
+import deps  # noqa: F401  (first: a Python without the packages gets one line, not a traceback)
+
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display needed

@@ -96,3 +96,22 @@ def test_a_run_folder_path_is_accepted_where_an_id_is(fake_root, paper_sums, tmp
     with pytest.raises(SystemExit) as exc:
         train_cifar.main(["--resume", str(run_dir), "--out_dir", str(tmp_path / "other")])
     assert exc.value.code == 2 and "is not under --out_dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["train_cifar.py", "train_real.py", "tune.py", "viz.py", "plot.py", "bench.py"])
+def test_a_python_without_the_packages_gets_one_line(script):
+    # -S: this very Python without its site-packages, as the system Python is without the venv's
+    done = subprocess.run([sys.executable, "-S", str(ROOT / script), "--help"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: {script} needs torch") and "pip install -r requirements.txt" in line
+    assert ". .venv/bin/activate" in line or "make env" in line
+
+
+def test_the_packages_list_is_what_requirements_pins():
+    import deps
+    pinned = {line.split("==")[0].lower() for line in (ROOT / "requirements.txt").read_text().splitlines()
+              if "==" in line and not line.startswith("#")}
+    needed = {pip.lower() for pip in deps.CORE.values()} | {p.lower() for x in deps.EXTRA.values() for p in x.values()}
+    assert needed <= pinned, needed - pinned
