@@ -89,6 +89,16 @@ def apply_recipe(args: argparse.Namespace) -> None:
             taken.append(f"--{key} {shown}".rstrip())
     if args.dataset_name == "clothing1m" and taken:
         print(f"clothing1m: the authors' recipe for the flags not given: {' '.join(taken)}")
+    recipe_milestones = any(t.startswith("--lr_milestones") for t in taken)
+    if recipe_milestones and args.n_epochs is not None:
+        # a recipe milestone past the run's end never applies (a short trial run); only typed ones are checked
+        past = [m for m in args.lr_milestones if m >= args.n_epochs]
+        if past:
+            args.lr_milestones = [m for m in args.lr_milestones if m < args.n_epochs] or None
+            print(f"note: the recipe's --lr_milestones {' '.join(map(str, past))} is past the run's end "
+                  f"(--n_epochs {args.n_epochs}), so the learning rate "
+                  + ("stays constant" if args.lr_milestones is None else "changes after epoch "
+                     + " ".join(map(str, args.lr_milestones)) + " only"))
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -366,6 +366,20 @@ def test_the_authors_recipe_is_the_default_and_given_flags_win():
             args.pretrained, args.image_size) == (128, 5e-4, None, None, None, None, None)
 
 
+@pytest.mark.parametrize("n_epochs, milestones, note", [
+    ("2", None, "the recipe's --lr_milestones 5 is past the run's end (--n_epochs 2), so the learning rate stays "
+                "constant"),
+    ("5", None, "--lr_milestones 5 is past the run's end (--n_epochs 5)"),
+    ("6", [5], None),
+])
+def test_a_short_run_skips_the_recipe_milestone_past_its_end(capsys, n_epochs, milestones, note):
+    args = train_real.build_parser().parse_args(["--dataset_name", "clothing1m", "--n_epochs", n_epochs])
+    train_real.check_args(args)      # not refused: the user typed no --lr_milestones
+    assert args.lr_milestones == milestones
+    out = capsys.readouterr().out
+    assert (note in out) if note else ("past the run's end" not in out)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Pretrained weights
 
