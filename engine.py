@@ -332,7 +332,6 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         print(describe_epoch(row, args.n_epochs, seconds), flush=True)
         if on_epoch is not None:
             on_epoch(row)
-    writer.close()
     tested = [r for r in history if r.get("test/acc_reported") is not None]
     best = max(tested, key=lambda r: r["test/acc_reported"])
     summary = {"variant": variant(args), "reported_network": "ema" if s.report_ema else "net",
@@ -343,6 +342,8 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         chosen = max(tested, key=lambda r: r["val/acc"])
         summary.update(best_val_acc=chosen["val/acc"], best_val_epoch=chosen["epoch"],
                        test_acc_at_best_val=chosen["test/acc_reported"])
+    runs.log_hparams(writer, run_dir, summary)
+    writer.close()
     runs.finish(run_dir, {"model_final.pt": s.model.state_dict(), "ema_final.pt": s.ema.state_dict(),
                           "targets_final.pt": s.targets.cpu()}, summary)
     return summary

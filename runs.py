@@ -158,12 +158,54 @@ def read_metrics(path: Path) -> list[dict]:
                 for r in csv.DictReader(f)]
 
 
+def tensorboard_name(config: dict) -> str:
+    """What TensorBoard calls a run below its id: the model, method, noise and seed, so that lines in the scalar
+    dashboard say what they are (`exp_.../SLN-MO-LC_sigma1_wrn-16-1_cifar10_sym0.4_seed123`); filter on it with
+    TensorBoard's run regex (e.g. `SLN-MO_`, `seed1$`)."""
+    noise = (f"{config.get('noise_mode')}{config.get('p')}" + ("custom" if config.get("custom_noise") else "")
+             if config.get("noise_mode") else config.get("noise_label") or "")
+    sigma = config.get("sigma") or 0
+    parts = [config.get("variant"), f"sigma{sigma:g}" if sigma else None, config.get("model"),
+             config.get("dataset_name"), noise or None, f"seed{config.get('seed')}"]
+    name = "_".join(str(p) for p in parts if p is not None)
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
+
+
+def tensorboard_dir(run_dir: Path) -> Path:
+    """Where a run's TensorBoard events go: runs/<exp_id>/<tensorboard_name>/, or the run folder itself for a run
+    begun before names were given (its events are there), so that a resumed run stays one line."""
+    if any(run_dir.glob("events.out.tfevents.*")):
+        return run_dir
+    return run_dir / tensorboard_name(yaml.safe_load((run_dir / "config.yaml").read_text()))
+
+
 def start_log(run_dir: Path, fields: list[str], history: list[dict]):
     """metrics.csv with the rows so far (a resumed run's, up to its checkpoint) and a TensorBoard writer that
     drops any steps after them, so that nothing is counted twice after a resume."""
     from torch.utils.tensorboard import SummaryWriter
     write_atomic(run_dir / "metrics.csv", lambda tmp: write_metrics(tmp, fields, history))
-    return SummaryWriter(str(run_dir), purge_step=len(history) + 1)
+    return SummaryWriter(str(tensorboard_dir(run_dir)), purge_step=len(history) + 1)
+
+
+# the settings shown in TensorBoard's HParams tab, beside each run's final metrics
+HPARAMS = ["variant", "model", "dataset_name", "noise_mode", "noise_label", "p", "custom_noise", "sigma", "mo",
+           "lc_n_epoch", "seed", "lr", "batch_size", "n_epochs", "train_subset"]
+HPARAM_METRICS = {"last_test_acc": "final/last_test_acc", "best_test_acc": "final/best_test_acc",
+                  "test_acc_at_best_val": "final/test_acc_at_best_val"}
+
+
+def log_hparams(writer, run_dir: Path, summary: dict) -> None:
+    """The run's settings and final metrics for TensorBoard's HParams tab, in the run's own event file."""
+    from torch.utils.tensorboard.summary import hparams
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    values = {k: config[k] if isinstance(config[k], (int, float, str, bool)) else str(config[k])
+              for k in HPARAMS if config.get(k) is not None}
+    metrics = {tag: float(summary[k]) for k, tag in HPARAM_METRICS.items() if summary.get(k) is not None}
+    for summ in hparams(values, metrics):
+        writer.file_writer.add_summary(summ)
+    for tag, value in metrics.items():
+        writer.add_scalar(tag, value, summary["epochs"])
+    writer.flush()
 
 
 def log_epoch(run_dir: Path, writer, fields: list[str], row: dict) -> None:

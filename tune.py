@@ -22,9 +22,13 @@ import json
 import logging
 import os
 import re
+import shlex
+import signal
 import socket
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import deps  # noqa: F401  (first: a Python without the packages gets one line, not a traceback)
@@ -532,6 +536,73 @@ def trial(config: dict, sweep: dict) -> None:
     ray.tune.report({"exp_id": exp_id, **summary})
 
 
+class SweepProgress:
+    """While a sweep runs, a line each time trials finish: how many are done and left, and an estimate of the time
+    the sweep has left (the time since this driver started, per trial it trained, times the trials left; trials
+    finished before, or reused, count as done but not toward the rate). Read from the run folders, so it holds
+    for a resumed sweep too."""
+
+    def __init__(self, hp_dir: Path, total: int, every: float = 2.0):
+        self.runs, self.total, self.every = hp_dir / "runs", total, every
+        self.stop = threading.Event()
+
+    def finished(self) -> set[Path]:
+        return {p.parent for p in self.runs.glob("*/summary.json")}
+
+    def line(self, done: int, trained: int, elapsed: float) -> str:
+        left = self.total - done
+        if not left:
+            eta = "all done"
+        elif trained:
+            eta = f"about {files.duration(elapsed / trained * left)} left"
+        else:
+            eta = "time left known once a trial has finished"
+        return f"sweep: {done} of {self.total} trials done, {left} left; {eta}"
+
+    def watch(self) -> None:
+        seen, trained = self.finished(), 0
+        print(self.line(len(seen), 0, 0.0), flush=True)
+        while not self.stop.wait(self.every):
+            now = self.finished()
+            if not now - seen:
+                continue
+            # a run trained here has weights; a reused (adopted) run has its small files only
+            trained += sum((run / "model_final.pt").is_file() for run in now - seen)
+            seen = now
+            print(self.line(min(len(now), self.total), trained, time.time() - self.start), flush=True)
+
+    def __enter__(self):
+        self.start = time.time()
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+class forward_sigterm:
+    """While Tune runs, SIGTERM (kill, timeout, a job scheduler) stops the sweep as Ctrl-C does: Tune saves its
+    state, and the driver says how to continue and exits 143. Tune's own SIGINT handler does the stopping."""
+
+    def __enter__(self):
+        self.received = False
+        self.old = signal.signal(signal.SIGTERM, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        self.received = True
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self.old)
+
+
 def fit(hp_dir: Path, sweep: dict, resume: bool) -> dict[str, dict]:
     """Run (or continue) the sweep; return {exp_id: Tune config} of the trials that finished."""
     trainable = ray.tune.with_resources(ray.tune.with_parameters(trial, sweep=sweep), sweep["resources"])
@@ -550,14 +621,25 @@ def fit(hp_dir: Path, sweep: dict, resume: bool) -> dict[str, dict]:
                                tune_config=ray.tune.TuneConfig(reuse_actors=True),
                                run_config=ray.tune.RunConfig(name="tune", storage_path=str(hp_dir),
                                                              callbacks=[CSVLoggerCallback(), JsonLoggerCallback()]))
-    results = tuner.fit()
+    total = len(trial_configs(sweep))
+    again = f"continue the sweep with: python tune.py --resume {shlex.quote(str(hp_dir))}"
+    term = forward_sigterm()
+    try:
+        with term, SweepProgress(hp_dir, total):
+            results = tuner.fit()
+    except KeyboardInterrupt:    # before Tune's own handler was in place, or a second Ctrl-C
+        what, code = ("stopped by SIGTERM", 143) if term.received else ("interrupted", 130)
+        state = (hp_dir / "tune").is_dir()
+        cli.fail(f"{what} {'while Tune was stopping' if state else 'before the first trial started'}; "
+                 + (again if state else f"start it again, after deleting {hp_dir}"), code=code)
     finished = {r.metrics["exp_id"]: r.config["trial"] for r in results
                 if r.error is None and "exp_id" in (r.metrics or {})}
-    total = len(trial_configs(sweep))
+    if term.received:
+        cli.fail(f"stopped by SIGTERM: {len(finished)} of {total} trials finished; {again}", code=143)
     if len(finished) < total:
         failed = [str(r.path) for r in results if r.error is not None]
         cli.fail(f"{len(finished)} of {total} trials finished" + (f" ({len(failed)} failed: see {', '.join(failed)})"
-                    if failed else "") + f"; continue the sweep with: python tune.py --resume {hp_dir}", code=1)
+                    if failed else "") + f"; {again}", code=1)
     return finished
 
 

@@ -1,11 +1,13 @@
 """What a new user meets in the first hour (issue 17): the paper's sigma shown, errors that say what to change,
 an estimate of the time left, the next command after a run, outputs git does not list."""
+import json
 import re
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 import cli
 import files
@@ -115,3 +117,32 @@ def test_the_packages_list_is_what_requirements_pins():
               if "==" in line and not line.startswith("#")}
     needed = {pip.lower() for pip in deps.CORE.values()} | {p.lower() for x in deps.EXTRA.values() for p in x.values()}
     assert needed <= pinned, needed - pinned
+
+
+def test_tensorboard_names_each_run_and_lists_its_hparams(fake_root, paper_sums, tmp_path):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+    flags = variant_flags("0.5")
+    for name, seed in (("CE", "1"), ("SLN-MO", "2")):
+        run_cli(fake_root, tmp_path, "--noise_mode", "sym", "--p", "0.4", *flags[name], "--n_epochs", "1",
+                "--seed", seed)
+    # what `tensorboard --logdir runs` reads: one run per training run, named by model, method, noise and seed
+    mux = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "runs"))
+    mux.Reload()
+    names = sorted(mux.Runs())
+    assert [n.split("/", 1)[1] for n in names] == ["CE_wrn-16-1_cifar10_sym0.4_seed1",
+                                                   "SLN-MO_sigma0.5_wrn-16-1_cifar10_sym0.4_seed2"]
+    for run_name in names:
+        assert "test/acc" in mux.GetAccumulator(run_name).Tags()["scalars"]
+        content = mux.SummaryMetadata(run_name, metadata.SESSION_START_INFO_TAG).plugin_data.content
+        hp = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+        seen = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in hp.items()}
+        config = yaml.safe_load((tmp_path / "runs" / run_name.split("/")[0] / "config.yaml").read_text())
+        for key in ("model", "sigma", "noise_mode", "p", "seed", "lr", "n_epochs", "variant"):
+            assert seen[key] == config[key], key
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(
+            mux.SummaryMetadata(run_name, metadata.EXPERIMENT_TAG).plugin_data.content).experiment
+        assert {m.name.tag for m in experiment.metric_infos} >= {"final/last_test_acc", "final/best_test_acc"}
+        summary = json.loads((tmp_path / "runs" / run_name.split("/")[0] / "summary.json").read_text())
+        (last,) = mux.Scalars(run_name, "final/last_test_acc")
+        assert last.value == pytest.approx(summary["last_test_acc"])

@@ -17,6 +17,7 @@ from PIL import Image
 
 import data
 import real_data
+import runs
 import train_real
 from conftest import variant_flags
 from noise import DataError
@@ -240,7 +241,7 @@ def test_animal10n_every_model(animal_root, tmp_path, capsys, name):
         assert rows[1]["lc/changed_fraction"] != "" and rows[1]["lc/corrected_precision"] == ""
         assert float(rows[1]["sigma"]) == 0.0
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-        acc = EventAccumulator(str(run_dir))
+        acc = EventAccumulator(str(runs.tensorboard_dir(run_dir)))
         acc.Reload()
         tags = set(acc.Tags()["scalars"])
         assert "lc/changed_fraction" in tags and "test/acc_ema" in tags

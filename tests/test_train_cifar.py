@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+import runs
 import train_cifar
 from conftest import variant_flags
 
@@ -59,7 +60,7 @@ def test_every_model_and_noise_mode(fake_root, paper_sums, tmp_path, dataset, mo
     assert {"model", "ema", "optimizer", "generator", "torch_rng"} <= set(ckpt)
     for f in ("model_final.pt", "ema_final.pt", "config.yaml", "noise.json", "summary.json"):
         assert (run_dir / f).is_file(), f
-    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert list(run_dir.glob("*/events.out.tfevents.*")) == list(runs.tensorboard_dir(run_dir).glob("events.out.tfevents.*"))
     noise = json.loads((run_dir / "noise.json").read_text())
     if mode == "openset":
         assert len(noise["openset_replaced"]) == 160
@@ -69,7 +70,7 @@ def test_tensorboard_scalars(fake_root, paper_sums, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     run_cli(fake_root, tmp_path, "--noise_mode", "sym", "--p", "0.4", *VARIANTS["SLN-MO-LC"])
     _, run_dir = only_run(tmp_path)
-    acc = EventAccumulator(str(run_dir))
+    acc = EventAccumulator(str(runs.tensorboard_dir(run_dir)))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/loss_clean", "train/loss_noisy", "train/acc", "test/loss", "test/acc",
@@ -123,7 +124,7 @@ def test_eval_every_leaves_unevaluated_epochs_empty(fake_root, paper_sums, tmp_p
     assert all(r["train/loss"] != "" for r in rows)                 # training metrics every epoch
     acc = {int(r["epoch"]): float(r["test/acc_reported"]) for r in rows if r["test/acc_reported"]}
     assert summary["best_epoch"] == max(acc, key=acc.get) and summary["last_test_acc"] == acc[3]
-    events = EventAccumulator(str(run_dir))
+    events = EventAccumulator(str(runs.tensorboard_dir(run_dir)))
     events.Reload()
     assert [e.step for e in events.Scalars("test/acc_ema")] == [2, 3]
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]

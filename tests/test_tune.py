@@ -19,6 +19,7 @@ import ray
 import yaml
 
 import data
+import runs
 import tune
 from noise import DataError
 
@@ -161,7 +162,7 @@ def test_sigma_search_interrupted_resumed_and_its_table(ray_session, fake_root, 
     assert sweep["base"]["data_dir"] == str(fake_root) and sweep["base"]["out_dir"] == str(hp_dir)
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(first))
+    events = EventAccumulator(str(runs.tensorboard_dir(first)))
     events.Reload()
     assert [e.value for e in events.Scalars("val/acc")] == pytest.approx(column(first, "val/acc"))
 
@@ -484,3 +485,45 @@ def test_a_finished_run_elsewhere_is_reused_only_when_it_trained_the_same(tmp_pa
     copied = tune.adopt(found, tmp_path / "sweep" / "runs")
     assert sorted(p.name for p in copied.iterdir()) == ["config.yaml", "metrics.csv", "summary.json"]
     assert tune.earlier_runs(tmp_path / "sweep" / "runs", config) == (copied, None)
+
+
+def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_progress_is_shown(fake_root, tmp_path):
+    """SIGTERM to the driver (kill, timeout, a job scheduler) once the first trial finished: exit 143 with the
+    command that continues the sweep, which then finishes it; progress lines count trials and estimate the rest."""
+    ray_tmp = short_tmp_dir()
+    root = private_data_root(fake_root, tmp_path)
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "TQDM_DISABLE": "1"}
+    flags = ["--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4", "--custom_noise", "--lc_n_epoch", "-1",
+             "--sigmas", "0.1", "1.0", "--cpus_per_trial", "1.5", "--batch_size", "64", "--n_epochs", "8", "--lr",
+             "0.01", "--model", "wrn-16-1", "--train_subset", "200", "--test_subset", "50", "--data_dir", str(root),
+             "--out_dir", str(tmp_path), "--device", "cpu"]
+    script = str(tune.runs.CODE_DIR / "tune.py")
+    driver = subprocess.Popen([sys.executable, script, *flags], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not list(tmp_path.glob("hp/hp_*/runs/*/summary.json")):
+            assert driver.poll() is None and time.time() < deadline, "the first trial did not finish"
+            time.sleep(0.05)
+        time.sleep(3)       # one progress poll (every 2 s) sees the finished trial, while the second trains
+        driver.send_signal(signal.SIGTERM)
+        out, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        kill_pids(processes_under(ray_tmp))
+    (hp_dir,) = (tmp_path / "hp").iterdir()
+    assert driver.returncode == 143, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: stopped by SIGTERM: ") and last.endswith(f"python tune.py --resume {hp_dir}"), last
+    assert "Traceback" not in err
+    assert "sweep: 0 of 2 trials done, 2 left; time left known once a trial has finished" in out
+    assert re.search(r"sweep: 1 of 2 trials done, 1 left; about (\d+s|\d+m\d\ds) left", out), out[-3000:]
+    try:
+        done = subprocess.run([sys.executable, script, "--resume", str(hp_dir)], env=env, capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        kill_pids(processes_under(ray_tmp))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sweep: 1 of 2 trials done, 1 left" in done.stdout and "sweep: 2 of 2 trials done, 0 left; all done" in done.stdout
+    assert len(read_csv(hp_dir / "sigma_search.csv")) == 2
