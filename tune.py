@@ -562,14 +562,16 @@ class SweepProgress:
     def watch(self) -> None:
         seen, trained = self.finished(), 0
         print(self.line(len(seen), 0, 0.0), flush=True)
-        while not self.stop.wait(self.every):
+        while True:
+            stopping = self.stop.wait(self.every)     # a last look once the sweep has ended
             now = self.finished()
-            if not now - seen:
-                continue
-            # a run trained here has weights; a reused (adopted) run has its small files only
-            trained += sum((run / "model_final.pt").is_file() for run in now - seen)
-            seen = now
-            print(self.line(min(len(now), self.total), trained, time.time() - self.start), flush=True)
+            if now - seen:
+                # a run trained here has weights; a reused (adopted) run has its small files only
+                trained += sum((run / "model_final.pt").is_file() for run in now - seen)
+                seen = now
+                print(self.line(min(len(now), self.total), trained, time.time() - self.start), flush=True)
+            if stopping:
+                return
 
     def __enter__(self):
         self.start = time.time()

@@ -374,24 +374,34 @@ def test_local_sweep_ignores_a_cluster_left_behind(tmp_path):
     assert re.search(r"nodes 1 cpus \d", done.stdout)
 
 
-def test_resume_after_sigkill_never_trains_a_finished_trial_again(fake_root, tmp_path):
-    """SIGKILL the driver right after the first trial wrote summary.json (Tune's own state still calls it
-    running), then --resume: every trial ends with exactly one finished run, the first one untouched."""
+def driver_sweep(fake_root, tmp_path, n_epochs: int) -> tuple[list[str], dict, Path]:
+    """A two-trial sigma search run as its own process on a private Ray temp dir: (command, env, Ray temp dir)."""
     ray_tmp = short_tmp_dir()
     root = private_data_root(fake_root, tmp_path)
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "TQDM_DISABLE": "1"}
     flags = ["--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4", "--custom_noise", "--lc_n_epoch", "-1",
-             "--sigmas", "0.1", "1.0", "--cpus_per_trial", "1.5", "--batch_size", "64", "--n_epochs", "2", "--lr",
-             "0.01", "--model", "wrn-16-1", "--train_subset", "200", "--test_subset", "50", "--data_dir", str(root),
-             "--out_dir", str(tmp_path), "--device", "cpu"]
-    script = str(tune.runs.CODE_DIR / "tune.py")
-    driver = subprocess.Popen([sys.executable, script, *flags], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+             "--sigmas", "0.1", "1.0", "--cpus_per_trial", "1.5", "--batch_size", "64", "--n_epochs", str(n_epochs),
+             "--lr", "0.01", "--model", "wrn-16-1", "--train_subset", "200", "--test_subset", "50",
+             "--data_dir", str(root), "--out_dir", str(tmp_path), "--device", "cpu"]
+    return [sys.executable, str(tune.runs.CODE_DIR / "tune.py"), *flags], env, ray_tmp
+
+
+def wait_for_first_trial(tmp_path, driver) -> None:
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("hp/hp_*/runs/*/summary.json")):
+        assert driver.poll() is None and time.time() < deadline, "the first trial did not finish"
+        time.sleep(0.02)
+
+
+def test_resume_after_sigkill_never_trains_a_finished_trial_again(fake_root, tmp_path):
+    """SIGKILL the driver right after the first trial wrote summary.json (Tune's own state still calls it
+    running), then --resume: every trial ends with exactly one finished run, the first one untouched."""
+    command, env, ray_tmp = driver_sweep(fake_root, tmp_path, n_epochs=2)
+    script = command[1]
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     try:
-        deadline = time.time() + 300
-        while not list(tmp_path.glob("hp/hp_*/runs/*/summary.json")):
-            assert driver.poll() is None and time.time() < deadline, "the first trial did not finish"
-            time.sleep(0.02)
+        wait_for_first_trial(tmp_path, driver)
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
@@ -490,21 +500,12 @@ def test_a_finished_run_elsewhere_is_reused_only_when_it_trained_the_same(tmp_pa
 def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_progress_is_shown(fake_root, tmp_path):
     """SIGTERM to the driver (kill, timeout, a job scheduler) once the first trial finished: exit 143 with the
     command that continues the sweep, which then finishes it; progress lines count trials and estimate the rest."""
-    ray_tmp = short_tmp_dir()
-    root = private_data_root(fake_root, tmp_path)
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "TQDM_DISABLE": "1"}
-    flags = ["--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4", "--custom_noise", "--lc_n_epoch", "-1",
-             "--sigmas", "0.1", "1.0", "--cpus_per_trial", "1.5", "--batch_size", "64", "--n_epochs", "8", "--lr",
-             "0.01", "--model", "wrn-16-1", "--train_subset", "200", "--test_subset", "50", "--data_dir", str(root),
-             "--out_dir", str(tmp_path), "--device", "cpu"]
-    script = str(tune.runs.CODE_DIR / "tune.py")
-    driver = subprocess.Popen([sys.executable, script, *flags], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    command, env, ray_tmp = driver_sweep(fake_root, tmp_path, n_epochs=8)
+    script = command[1]
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
     try:
-        deadline = time.time() + 300
-        while not list(tmp_path.glob("hp/hp_*/runs/*/summary.json")):
-            assert driver.poll() is None and time.time() < deadline, "the first trial did not finish"
-            time.sleep(0.05)
+        wait_for_first_trial(tmp_path, driver)
         time.sleep(3)       # one progress poll (every 2 s) sees the finished trial, while the second trains
         driver.send_signal(signal.SIGTERM)
         out, err = driver.communicate(timeout=120)
