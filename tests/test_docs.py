@@ -285,3 +285,14 @@ def test_readme_is_a_front_page_with_a_map_of_every_module():
     assert len(rows) == len(set(rows))
     docs_section = text.split("## Documentation", 1)[1]
     assert [p.name for p in sorted((ROOT / "docs").glob("*.md")) if f"docs/{p.name}" not in docs_section] == []
+
+
+def test_the_results_figures_quoted_are_the_runs_own():
+    """Every figure README.md and results/mini_cifar10/README.md quote about the mini results is what
+    results/mini_cifar10/figures.py computes from the committed runs (issue 17: they had drifted)."""
+    spec = importlib.util.spec_from_file_location("figures", ROOT / "results" / "mini_cifar10" / "figures.py")
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    found = figures.figures()
+    assert sum(len(v) for v in found.values()) > 20
+    assert figures.missing(found) == []

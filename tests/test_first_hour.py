@@ -146,3 +146,25 @@ def test_tensorboard_names_each_run_and_lists_its_hparams(fake_root, paper_sums,
         summary = json.loads((tmp_path / "runs" / run_name.split("/")[0] / "summary.json").read_text())
         (last,) = mux.Scalars(run_name, "final/last_test_acc")
         assert last.value == pytest.approx(summary["last_test_acc"])
+
+
+def test_config_records_what_decides_the_numbers_and_equal_records_repeat_bit_for_bit(fake_root, paper_sums,
+                                                                                       tmp_path):
+    import torch
+    before = torch.get_num_threads()
+    metrics = {}
+    try:
+        for name, threads in (("a", 1), ("b", 1), ("c", 2)):
+            torch.set_num_threads(threads)
+            run_cli(fake_root, tmp_path / name, "--noise_mode", "sym", "--p", "0.4", *variant_flags("1.0")["SLN-MO"],
+                    "--deterministic")
+            (run_dir,) = (tmp_path / name / "runs").iterdir()
+            runtime = yaml.safe_load((run_dir / "config.yaml").read_text())["runtime"]
+            assert runtime["torch_threads"] == threads and runtime["torch"] == str(torch.__version__)
+            assert runtime["device_name"] and "torch_interop_threads" in runtime
+            rows = (run_dir / "metrics.csv").read_text().splitlines()
+            seconds = rows[0].split(",").index("seconds")
+            metrics[name] = [[v for i, v in enumerate(r.split(",")) if i != seconds] for r in rows]
+    finally:
+        torch.set_num_threads(before)
+    assert metrics["a"] == metrics["b"]          # same record, same flags and seed: bit-identical

@@ -1,0 +1,178 @@
+"""Every figure the READMEs quote about the mini CIFAR-10 results, computed from the committed run files alone,
+so that the prose cannot drift from the runs.
+
+    python results/mini_cifar10/figures.py            # print each figure as the phrase the READMEs use
+    python results/mini_cifar10/figures.py --check    # exit 1, naming them, if a README lacks one of the phrases
+
+Each figure is a phrase, such as "10.7 core-hours", that must appear verbatim (up to line breaks) in README.md
+(the main one), in results/mini_cifar10/README.md or in reproduce.sh's header; tests/test_docs.py runs the check. The table itself is readme_table.py's.
+"""
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+from files import mean_std  # noqa: E402  (the repository's own helpers; this script lives two folders down)
+
+MAIN_README = HERE.parents[1] / "README.md"
+README = HERE / "README.md"
+REPRODUCE = HERE / "reproduce.sh"
+MODES = ("sym", "asym")
+LC_EPOCH = 80          # configs/mini_cifar10.yaml: label correction after this epoch
+
+
+def load(folder: Path) -> list[dict]:
+    """The finished runs under folder: config, metrics rows (floats, None for empty cells), summary."""
+    found = []
+    for run in sorted(folder.glob("*/summary.json")):
+        rows = [{k: (float(v) if v != "" else None) for k, v in r.items()} for r in csv.DictReader(run.with_name("metrics.csv").open())]
+        found.append({"id": run.parent.name, "config": yaml.safe_load(run.with_name("config.yaml").read_text()),
+                      "metrics": rows, "summary": json.loads(run.read_text())})
+    return found
+
+
+def pick(grid: list[dict], mode: str, variant: str) -> list[dict]:
+    """A cell's runs, by seed."""
+    return sorted((r for r in grid if r["config"]["noise_mode"] == mode and r["config"]["variant"] == variant),
+                  key=lambda r: r["config"]["seed"])
+
+
+def pct(values: list[float], digits: int = 1) -> str:
+    """'35.0 ± 1.8' from fractions."""
+    mean, std = mean_std([100 * v for v in values])
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def column(run: dict, key: str) -> list[float]:
+    return [r[key] for r in run["metrics"] if r.get(key) is not None]
+
+
+def last(run: dict, key: str = "test/acc_reported") -> float:
+    return column(run, key)[-1]
+
+
+def hours(runs: list[dict]) -> float:
+    return sum(r["summary"]["seconds"] for r in runs) / 3600
+
+
+def figures() -> dict[str, list[str]]:
+    """{README path: the phrases it must hold}."""
+    grid, search = load(HERE / "runs"), load(HERE / "search_runs")
+    probes, dissect = load(HERE / "probes"), load(HERE / "dissect_runs")
+    main, detail = [], []
+
+    # time: the runs' own seconds (each run had one core; two ran at a time)
+    core_hours = hours(grid) + hours(search)
+    main.append(f"{core_hours:.1f} core-hours")
+    main.append(f"{core_hours + hours(probes) + hours(dissect):.1f} with the probes and the dissection run")
+    main.append(f"{core_hours / 2:.1f} h on the 2 cores")
+    script = [f"About {core_hours / 2:.1f} hours for sym and asym on a 2-core CPU"]
+    for mode in MODES:
+        s = [r for r in search if r["config"]["noise_mode"] == mode]
+        g = [r for r in grid if r["config"]["noise_mode"] == mode]
+        detail.append(f"`{mode}` sigma search {60 * hours(s):.1f} core-minutes ({30 * hours(s):.1f} min on the 2 cores)")
+        detail.append(f"`{mode}` grid {hours(g):.1f} core-hours ({hours(g) / 2:.1f} h on the 2 cores)")
+    minutes = sorted(r["summary"]["seconds"] / 60 for r in grid)
+    detail.append(f"a grid run took {minutes[0]:.0f}-{minutes[-1]:.0f} min on one core")
+
+    # claim 1: the order of the four models at the last epoch
+    means = {m: {v: pct([last(r) for r in pick(grid, m, v)]) for v in ("CE", "SLN", "SLN-MO", "SLN-MO-LC")}
+             for m in MODES}
+    for mode in MODES:
+        main.append(" < ".join(means[mode][v] for v in ("CE", "SLN", "SLN-MO")) + f" ≤ {means[mode]['SLN-MO-LC']} %"
+                    if mode == "sym" else f"SLN-MO {means[mode]['SLN-MO']} %, SLN-MO-LC {means[mode]['SLN-MO-LC']} %, "
+                    f"CE {means[mode]['CE']} %, SLN {means[mode]['SLN']} %")
+    seeds = {v: ", ".join(f"{100 * last(r):.1f}" for r in pick(grid, "asym", v)) for v in ("CE", "SLN")}
+    detail.append(f"`asym` SLN's seeds end at {seeds['SLN']} %, CE's at {seeds['CE']} %")
+
+    # do SLN-MO and SLN-MO-LC share their curve until label correction starts? (only if they are the same run)
+    for mode in MODES:
+        same = [a["config"]["seed"] for a, b in zip(pick(grid, mode, "SLN-MO"), pick(grid, mode, "SLN-MO-LC"))
+                if column(a, "test/acc_ema")[:LC_EPOCH // 5] == column(b, "test/acc_ema")[:LC_EPOCH // 5]]
+        detail.append(f"`{mode}`: SLN-MO and SLN-MO-LC coincide until epoch {LC_EPOCH} for seeds "
+                      f"{', '.join(map(str, same)) or 'none'}")
+
+    # claim 2: CE's best epoch against its last
+    for mode in MODES:
+        ce = pick(grid, mode, "CE")
+        best = [max(column(r, "test/acc_reported")) for r in ce]
+        drop = 100 * (sum(best) - sum(last(r) for r in ce)) / len(ce)
+        epochs = sorted(r["summary"]["best_epoch"] for r in ce)
+        main.append(f"`{mode}` CE: best {pct(best)} % (epochs {epochs[0]}-{epochs[-1]}), {drop:.1f} points above its last")
+
+    # memorisation: CE's agreement with the given labels against each subset's own share of right labels
+    for mode in MODES:
+        ce = pick(grid, mode, "CE")
+        agree = [100 * last(r, "train/acc") for r in ce]
+        right = [100 * (1 - r["config"]["noise"]["noise_rate"]) for r in ce]
+        below = [str(r["config"]["seed"]) for r, a, s in zip(ce, agree, right) if a <= s]
+        phrase = f"`{mode}` CE agrees with {sum(agree) / 3:.1f} % of the given labels, {sum(right) / 3:.2f} % are right"
+        detail.append(phrase + (f" (not so for seed {', '.join(below)}: "
+                                + ", ".join(f"{a:.1f} vs {s:.1f} %" for r, a, s in zip(ce, agree, right)
+                                            if str(r["config"]["seed"]) in below) + ")" if below else ""))
+        noisy = [column(r, "train/loss_noisy") for r in ce]
+        clean = [column(r, "train/loss_clean")[-1] for r in ce]
+        detail.append(f"`{mode}` CE's loss on the wrong labels {sum(n[0] for n in noisy) / 3:.2f} -> "
+                      f"{sum(n[-1] for n in noisy) / 3:.2f} (right labels {sum(clean) / 3:.2f})")
+        held = [column(r, "train/loss_noisy")[-1] for v in ("SLN", "SLN-MO") for r in pick(grid, mode, v)]
+        lc = [column(r, "train/loss_noisy")[-1] for r in pick(grid, mode, "SLN-MO-LC")]
+        detail.append(f"`{mode}` SLN and SLN-MO end at {sum(held) / len(held):.2f}, SLN-MO-LC at {sum(lc) / 3:.2f}")
+    # the sigma searches: validation accuracy (noisy labels) at the last epoch per sigma
+    for mode in MODES:
+        trials = sorted((r for r in search if r["config"]["noise_mode"] == mode), key=lambda r: r["config"]["sigma"])
+        detail.append(f"`{mode}` search, last-epoch validation accuracy: " + ", ".join(
+            f"σ={r['config']['sigma']:g} {100 * last(r, 'val/acc'):.1f} %" for r in trials))
+    ce = next(r for r in search if r["config"]["noise_mode"] == "sym" and r["config"]["sigma"] == 0)
+    val = column(ce, "val/acc")
+    detail.append(f"`sym` CE search run: validation accuracy {100 * max(val):.1f} % at epoch "
+                  f"{val.index(max(val)) + 1}, {100 * val[-1]:.1f} % at {len(val)}")
+
+    # the probes that chose lr and batch size
+    for r in sorted(probes, key=lambda r: r["config"]["lr"]):
+        noisy = column(r, "train/loss_noisy")
+        detail.append(f"lr {r['config']['lr']:g}, batch {r['config']['batch_size']}: loss on the wrong labels "
+                      f"{noisy[0]:.2f} -> {noisy[-1]:.2f} (right labels {column(r, 'train/loss_clean')[-1]:.2f}), "
+                      f"agreeing with {100 * last(r, 'train/acc'):.1f} % of the given labels")
+
+    # the dissection's CE run, trained again for its weights, against the grid's
+    (again,) = dissect
+    twin = next(r for r in pick(grid, "sym", "CE") if r["config"]["seed"] == again["config"]["seed"])
+    detail.append(f"last test accuracy {100 * again['summary']['last_test_acc']:.2f} % (grid run "
+                  f"{100 * twin['summary']['last_test_acc']:.2f} %), best {100 * again['summary']['best_test_acc']:.2f} % "
+                  f"({100 * twin['summary']['best_test_acc']:.2f} %)")
+
+    # runs made from a tree with uncommitted changes: each is named
+    for r in grid + search + probes + dissect:
+        if r["config"]["code"]["git_dirty"]:
+            detail.append(f"`{r['id']}`")
+    return {MAIN_README: main, README: detail, REPRODUCE: script}
+
+
+def missing(found: dict[Path, list[str]]) -> list[str]:
+    return [f"{path.relative_to(HERE.parents[1])}: {phrase}" for path, phrases in found.items()
+            for phrase in phrases if phrase not in " ".join(path.read_text().split())]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if a README lacks one of the phrases")
+    args = p.parse_args()
+    found = figures()
+    if args.check:
+        absent = missing(found)
+        for line in absent:
+            print(f"missing from {line}")
+        sys.exit(1 if absent else 0)
+    for path, phrases in found.items():
+        print(f"{path.relative_to(HERE.parents[1])}:")
+        for phrase in phrases:
+            print(f"  {phrase}")
+
+
+if __name__ == "__main__":
+    main()
