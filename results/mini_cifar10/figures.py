@@ -22,7 +22,7 @@ from files import mean_std  # noqa: E402  (the repository's own helpers; this sc
 MAIN_README = HERE.parents[1] / "README.md"
 README = HERE / "README.md"
 REPRODUCE = HERE / "reproduce.sh"
-MODES = ("sym", "asym")
+MODES = ("sym", "asym")    # the modes the READMEs' table has (dependent noise is reported on its own)
 LC_EPOCH = 80          # configs/mini_cifar10.yaml: label correction after this epoch
 
 
@@ -62,7 +62,8 @@ def hours(runs: list[dict]) -> float:
 
 def figures() -> dict[str, list[str]]:
     """{README path: the phrases it must hold}."""
-    grid, search = load(HERE / "runs"), load(HERE / "search_runs")
+    grid, search = ([r for r in load(HERE / folder) if r["config"]["noise_mode"] in MODES]
+                    for folder in ("runs", "search_runs"))
     probes, dissect = load(HERE / "probes"), load(HERE / "dissect_runs")
     main, detail = [], []
 
