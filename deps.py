@@ -24,12 +24,13 @@ def missing(packages: dict[str, str]) -> list[str]:
 
 
 def message(script: str, absent: list[str]) -> str:
+    typed = sys.argv[0] if sys.argv and sys.argv[0].endswith(script) else script     # the path as it was run
     here = Path(__file__).resolve().parent / ".venv"
     venv = shlex.quote(str(here) if os.path.relpath(here).startswith("..") else os.path.relpath(here))
     names = " and ".join(absent) if len(absent) < 3 else f"{', '.join(absent[:2])} and {len(absent) - 2} more"
-    use = (f"run it with the project's venv (. {venv}/bin/activate, or {venv}/bin/python {script})"
+    use = (f"run it with the project's venv (. {venv}/bin/activate, or {venv}/bin/python {shlex.quote(typed)})"
            if (here / "bin" / "python").exists() else "create the project's venv with make env, then run it with "
-           f". .venv/bin/activate (or .venv/bin/python {script})")
+           f". .venv/bin/activate (or .venv/bin/python {shlex.quote(typed)})")
     return (f"error: {script} needs {names}, which {sys.executable} does not have; {use}, "
             "or pip install -r requirements.txt")
 
