@@ -112,12 +112,30 @@ def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable:
         r.add_argument("--resume", metavar="EXP_ID", default=None,
                        help="continue run EXP_ID (under --out_dir) from its last complete checkpoint, with its saved flags")
     s = p.add_argument_group("speed (all off by default: docs/performance.md says what each did where measured)")
+    s.add_argument("--precision", choices=PRECISIONS, default="tf32",
+                   help="arithmetic on CUDA GPUs (no effect on CPUs): tf32 (default: TensorFloat-32 convolutions and "
+                        "matmuls on Ampere or newer, PyTorch's own default for convolutions), fp32 (strict float32 "
+                        "everywhere: bit-for-bit comparisons, up to ~7x slower on an H100), bf16 (bf16 autocast, the "
+                        "same as --amp). Recorded in config.yaml; docs/performance.md")
     s.add_argument("--amp", action="store_true",
-                   help="bf16 autocast for forward passes (CUDA only; on CPUs without bf16 units it is much slower)")
+                   help="bf16 autocast for forward passes, the same as --precision bf16 (CUDA only; on CPUs "
+                        "without bf16 units it is much slower)")
     s.add_argument("--channels_last", action="store_true",
                    help="NHWC memory layout for the network and its input batches")
     s.add_argument("--compile", action="store_true",
                    help="torch.compile the network and its EMA copy (the first epoch is slower while it compiles)")
+
+
+PRECISIONS = ["fp32", "tf32", "bf16"]
+
+
+def resolve_precision(args: argparse.Namespace) -> None:
+    """--amp is --precision bf16: make the two agree, or refuse a contradiction in one line."""
+    if args.amp and args.precision == "tf32":
+        fail("--amp is --precision bf16, but --precision tf32 was given too: drop one of them")
+    if args.amp:
+        args.precision = "bf16"
+    args.amp = args.precision == "bf16"
 
 
 def training_defaults() -> dict:
@@ -149,6 +167,7 @@ def variant(args: argparse.Namespace) -> str:
 
 def check_training_args(args: argparse.Namespace) -> str:
     """Validate the shared flags (the output folder included, before any data is loaded); return the variant."""
+    resolve_precision(args)
     for name in ("batch_size", "n_epochs", "eval_batch_size", "eval_every"):
         value = getattr(args, name, None)
         if value is not None and value <= 0:

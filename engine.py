@@ -28,7 +28,7 @@ import files
 import runs
 import sln
 from augment import normalise
-from cli import fail, pick_device, variant, workers
+from cli import fail, pick_device, resolve_precision, variant, workers
 from data import NoisyData, balanced_indices
 from models import WeightsError
 from noise import DataError
@@ -253,7 +253,24 @@ def epoch_metrics(s: TrainState, sums: list[float], evaluate_test: bool) -> dict
 def checkpoint(s: TrainState, epoch: int) -> dict:
     return {"epoch": epoch, "model": s.model.state_dict(), "ema": s.ema.state_dict(),
             "optimizer": s.optimizer.state_dict(), "targets": s.targets, "sigma": s.sigma,
-            "generator": s.gen.get_state(), "torch_rng": torch.get_rng_state(), "variant": variant(s.args)}
+            "generator": s.gen.get_state(), "torch_rng": torch.get_rng_state(), "variant": variant(s.args),
+            "device": s.labels.device.type}
+
+
+def restore_generator(s: TrainState, ckpt: dict) -> None:
+    """The checkpoint's state of the generator behind data order, augmentation and SLN noise. A checkpoint written
+    on another kind of device (CUDA's state is 16 bytes, the CPU's 5,056) cannot be restored into this device's
+    generator: the run continues with one seeded from its seed and epoch, and says that its random stream
+    differs from there on (CUDA and CPU streams differ anyway)."""
+    state, here = ckpt["generator"], s.labels.device.type
+    if state.numel() == s.gen.get_state().numel():
+        s.gen.set_state(state)
+        return
+    written = ckpt.get("device") or ("cuda" if state.numel() == 16 else "another device")
+    s.gen.manual_seed(int(np.random.SeedSequence([s.args.seed, ckpt["epoch"]]).generate_state(1)[0]))
+    print(f"note: the checkpoint was written on {written}, this run continues on {here}: the weights, optimiser "
+          "and targets carry over, but the random stream (data order, augmentation, SLN noise) differs from here "
+          "on, so the run is not bit-identical to one that stayed on one device")
 
 
 def restore(s: TrainState, run_dir: Path) -> list[dict]:
@@ -263,7 +280,7 @@ def restore(s: TrainState, run_dir: Path) -> list[dict]:
     s.ema.load_state_dict(ckpt["ema"])
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.targets, s.sigma = ckpt["targets"].to(s.labels.device), ckpt["sigma"]
-    s.gen.set_state(ckpt["generator"])
+    restore_generator(s, ckpt)
     torch.set_rng_state(ckpt["torch_rng"])
     print(f"resuming after epoch {ckpt['epoch']}")
     return runs.read_metrics(run_dir / "metrics.csv")[:ckpt["epoch"]]   # rows written after it are dropped
@@ -354,6 +371,14 @@ def has_checkpoint(run_dir: Path) -> bool:
     return any((run_dir / n).is_file() for n in ("checkpoint.pt", "checkpoint.prev.pt"))
 
 
+def set_precision(precision: str) -> None:
+    """TF32 for CUDA convolutions and matmuls only with --precision tf32: PyTorch's own defaults (TF32 convolutions,
+    float32 matmuls) are neither strict float32 nor all TF32. bf16 autocast (train_epoch) keeps what it does not
+    cast in strict float32. No effect on CPUs."""
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+
+
 def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int], nn.Module], script: str,
         on_epoch: Callable[[dict], None] | None = None, val: tuple[np.ndarray, np.ndarray] | None = None,
         resume_id: str | None = None) -> tuple[str, dict]:
@@ -362,9 +387,12 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     training failure exits with its one-line message."""
     model_name = variant(args)
     device = pick_device(args.device)
+    resolve_precision(args)
     if args.amp and device.type != "cuda":
         # measured (docs/performance.md): on a CPU without bf16 units autocast made training ~15x slower
-        fail(f"--amp (bf16 autocast) is for CUDA GPUs; on {device.type} it is much slower than float32: drop --amp")
+        fail(f"--precision bf16 (--amp, bf16 autocast) is for CUDA GPUs; on {device.type} it is much slower than "
+             "float32: drop it")
+    set_precision(args.precision)
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)

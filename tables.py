@@ -92,7 +92,7 @@ def run_ids(runs_dir: Path) -> list[str]:
 # Config entries that say where or how a run was made, not what was trained: runs that differ only in these
 # and in the seed are repetitions of one experiment.
 NOT_SETTINGS = {"exp_id", "seed", "data_dir", "out_dir", "device", "device_used", "deterministic", "eval_batch_size",
-                "eval_every", "tune_trial_id", "tune_config", "resume", "amp", "channels_last", "compile", "variant_id",
+                "eval_every", "tune_trial_id", "tune_config", "resume", "amp", "precision", "channels_last", "compile", "variant_id",
                 "make_new_custom_noise", "code", "versions", "runtime", "host", "noise", "n_train", "n_test", "dataset",
                 "workers", "weights"}
 ROW_KEYS = ["variant", "sigma", "mo", "lc_n_epoch", "ema_alpha", "lc_augment"]   # which of the paper's models

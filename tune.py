@@ -450,6 +450,12 @@ def resources(cpus: float, gpus: float | None) -> dict:
         gpus = 1.0 if have.get("GPU", 0) > 0 else 0.0
     if cpus > have.get("CPU", 0):
         cli.fail(f"--cpus_per_trial {cpus:g} but the Ray cluster has {plural(have.get('CPU', 0), 'CPU')}; ask for fewer")
+    if gpus > 1 and gpus != int(gpus):
+        cli.fail(f"--gpus_per_trial {gpus:g}: Ray shares a GPU by fractions below 1 (e.g. 0.25: four trials on one "
+                 "GPU) or gives whole GPUs (1, 2, ...); choose one of those")
+    if 0 < gpus < 1 and not have.get("GPU", 0):
+        cli.fail(f"--gpus_per_trial {gpus:g} shares a GPU between trials, but the Ray cluster has no GPU; use "
+                 "--gpus_per_trial 0 to train on CPUs")
     if gpus > have.get("GPU", 0):
         cli.fail(f"--gpus_per_trial {gpus:g} but the Ray cluster has {plural(have.get('GPU', 0), 'GPU')}; "
                     "use --gpus_per_trial 0 to train on CPUs")
@@ -488,9 +494,11 @@ def reusable_run(folders: list[str], config: dict, args: argparse.Namespace) -> 
     """A finished run in `folders` that trained exactly this trial: the same Tune config and, flag for flag,
     the same training settings (paths, devices and ids aside)."""
     wanted = {k: v for k, v in vars(args).items() if k not in NOT_TRAINING}
+    # a flag added after a run was made is absent from its config: it trained with that flag's default
+    defaults = cli.training_defaults()
     for folder in folders:
         for run, saved in runs_of_trial(Path(folder), config):
-            if (run / "summary.json").is_file() and all(saved.get(k) == v for k, v in wanted.items()):
+            if (run / "summary.json").is_file() and all(saved.get(k, defaults.get(k)) == v for k, v in wanted.items()):
                 return run
     return None
 

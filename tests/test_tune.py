@@ -277,11 +277,16 @@ def test_bad_flags_give_one_line_and_write_nothing(fake_root, paper_sums, tmp_pa
 
 
 def test_more_resources_than_the_cluster_has(ray_session, fake_root, paper_sums, tmp_path, capsys):
-    for flag, message in (("--cpus_per_trial", r"--cpus_per_trial 3 but the Ray cluster has 2 CPUs"),
-                          ("--gpus_per_trial", r"--gpus_per_trial 3 but the Ray cluster has 0 GPUs")):
-        with pytest.raises(SystemExit):
-            tune.main(search_flags(fake_root, tmp_path, flag, "3"))
-        assert re.search(message, capsys.readouterr().err)
+    for flag, value, message in (
+            ("--cpus_per_trial", "3", r"--cpus_per_trial 3 but the Ray cluster has 2 CPUs"),
+            ("--gpus_per_trial", "3", r"--gpus_per_trial 3 but the Ray cluster has 0 GPUs"),
+            ("--gpus_per_trial", "0.25", r"--gpus_per_trial 0.25 shares a GPU between trials, but the Ray cluster "
+                                         r"has no GPU; use --gpus_per_trial 0"),
+            ("--gpus_per_trial", "1.5", r"fractions below 1 \(e\.g\. 0\.25: four trials on one GPU\)")):
+        with pytest.raises(SystemExit) as exc:
+            tune.main(search_flags(fake_root, tmp_path, flag, value))
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
     assert not (tmp_path / "hp").exists()
 
 
