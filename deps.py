@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -23,10 +24,10 @@ def missing(packages: dict[str, str]) -> list[str]:
 
 
 def message(script: str, absent: list[str]) -> str:
-    venv = Path(os.path.relpath(Path(__file__).resolve().parent / ".venv"))
+    venv = shlex.quote(os.path.relpath(Path(__file__).resolve().parent / ".venv"))
     names = " and ".join(absent) if len(absent) < 3 else f"{', '.join(absent[:2])} and {len(absent) - 2} more"
     use = (f"run it with the project's venv (. {venv}/bin/activate, or {venv}/bin/python {script})"
-           if (venv / "bin" / "python").exists() else "create the project's venv with make env, then run it with "
+           if (Path(__file__).resolve().parent / ".venv" / "bin" / "python").exists() else "create the project's venv with make env, then run it with "
            f". .venv/bin/activate (or .venv/bin/python {script})")
     return (f"error: {script} needs {names}, which {sys.executable} does not have; {use}, "
             "or pip install -r requirements.txt")
