@@ -307,7 +307,8 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
     row. With `resume`, everything continues from the run's last complete checkpoint."""
     s = setup(args, data, model, device, val)
     history = restore(s, run_dir) if resume else []
-    writer = runs.start_log(run_dir, s.fields(), history)
+    settings = {**vars(args), "variant": variant(args)}      # what TensorBoard names the run by, and lists
+    writer = runs.start_log(run_dir, s.fields(), history, settings)
     if not s.has_clean and not resume:
         print("note: no clean labels for this dataset: train/loss_clean, train/loss_noisy and "
               "lc/corrected_precision are not reported")
@@ -342,7 +343,7 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         chosen = max(tested, key=lambda r: r["val/acc"])
         summary.update(best_val_acc=chosen["val/acc"], best_val_epoch=chosen["epoch"],
                        test_acc_at_best_val=chosen["test/acc_reported"])
-    runs.log_hparams(writer, run_dir, summary)
+    runs.log_hparams(writer, settings, summary)
     writer.close()
     runs.finish(run_dir, {"model_final.pt": s.model.state_dict(), "ema_final.pt": s.ema.state_dict(),
                           "targets_final.pt": s.targets.cpu()}, summary)

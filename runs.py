@@ -234,20 +234,23 @@ def tensorboard_name(config: dict) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
 
 
-def tensorboard_dir(run_dir: Path) -> Path:
+def tensorboard_dir(run_dir: Path, config: dict | None = None) -> Path:
     """Where a run's TensorBoard events go: runs/<exp_id>/<tensorboard_name>/, or the run folder itself for a run
-    begun before names were given (its events are there), so that a resumed run stays one line."""
+    begun before names were given (its events are there), so that a resumed run stays one line. The run's
+    settings come from `config`, else from its config.yaml."""
     if any(run_dir.glob("events.out.tfevents.*")):
         return run_dir
-    return run_dir / tensorboard_name(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    if config is None:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return run_dir / tensorboard_name(config)
 
 
-def start_log(run_dir: Path, fields: list[str], history: list[dict]):
+def start_log(run_dir: Path, fields: list[str], history: list[dict], config: dict):
     """metrics.csv with the rows so far (a resumed run's, up to its checkpoint) and a TensorBoard writer that
     drops any steps after them, so that nothing is counted twice after a resume."""
     from torch.utils.tensorboard import SummaryWriter
     write_atomic(run_dir / "metrics.csv", lambda tmp: write_metrics(tmp, fields, history))
-    return SummaryWriter(str(tensorboard_dir(run_dir)), purge_step=len(history) + 1)
+    return SummaryWriter(str(tensorboard_dir(run_dir, config)), purge_step=len(history) + 1)
 
 
 # the settings shown in TensorBoard's HParams tab, beside each run's final metrics
@@ -257,10 +260,9 @@ HPARAM_METRICS = {"last_test_acc": "final/last_test_acc", "best_test_acc": "fina
                   "test_acc_at_best_val": "final/test_acc_at_best_val"}
 
 
-def log_hparams(writer, run_dir: Path, summary: dict) -> None:
+def log_hparams(writer, config: dict, summary: dict) -> None:
     """The run's settings and final metrics for TensorBoard's HParams tab, in the run's own event file."""
     from torch.utils.tensorboard.summary import hparams
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
     values = {k: config[k] if isinstance(config[k], (int, float, str, bool)) else str(config[k])
               for k in HPARAMS if config.get(k) is not None}
     metrics = {tag: float(summary[k]) for k, tag in HPARAM_METRICS.items() if summary.get(k) is not None}
