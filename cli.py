@@ -33,10 +33,27 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+FAIL_CONTEXT: list[str] = []     # where the values being checked came from (failing_in), said before the error
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a user-facing error on one line and exit without a traceback."""
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {''.join(FAIL_CONTEXT)}{message}", file=sys.stderr)
     sys.exit(code)
+
+
+class failing_in:
+    """While active, every fail() message starts with `where` (e.g. the experiments file and the experiment that a
+    bad value came from)."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def __enter__(self):
+        FAIL_CONTEXT.append(self.where)
+
+    def __exit__(self, *exc):
+        FAIL_CONTEXT.pop()
 
 
 def add_data_dir(p: argparse.ArgumentParser) -> None:

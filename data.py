@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from files import write_atomic
+from files import write_atomic, write_new
 from noise import DataError, check_noise_options, generate_noise, noise_report, noise_rules, openset_indices
 
 # ----------------------------------------------------------------------------------------------------
@@ -389,6 +389,7 @@ def load_custom_noise(root: Path, dataset: str, mode: str, p: float, seed: int, 
                   "not change it, --make_new_custom_noise regenerates it with this seed")
         return noisy, source, meta, csv_path
 
+    missing = not csv_path.is_file()      # before generating: another run may write it meanwhile
     coarse, coarse_from = (cifar100_coarse(root) if asym_variant == "superclass" else (None, None))
     noisy, source, meta = generate_noise(dataset, mode, p, seed, labels, num_classes, images, n_source,
                                          sym_variant or "other", asym_variant or "paper", coarse)
@@ -402,14 +403,37 @@ def load_custom_noise(root: Path, dataset: str, mode: str, p: float, seed: int, 
              paths["meta"]: _json_bytes(meta),
              paths["report"]: _json_bytes(noise_report(labels, noisy, num_classes,
                                                         None if source is None else source >= 0))}
-    why = "--make_new_custom_noise" if csv_path.is_file() else "it is missing"
+    why = "it is missing" if missing else "--make_new_custom_noise"
     print(f"generating {csv_path} ({why}): {mode} noise p={p}, seed {seed}, {meta['generator']} "
           f"({meta['variant']}), {meta['realised_rate']:.2%} noisy")
-    if all(path.is_file() and path.read_bytes() == content for path, content in files.items()):
-        print("unchanged: the files already hold exactly these labels (same seed, same generator)")
-    for message in save_noise_files(files):
-        print(message)
+    try:
+        if missing and not publish_new(csv_path, labels_bytes):
+            print(f"note: another run wrote {csv_path} meanwhile, with exactly these labels; using it")
+        if all(path.is_file() and path.read_bytes() == content for path, content in files.items()):
+            print("unchanged: the files already hold exactly these labels (same seed, same generator)")
+        for message in save_noise_files(files):
+            print(message)
+    except OSError as e:
+        raise DataError(f"cannot write {csv_path.parent} ({e.strerror or e}): the custom noise file has to be made "
+                        "there first; pass a --data_dir you can write to (or a copy of this one), or generate "
+                        "the file once where you can write and copy it in") from e
     return noisy, source, meta, csv_path
+
+
+def publish_new(path: Path, content: bytes) -> bool:
+    """Create `path` holding `content`, only if no file has that name (atomically, so two runs that generate the
+    same missing noise file at once cannot both write it): True if this call made it; False if another run made
+    it first with the same bytes. Another run's different file is refused in one line, and never replaced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_new(path, content)
+        return True
+    except FileExistsError:
+        if path.read_bytes() == content:
+            return False
+        raise DataError(f"another run wrote {path} while this one was generating it, with other labels (another "
+                        "--seed or generator); run this one again to use that file as it is, or add "
+                        "--make_new_custom_noise to regenerate it (the other file is kept aside)")
 
 
 # ----------------------------------------------------------------------------------------------------

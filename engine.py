@@ -404,7 +404,20 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
         fail(str(e))
 
     out = args.out_dir.resolve()
-    exp_id = resume_id or runs.create_run(out, args, data, model_name, str(device), None if val is None else len(val[1]))
+    if resume_id:
+        try:
+            runs.check_same_data(out / "runs" / resume_id, data)
+        except DataError as e:
+            fail(str(e))
+        stale = runs.remove_stale_temporaries(out / "runs" / resume_id)
+        if stale:
+            print(f"removed what an earlier, killed process left half-written: {', '.join(stale)}")
+    try:
+        exp_id = resume_id or runs.create_run(out, args, data, model_name, str(device),
+                                              None if val is None else len(val[1]))
+    except OSError as e:
+        fail(f"cannot create a run folder in {out / 'runs'} ({runs.write_error(e)}); nothing was written: "
+             "free disk space (or pass another --out_dir), then start the run again", 3)
     run_dir = out / "runs" / exp_id
     rate = data.noise_rate()
     print(f"{exp_id}: {model_name} on {data.name} ({len(data.labels)} train / {len(data.test_labels)} test images, "

@@ -26,12 +26,12 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_new(path: Path, text: str) -> None:
-    """Write a text file whole, and never over an existing one (FileExistsError): os.link is atomic and refuses
+def write_new(path: Path, content: str | bytes) -> None:
+    """Write a file whole, and never over an existing one (FileExistsError): os.link is atomic and refuses
     an existing name, where open(..., "x") would leave a half-written file behind on a crash."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(content) if isinstance(content, bytes) else tmp.write_text(content)
         os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -161,7 +161,7 @@ def check_same_training_set(run: Run, data: NoisyData, root: Path) -> None:
         differ.append(f"{len(data.labels)} images instead of {run.config['n_train']}")
     targets_path = run.folder / "targets_final.pt"
     if not differ and run.config.get("variant") != "SLN-MO-LC" and targets_path.is_file():
-        targets = torch.load(targets_path, map_location="cpu", weights_only=True)
+        targets = runs.load_final(run.folder, "targets_final.pt", run.summary)
         if targets.shape != (len(data.labels), data.num_classes) or \
                 not torch.equal(targets.argmax(1), torch.from_numpy(data.labels)):
             differ.append("the noisy labels (targets_final.pt)")
@@ -183,7 +183,7 @@ def training_set_logits(run: Run, data: NoisyData, network: str, device: torch.d
         raise DataError(f"{path} is missing: the run has not finished, or its files were not all copied here")
     model = make_model(run.config["model"], data.num_classes)
     try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.load_state_dict(runs.load_final(run.folder, path.name, run.summary))
     except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError) as e:
         raise DataError(f"cannot load {path} into {run.config['model']} with {data.num_classes} classes: "
                         f"{str(e).splitlines()[0]}")

@@ -10,6 +10,7 @@ Everything is written whole or not at all, and nothing that exists is replaced (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import difflib
@@ -18,8 +19,10 @@ import json
 import os
 import platform
 import secrets
+import shlex
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -128,11 +131,59 @@ def create_run(out: Path, args: argparse.Namespace, data: NoisyData, variant: st
                          runtime=runtime(device),
                          n_train=len(data.labels), n_test=len(data.test_labels), noise=noise_info,
                          data_provenance=data_provenance(data), **({} if n_val is None else {"n_val": n_val}))
-    (out / "configs").mkdir(parents=True, exist_ok=True)
-    save_config(out / "configs" / f"{exp_id}.yaml", config)
-    save_config(out / "runs" / exp_id / "config.yaml", config)
-    write_new(out / "runs" / exp_id / "noise.json", json.dumps(data.info))
+    written = []
+    try:
+        (out / "configs").mkdir(parents=True, exist_ok=True)
+        for path in (out / "configs" / f"{exp_id}.yaml", out / "runs" / exp_id / "config.yaml"):
+            save_config(path, config)
+            written.append(path)
+        write_new(out / "runs" / exp_id / "noise.json", json.dumps(data.info))
+    except OSError:    # a full disk: take back what this call made, so that no half run folder stays behind
+        for path in written:
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (out / "runs" / exp_id).rmdir()
+        raise
     return exp_id
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[str]:
+    """Delete what a killed process left half-written in a run folder (`.<name>.tmp<pid>` of a process that is
+    gone, and the checkpoint's `.checkpoint.pt.tmp`); return their names. Called when a run is resumed."""
+    stale = []
+    for path in run_dir.glob(".*.tmp*"):
+        pid = path.name.rsplit(".tmp", 1)[1]
+        if path.name == ".checkpoint.pt.tmp" or (pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))):
+            path.unlink(missing_ok=True)
+            stale.append(path.name)
+    return sorted(stale)
+
+
+def check_same_data(run_dir: Path, data: NoisyData) -> None:
+    """Refuse, in one line naming what changed, to resume a run on data other than it trained on: the SHA-256 of
+    the images and labels (after subsets and splits) and of the noise file, as its config.yaml recorded them."""
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    before = {**(saved.get("data_provenance") or {}),
+              "noise_file_sha256": (saved.get("noise") or {}).get("noise_file_sha256")}
+    now = {**data_provenance(data), "noise_file_sha256": data.info.get("noise_file_sha256")}
+    names = {"train_images_sha256": "the training images", "train_labels_sha256": "the training labels",
+             "test_images_sha256": "the test images", "test_labels_sha256": "the test labels",
+             "noise_file_sha256": f"the noise file {data.info.get('noise_file', '')}".rstrip()}
+    changed = [what for key, what in names.items() if before.get(key) is not None and before[key] != now.get(key)]
+    if changed:
+        raise DataError(f"run {run_dir.name} cannot be resumed on this data: {', '.join(changed)} differ from what "
+                        "it trained on (its config.yaml records their SHA-256); restore the data it used "
+                        f"(--data_dir {shlex.quote(str(saved.get('data_dir')))}), or start a new run")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -152,10 +203,22 @@ def write_metrics(path: Path, fields: list[str], rows: list[dict]) -> None:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """metrics.csv back as dicts of floats (None for empty cells); floats round-trip exactly."""
+    """metrics.csv back as dicts of floats (None for empty cells); floats round-trip exactly. A damaged row (fewer
+    or more fields than the header, or a field that is not a number, as a kill in the middle of a write leaves) is
+    never read as data: it is skipped, with a one-line note naming the file and the row."""
+    rows = []
     with open(path, newline="") as f:
-        return [{k: (None if v in ("", None) else int(v) if k == "epoch" else float(v)) for k, v in r.items()}
-                for r in csv.DictReader(f)]
+        reader = csv.reader(f)
+        header = next(reader, [])
+        for n, cells in enumerate(reader, start=2):
+            try:
+                if len(cells) != len(header):
+                    raise ValueError(f"{len(cells)} fields, the header has {len(header)}")
+                rows.append({k: (None if v == "" else int(v) if k == "epoch" else float(v))
+                             for k, v in zip(header, cells)})
+            except ValueError as e:
+                print(f"note: {path} row {n} is damaged ({e}; cut off by a kill?): skipped", file=sys.stderr)
+    return rows
 
 
 def tensorboard_name(config: dict) -> str:
@@ -222,10 +285,49 @@ def log_epoch(run_dir: Path, writer, fields: list[str], row: dict) -> None:
 
 def finish(run_dir: Path, final: dict[str, object], summary: dict) -> None:
     """The final tensors (name -> state dict or tensor) and summary.json, each written atomically; summary.json
-    last, since its presence is what marks the run as finished."""
-    for name, obj in final.items():
-        write_atomic(run_dir / name, lambda tmp, obj=obj: torch.save(obj, tmp))
-    write_atomic(run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    last, since its presence is what marks the run as finished. summary.json holds each final file's SHA-256
+    (`sha256`), which load_final checks. A full disk stops the run with its last checkpoint kept."""
+    digests = {}
+    try:
+        for name, obj in final.items():
+            write_atomic(run_dir / name, lambda tmp, obj=obj: torch.save(obj, tmp))
+            digests[name] = file_sha256(run_dir / name)
+        write_atomic(run_dir / "summary.json",
+                     lambda tmp: tmp.write_text(json.dumps({**summary, "sha256": digests}, indent=2)))
+    except (OSError, RuntimeError) as e:
+        raise TrainingStopped(f"could not write the run's final files to {run_dir} ({write_error(e)}); the "
+                              "checkpoint of the last epoch is kept; free disk space, then resume", resumable=True)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_final(run_dir: Path, name: str, summary: dict | None):
+    """A final file (model_final.pt, ...) after checking it against the SHA-256 its summary.json recorded (runs
+    finished before checksums were recorded are loaded as they are)."""
+    path = run_dir / name
+    expected = (summary or {}).get("sha256", {}).get(name)
+    if expected is not None and file_sha256(path) != expected:
+        raise DataError(f"{path} is damaged: its SHA-256 is not the one summary.json recorded when the run "
+                        "finished; copy it again from where the run was trained")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_error(e: BaseException) -> str:
+    """An OSError or torch's RuntimeError from a write, in plain words: a full disk says 'No space left on
+    device', whatever torch's writer made of it (`[enforce fail at inline_container.cc...] ... file write failed`)."""
+    errno_ = getattr(e, "errno", None)
+    text = str(e)
+    if errno_ == 28 or "No space left" in text or (isinstance(e, RuntimeError) and "write failed" in text):
+        return "No space left on device"
+    if errno_ is not None:
+        return os.strerror(errno_)
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -278,24 +380,69 @@ class _DeferSigint:
                 raise KeyboardInterrupt
 
 
+CHECKPOINT_KEYS = ("epoch", "model", "ema", "optimizer", "targets", "sigma", "generator", "torch_rng")
+
+
+def content_sha256(obj) -> str:
+    """SHA-256 of a checkpoint's content (tensors by dtype, shape and bytes; everything else by repr), in a fixed
+    order: what a flipped byte in the tensor data changes, though the file still loads."""
+    h = hashlib.sha256()
+
+    def feed(x) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(b"D")
+            for k in sorted(x, key=str):
+                h.update(repr(k).encode())
+                feed(x[k])
+        elif isinstance(x, (list, tuple)):
+            h.update(b"L")
+            for v in x:
+                feed(v)
+        else:
+            h.update(repr(x).encode())
+    feed(obj)
+    return h.hexdigest()
+
+
 def save_checkpoint(run_dir: Path, state: dict) -> None:
-    """Write checkpoint.pt atomically; the previous one stays (as checkpoint.prev.pt) until the new one is whole."""
+    """Write checkpoint.pt atomically, with its content's SHA-256 inside; the previous one stays (as
+    checkpoint.prev.pt) until the new one is whole."""
     path, prev = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
     tmp = run_dir / ".checkpoint.pt.tmp"
     with _DeferSigint():
         try:
-            torch.save(state, tmp)
+            torch.save({**state, "sha256": content_sha256(state)}, tmp)
         except (OSError, RuntimeError) as e:
             tmp.unlink(missing_ok=True)
-            raise TrainingStopped(f"could not write the checkpoint of epoch {state['epoch']} to {run_dir} ({e}); "
-                                  f"the checkpoint of epoch {state['epoch'] - 1} is kept; free disk space, then resume", resumable=True)
+            epoch = state["epoch"]
+            kept = (f"the checkpoint of epoch {epoch - 1} is kept; free disk space, then resume" if epoch > 1 else
+                    "no epoch was checkpointed yet; free disk space, delete the run folder and start the run again")
+            raise TrainingStopped(f"could not write the checkpoint of epoch {epoch} to {run_dir} "
+                                  f"({write_error(e)}); {kept}", resumable=epoch > 1)
         if path.exists():
             os.replace(path, prev)
         os.replace(tmp, path)
 
 
+def check_checkpoint(ckpt) -> None:
+    """Raise ValueError saying what is wrong with a loaded checkpoint: not this project's, or altered."""
+    if not isinstance(ckpt, dict):
+        raise ValueError("not a checkpoint of this project (not a dict)")
+    absent = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if absent:
+        raise ValueError(f"not a checkpoint of this project: it has no {', '.join(absent)}")
+    if "sha256" in ckpt and content_sha256({k: v for k, v in ckpt.items() if k != "sha256"}) != ckpt["sha256"]:
+        raise ValueError("its content does not match the checksum stored with it")
+
+
 def load_checkpoint(run_dir: Path) -> dict:
-    """The newest readable checkpoint of a run: checkpoint.pt, or checkpoint.prev.pt if that one is torn."""
+    """The newest sound checkpoint of a run: checkpoint.pt, or checkpoint.prev.pt if that one is torn, altered
+    or foreign. A checkpoint.pt that failed is renamed checkpoint.damaged.pt at once, so that the next save
+    cannot rotate it over the sound checkpoint.prev.pt."""
     problems = []
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         path = run_dir / name
@@ -304,15 +451,20 @@ def load_checkpoint(run_dir: Path) -> dict:
             continue
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(ckpt, dict) or "epoch" not in ckpt:
-                raise ValueError("not a checkpoint of this project")
+            check_checkpoint(ckpt)
         except Exception as e:  # a torn file raises whatever the zip/pickle reader trips on
-            problems.append(f"{name} is damaged ({type(e).__name__})")
+            problems.append(f"{name} is damaged ({e if isinstance(e, ValueError) else type(e).__name__})")
             continue
         if problems:
+            damaged = run_dir / "checkpoint.pt"
+            if name != "checkpoint.pt" and damaged.is_file():
+                os.replace(damaged, run_dir / "checkpoint.damaged.pt")
+                problems[0] += " (set aside as checkpoint.damaged.pt)"
             print(f"warning: {'; '.join(problems)}; using {name} (epoch {ckpt['epoch']})")
+        ckpt.pop("sha256", None)
         return ckpt
-    raise DataError(f"no usable checkpoint in {run_dir}: {'; '.join(problems)}; start a new run instead")
+    raise DataError(f"no usable checkpoint in {run_dir}: {'; '.join(problems)}; nothing can be resumed: delete "
+                    "the folder and start the run again")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -130,8 +130,11 @@ def preflight(sweep: dict) -> None:
     for config in trial_configs(sweep):
         args = argparse.Namespace(**{**sweep["base"], **trial_flags(config, sweep)})
         args.data_dir = Path(args.data_dir)
-        cli.check_noise_args(args, args.dataset_name)
-        cli.check_training_args(args)
+        where = (f"{sweep['experiments_file']}, experiment {' '.join(f'{k}={v}' for k, v in config.items())}: "
+                 if sweep["kind"] == "experiments" else "")
+        with cli.failing_in(where):
+            cli.check_noise_args(args, args.dataset_name)
+            cli.check_training_args(args)
         if args.noise_mode not in loaded:
             try:
                 cli.split_data(vars(args))
@@ -177,12 +180,30 @@ def flag_argv(key: str, value, default) -> list[str]:
     return [f"--{key}", str(value)]
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: the plain loader keeps the
+    last value without a word, so a file that says `lr: 0.02` and, further down, `lr: 0.2` would train with 0.2."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                    "keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def read_experiments(path: Path) -> tuple[dict, list[str]]:
     """The grid part of an experiments file, and its flag part as command-line arguments; one-line errors."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)
     except OSError as e:
         cli.fail(f"cannot read --experiments {path}: {e.strerror}")
+    except yaml.constructor.ConstructorError as e:     # a key given twice (UniqueKeyLoader)
+        cli.fail(f"{path}: {e.problem}")
     except yaml.YAMLError as e:
         where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
         cli.fail(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}")
@@ -753,7 +774,7 @@ def main(argv: list[str] | None = None) -> Path:
                      started=datetime.datetime.now().isoformat(timespec="seconds"))
         runs.save_config(hp_dir / "sweep.yaml", sweep)
     print(f"sweep {hp_dir.name}: {plural(len(trial_configs(sweep)), 'trial')}, each with "
-          f"{plural(sweep['resources']['cpu'], 'CPU')} and {plural(sweep['resources']['gpu'], 'GPU')}; outputs in {hp_dir} (tensorboard --logdir {hp_dir / 'runs'})", flush=True)
+          f"{plural(sweep['resources']['cpu'], 'CPU')} and {plural(sweep['resources']['gpu'], 'GPU')}; outputs in {hp_dir} (tensorboard --logdir {shlex.quote(str(hp_dir / 'runs'))})", flush=True)
     finished = fit(hp_dir, sweep, resume=bool(args.resume))
     if sweep["kind"] == "sigma_search":
         _, text = sigma_table(hp_dir, finished, sweep)

@@ -131,6 +131,39 @@ def test_sigterm_before_the_first_checkpoint_says_nothing_can_be_resumed(fake_ro
     assert "nothing can be resumed" in err.strip().splitlines()[-1] and "Traceback" not in err
 
 
+# A training process that SIGKILLs itself just before its n-th rename of a checkpoint file. Renames: epoch 1's
+# tmp -> checkpoint.pt (1); epoch 2's checkpoint.pt -> checkpoint.prev.pt (2) and tmp -> checkpoint.pt (3); epoch 3's
+# first (4): so 2, 3 and 4 are before, between and after the two renames of epoch 2's write.
+KILL_AT_RENAME = """
+import os, signal, sys
+sys.path.insert(0, sys.argv.pop(1))
+n, count, real = int(os.environ["SLN_KILL_AT_RENAME"]), [0], os.replace
+def replace(src, dst, *args, **kwargs):
+    if os.path.basename(str(dst)).startswith("checkpoint"):
+        count[0] += 1
+        if count[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst, *args, **kwargs)
+os.replace = replace
+import train_cifar
+train_cifar.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("kill_at", [2, 3, 4])
+def test_sigkill_at_each_rename_of_a_checkpoint_write_resumes_bit_identically(fake_root, tmp_path, reference_run,
+                                                                              kill_at):
+    env = {**os.environ, "TQDM_DISABLE": "1", "SLN_KILL_AT_RENAME": str(kill_at)}
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_RENAME, str(ROOT), *cli(fake_root, tmp_path)[2:]],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    (exp_id,) = run_ids(tmp_path)
+    done = subprocess.run(cli(fake_root, tmp_path, "--resume", exp_id), capture_output=True, text=True,
+                          env={**os.environ, "TQDM_DISABLE": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_results(reference_run, tmp_path / "runs" / exp_id)
+
+
 def in_process(fake_root, out_dir, *extra):
     return train_cifar.main([*FLAGS, "--data_dir", str(fake_root), "--out_dir", str(out_dir), *extra])
 

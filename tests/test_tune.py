@@ -231,6 +231,15 @@ BAD_FILES = [
     ("variants: [SLN-MO-LC]\nnoise_modes: [sym]\nseeds: [1]\n", r"SLN-MO-LC needs lc_n_epoch in 1\.\.299"),
     ("variants: [CE\nnoise_modes: [sym]\n", r"is not valid YAML at line \d"),
     ("- CE\n- SLN\n", r"must be a mapping"),
+    # a key given twice: PyYAML would keep the last value without a word
+    ("variants: [CE]\nnoise_modes: [sym]\nlr: 0.02\nseeds: [1]\nlr: 0.2\n",
+     r"\.yaml: 'lr' is given twice \(lines 3 and 5\); keep one"),
+    ("variants: [CE]\nnoise_modes: [sym]\nseeds: [1]\nsigma: {sym: 0.5, sym: 1.0}\n", r"'sym' is given twice"),
+    # a value out of range: the file and the experiment it came from are named
+    ("variants: [CE]\nnoise_modes: [sym]\nseeds: [1]\nbatch_size: 0\n",
+     r"\.yaml, experiment noise_mode=sym variant=CE seed=1: --batch_size must be positive"),
+    ("variants: [CE]\nnoise_modes: [sym]\nseeds: [1]\np: 1.5\n", r"\.yaml, experiment noise_mode=sym variant=CE "
+     r"seed=1: .*p=1\.5 is outside"),
 ]
 
 
