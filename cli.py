@@ -135,8 +135,8 @@ def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable:
                         "everywhere: bit-for-bit comparisons, up to ~7x slower on an H100), bf16 (bf16 autocast, the "
                         "same as --amp). Recorded in config.yaml; docs/performance.md")
     s.add_argument("--amp", action="store_true",
-                   help="bf16 autocast for forward passes, the same as --precision bf16 (CUDA only; on CPUs "
-                        "without bf16 units it is much slower)")
+                   help="bf16 autocast for forward passes, the same as --precision bf16, which it overrides "
+                        "(CUDA only; on CPUs without bf16 units it is much slower)")
     s.add_argument("--channels_last", action="store_true",
                    help="NHWC memory layout for the network and its input batches")
     s.add_argument("--compile", action="store_true",
@@ -147,9 +147,7 @@ PRECISIONS = ["fp32", "tf32", "bf16"]
 
 
 def resolve_precision(args: argparse.Namespace) -> None:
-    """--amp is --precision bf16: make the two agree, or refuse a contradiction in one line."""
-    if args.amp and args.precision == "tf32":
-        fail("--amp is --precision bf16, but --precision tf32 was given too: drop one of them")
+    """--amp is --precision bf16 (and wins over it, as the older flag that earlier commands give): make them agree."""
     if args.amp:
         args.precision = "bf16"
     args.amp = args.precision == "bf16"

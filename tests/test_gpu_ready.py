@@ -58,7 +58,7 @@ def test_precision_is_recorded_and_a_cpu_run_ignores_tf32(fake_root, tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--precision", "bf16"], r"--precision bf16 \(--amp, bf16 autocast\) is for CUDA GPUs"),
-    (["--amp", "--precision", "tf32"], r"--amp is --precision bf16, but --precision tf32 was given too"),
+    (["--amp", "--precision", "tf32"], r"--precision bf16 \(--amp, bf16 autocast\) is for CUDA GPUs"),
     (["--precision", "fp16"], r"argument --precision: invalid choice: 'fp16'"),
 ])
 def test_bad_precision_flags_are_one_line(fake_root, tmp_path, capsys, flags, message):
@@ -67,6 +67,18 @@ def test_bad_precision_flags_are_one_line(fake_root, tmp_path, capsys, flags, me
         train(fake_root, tmp_path, *flags)
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
+
+
+def test_amp_is_bf16_precision():
+    import argparse
+    import cli
+    for given in ("tf32", "fp32", "bf16"):
+        args = argparse.Namespace(amp=True, precision=given)
+        cli.resolve_precision(args)
+        assert (args.precision, args.amp) == ("bf16", True)
+    args = argparse.Namespace(amp=False, precision="bf16")
+    cli.resolve_precision(args)
+    assert args.amp
 
 
 @pytest.mark.parametrize("precision, tf32", [("fp32", False), ("tf32", True), ("bf16", False)])
