@@ -15,7 +15,7 @@ PY=${PYTHON:-python}
 OUT=${RESULTS:-results/mini_cifar10}   # RESULTS=<folder> puts everything elsewhere
 WORK=$OUT/work                    # sweep folders: Tune's state, checkpoints, weights (git-ignored)
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-mkdir -p "$WORK" "$OUT/runs" "$OUT/search_runs"
+mkdir -p "$WORK" "$OUT/runs" "$OUT/search_runs" "$OUT/runs_pending"
 
 # The sweep folder in $WORK/hp of a given kind (and noise mode), if one was started.
 sweep_of() {
@@ -79,8 +79,12 @@ config.update(noise_modes=[sys.argv[3]], sigma={sys.argv[3]: float(sys.argv[4])}
 Path(sys.argv[2]).write_text(yaml.safe_dump(config, sort_keys=False))
 PYEOF
     grid=$(sweep experiments "$mode" -- --experiments "$WORK/mini_cifar10_$mode.yaml" --data_dir "$DATA" \
-        --reuse_runs "$OUT/runs")
+        --reuse_runs "$OUT/runs" "$OUT/runs_pending")
     collect "$grid" "$OUT/runs"
+    # the grid is whole: its runs kept in runs_pending/ while it was not (an earlier session's) are in runs/ now
+    for run in "$OUT"/runs_pending/*/; do
+        [ -d "$OUT/runs/$(basename "$run")" ] && rm -r "$run"
+    done
 done
 
 [ -n "${RUNS_ONLY:-}" ] && { echo "runs done; RUNS_ONLY is set, so no table or figures"; exit 0; }
