@@ -229,9 +229,11 @@ class Child:
     """
 
     def __init__(self, cmd: list[str], log: Log, name: str, env: dict | None = None, stdin: bool = False):
+        """`env`: variables to set for it on top of this process's (None: to unset)."""
         self.name, self.lines, self.started = name, [], time.time()
         log.write("$ " + " ".join(cmd), name)
-        self.proc = subprocess.Popen(cmd, cwd=CODE_DIR, env={**os.environ, "TQDM_DISABLE": "1", **(env or {})},
+        env = {k: v for k, v in {**os.environ, "TQDM_DISABLE": "1", **(env or {})}.items() if v is not None}
+        self.proc = subprocess.Popen(cmd, cwd=CODE_DIR, env=env,
                                      stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
         self.reader = threading.Thread(target=self._read, args=(log,), daemon=True)
@@ -327,9 +329,13 @@ class Check:
     deadline: float                      # time.time() by which the phases must be done
     data: dict = dataclasses.field(default_factory=dict)     # the data root and what it holds
     phases: dict = dataclasses.field(default_factory=dict)   # the JSON's phases so far (phase e reads a and d)
+    child_env: dict = dataclasses.field(default_factory=dict)  # for the commands it starts (None: unset)
 
     def left(self) -> float:
         return self.deadline - time.time()
+
+    def child(self, cmd: list[str], name: str, env: dict | None = None, stdin: bool = False) -> Child:
+        return Child(cmd, self.log, name, {**self.child_env, **(env or {})}, stdin)
 
 
 class Phase:
@@ -687,7 +693,7 @@ def run_figures(run_dir: Path) -> dict:
 
 def run_command(check: Check, phase: Phase, cmd: list[str], name: str) -> Child:
     """Run a command to its end within the phase's time; raises when it fails."""
-    with Child(cmd, check.log, name) as child:
+    with check.child(cmd, name) as child:
         if not child.wait(phase.end - STOP_S):
             raise RuntimeError(f"{name} did not finish within the phase's budget")
     if child.rc != 0:
@@ -733,7 +739,7 @@ def phase_models(check: Check, phase: Phase) -> dict:
         out = base / "interrupted"
         cmd = [*script("train_cifar.py"), *interrupted, *VARIANT_FLAGS["SLN-MO-LC"], "--device", device,
                "--out_dir", str(out)]
-        with Child(cmd, check.log, "interrupted") as child:
+        with check.child(cmd, "interrupted") as child:
             child.wait(phase.end - STOP_S, lambda: any((out / "runs").glob("*/checkpoint.pt")))
             signalled = child.rc is None
             child.stop()
@@ -785,7 +791,7 @@ def phase_tune(check: Check, phase: Phase) -> dict:
     # running can be told from anyone else's by it
     ray_tmp = Path(tempfile.mkdtemp(prefix="sln-ray-", dir="/tmp"))
     try:
-        with Child(cmd, check.log, "tune", env={"RAY_TMPDIR": str(ray_tmp)}) as child:
+        with check.child(cmd, "tune", env={"RAY_TMPDIR": str(ray_tmp)}) as child:
             ended = child.wait(phase.end - GRACE_S)
     finally:
         left = kill_processes_under(ray_tmp)
@@ -902,7 +908,7 @@ def concurrent(check: Check, phase: Phase, single_img_s: float | None) -> dict:
     cmd = [sys.executable, "-c", "import sys, gpu_check; gpu_check.throughput_worker(*sys.argv[1:])", z.model,
            str(z.batch), str(z.steps), "tf32", check.device.type, str(z.warmup_batches)]
     with contextlib.ExitStack() as stack:
-        workers = [stack.enter_context(Child(cmd, check.log, f"worker{k}", stdin=True)) for k in range(z.processes)]
+        workers = [stack.enter_context(check.child(cmd, f"worker{k}", stdin=True)) for k in range(z.processes)]
         for w in workers:
             w.wait(phase.end - STOP_S, lambda w=w: "ready" in w.lines)
         not_ready = [w for w in workers if "ready" not in w.lines]
@@ -990,7 +996,7 @@ def phase_full_run(check: Check, phase: Phase) -> dict:
              "--precision", precision, *extra, "--data_dir", check.data["root"], "--device", check.device.type]
     out = check.out / "e_full_run"
     res.update(setting=setting, why=why, command="python train_cifar.py " + " ".join(flags), data=check.data["source"])
-    with Child([*script("train_cifar.py"), *flags, "--out_dir", str(out)], check.log, "full_run") as child:
+    with check.child([*script("train_cifar.py"), *flags, "--out_dir", str(out)], "full_run") as child:
         ended = child.wait(phase.end - STOP_S)
     res.update(rc=child.rc, stopped_at_deadline=not ended)
     if ended and child.rc != 0:
@@ -1113,14 +1119,17 @@ def main(out_dir: Path, data_dir: Path, dry_run: bool, argv: list[str]) -> dict:
     problem = refusal(out_dir, dry_run)
     if problem:
         cli.fail(problem)
-    # before the first cuBLAS call: phase a's --deterministic steps need it (engine.run sets it as late as this)
+    # before the first cuBLAS call (which fixes its workspace): phase a's --deterministic steps need it; the
+    # commands the check starts do not get it, so that their timings are those of ordinary runs
+    ours = "CUBLAS_WORKSPACE_CONFIG" not in os.environ
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     mode = "dry_run" if dry_run else "gpu"
     device = torch.device("cpu" if dry_run else "cuda")
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     log = Log(out_dir / LOG_NAME)
-    check = Check(out_dir, device, dry_run, DRY_SIZES if dry_run else GPU_SIZES, log, start + DEADLINE_S[mode])
+    check = Check(out_dir, device, dry_run, DRY_SIZES if dry_run else GPU_SIZES, log, start + DEADLINE_S[mode],
+                  child_env={"CUBLAS_WORKSPACE_CONFIG": None} if ours else {})
     summary = {"finished": False, "environment": environment(argv, device, mode), "data": None,
                "phases": check.phases, "total_s": None}
 

@@ -10,12 +10,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import bench
+import gpu_check
 
 ROOT = Path(__file__).resolve().parent.parent
 DRY_RUN_TIMEOUT_S = 420      # the check's own dry-run deadline is 300 s; it takes ~75 s on an idle 2-core CPU
@@ -166,3 +168,39 @@ def test_a_folder_with_other_files_is_refused_and_dry_run_needs_the_check(tmp_pa
         err = capsys.readouterr().err.strip()
         assert exc.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_phase_past_its_budget_is_cut_off_and_one_without_time_is_not_started(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "GRACE_S", 0.2)
+    monkeypatch.setattr(gpu_check, "MIN_PHASE_S", 0.5)
+    log = gpu_check.Log(tmp_path / "gpu_check.log")
+    check = gpu_check.Check(tmp_path, torch.device("cpu"), True, gpu_check.DRY_SIZES, log, time.time() + 60)
+
+    def quick_then_slow(check, phase):
+        phase.part(phase.res, "quick", lambda: {"figure": 1}, need_s=0.1)
+        phase.part(phase.res, "slow", lambda: time.sleep(30) or {}, need_s=0.1)
+        return phase.res
+    t0 = time.time()
+    res = gpu_check.run_phase(check, "a_numerics", quick_then_slow, {"a_numerics": 1})
+    assert time.time() - t0 < 5
+    assert res["status"] == "ok" and res["quick"] == {"status": "ok", "seconds": 0.0, "figure": 1}
+    assert res["slow"]["status"] == "skipped" and "cut off" in res["slow"]["reason"]
+    assert "cut off" in res["incomplete"] and "slow" in res["incomplete"]
+    # cut off before any part was done: the phase is skipped, with the reason
+    res = gpu_check.run_phase(check, "b_models", lambda check, phase: time.sleep(30), {"b_models": 1})
+    assert res["status"] == "skipped" and res["reason"].startswith("cut off: ran 1 s")
+    # a part that fails is recorded, the others still run, and the phase says which failed
+    def one_fails(check, phase):
+        phase.part(phase.res, "bad", lambda: 1 / 0, need_s=0.1)
+        phase.part(phase.res, "good", lambda: {}, need_s=0.1)
+        return phase.res
+    res = gpu_check.run_phase(check, "c_tune", one_fails, {"c_tune": 10})
+    assert res["status"] == "failed" and res["error"] == "bad: ZeroDivisionError: division by zero"
+    assert res["good"]["status"] == "ok"
+    # too little time left before the deadline: not started at all
+    check.deadline = time.time() + 0.2
+    res = gpu_check.run_phase(check, "e_full_run", lambda check, phase: pytest.fail("started"), {"e_full_run": None})
+    assert res["status"] == "skipped" and "left before the deadline" in res["reason"]
+    assert check.phases["e_full_run"] is res
+    log.close()
+    assert "[a_numerics] -- quick" in (tmp_path / "gpu_check.log").read_text()
