@@ -48,6 +48,7 @@ float32, so utilisation there can read high; this was written and checked on a C
 from __future__ import annotations
 
 import os
+import sys
 
 if __name__ == "__main__":
     # Idle OpenMP threads spin by default, which on a machine shared with other work takes the cores from
@@ -55,13 +56,15 @@ if __name__ == "__main__":
     # made the input pipeline 10-30x and training 2-3x faster. Set here, before torch loads OpenMP; an
     # OMP_WAIT_POLICY already in the environment wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "--gpu_check" in sys.argv:
+        # the GPU check's log is a file: no progress bars in it (tqdm reads this once, when torch imports it)
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 import argparse
 import copy
 import dataclasses
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -125,6 +128,15 @@ def build_parser() -> cli.Parser:
                    help="tiny settings for tests (batch 16, 2 steps, 512 random images, small matmul); "
                         "explicit flags still win")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    g = p.add_argument_group("the GPU check (gpu_check.py; the flags above do not apply to it)")
+    g.add_argument("--gpu_check", type=Path, default=None, metavar="OUT_DIR",
+                   help="instead of the figures above, run the prepared GPU check (numerics against the CPU, the four "
+                        "models, resume across devices, a shared-GPU sweep, throughput, a full run cut off at the "
+                        "deadline; within 8 minutes) and write OUT_DIR/gpu_check.json and gpu_check.log; needs a CUDA "
+                        "GPU and a new or empty OUT_DIR; real CIFAR-10 is used when --data_dir has it")
+    g.add_argument("--dry_run", action="store_true",
+                   help="with --gpu_check: every phase at toy size on the CPU (synthetic data, wrn-16-1, a few steps; "
+                        "about a minute), to rehearse the check where there is no GPU")
     return p
 
 
@@ -585,6 +597,14 @@ def measure(args, device: torch.device, argv: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if args.dry_run and args.gpu_check is None:
+        cli.fail("--dry_run rehearses the GPU check: give it with --gpu_check OUT_DIR")
+    if args.gpu_check is not None:
+        import gpu_check   # only here: it imports this module for its Trainer and time_eval
+        summary = gpu_check.main(args.gpu_check, args.data_dir, args.dry_run, argv)
+        if gpu_check.failed(summary):
+            sys.exit(1)
+        return summary
     resolve(args)
     device = cli.pick_device(args.device)
     threads = torch.get_num_threads()

@@ -1,0 +1,206 @@
+"""bench.py --gpu_check (issue 19): the dry run of every phase on the CPU, and the one-line refusals.
+
+The dry run is run once, as its own process (the way a user runs it), bounded in time; if it overruns, the test
+stops it by its PID: SIGTERM first, which the check answers by stopping what it started and writing its summary.
+"""
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import bench
+import gpu_check
+
+ROOT = Path(__file__).resolve().parent.parent
+DRY_RUN_TIMEOUT_S = 420      # the check's own dry-run deadline is 300 s; it takes ~75 s on an idle 2-core CPU
+PHASES = ["a_numerics", "b_models", "c_tune", "d_throughput", "e_full_run"]
+
+
+def run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TQDM_DISABLE": "1"})
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)          # the check stops its own processes and writes its summary
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        pytest.fail(f"bench.py {' '.join(args)} ran past {timeout} s")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check") / "check"
+    done = run_bench(["--gpu_check", str(out), "--dry_run"], DRY_RUN_TIMEOUT_S)
+    return done, out
+
+
+def numbers(tree) -> list:
+    """Every number in a nested dict or list."""
+    if isinstance(tree, dict):
+        return [x for v in tree.values() for x in numbers(v)]
+    if isinstance(tree, list):
+        return [x for v in tree for x in numbers(v)]
+    return [tree] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
+def test_the_dry_run_runs_every_phase_and_writes_one_summary_and_one_log(dry_run):
+    done, out = dry_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert {p.name for p in out.iterdir() if p.is_file()} == {"gpu_check.json", "gpu_check.log"}
+    summary = json.loads((out / "gpu_check.json").read_text())
+    assert summary["finished"] is True and summary["total_s"] > 0
+    env = summary["environment"]
+    for key in ("python", "torch", "torch_cuda", "gpu", "driver", "ray", "command", "started", "deadline_s",
+                "budget_s"):
+        assert key in env, key
+    assert env["dry_run"] is True and env["command"] == f"python bench.py --gpu_check {out} --dry_run"
+    assert set(env["budget_s"]) == set(PHASES)
+    assert list(summary["phases"]) == PHASES
+    for name, phase in summary["phases"].items():
+        assert phase["status"] in ("ok", "skipped", "failed"), name
+        assert phase["seconds"] >= 0, name
+    log = (out / "gpu_check.log").read_text()
+    assert log.strip()
+    for source in ("[a_numerics]", "[b_models/CE]", "[b_models/interrupted]", "[d_throughput/worker3]",
+                   "[e_full_run/full_run]"):
+        assert source in log, source
+
+
+def test_dry_run_numerics_compare_the_cpu_with_itself(dry_run):
+    a = json.loads((dry_run[1] / "gpu_check.json").read_text())["phases"]["a_numerics"]
+    assert a["status"] == "ok", a
+    for precision in ("fp32", "tf32", "bf16"):
+        p = a["precisions"][precision]
+        assert p["status"] == "ok" and p["correct"] is True, (precision, p)
+        figures = numbers({k: p[k] for k in ("loss", "weights", "ema", "weight_update_rel_error", "eval_logits")})
+        assert figures and all(math.isfinite(x) for x in figures), (precision, p)
+    # the CPU against itself: strict float32, and tf32 (no effect on a CPU), are the same to the last bit
+    for precision in ("fp32", "tf32"):
+        p = a["precisions"][precision]
+        for key in ("loss", "weights", "ema", "buffers", "ema_buffers", "eval_logits"):
+            assert p[key] == {"max_abs": 0.0, "max_rel": 0.0}, (precision, key)
+        assert p["weight_update_rel_error"] == 0.0
+    # bf16 autocast does change the steps, within its tolerance
+    assert 0 < a["precisions"]["bf16"]["weight_update_rel_error"] < 0.3
+    assert a["deterministic_twice"]["bit_identical"] is True
+
+
+def test_dry_run_trains_the_four_models_resumes_and_plots(dry_run):
+    b = json.loads((dry_run[1] / "gpu_check.json").read_text())["phases"]["b_models"]
+    assert b["status"] == "ok", b
+    assert set(b["models"]) == {"CE", "SLN", "SLN-MO", "SLN-MO-LC"}
+    for name, m in b["models"].items():
+        assert m["status"] == "ok" and 0 <= m["test_acc"] <= 1 and m["seconds_per_epoch"] > 0, (name, m)
+        assert len(m["epoch_seconds"]) == 2
+    assert b["interrupted"]["rc"] == 143 and b["interrupted"]["checkpointed_epoch"] == 1
+    for key in ("on_gpu", "on_cpu"):
+        r = b["resumed"][key]
+        assert r["status"] == "ok" and r["device"] == "cpu" and 0 <= r["test_acc"] <= 1, r
+        assert len(r["epoch_seconds"]) == 2
+    assert {Path(f).name for f in b["plot"]["files"]} >= {"curves.png", "pred_probs.png"}
+
+
+def test_dry_run_sweep_throughput_and_full_run(dry_run):
+    phases = json.loads((dry_run[1] / "gpu_check.json").read_text())["phases"]
+    c = phases["c_tune"]
+    if importlib.util.find_spec("ray") is None:
+        assert c["status"] == "skipped" and "Ray is not installed" in c["reason"]
+    else:
+        assert c["status"] == "ok", c
+        assert [t["sigma"] for t in c["trials"]] == [0.1, 0.5, 1.0]
+        assert all(t["device"] == "cpu" for t in c["trials"]) and c["gpus_per_trial"] == 0
+    d = phases["d_throughput"]
+    assert d["status"] == "ok", d
+    for setting in ("fp32", "tf32", "bf16+channels_last"):
+        assert d["settings"][setting]["train_img_s"] > 0 and d["settings"][setting]["cpu_ops_per_step"] > 0
+    assert d["settings"]["bf16+channels_last+compile"]["status"] == "skipped"
+    assert all(v > 0 for v in d["eval"]["eval_img_s"].values())
+    assert d["concurrent"]["processes"] == 4 and d["concurrent"]["total_img_s"] > 0
+    e = phases["e_full_run"]
+    assert e["status"] == "ok", e
+    assert e["setting"] in ("fp32", "tf32")          # bf16 is refused on a CPU by the training scripts
+    assert e["rc"] == 143 and e["stopped_at_deadline"] is True and e["epochs_done"] >= 1
+    assert e["projected_run_s"] >= 300 * min(e["epoch_seconds"]) > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a CUDA GPU")
+def test_without_a_gpu_the_check_refuses_in_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "check"
+    done = run_bench(["--gpu_check", str(out)], timeout=120)
+    assert done.returncode == 2
+    err = done.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: --gpu_check needs a CUDA GPU") and "--dry_run" in err
+    assert not out.exists()
+
+
+def test_an_earlier_check_is_never_overwritten(tmp_path):
+    out = tmp_path / "check"
+    out.mkdir()
+    (out / "gpu_check.json").write_text('{"earlier": true}')
+    done = run_bench(["--gpu_check", str(out), "--dry_run"], timeout=120)
+    assert done.returncode == 2
+    err = done.stderr.strip()
+    assert len(err.splitlines()) == 1 and "already holds a GPU check" in err, err
+    assert (out / "gpu_check.json").read_text() == '{"earlier": true}'
+    assert [p.name for p in out.iterdir()] == ["gpu_check.json"]
+
+
+def test_a_folder_with_other_files_is_refused_and_dry_run_needs_the_check(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    for argv, message in ((["--gpu_check", str(tmp_path), "--dry_run"], "is not empty"),
+                          (["--dry_run"], "--dry_run rehearses the GPU check")):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_phase_past_its_budget_is_cut_off_and_one_without_time_is_not_started(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "GRACE_S", 0.2)
+    monkeypatch.setattr(gpu_check, "MIN_PHASE_S", 0.5)
+    log = gpu_check.Log(tmp_path / "gpu_check.log")
+    check = gpu_check.Check(tmp_path, torch.device("cpu"), True, gpu_check.DRY_SIZES, log, time.time() + 60)
+
+    def quick_then_slow(check, phase):
+        phase.part(phase.res, "quick", lambda: {"figure": 1}, need_s=0.1)
+        phase.part(phase.res, "slow", lambda: time.sleep(30) or {}, need_s=0.1)
+        return phase.res
+    t0 = time.time()
+    res = gpu_check.run_phase(check, "a_numerics", quick_then_slow, {"a_numerics": 1})
+    assert time.time() - t0 < 5
+    assert res["status"] == "ok" and res["quick"] == {"status": "ok", "seconds": 0.0, "figure": 1}
+    assert res["slow"]["status"] == "skipped" and "cut off" in res["slow"]["reason"]
+    assert "cut off" in res["incomplete"] and "slow" in res["incomplete"]
+    # cut off before any part was done: the phase is skipped, with the reason
+    res = gpu_check.run_phase(check, "b_models", lambda check, phase: time.sleep(30), {"b_models": 1})
+    assert res["status"] == "skipped" and res["reason"].startswith("cut off: ran 1 s")
+    # a part that fails is recorded, the others still run, and the phase says which failed
+    def one_fails(check, phase):
+        phase.part(phase.res, "bad", lambda: 1 / 0, need_s=0.1)
+        phase.part(phase.res, "good", lambda: {}, need_s=0.1)
+        return phase.res
+    res = gpu_check.run_phase(check, "c_tune", one_fails, {"c_tune": 10})
+    assert res["status"] == "failed" and res["error"] == "bad: ZeroDivisionError: division by zero"
+    assert res["good"]["status"] == "ok"
+    # too little time left before the deadline: not started at all
+    check.deadline = time.time() + 0.2
+    res = gpu_check.run_phase(check, "e_full_run", lambda check, phase: pytest.fail("started"), {"e_full_run": None})
+    assert res["status"] == "skipped" and "left before the deadline" in res["reason"]
+    assert check.phases["e_full_run"] is res
+    log.close()
+    assert "[a_numerics] -- quick" in (tmp_path / "gpu_check.log").read_text()
