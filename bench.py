@@ -61,8 +61,6 @@ if __name__ == "__main__":
         os.environ.setdefault("TQDM_DISABLE", "1")
 
 import argparse
-import copy
-import dataclasses
 import json
 import platform
 import tempfile
@@ -77,16 +75,16 @@ from PIL import Image
 from torch import nn
 
 import cli
-import engine
 import files
 import runs
 import sln
 from augment import normalise, random_crop_flip
 from clothing_data import MEAN, RESIZE_PER_CROP, STD
-from data import CIFAR, NoisyData, default_data_dir, load_cifar
-from models import MODELS, make_model
+from data import CIFAR, default_data_dir, load_cifar
+from models import MODELS
 from noise import DataError
 from sources import FileImages, ImageFiles, default_workers
+from timing import Trainer, sync, time_eval, train_flops_per_image
 
 TARGETS = {"pipeline_speedup": (">=", 10.0), "non_model_fraction/wrn-16-1": ("<=", 0.05),
            "flop_utilisation/wrn-28-2": (">=", 0.45)}
@@ -189,13 +187,6 @@ def training_images(root: Path, quick: bool, seed: int = 0) -> tuple[np.ndarray,
             f"{n} random uint8 images of CIFAR-10's shape ({why})")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 # ----------------------------------------------------------------------------------------------------
 # Reference FLOP/s and FLOP counts
 
@@ -209,18 +200,6 @@ def matmul_flop_s(device: torch.device, n: int, reps: int = 3) -> float:
         a @ b
     sync(device)
     return 2 * n ** 3 * reps / (time.perf_counter() - t)
-
-
-def train_flops_per_image(name: str, num_classes: int = 10, batch: int = 2) -> float:
-    """FLOPs of one training step's forward and backward pass per image, as torch.utils.flop_counter
-    counts them (convolutions and matrix products; exact, since they scale linearly with the batch)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    model = make_model(name, num_classes)
-    x = torch.randn(batch, 3, 32, 32)
-    targets = sln.onehot(torch.arange(batch) % num_classes, num_classes)
-    with FlopCounterMode(display=False) as counter:
-        sln.soft_cross_entropy(model(x), targets).backward()
-    return counter.get_total_flops() / batch
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -355,33 +334,6 @@ class ModelClock:
         return sum(a.elapsed_time(b) for a, b in self.spans) / 1000
 
 
-class Trainer:
-    """A network set up by engine.setup, the very function every training run calls (network, EMA copy, SGD,
-    targets, data on the device), with the training flags' defaults plus SLN-MO (sigma 1), on `x` and `labels`."""
-
-    def __init__(self, name: str, x: torch.Tensor, labels: torch.Tensor, batch_size: int, flags: list[str] = ()):
-        parser = cli.Parser()
-        cli.add_training_args(parser, default_model=name)
-        self.args = parser.parse_args(["--batch_size", str(batch_size), "--sigma", "1.0", "--mo", *flags])
-        images, y = x.cpu().numpy(), labels.cpu().numpy()
-        noisy = torch.rand(len(y), generator=torch.Generator().manual_seed(0)).numpy() < 0.4
-        spec = CIFAR["cifar10"]
-        data = NoisyData("bench", images, y, y, noisy, images[:1], y[:1], 10, [str(c) for c in range(10)],
-                         spec.mean, spec.std)
-        torch.manual_seed(0)
-        self.state = engine.setup(self.args, data, make_model(name, 10), x.device)
-        self.device = x.device
-
-    def epoch(self, n: int) -> float:
-        """Wall seconds of engine.train_epoch over the first `n` images, including its one read of the sums."""
-        s = self.state
-        part = dataclasses.replace(s, members=torch.arange(n, device=s.labels.device))
-        sync(self.device)
-        t = time.perf_counter()
-        engine.train_epoch(part).tolist()
-        return time.perf_counter() - t
-
-
 def lc_bookkeeping_s(n: int, num_classes: int, device: torch.device) -> float:
     """Seconds of one label correction's bookkeeping over `n` samples (engine.train, without the forward pass)."""
     g = torch.Generator(device=device).manual_seed(0)
@@ -430,31 +382,6 @@ def time_options(name: str, x: torch.Tensor, labels: torch.Tensor, batch_size: i
 
 
 # ----------------------------------------------------------------------------------------------------
-
-def time_eval(name: str, x: torch.Tensor, n: int, rounds: int = 2) -> dict:
-    """Images/s of engine.predict in large batches, in the device's default batches, and with channels_last."""
-    device = x.device
-    mean, std = torch.tensor(CIFAR["cifar10"].mean, device=device), torch.tensor(CIFAR["cifar10"].std, device=device)
-    images = x[:n]
-    small = engine.default_eval_batch_size(device)
-    plain = make_model(name, 10).to(device)
-    fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
-    settings = {"batch 1024": (plain, 1024), f"batch {small}": (plain, small),
-                f"batch {small} channels_last": (fast, small)}
-    best = {k: float("inf") for k in settings}
-    for model, batch in settings.values():
-        engine.predict(model, images[:batch], mean, std, batch)        # warm-up
-    for _ in range(rounds):
-        for k, (model, batch) in settings.items():
-            sync(device)
-            t0 = time.perf_counter()
-            engine.predict(model, images, mean, std, batch)
-            sync(device)
-            best[k] = min(best[k], time.perf_counter() - t0)
-    out = {k: len(images) / t for k, t in best.items()}
-    first = out["batch 1024"]
-    return {"eval_img_s": out, "eval_speedup": {k: v / first for k, v in out.items()}}
-
 
 def time_clothing(args, device: torch.device) -> dict:
     """The Clothing1M pipeline's images/s next to the resnet50 training step's, at the authors' sizes (--quick:

@@ -17,7 +17,7 @@ skipped with the reason, so something always comes back:
     pred_probs of a GPU-trained run.
 (c) tune: a three-trial `tune.py` sigma search sharing the GPU (--gpus_per_trial 0.33), where Ray is installed.
 (d) throughput: WRN-28-2 training images/s at batch 128 for fp32, tf32, bf16+channels_last and
-    bf16+channels_last+compile (bench.Trainer: engine.setup and engine.train_epoch, as every run), host syncs and
+    bf16+channels_last+compile (timing.Trainer: engine.setup and engine.train_epoch, as every run), host syncs and
     kernels per step, evaluation images/s, and four training processes sharing the GPU.
 (e) full run: the 300-epoch CIFAR-10 SLN-MO-LC run of the paper with the fastest setting whose precision phase (a)
     found correct, stopped (SIGTERM) at the deadline: its epoch times give the time of a whole run.
@@ -62,7 +62,7 @@ import numpy as np
 import torch
 import yaml
 
-import bench
+import timing
 import cli
 import engine
 import files
@@ -829,12 +829,12 @@ def random_images(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Ten
 
 
 def trainer_flags(setting: str) -> list[str]:
-    """A setting as bench.Trainer's flags (which, unlike the training scripts, take --amp for bf16)."""
+    """A setting as timing.Trainer's flags (which, unlike the training scripts, take --amp for bf16)."""
     precision, extra = SETTINGS[setting]
     return (["--amp"] if precision == "bf16" else []) + extra
 
 
-def step_counts(trainer: "bench.Trainer", steps: int) -> dict:
+def step_counts(trainer: "timing.Trainer", steps: int) -> dict:
     """Per training step: host syncs (CUDA's sync debug mode warns at each) and the device kernels torch.profiler
     records (memory copies and sets not counted); on a CPU, the top-level aten operations instead."""
     s = trainer.state
@@ -868,12 +868,12 @@ def step_counts(trainer: "bench.Trainer", steps: int) -> dict:
 
 
 def time_setting(check: Check, setting: str, x: torch.Tensor, labels: torch.Tensor, flops: float) -> dict:
-    """Images/s of engine.train_epoch (through bench.Trainer) in one setting, best of `rounds` epochs of `steps`
+    """Images/s of engine.train_epoch (through timing.Trainer) in one setting, best of `rounds` epochs of `steps`
     batches after a warm-up (which is where --compile compiles)."""
     z = check.sizes
     precision, extra = SETTINGS[setting]
     engine.set_precision(precision)
-    trainer = bench.Trainer(z.model, x, labels, z.batch, trainer_flags(setting))
+    trainer = timing.Trainer(z.model, x, labels, z.batch, trainer_flags(setting))
     warmup = trainer.epoch(z.warmup_batches * z.batch)
     n = z.steps * z.batch
     best = min(trainer.epoch(n) for _ in range(z.rounds))
@@ -892,7 +892,7 @@ def throughput_worker(model: str, batch: str, steps: str, precision: str, device
     engine.set_precision(precision)
     torch.backends.cudnn.benchmark = True
     x, labels = random_images(n, dev)
-    trainer = bench.Trainer(model, x, labels, b, ["--amp"] if precision == "bf16" else [])
+    trainer = timing.Trainer(model, x, labels, b, ["--amp"] if precision == "bf16" else [])
     trainer.epoch(int(warmup_batches) * b)
     print("ready", flush=True)
     sys.stdin.readline()
@@ -933,7 +933,7 @@ def phase_throughput(check: Check, phase: Phase) -> dict:
     z, res = check.sizes, phase.res
     torch.backends.cudnn.benchmark = True       # as engine.run sets it for every run without --deterministic
     x, labels = random_images(z.steps * z.batch, check.device)
-    flops = bench.train_flops_per_image(z.model)
+    flops = timing.train_flops_per_image(z.model)
     res.update(model=z.model, batch=z.batch, steps=z.steps, rounds=z.rounds, device=str(check.device),
                train_flops_per_image=flops, settings={})
     # the compiled setting last: its compiling may take the rest of the budget
@@ -942,7 +942,7 @@ def phase_throughput(check: Check, phase: Phase) -> dict:
     engine.set_precision("tf32")
 
     def evaluation() -> dict:
-        out = bench.time_eval(z.model, x, min(z.eval_images, len(x)))
+        out = timing.time_eval(z.model, x, min(z.eval_images, len(x)))
         return {"precision": "tf32", "images": min(z.eval_images, len(x)), **out}
     phase.part(res, "eval", evaluation, 2)
     single = res["settings"].get("tf32", {}).get("train_img_s")
