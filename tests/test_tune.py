@@ -400,6 +400,17 @@ def driver_sweep(fake_root, tmp_path, n_epochs: int) -> tuple[list[str], dict, P
     return [sys.executable, str(tune.runs.CODE_DIR / "tune.py"), *flags], env, ray_tmp
 
 
+def resume_driver(script: str, hp_dir: Path, env: dict, ray_tmp: Path) -> subprocess.CompletedProcess:
+    """`tune.py --resume hp_dir` as its own process, which must finish the sweep; its Ray processes are stopped."""
+    try:
+        done = subprocess.run([sys.executable, script, "--resume", str(hp_dir)], env=env, capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        kill_pids(processes_under(ray_tmp))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def wait_for_first_trial(tmp_path, driver) -> None:
     deadline = time.time() + 300
     while not list(tmp_path.glob("hp/hp_*/runs/*/summary.json")):
@@ -425,12 +436,7 @@ def test_resume_after_sigkill_never_trains_a_finished_trial_again(fake_root, tmp
     (hp_dir,) = (tmp_path / "hp").iterdir()
     (first,) = [p.parent for p in hp_dir.glob("runs/*/summary.json")]
     before = {name: (first / name).read_bytes() for name in ("metrics.csv", "summary.json", "config.yaml")}
-    try:
-        done = subprocess.run([sys.executable, script, "--resume", str(hp_dir)], env=env, capture_output=True,
-                              text=True, timeout=300)
-    finally:
-        kill_pids(processes_under(ray_tmp))
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = resume_driver(script, hp_dir, env, ray_tmp)
     finished = [p.parent for p in hp_dir.glob("runs/*/summary.json")]
     by_sigma = {}
     for run_dir in finished:
@@ -534,11 +540,6 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_progress_is_shown(fake_root, t
     assert "Traceback" not in err
     assert "sweep: 0 of 2 trials done, 2 left; time left known once a trial has finished" in out
     assert re.search(r"sweep: 1 of 2 trials done, 1 left; about (\d+s|\d+m\d\ds) left", out), out[-3000:]
-    try:
-        done = subprocess.run([sys.executable, script, "--resume", str(hp_dir)], env=env, capture_output=True,
-                              text=True, timeout=300)
-    finally:
-        kill_pids(processes_under(ray_tmp))
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = resume_driver(script, hp_dir, env, ray_tmp)
     assert "sweep: 1 of 2 trials done, 1 left" in done.stdout and "sweep: 2 of 2 trials done, 0 left; all done" in done.stdout
     assert len(read_csv(hp_dir / "sigma_search.csv")) == 2
