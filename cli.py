@@ -18,7 +18,9 @@ import torch
 from clothing_data import load_clothing1m
 from data import CIFAR, NoisyData, default_data_dir, load_cifar_noisy
 from files import check_writable
+import methods
 from folder_data import load_folder
+from methods import Method
 from models import MODELS
 from noise import ASYM_VARIANTS, SYM_VARIANTS, DataError, check_rate
 from real_data import CIFARN, load_animal10n, load_cifar_n
@@ -101,9 +103,13 @@ def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable:
                    help="every epoch, train on a fresh seeded class-balanced sample of N training images per class "
                         "(all of a smaller class), labelled afresh with the given labels, as the authors' Clothing1M "
                         "script (N 18976); default, or 0: the whole training set every epoch")
+    g.add_argument("--method", default=None, metavar="NAME",
+                   help="the training method: " + ", ".join(methods.METHODS) + " (docs/methods.md); default: the "
+                        "paper's model that --sigma, --mo and --lc_n_epoch select")
     g.add_argument("--seed", type=int, default=0,
                    help="seeds the model init, data order, augmentation, SLN noise and generated label noise")
     g.add_argument("--model", choices=list(MODELS), default=default_model, help="network architecture")
+    add_method_flags(p)
     r = p.add_argument_group("data, device and output")
     add_data_dir(r)
     r.add_argument("--train_subset", type=int, default=None,
@@ -160,28 +166,78 @@ def training_defaults() -> dict:
     return vars(p.parse_args([]))
 
 
-def variant(args: argparse.Namespace) -> str:
-    """Which of the paper's four models the flags ask for, or an error listing the valid combinations."""
-    lc = args.lc_n_epoch != -1
-    if args.sigma == 0 and not args.mo and not lc:
-        return "CE"
-    if args.sigma > 0 and not args.mo and not lc:
-        return "SLN"
-    if args.sigma > 0 and args.mo and not lc:
-        return "SLN-MO"
-    if args.sigma > 0 and args.mo and 0 < args.lc_n_epoch < args.n_epochs:
-        return "SLN-MO-LC"
+def add_method_flags(p: argparse.ArgumentParser) -> None:
+    """Each method's own flags, in a group per method (a flag two methods share is listed with the first)."""
+    added: set[str] = set()
+    for m in methods.METHODS.values():
+        own = [f for f in m.flags if f.name not in added]
+        if not own:
+            continue
+        g = p.add_argument_group(f"--method {m.name} only ({m.summary})")
+        for f in own:
+            g.add_argument(f"--{f.name}", type=f.type, default=None, help=f.help)
+            added.add(f.name)
+
+
+def paper_model(args: argparse.Namespace) -> Method:
+    """Which of the paper's four models --sigma, --mo and --lc_n_epoch ask for (no --method), or an error listing
+    the valid combinations."""
+    method = methods.from_flags(args.sigma, args.mo, args.lc_n_epoch)
+    if method is not None and (not method.lc or 0 < args.lc_n_epoch < args.n_epochs):
+        return method
     given = f"--sigma {args.sigma} {'--mo ' if args.mo else ''}--lc_n_epoch {args.lc_n_epoch}"
     if args.sigma > 0 and args.mo and args.lc_n_epoch > 0 and args.n_epochs < 2:
         fail(f"{given} with --n_epochs {args.n_epochs}: SLN+MO+LC corrects labels before the epochs after "
              f"--lc_n_epoch, so it needs --n_epochs 2 or more and --lc_n_epoch below it (e.g. --n_epochs 2 --lc_n_epoch 1)")
     lc_range = f"in 1..{args.n_epochs - 1}" if args.n_epochs >= 2 else "below --n_epochs (which must be 2 or more)"
     fail(f"{given} is not one of the paper's models; use CE: --sigma 0 --lc_n_epoch -1 | SLN: --sigma >0 --lc_n_epoch -1 | "
-         f"SLN+MO: --sigma >0 --mo --lc_n_epoch -1 | SLN+MO+LC: --sigma >0 --mo --lc_n_epoch {lc_range}")
+         f"SLN+MO: --sigma >0 --mo --lc_n_epoch -1 | SLN+MO+LC: --sigma >0 --mo --lc_n_epoch {lc_range} "
+         f"(other methods: --method NAME)")
 
 
-def check_training_args(args: argparse.Namespace) -> str:
-    """Validate the shared flags (the output folder included, before any data is loaded); return the variant."""
+def named_method(args: argparse.Namespace) -> Method:
+    """The method --method names, with --sigma, --mo and --lc_n_epoch checked against it (--mo is implied)."""
+    try:
+        m = methods.get(args.method)
+    except ValueError as e:
+        fail(f"--method: {e}")
+    if not m.sln and args.sigma > 0:
+        fail(f"--method {m.name} adds no SLN noise; drop --sigma {args.sigma:g} (SLN on top of it is a method of "
+             "its own where declared, e.g. " + ", ".join(n for n, x in methods.METHODS.items() if x.sln) + ")")
+    if m.sln and args.sigma == 0:
+        fail(f"--method {m.name} needs --sigma > 0 (0 is no SLN noise)")
+    if args.mo and not m.mo:
+        fail(f"--mo reports the momentum model, which --method {m.name} does not; drop --mo")
+    args.mo = m.mo
+    if m.lc and not 0 < args.lc_n_epoch < args.n_epochs:
+        fail(f"--method {m.name} corrects labels after --lc_n_epoch: give --lc_n_epoch in 1..{args.n_epochs - 1} "
+             f"(--n_epochs {args.n_epochs})" if args.n_epochs >= 2 else
+             f"--method {m.name} corrects labels after --lc_n_epoch, so it needs --n_epochs 2 or more")
+    if not m.lc and args.lc_n_epoch != -1:
+        fail(f"--method {m.name} corrects no labels; drop --lc_n_epoch {args.lc_n_epoch} (or use -1)")
+    return m
+
+
+def check_method(args: argparse.Namespace) -> Method:
+    """The run's method, its flags checked: another method's flag is refused, and the method's own are filled in
+    with their defaults where not given, then checked against their ranges. One line on a bad value."""
+    m = paper_model(args) if getattr(args, "method", None) is None else named_method(args)
+    own = {f.name for f in m.flags}
+    for name in methods.all_flags():
+        if name not in own and getattr(args, name, None) is not None:
+            fail(f"--{name} is a flag of {' and '.join(methods.owners(name))}, not of {m.name}; drop it "
+                 f"(or add --method {methods.owners(name)[0]})")
+    for f in m.flags:
+        if getattr(args, f.name, None) is None:
+            setattr(args, f.name, f.default_for(args))
+        value = getattr(args, f.name)
+        if value is not None and not f.valid(value):
+            fail(f"--{f.name} ({m.name}) must be {f.valid_text}, got {value:g}")
+    return m
+
+
+def check_training_args(args: argparse.Namespace) -> Method:
+    """Validate the shared flags (the output folder included, before any data is loaded); return the method."""
     resolve_precision(args)
     for name in ("batch_size", "n_epochs", "eval_batch_size", "eval_every"):
         value = getattr(args, name, None)
@@ -201,7 +257,7 @@ def check_training_args(args: argparse.Namespace) -> str:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             fail(f"--{name} must be a positive number of images, got {getattr(args, name)}")
     check_out_dir(args.out_dir)
-    return variant(args)
+    return check_method(args)
 
 
 def check_lr_schedule(args: argparse.Namespace) -> None:
@@ -275,9 +331,17 @@ def default_sigma(dataset: str, noise_mode: str | None = None) -> float | None:
 
 
 def resolve_sigma(args: argparse.Namespace) -> None:
-    """Fill in --sigma from DEFAULT_SIGMA when it was not given, and say so."""
+    """Fill in --sigma from DEFAULT_SIGMA when it was not given and the method adds SLN noise (0 for one that does
+    not), and say so."""
     if args.sigma is not None:
         return
+    if getattr(args, "method", None) is not None:
+        try:
+            if not methods.get(args.method).sln:
+                args.sigma = 0.0
+                return
+        except ValueError as e:
+            fail(f"--method: {e}")
     mode = getattr(args, "noise_mode", None)
     args.sigma = default_sigma(args.dataset_name, mode)
     if args.sigma is None:

@@ -25,10 +25,11 @@ from torch import nn
 from tqdm import tqdm
 
 import files
+import methods
 import runs
 import sln
 from augment import normalise
-from cli import fail, pick_device, resolve_precision, variant, workers
+from cli import fail, pick_device, resolve_precision, workers
 from data import NoisyData, balanced_indices
 from models import WeightsError
 from noise import DataError
@@ -89,12 +90,15 @@ def accuracy_and_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float
 
 @dataclasses.dataclass
 class TrainState:
-    """Everything one run trains with, on its device. `targets` (label correction) and `sigma` change as
-    training goes; the rest is fixed after setup."""
+    """Everything one run trains with, on its device. `targets` (label correction), `sigma` and the method's
+    state change as training goes; the rest is fixed after setup."""
     args: argparse.Namespace
-    model: nn.Module
+    method: methods.Method
+    model: nn.Module                     # the reported network (or the EMA's source, for SLN-MO)
+    peers: list[nn.Module]               # the method's other networks (methods.Method.networks)
     ema: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer     # over the parameters of every network
+    method_state: dict                   # the method's own tensors (methods.Method.init), checkpointed
     ema_tensors: list[torch.Tensor]      # the EMA's float state (parameters and BN buffers), for sln.ema_update
     model_tensors: list[torch.Tensor]
     gen: torch.Generator                 # data order, augmentation, SLN noise
@@ -114,52 +118,72 @@ class TrainState:
     std: torch.Tensor
     eval_bs: int
     has_clean: bool
-    report_ema: bool                     # SLN-MO and SLN-MO-LC report the EMA network
-    lc_on: bool
     members: torch.Tensor | None = None  # with num_per_class: this epoch's sample (indices); None: all images
 
     def fields(self) -> list[str]:
         """The columns of this run's metrics.csv."""
-        return (METRIC_FIELDS + (LC_FIELDS if self.lc_on else []) + (VAL_FIELDS if self.val_x is not None else [])
-                + (LR_FIELDS if self.args.lr_milestones else []))
+        return (METRIC_FIELDS + (LC_FIELDS if self.method.lc else []) + list(self.method.metrics)
+                + (VAL_FIELDS if self.val_x is not None else []) + (LR_FIELDS if self.args.lr_milestones else []))
+
+    @property
+    def networks(self) -> list[nn.Module]:
+        return [self.model, *self.peers]
 
     def trained(self, values: torch.Tensor) -> torch.Tensor:
         """The entries of a per-image tensor for the images this epoch trains on."""
         return values if self.members is None else values[self.members]
 
 
+def method_state(method: methods.Method, known: dict, args: argparse.Namespace) -> dict:
+    """The method's own tensors; a DataError where the method needs what the data does not tell."""
+    try:
+        return method.init(known, args) if method.init else {}
+    except ValueError as e:
+        raise DataError(str(e))
+
+
 def setup(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: torch.device,
-          val: tuple[np.ndarray, np.ndarray] | None = None) -> TrainState:
+          val: tuple[np.ndarray, np.ndarray] | None = None, peers: list[nn.Module] = ()) -> TrainState:
     """Put the images where batches come from (the device, or DataLoader workers for image files), make the EMA
-    copy and the optimiser (bench.py times this too)."""
-    name = variant(args)
+    copy of `model`, the optimiser of `model` and `peers` (a method's other networks) and the method's state
+    (bench.py times this too). Raises DataError where the method needs what the data lacks."""
+    method = methods.of(args)
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed)
     to_dev = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     labels = to_dev(data.labels)
     has_clean = data.clean_labels is not None
-    model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
+    for net in (model, *peers):
+        net.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
     ema = copy.deepcopy(model)            # the reference copies the EMA network into the network at start
     for p in ema.parameters():
         p.requires_grad_(False)
     if args.compile:
-        model.compile()  # in place: parameters, state-dict keys and the EMA tensors below stay the same
-        ema.compile()
+        for net in (model, *peers, ema):
+            net.compile()  # in place: parameters, state-dict keys and the EMA tensors below stay the same
     given = sln.onehot(labels, data.num_classes)
     source = lambda images: image_source(images, device, data.pad, data.flip, workers(vars(args)))  # noqa: E731
+    clean = to_dev(data.clean_labels) if has_clean else labels
+    if method.needs_clean and not has_clean:
+        raise DataError(f"--method {method.name} needs the clean labels of the training set, which {data.name} "
+                        "does not have; choose another method")
+    known = {"labels": labels, "clean": clean if has_clean else None, "num_classes": data.num_classes,
+             "noise_rate": data.noise_rate()}
+    params = [q for net in (model, *peers) for q in net.parameters()]
     return TrainState(
-        args=args, model=model, ema=ema,
-        optimizer=torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+        args=args, method=method, model=model, peers=list(peers), ema=ema,
+        optimizer=torch.optim.SGD(params if peers else model.parameters(), lr=args.lr, momentum=args.momentum,
                                   weight_decay=args.weight_decay),
+        method_state=method_state(method, known, args),
         ema_tensors=sln.ema_tensors(ema), model_tensors=sln.ema_tensors(model), gen=gen,
-        x=source(data.images), labels=labels, clean=to_dev(data.clean_labels) if has_clean else labels,
+        x=source(data.images), labels=labels, clean=clean,
         noisy_mask=to_dev(data.is_noisy) if data.is_noisy is not None else torch.zeros_like(labels, dtype=torch.bool),
         given=given, targets=given.clone(), sigma=args.sigma,
         test_x=source(data.test_images), test_y=to_dev(data.test_labels),
         val_x=None if val is None else source(val[0]), val_y=None if val is None else to_dev(val[1]),
         mean=torch.tensor(data.mean, device=device), std=torch.tensor(data.std, device=device),
         eval_bs=args.eval_batch_size or default_eval_batch_size(device),
-        has_clean=has_clean, report_ema=name in ("SLN-MO", "SLN-MO-LC"), lc_on=name == "SLN-MO-LC")
+        has_clean=has_clean)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -168,14 +192,16 @@ def setup(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
 def train_epoch(s: TrainState, desc: str = "") -> torch.Tensor:
     """One epoch of training steps over the images `s.x` (this epoch's `s.members`, if set) in a seeded random order.
 
-    Each step takes its augmented batch from the source, normalises it, adds SLN noise (sigma) to the batch's
-    targets, takes an SGD step and an EMA step. Nothing in the loop waits for the device: the returned
-    sums (objective, CE on clean samples, CE on noisy samples, correct predictions vs the given label)
-    and the index of the first step whose loss was not finite (the number of steps if none) stay on it
-    until the caller reads them. bench.py times this same function.
+    Each step takes its augmented batch from the source, normalises it, runs every network of the method, takes
+    the method's objective (for the paper's models: SLN noise on the targets, then soft cross-entropy), an SGD step
+    and an EMA step. Nothing in the loop waits for the device: the returned sums (objective, CE on clean samples,
+    CE on noisy samples, correct predictions vs the given label, of the first network), the index of the first
+    step whose loss was not finite (the number of steps if none), then the method's own sums, stay on it until
+    the caller reads them. bench.py times this same function.
     """
-    a = s.args
-    s.model.train()
+    a, m = s.args, s.method
+    for net in s.networks:
+        net.train()
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     device = s.labels.device
     order = torch.randperm(len(s.x) if s.members is None else len(s.members), generator=s.gen, device=device)
@@ -184,27 +210,31 @@ def train_epoch(s: TrainState, desc: str = "") -> torch.Tensor:
     n_steps = -(-len(order) // a.batch_size)
     steps = torch.arange(n_steps + 1, device=device)
     totals = torch.zeros(4, device=device)
+    own: torch.Tensor | float = 0.0          # the method's own sums
     first_bad = steps[-1].clone()
     batches = s.x.train_batches(order, a.batch_size, s.gen)
     for step, (idx, xb) in enumerate(tqdm(batches, total=n_steps, desc=desc, leave=False, unit="batch",
                                           dynamic_ncols=True)):
-        xb = xb.contiguous(memory_format=fmt)
-        tb = sln.noisy_targets(s.targets[idx], s.sigma, s.gen)
+        xb = normalise(xb.contiguous(memory_format=fmt), s.mean, s.std)
         with autocast(device, a.amp):
-            out = s.model(normalise(xb, s.mean, s.std))
-        out = out.float()  # the loss and the metrics in float32, also with --amp
-        loss = sln.soft_cross_entropy(out, tb)
+            outs = [net(xb) for net in s.networks]
+        outs = [out.float() for out in outs]   # the loss and the metrics in float32, also with --amp
+        batch = methods.Batch(outs, s.labels[idx], s.targets[idx], idx, s.noisy_mask[idx], s.sigma, s.gen,
+                              s.method_state, a)
+        loss, sums = m.objective(batch)
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         s.optimizer.step()
         sln.ema_update(s.ema_tensors, s.model_tensors, a.ema_alpha)
         with torch.no_grad():
-            ce = torch.nn.functional.cross_entropy(out, s.labels[idx], reduction="none")
-            noisy = s.noisy_mask[idx]
+            out, noisy = outs[0], batch.noisy
+            ce = torch.nn.functional.cross_entropy(out, batch.labels, reduction="none")
             totals += torch.stack([loss * len(idx), torch.where(noisy, 0.0, ce).sum(),
-                                   torch.where(noisy, ce, 0.0).sum(), (out.argmax(1) == s.labels[idx]).sum()])
+                                   torch.where(noisy, ce, 0.0).sum(), (out.argmax(1) == batch.labels).sum()])
+            own = own + sums if sums is not None else own
             first_bad = torch.where(torch.isfinite(loss) | (first_bad < n_steps), first_bad, steps[step])
-    return torch.cat([totals, first_bad.float().view(1)])
+    own = own if isinstance(own, torch.Tensor) else torch.zeros(0, device=device)
+    return torch.cat([totals, first_bad.float().view(1), own.float()])
 
 
 def correct_labels(s: TrainState) -> dict:
@@ -235,15 +265,17 @@ def epoch_metrics(s: TrainState, sums: list[float], evaluate_test: bool) -> dict
     if s.has_clean:
         row["train/loss_clean"] = sums[1] / max(n - n_noisy, 1)
         row["train/loss_noisy"] = sums[2] / n_noisy if n_noisy else None
-    reported = s.ema if s.report_ema else s.model
+    reported = s.ema if s.method.mo else s.model
     def evaluate(net: nn.Module, images) -> torch.Tensor:
         return logits_of(net, images.eval_batches(s.eval_bs), s.mean, s.std, s.args.amp)
     if evaluate_test:
         row["test/acc"], row["test/loss"] = accuracy_and_loss(evaluate(s.model, s.test_x), s.test_y)
         row["test/acc_ema"], row["test/loss_ema"] = accuracy_and_loss(evaluate(s.ema, s.test_x), s.test_y)
-        row["test/acc_reported"] = row["test/acc_ema"] if s.report_ema else row["test/acc"]
+        row["test/acc_reported"] = row["test/acc_ema"] if s.method.mo else row["test/acc"]
     if s.val_x is not None:
         row["val/acc"], row["val/loss"] = accuracy_and_loss(evaluate(reported, s.val_x), s.val_y)
+    if s.method.epoch_row:
+        row.update(s.method.epoch_row(sums[5:], s.has_clean))
     return row
 
 
@@ -253,8 +285,9 @@ def epoch_metrics(s: TrainState, sums: list[float], evaluate_test: bool) -> dict
 def checkpoint(s: TrainState, epoch: int) -> dict:
     return {"epoch": epoch, "model": s.model.state_dict(), "ema": s.ema.state_dict(),
             "optimizer": s.optimizer.state_dict(), "targets": s.targets, "sigma": s.sigma,
-            "generator": s.gen.get_state(), "torch_rng": torch.get_rng_state(), "variant": variant(s.args),
-            "device": s.labels.device.type}
+            "generator": s.gen.get_state(), "torch_rng": torch.get_rng_state(), "variant": s.method.name,
+            "device": s.labels.device.type, **({"peers": [p.state_dict() for p in s.peers]} if s.peers else {}),
+            **({"method_state": s.method_state} if s.method_state else {})}
 
 
 def restore_generator(s: TrainState, ckpt: dict) -> None:
@@ -279,6 +312,10 @@ def restore(s: TrainState, run_dir: Path) -> list[dict]:
     s.model.load_state_dict(ckpt["model"])
     s.ema.load_state_dict(ckpt["ema"])
     s.optimizer.load_state_dict(ckpt["optimizer"])
+    for peer, state in zip(s.peers, ckpt.get("peers", [])):
+        peer.load_state_dict(state)
+    for key, value in ckpt.get("method_state", {}).items():
+        s.method_state[key] = value.to(s.labels.device) if isinstance(value, torch.Tensor) else value
     s.targets, s.sigma = ckpt["targets"].to(s.labels.device), ckpt["sigma"]
     restore_generator(s, ckpt)
     torch.set_rng_state(ckpt["torch_rng"])
@@ -299,6 +336,8 @@ def start_epoch(s: TrainState, epoch: int) -> dict:
         sample = balanced_indices(s.labels.cpu().numpy(), a.num_per_class, [a.seed, epoch])
         s.members = torch.from_numpy(sample).to(s.labels.device)
         s.targets = s.given.clone()
+    if s.method.start_epoch:
+        row.update(s.method.start_epoch(s.method_state, epoch, a))
     return row
 
 
@@ -318,13 +357,13 @@ def describe_epoch(row: dict, n_epochs: int, seconds_so_far: list[float] | None 
 
 def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: torch.device, run_dir: Path,
           on_epoch: Callable[[dict], None] | None = None, resume: bool = False,
-          val: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
-    """Train `model` on `data` with CE / SLN / SLN+MO / SLN+MO+LC as `args` say; return the final summary.
-    `val` (images, labels) is evaluated every epoch with the reported network; `on_epoch` gets every metrics
-    row. With `resume`, everything continues from the run's last complete checkpoint."""
-    s = setup(args, data, model, device, val)
+          val: tuple[np.ndarray, np.ndarray] | None = None, peers: list[nn.Module] = ()) -> dict:
+    """Train `model` (and `peers`, a method's other networks) on `data` with the method `args` say; return the
+    final summary. `val` (images, labels) is evaluated every epoch with the reported network; `on_epoch` gets every
+    metrics row. With `resume`, everything continues from the run's last complete checkpoint."""
+    s = setup(args, data, model, device, val, peers)
     history = restore(s, run_dir) if resume else []
-    settings = {**vars(args), "variant": variant(args)}      # what TensorBoard names the run by, and lists
+    settings = {**vars(args), "variant": s.method.name}      # what TensorBoard names the run by, and lists
     writer = runs.start_log(run_dir, s.fields(), history, settings)
     if not s.has_clean and not resume:
         print("note: no clean labels for this dataset: train/loss_clean, train/loss_noisy and "
@@ -333,7 +372,7 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
     for epoch in range(len(history) + 1, args.n_epochs + 1):
         t0 = time.time()
         row: dict = {"epoch": epoch, **start_epoch(s, epoch)}
-        if s.lc_on and epoch > args.lc_n_epoch:
+        if s.method.lc and epoch > args.lc_n_epoch:
             row.update(correct_labels(s))
         sums = train_epoch(s, f"epoch {epoch}/{args.n_epochs}").tolist()   # the epoch's one host sync
         n_steps = -(-len(s.trained(s.labels)) // args.batch_size)
@@ -352,7 +391,7 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
             on_epoch(row)
     tested = [r for r in history if r.get("test/acc_reported") is not None]
     best = max(tested, key=lambda r: r["test/acc_reported"])
-    summary = {"variant": variant(args), "reported_network": "ema" if s.report_ema else "net",
+    summary = {"variant": s.method.name, "reported_network": s.method.reported,
                "last_test_acc": history[-1]["test/acc_reported"], "best_test_acc": best["test/acc_reported"],
                "best_epoch": best["epoch"], "epochs": args.n_epochs, "seconds": sum(r["seconds"] for r in history)}
     if s.val_x is not None:
@@ -362,8 +401,10 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
                        test_acc_at_best_val=chosen["test/acc_reported"])
     runs.log_hparams(writer, settings, summary)
     writer.close()
-    runs.finish(run_dir, {"model_final.pt": s.model.state_dict(), "ema_final.pt": s.ema.state_dict(),
-                          "targets_final.pt": s.targets.cpu()}, summary)
+    finals = {"model_final.pt": s.model.state_dict(), "ema_final.pt": s.ema.state_dict(),
+              "targets_final.pt": s.targets.cpu(), **{f"model{i + 2}_final.pt": p.state_dict()
+                                                     for i, p in enumerate(s.peers)}}
+    runs.finish(run_dir, finals, summary)
     return summary
 
 
@@ -385,7 +426,7 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     """Create (or, with resume_id, reopen) the run folder, seed everything, build the model and train.
     `script` (train_cifar.py, ...) names the command that resumes the run. Returns (exp_id, summary); a
     training failure exits with its one-line message."""
-    model_name = variant(args)
+    method = methods.of(args)
     device = pick_device(args.device)
     resolve_precision(args)
     if args.amp and device.type != "cuda":
@@ -400,6 +441,7 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     torch.manual_seed(args.seed)
     try:
         model = model_builder(data.num_classes)
+        peers = [model_builder(data.num_classes) for _ in range(method.networks - 1)]   # each its own init
     except WeightsError as e:
         fail(str(e))
 
@@ -413,19 +455,19 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
         if stale:
             print(f"removed what an earlier, killed process left half-written: {', '.join(stale)}")
     try:
-        exp_id = resume_id or runs.create_run(out, args, data, model_name, str(device),
+        exp_id = resume_id or runs.create_run(out, args, data, method.name, str(device),
                                               None if val is None else len(val[1]))
     except OSError as e:
         fail(f"cannot create a run folder in {out / 'runs'} ({runs.write_error(e)}); nothing was written: "
              "free disk space (or pass another --out_dir), then start the run again", 3)
     run_dir = out / "runs" / exp_id
     rate = data.noise_rate()
-    print(f"{exp_id}: {model_name} on {data.name} ({len(data.labels)} train / {len(data.test_labels)} test images, "
+    print(f"{exp_id}: {method.name} on {data.name} ({len(data.labels)} train / {len(data.test_labels)} test images, "
           f"{'unknown' if rate is None else f'{rate:.2%}'} noisy) with {args.model} on {device}")
     how = f"python {script} --resume {exp_id}" + (f" --out_dir {shlex.quote(str(out))}" if out != Path.cwd() else "")
     try:
         with runs.on_sigterm():
-            summary = train(args, data, model, device, run_dir, on_epoch, bool(resume_id), val)
+            summary = train(args, data, model, device, run_dir, on_epoch, bool(resume_id), val, peers)
     except runs.TrainingStopped as e:
         fail(f"{exp_id}: {e}" + (f": {how}" if e.resumable else ""), 3)
     except UnreadableImage as e:

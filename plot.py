@@ -38,6 +38,7 @@ from tqdm import tqdm  # noqa: E402
 import cli  # noqa: E402
 import engine  # noqa: E402
 import files  # noqa: E402
+import methods  # noqa: E402
 import runs  # noqa: E402
 from data import CIFAR, NoisyData  # noqa: E402
 from files import mean_std  # noqa: E402
@@ -49,7 +50,7 @@ from tables import (COLUMN_ORDER, VARIANT_ORDER, Run, column_of, headline, load_
 
 SINGLE_RUN_PLOTS = ["pred_probs", "sample_dissect", "curves"]
 PLOT_TYPES = SINGLE_RUN_PLOTS + ["compare", "dissect_compare", "ablation", "hp"]
-METHOD_COLOURS = {"CE": "#7f7f7f", "SLN": "#1f77b4", "SLN-MO": "#ff7f0e", "SLN-MO-LC": "#2ca02c"}
+METHOD_COLOURS = {name: m.colour for name, m in methods.METHODS.items() if m.colour}
 
 STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10.5,  # used by main()
          "xtick.labelsize": 11, "ytick.labelsize": 11, "figure.dpi": 100, "savefig.dpi": 150,
@@ -160,7 +161,7 @@ def check_same_training_set(run: Run, data: NoisyData, root: Path) -> None:
     if run.config.get("n_train", len(data.labels)) != len(data.labels):
         differ.append(f"{len(data.labels)} images instead of {run.config['n_train']}")
     targets_path = run.folder / "targets_final.pt"
-    if not differ and run.config.get("variant") != "SLN-MO-LC" and targets_path.is_file():
+    if not differ and not run_method(run).lc and targets_path.is_file():
         targets = runs.load_final(run.folder, "targets_final.pt", run.summary)
         if targets.shape != (len(data.labels), data.num_classes) or \
                 not torch.equal(targets.argmax(1), torch.from_numpy(data.labels)):
@@ -170,10 +171,18 @@ def check_same_training_set(run: Run, data: NoisyData, root: Path) -> None:
                         f"({'; '.join(differ)}); pass the --data_dir (with its noise files) that the run used")
 
 
+def run_method(run: Run) -> methods.Method:
+    """The method a run trained (its config's variant; --method, or what its SLN flags select)."""
+    try:
+        return methods.get(run.config["variant"]) if run.config.get("variant") else methods.of(run.config)
+    except ValueError as e:
+        raise DataError(f"{run.folder / 'config.yaml'}: {e}")
+
+
 def reported_network(run: Run) -> str:
     if run.summary and run.summary.get("reported_network") in ("net", "ema"):
         return run.summary["reported_network"]
-    return "ema" if str(run.config.get("variant", "")).startswith("SLN-MO") else "net"
+    return run_method(run).reported
 
 
 def training_set_logits(run: Run, data: NoisyData, network: str, device: torch.device, batch_size: int) -> torch.Tensor:

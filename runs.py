@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import yaml
 
+import methods
 from data import NoisyData
 from files import write_atomic, write_new
 from noise import DataError
@@ -254,7 +255,7 @@ def start_log(run_dir: Path, fields: list[str], history: list[dict], config: dic
 
 
 # the settings shown in TensorBoard's HParams tab, beside each run's final metrics
-HPARAMS = ["variant", "model", "dataset_name", "noise_mode", "noise_label", "p", "custom_noise", "sigma", "mo",
+HPARAMS = ["variant", *methods.all_flags(), "model", "dataset_name", "noise_mode", "noise_label", "p", "custom_noise", "sigma", "mo",
            "lc_n_epoch", "seed", "lr", "batch_size", "n_epochs", "train_subset"]
 HPARAM_METRICS = {"last_test_acc": "final/last_test_acc", "best_test_acc": "final/best_test_acc",
                   "test_acc_at_best_val": "final/test_acc_at_best_val"}

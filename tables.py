@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+import methods
 from files import mean_std
 from noise import DataError
 from runs import read_metrics as read_metric_rows
 
-VARIANT_ORDER = ["CE", "SLN", "SLN-MO", "SLN-MO-LC"]
+VARIANT_ORDER = list(methods.METHODS)     # the paper's models in its order, then the baselines
 COLUMN_ORDER = ["sym", "asym", "dependent", "openset"]
 
 
@@ -94,8 +95,9 @@ def run_ids(runs_dir: Path) -> list[str]:
 NOT_SETTINGS = {"exp_id", "seed", "data_dir", "out_dir", "device", "device_used", "deterministic", "eval_batch_size",
                 "eval_every", "tune_trial_id", "tune_config", "resume", "amp", "precision", "channels_last", "compile", "variant_id",
                 "make_new_custom_noise", "code", "versions", "runtime", "host", "noise", "n_train", "n_test", "dataset",
-                "workers", "weights"}
-ROW_KEYS = ["variant", "sigma", "mo", "lc_n_epoch", "ema_alpha", "lc_augment"]   # which of the paper's models
+                "workers", "weights", "method"}   # method: the variant says it (runs before --method lack it)
+# which method, with its settings (a method's own flags are absent from other methods' configs)
+ROW_KEYS = ["variant", "sigma", "mo", "lc_n_epoch", "ema_alpha", "lc_augment", *methods.all_flags()]
 COLUMN_KEYS = ["noise_mode", "noise_label"]   # the first one present: CIFAR's noise_mode, CIFAR-N's noise_label
 HEADLINE_KEYS = ["dataset_name", "model", "p", "custom_noise", "n_epochs", "train_subset", "test_subset"]
 
@@ -225,7 +227,10 @@ def make_table(runs: list[Run]) -> tuple[str, list[list]]:
              "mean ± sample std (ddof=1) over n seeds.", "",
              "Other settings, the same in every table: " + ", ".join(f"{k}={v}" for k, v in common.items())]
     lines += [""] + [f"Note: {n}." for n in repeated] if repeated else []
-    csv_rows: list[list] = [all_keys + ["method", "variant", "noise", *ROW_KEYS[1:], "n_seeds", "seeds",
+    # the row settings of the paper's models always; a method's own flags where a run has them
+    row_cols = [i for i, k in enumerate(ROW_KEYS) if i > 0 and (k not in methods.all_flags()
+                                                                 or any(c.row[i] is not None for c in cells))]
+    csv_rows: list[list] = [all_keys + ["method", "variant", "noise", *(ROW_KEYS[i] for i in row_cols), "n_seeds", "seeds",
                                         "last_mean", "last_std", "best_mean", "best_std",
                                         *(["at_best_val_mean", "at_best_val_std"] if with_val else []), "exp_ids"]]
     for table in tables:
@@ -241,7 +246,7 @@ def make_table(runs: list[Run]) -> tuple[str, list[list]]:
             at_val = mean_std(at_val) if None not in at_val else (None, None)
             stats[(labels[cell.row], cell.column)] = (last, best, at_val, len(accs))
             csv_rows.append([t.get(k) for k in all_keys] + [labels[cell.row], cell.variant, cell.column,
-                            *cell.row[1:], len(accs), " ".join(str(r.config.get("seed")) for r in cell.runs),
+                            *(cell.row[i] for i in row_cols), len(accs), " ".join(str(r.config.get("seed")) for r in cell.runs),
                             *(None if v is None else round(v, 4)
                               for v in (*last, *best, *(at_val if with_val else ()))),
                             " ".join(r.exp_id for r in cell.runs)])

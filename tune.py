@@ -44,13 +44,13 @@ import yaml
 import cli
 import engine
 import files
+import methods
 import runs
 from models import make_model
 from noise import DataError
 from tables import load_run, make_table
 
 DEFAULT_SIGMAS = [0.1, 0.2, 0.5, 1.0]                 # the paper's grid
-VARIANTS = ["CE", "SLN", "SLN-MO", "SLN-MO-LC"]       # the paper's four models, the rows of its tables
 TUNE_ONLY = ["sigmas", "experiments", "resume", "reuse_runs", "address", "cpus_per_trial", "gpus_per_trial"]
 # flags that do not change what a trial trains: a finished run may be reused whatever they were
 NOT_TRAINING = {"data_dir", "out_dir", "device", "eval_batch_size", "tune_trial_id", "tune_config",
@@ -67,7 +67,7 @@ def build_parser() -> cli.Parser:
     s.add_argument("--val_size", type=float, default=0.1,
                    help="share of the noisy training set held out, with its noisy labels, to choose sigma on")
     s.add_argument("--experiments", type=Path, default=None,
-                   help="YAML file of a grid of runs (variants x noise modes x seeds) to run instead of a sigma "
+                   help="YAML file of a grid of runs (variants, i.e. methods, x noise modes x seeds) to run instead of a sigma "
                         "search, e.g. configs/paper_cifar10.yaml; flags given here override the file's values")
     s.add_argument("--reuse_runs", type=Path, nargs="+", default=[], metavar="DIR",
                    help="folders of finished runs (e.g. committed results/<name>/runs) to take instead of training "
@@ -100,11 +100,14 @@ def trial_flags(config: dict, sweep: dict) -> dict:
     """The flags that one trial's Tune `config` sets on top of the sweep's base flags."""
     if sweep["kind"] == "sigma_search":
         return {"sigma": config["sigma"]}
-    variant, mode = config["variant"], config["noise_mode"]
-    return {"noise_mode": mode, "seed": config["seed"],
-            "sigma": 0.0 if variant == "CE" else sweep["sigma"][mode],
-            "mo": variant in ("SLN-MO", "SLN-MO-LC"),
-            "lc_n_epoch": sweep["lc_n_epoch"] if variant == "SLN-MO-LC" else -1}
+    m, mode = methods.get(config["variant"]), config["noise_mode"]
+    flags = {"noise_mode": mode, "seed": config["seed"], "sigma": sweep["sigma"][mode] if m.sln else 0.0,
+             "mo": m.mo, "lc_n_epoch": sweep["lc_n_epoch"] if m.lc else -1}
+    if not m.by_flags:      # the paper's models keep the flags of the earlier commands (and of committed runs)
+        flags["method"] = m.name
+    own = {f.name for f in m.flags}
+    # a method's own value in the experiments file is for that method's trials only
+    return {**flags, **{name: None for name in methods.all_flags() if name not in own}}
 
 
 def trial_configs(sweep: dict) -> list[dict]:
@@ -148,8 +151,8 @@ def plan_sigma_search(parser: cli.Parser, args: argparse.Namespace) -> dict:
     changed = changed_flags(parser, args)
     if "sigma" in changed:
         cli.fail("--sigma is what the search varies; give its grid with --sigmas")
-    if args.mo or args.lc_n_epoch != -1:
-        cli.fail("the sigma search trains SLN only, as the paper does; drop --mo and use --lc_n_epoch -1")
+    if args.mo or args.lc_n_epoch != -1 or args.method not in (None, "SLN"):
+        cli.fail("the sigma search trains SLN only, as the paper does; drop --mo and --method, and use --lc_n_epoch -1")
     if any(s < 0 for s in args.sigmas) or len(set(args.sigmas)) != len(args.sigmas) or not any(s > 0 for s in args.sigmas):
         cli.fail(f"--sigmas must be distinct values >= 0 with at least one > 0 (0 adds a CE reference trial, "
                     f"never chosen), got {args.sigmas}")
@@ -159,7 +162,7 @@ def plan_sigma_search(parser: cli.Parser, args: argparse.Namespace) -> dict:
 
 
 GRID_KEYS = ["variants", "noise_modes", "seeds", "sigma"]
-PER_RUN = {"sigma", "mo", "seed", "noise_mode"}                 # set by the grid, per trial
+PER_RUN = {"sigma", "mo", "seed", "noise_mode", "method"}       # set by the grid, per trial
 NOT_IN_FILES = {"data_dir", "out_dir", "device", "make_new_custom_noise"}   # this machine's, or one-off
 
 
@@ -213,8 +216,11 @@ def read_experiments(path: Path) -> tuple[dict, list[str]]:
     for key in raw:
         if key not in GRID_KEYS and key not in flags:
             cli.fail(f"{path}: unknown key {key!r}; known keys: {', '.join(GRID_KEYS + list(flags))}")
-    for key, allowed in (("variants", VARIANTS), ("noise_modes", cli.NOISE_MODES)):
+    for key, allowed in (("variants", list(methods.METHODS)), ("noise_modes", cli.NOISE_MODES)):
         values = raw.get(key)
+        if key == "variants" and isinstance(values, list):   # method names in any case, as --method takes them
+            by_lower = {m.lower(): m for m in allowed}
+            values = raw[key] = [by_lower.get(str(v).lower(), v) for v in values]
         if not isinstance(values, list) or not values or len(set(map(str, values))) != len(values):
             cli.fail(f"{path}: {key} must be a non-empty list without repeats, from {', '.join(allowed)}")
         for v in values:
@@ -247,7 +253,7 @@ def read_experiments(path: Path) -> tuple[dict, list[str]]:
 
 def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[str]) -> tuple[dict, argparse.Namespace]:
     """Settings of an --experiments sweep: defaults, then the file's values, then the flags given here."""
-    for name in ("sigma", "mo", "seed", "noise_mode", "sigmas", "val_size"):
+    for name in ("sigma", "mo", "seed", "noise_mode", "method", "sigmas", "val_size"):
         if name in changed_flags(parser, args):
             cli.fail(f"--{name} is set per run by {args.experiments} (variants, noise_modes, seeds, sigma); drop it")
     grid, file_argv = read_experiments(args.experiments)
@@ -262,10 +268,11 @@ def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[st
         cli.fail(f"{args.experiments}: open-set noise exists for CIFAR-10 only; remove openset from noise_modes")
     sigma = grid["sigma"] or {m: cli.default_sigma(args.dataset_name, m) for m in grid["noise_modes"]}
     for m in grid["noise_modes"]:
-        if sigma.get(m) is None and set(grid["variants"]) - {"CE"}:
+        if sigma.get(m) is None and any(methods.get(v).sln for v in grid["variants"]):
             cli.fail(f"{args.experiments}: sigma has no value for {m}; add it, e.g. sigma: {{{m}: 0.5}}")
-    if "SLN-MO-LC" in grid["variants"] and not 0 < args.lc_n_epoch < args.n_epochs:
-        cli.fail(f"{args.experiments}: SLN-MO-LC needs lc_n_epoch in 1..{args.n_epochs - 1} "
+    correcting = [v for v in grid["variants"] if methods.get(v).lc]
+    if correcting and not 0 < args.lc_n_epoch < args.n_epochs:
+        cli.fail(f"{args.experiments}: {', '.join(correcting)} needs lc_n_epoch in 1..{args.n_epochs - 1} "
                     f"(the paper: 250 of 300 epochs), got {args.lc_n_epoch}")
     args.val_size = None                               # tables are test accuracy on the full training set
     experiments = args.experiments.resolve()
@@ -543,6 +550,7 @@ def trial(config: dict, sweep: dict) -> None:
     args.data_dir, args.out_dir = Path(args.data_dir), Path(args.out_dir)
     args.tune_config = config                                       # saved in config.yaml: finds the run again
     args.tune_trial_id = ray.tune.get_context().get_trial_id()
+    cli.check_method(args)                                          # the method's own flags, filled in (preflight checked them)
     if args.device == "auto" and sweep["resources"]["gpu"] == 0:
         args.device = "cpu"                                         # Ray gave this trial no GPU
     done, cut_off = earlier_runs(args.out_dir / "runs", config)

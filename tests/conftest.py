@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
+import methods  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -112,9 +113,8 @@ def paper_sums(fake_root, monkeypatch):
     return sums
 
 
-def variant_flags(sigma: str) -> dict[str, list[str]]:
-    """Flags that select each of the paper's four models (sigma for SLN and up), for smoke runs."""
-    return {"CE": ["--sigma", "0", "--lc_n_epoch", "-1"],
-            "SLN": ["--sigma", sigma, "--lc_n_epoch", "-1"],
-            "SLN-MO": ["--sigma", sigma, "--mo", "--lc_n_epoch", "-1"],
-            "SLN-MO-LC": ["--sigma", sigma, "--mo", "--lc_n_epoch", "1"]}
+def variant_flags(sigma: str, names: list[str] | None = None) -> dict[str, list[str]]:
+    """Flags that train each method (default: the paper's four models, by their earlier flags; sigma for those that
+    add SLN noise), for smoke runs."""
+    names = names or [n for n, m in methods.METHODS.items() if m.by_flags]
+    return {name: methods.argv(name, sigma) for name in names}
