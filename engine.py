@@ -164,9 +164,6 @@ def setup(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
     given = sln.onehot(labels, data.num_classes)
     source = lambda images: image_source(images, device, data.pad, data.flip, workers(vars(args)))  # noqa: E731
     clean = to_dev(data.clean_labels) if has_clean else labels
-    if method.needs_clean and not has_clean:
-        raise DataError(f"--method {method.name} needs the clean labels of the training set, which {data.name} "
-                        "does not have; choose another method")
     known = {"labels": labels, "clean": clean if has_clean else None, "num_classes": data.num_classes,
              "noise_rate": data.noise_rate()}
     params = [q for net in (model, *peers) for q in net.parameters()]
@@ -444,6 +441,15 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
         peers = [model_builder(data.num_classes) for _ in range(method.networks - 1)]   # each its own init
     except WeightsError as e:
         fail(str(e))
+
+    if method.needs_clean and data.clean_labels is None:
+        fail(f"--method {method.name} needs the clean labels of the training set, which {data.name} does not have; "
+             "choose another method")
+    if method.prepare:
+        try:
+            method.prepare(args, {"noise_rate": data.noise_rate()})
+        except ValueError as e:
+            fail(str(e))
 
     out = args.out_dir.resolve()
     if resume_id:

@@ -70,7 +70,7 @@ def sym_noise(labels: np.ndarray, num_classes: int, p: float, seed: int, variant
 
     variant "other": the new label is uniform over the C-1 *other* classes, so it never keeps the true
     class and exactly round(p*n) labels are wrong. The SLN paper's sym files behave like this (their
-    flipped labels never equal the true class); Co-teaching (Han et al., NeurIPS 2018) also flips only to
+    flipped labels never equal the true class); the noise code of Han et al. (NeurIPS 2018) also flips only to
     other classes, but each label independently with probability p.
     variant "any": the new label is uniform over all C classes and keeps the true class with probability
     1/C, so about p*(C-1)/C of the labels end up wrong (DivideMix, Li et al., ICLR 2020, and code derived
@@ -98,7 +98,7 @@ def asym_destinations(dataset: str, num_classes: int, variant: str = "paper",
     file). "superclass": the rule described by Patrini et al. (CVPR 2017), each class goes to the next
     class (by fine-label index) of its own superclass, circularly; `coarse[c]` is class c's superclass.
     "blocks": the same on blocks of 5 consecutive indices, as the noisify_cifar100_asymmetric code that
-    Co-teaching and many later repositories share does (CIFAR-100's indices are alphabetical, so these
+    of Han et al. (NeurIPS 2018) and many later repositories share does (CIFAR-100's indices are alphabetical, so these
     blocks are not superclasses).
     """
     if variant == "paper":

@@ -54,13 +54,16 @@ class Method:
     # -> (the loss to minimise, whose gradient trains every network; sums of the method's own per-step metrics, or
     # None). The sums stay on the device; `epoch_row` turns the epoch's totals into metrics.csv values.
     flags: tuple[Flag, ...] = ()
-    networks: int = 1            # networks trained side by side (Co-teaching: 2); the first one is reported
+    networks: int = 1            # networks trained side by side; the first one is reported
     sln: bool = False            # adds SLN noise (--sigma > 0) to its targets
     mo: bool = False             # reports the momentum (EMA) network, as SLN+MO
     lc: bool = False             # corrects labels before the epochs after --lc_n_epoch, as SLN+MO+LC
     by_flags: bool = False       # selected by --sigma / --mo / --lc_n_epoch alone, as in the earlier commands
     needs_clean: bool = False    # uses the clean labels of the training set (the true transition matrix)
     metrics: tuple[str, ...] = ()            # its own metrics.csv columns, namespaced
+    prepare: Callable[[argparse.Namespace, dict], None] | None = None
+    # (flags; what the data tells: noise_rate, None where clean labels are unknown) -> None: fills in flags that
+    # depend on the data before the run's config is written; ValueError (one line) where the data cannot tell
     init: Callable[[dict, argparse.Namespace], dict] | None = None
     # (training-set tensors: labels, clean, num_classes; flags) -> the method's state, a dict of tensors
     start_epoch: Callable[[dict, int, argparse.Namespace], dict] | None = None   # (state, epoch, flags) -> metrics
@@ -98,7 +101,7 @@ def get(name: str) -> Method:
 
 
 def all_flags() -> dict[str, Flag]:
-    """Every method's own flags by name (methods may share one, e.g. Co-teaching's with Co-teaching+SLN)."""
+    """Every method's own flags by name (two methods may share one)."""
     return {f.name: f for m in METHODS.values() for f in m.flags}
 
 

@@ -4,8 +4,9 @@ Two networks train side by side. In every batch each one ranks the samples by it
 labels and keeps the (1 - rate) share with the smallest loss; each network is then trained on the samples its
 peer kept. The rate rises linearly from 0 to --forget_rate over the first --num_gradual epochs, as the authors'
 schedule (bhanML/Co-teaching: rate[epoch] from linspace(0, forget_rate^c, Tk), then forget_rate). Their
---forget_rate default is the noise rate; here: --p for CIFAR's synthetic noise, the noise rate that the clean
-labels give for CIFAR-N and other datasets that have them, and it must be given where neither is known.
+--forget_rate default is the noise rate; here: the share of wrong labels in the training set, which the clean labels
+give (CIFAR with synthetic noise, CIFAR-N; for the paper's asym 0.4 file that is about 0.2, not 0.4), and it must be
+given for a dataset without clean labels.
 With SLN, the targets of the kept samples get SLN noise (the selection itself uses the given labels).
 The first network is the one reported; the momentum model (test/acc_ema) follows it.
 """
@@ -54,13 +55,16 @@ def objective(b: Batch):
     return loss, torch.stack([clean, torch.tensor(len(kept1) + len(kept2), device=clean.device)])
 
 
-def init(known: dict, args: argparse.Namespace) -> dict:
+def prepare(args: argparse.Namespace, told: dict) -> None:
     if args.forget_rate is None:
-        if known["noise_rate"] is None:
+        if told["noise_rate"] is None:
             raise ValueError("Co-teaching needs --forget_rate (the authors: the noise rate), which this dataset's "
                              "labels do not tell: give it, e.g. --forget_rate 0.2")
-        args.forget_rate = round(known["noise_rate"], 4)
-        print(f"--forget_rate {args.forget_rate:g} (the noise rate of the training labels; --forget_rate not given)")
+        args.forget_rate = round(told["noise_rate"], 4)
+        print(f"--forget_rate {args.forget_rate:g} (the share of wrong training labels; --forget_rate not given)")
+
+
+def init(known: dict, args: argparse.Namespace) -> dict:
     return {"rate": 0.0}
 
 
@@ -76,8 +80,8 @@ def epoch_row(sums: list[float], has_clean: bool) -> dict:
 
 FLAGS = (
     Flag("forget_rate", float, "share of each batch that Co-teaching drops as noisy once the schedule is done, in "
-         "[0, 1) (default: the authors' choice, the noise rate: --p on CIFAR, else the clean labels' rate)",
-         default=lambda a: getattr(a, "p", None), valid=lambda v: 0 <= v < 1, valid_text="in [0, 1)"),
+         "[0, 1) (default: the authors' choice, the noise rate: the share of wrong training labels, where clean "
+         "labels tell it; required otherwise)", valid=lambda v: 0 <= v < 1, valid_text="in [0, 1)"),
     Flag("num_gradual", int, "epochs over which the forget rate rises from 0 (the authors' Tk, default 10)",
          default=10, valid=lambda v: v >= 1, valid_text="1 or more"),
     Flag("forget_exponent", float, "exponent c of the forget rate's ramp (the authors' default 1)", default=1.0,
@@ -85,9 +89,9 @@ FLAGS = (
 )
 METHODS = [
     Method("Co-teaching", "two networks teach each other on small-loss samples, Han et al. 2018", objective,
-           flags=FLAGS, networks=2, metrics=METRICS, init=init, start_epoch=start_epoch, epoch_row=epoch_row,
+           flags=FLAGS, networks=2, metrics=METRICS, prepare=prepare, init=init, start_epoch=start_epoch, epoch_row=epoch_row,
            colour="#17becf"),
     Method("Co-teaching-SLN", "Co-teaching with SLN noise (--sigma) on the targets of the kept samples", objective,
-           flags=FLAGS, networks=2, sln=True, metrics=METRICS, init=init, start_epoch=start_epoch,
+           flags=FLAGS, networks=2, sln=True, metrics=METRICS, prepare=prepare, init=init, start_epoch=start_epoch,
            epoch_row=epoch_row, colour="#d62728"),
 ]
