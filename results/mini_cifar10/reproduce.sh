@@ -26,7 +26,7 @@ hp, kind, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 for folder in sorted(hp.glob("hp_*")):
     sweep = yaml.safe_load((folder / "sweep.yaml").read_text()) if (folder / "sweep.yaml").is_file() else None
     modes = [sweep["base"]["noise_mode"]] if sweep and kind == "sigma_search" else (sweep or {}).get("grid", {}).get("noise_mode")
-    if sweep and sweep["kind"] == kind and modes == [mode]:
+    if sweep and sweep["kind"] == kind and " ".join(modes) == mode:
         print(folder)
 PYEOF
 }
@@ -86,6 +86,21 @@ PYEOF
         [ -d "$OUT/runs/$(basename "$run")" ] && rm -r "$run"
     done
 done
+
+# 3. the baselines (configs/mini_cifar10_baselines.yaml: the same setting, each method with its authors' defaults), one
+#    sweep over sym and asym; its runs wait in runs_pending/ until the whole grid is done (BASELINES=0 skips them)
+if [ "${BASELINES:-1}" != 0 ]; then
+    grid=$(sweep experiments "sym asym" -- --experiments configs/mini_cifar10_baselines.yaml --data_dir "$DATA" \
+        --reuse_runs "$OUT/runs" "$OUT/runs_pending")
+    if [ -f "$grid/table.csv" ]; then
+        collect "$grid" "$OUT/runs"
+        for run in "$OUT"/runs_pending/*/; do
+            [ -d "$OUT/runs/$(basename "$run")" ] && rm -r "$run"
+        done
+    else
+        collect "$grid" "$OUT/runs_pending"
+    fi
+fi
 
 [ -n "${RUNS_ONLY:-}" ] && { echo "runs done; RUNS_ONLY is set, so no table or figures"; exit 0; }
 
