@@ -56,20 +56,22 @@ def objective(b: Batch):
 
 
 def prepare(args: argparse.Namespace, told: dict) -> None:
+    """A --forget_rate not given stays unset in the run's config (the setting is "the noise rate", the same for
+    every seed, although each seed's subset has its own); the rate used is each epoch's coteach/forget_rate."""
     if args.forget_rate is None:
         if told["noise_rate"] is None:
             raise ValueError("Co-teaching needs --forget_rate (the authors: the noise rate), which this dataset's "
                              "labels do not tell: give it, e.g. --forget_rate 0.2")
-        args.forget_rate = round(told["noise_rate"], 4)
-        print(f"--forget_rate {args.forget_rate:g} (the share of wrong training labels; --forget_rate not given)")
+        print(f"forget rate {told['noise_rate']:.4g} (the share of wrong training labels; --forget_rate not given)")
 
 
 def init(known: dict, args: argparse.Namespace) -> dict:
-    return {"rate": 0.0}
+    given = args.forget_rate
+    return {"rate": 0.0, "forget_rate": known["noise_rate"] if given is None else given}
 
 
 def start_epoch(state: dict, epoch: int, args: argparse.Namespace) -> dict:
-    state["rate"] = forget_rate_at(epoch, args.forget_rate, args.num_gradual, args.forget_exponent)
+    state["rate"] = forget_rate_at(epoch, state["forget_rate"], args.num_gradual, args.forget_exponent)
     return {"coteach/forget_rate": state["rate"]}
 
 

@@ -19,6 +19,7 @@ import ray
 import yaml
 
 import data
+import methods
 import runs
 import tune
 from noise import DataError
@@ -167,13 +168,15 @@ def test_sigma_search_interrupted_resumed_and_its_table(ray_session, fake_root, 
     assert [e.value for e in events.Scalars("val/acc")] == pytest.approx(column(first, "val/acc"))
 
 
+PAPER_MODELS = [n for n, m in methods.METHODS.items() if m.by_flags]
 GRID = """
 dataset_name: cifar10
 p: 0.4
-variants: [CE, SLN-MO-LC]
+variants: [CE, SLN-MO-LC, gce, Co-teaching]
 noise_modes: [sym]
 seeds: [1, 2]
 sigma: {sym: 1.0}
+gce_q: 0.5
 lc_n_epoch: 250
 n_epochs: 300
 model: wrn-16-1
@@ -190,11 +193,21 @@ def test_experiments_grid_table_is_mean_and_sample_std_over_seeds(ray_session, f
         c = run_config(run_dir)
         runs[(c["variant"], c["seed"])] = run_dir
         assert c["n_epochs"] == 2 and c["noise_mode"] == "sym" and c["model"] == "wrn-16-1"
-        assert (c["sigma"], c["mo"], c["lc_n_epoch"]) == ((0.0, False, -1) if c["variant"] == "CE" else (1.0, True, 1))
+        assert (c["sigma"], c["mo"], c["lc_n_epoch"]) == ((1.0, True, 1) if c["variant"] == "SLN-MO-LC" else (0.0, False, -1))
         assert "n_val" not in c                                     # tables train on the whole training set
-    assert sorted(runs) == [("CE", 1), ("CE", 2), ("SLN-MO-LC", 1), ("SLN-MO-LC", 2)]
+        # a method's own value in the file is for its trials only; Co-teaching's forget rate is the labels' noise rate
+        assert c["gce_q"] == (0.5 if c["variant"] == "GCE" else None)
+        assert c["forget_rate"] is None            # not given: each seed's own noise rate, one setting for the table
+    assert sorted(runs) == [(v, s) for v in ("CE", "Co-teaching", "GCE", "SLN-MO-LC") for s in (1, 2)]
+    for seed in (1, 2):
+        rows = read_csv(runs[("Co-teaching", seed)] / "metrics.csv")
+        assert float(rows[-1]["coteach/forget_rate"]) == pytest.approx(
+            run_config(runs[("Co-teaching", seed)])["noise"]["noise_rate"], abs=1e-3)
 
-    (ce, lc) = read_csv(hp_dir / "table.csv")
+    table = read_csv(hp_dir / "table.csv")
+    assert [r["variant"] for r in table] == ["CE", "SLN-MO-LC", "Co-teaching", "GCE"]   # the paper's rows first
+    assert table[3]["gce_q"] == "0.5" and table[0]["gce_q"] == ""
+    (ce, lc) = table[:2]
     for row, variant in ((ce, "CE"), (lc, "SLN-MO-LC")):
         assert (row["variant"], row["noise"], row["n_seeds"]) == (variant, "sym", "2")
         accs = [column(runs[(variant, seed)], "test/acc_reported") for seed in (1, 2)]
@@ -303,7 +316,7 @@ def test_more_resources_than_the_cluster_has(ray_session, fake_root, paper_sums,
 def test_shipped_paper_configs(name):
     grid, argv = tune.read_experiments(tune.runs.CODE_DIR / "configs" / name)
     dataset = "cifar10" if name == "paper_cifar10.yaml" else "cifar100"
-    assert grid["variants"] == tune.VARIANTS and grid["seeds"] == [1, 2, 3, 4, 5]
+    assert grid["variants"] == PAPER_MODELS and grid["seeds"] == [1, 2, 3, 4, 5]
     assert grid["sigma"] == {m: tune.cli.default_sigma(dataset, m) for m in grid["noise_modes"]}
     assert grid["noise_modes"] == (tune.cli.NOISE_MODES if dataset == "cifar10" else ["sym", "asym", "dependent"])
     args = tune.build_parser().parse_args(argv)
@@ -476,8 +489,9 @@ def test_mini_experiments_file_and_its_search_agree():
     import shlex
     root = tune.runs.CODE_DIR
     grid, argv = tune.read_experiments(root / "configs" / "mini_cifar10.yaml")
-    assert grid["variants"] == tune.VARIANTS and grid["noise_modes"] == ["sym", "asym"] and grid["seeds"] == [1, 2, 3]
-    assert set(grid["sigma"]) == {"sym", "asym"} and all(s > 0 for s in grid["sigma"].values())
+    assert grid["variants"] == PAPER_MODELS and grid["noise_modes"] == ["sym", "asym", "dependent"]
+    assert grid["seeds"] == [1, 2, 3]
+    assert set(grid["sigma"]) == {"sym", "asym", "dependent"} and all(s > 0 for s in grid["sigma"].values())
     args = tune.build_parser().parse_args(argv)
     assert (args.dataset_name, args.p, args.model, args.train_subset, args.test_subset) == ("cifar10", 0.4, "wrn-16-1", 2000, None)
     assert 0 < args.lc_n_epoch < args.n_epochs and args.eval_every > 0 and args.n_epochs % args.eval_every == 0
@@ -543,3 +557,17 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_progress_is_shown(fake_root, t
     done = resume_driver(script, hp_dir, env, ray_tmp)
     assert "sweep: 1 of 2 trials done, 1 left" in done.stdout and "sweep: 2 of 2 trials done, 0 left; all done" in done.stdout
     assert len(read_csv(hp_dir / "sigma_search.csv")) == 2
+
+
+def test_baselines_experiments_file_matches_the_mini_setting():
+    """configs/mini_cifar10_baselines.yaml trains the baselines in exactly the setting of configs/mini_cifar10.yaml,
+    with SLN's searched sigma for Co-teaching-SLN."""
+    root = tune.runs.CODE_DIR
+    mini, mini_argv = tune.read_experiments(root / "configs" / "mini_cifar10.yaml")
+    grid, argv = tune.read_experiments(root / "configs" / "mini_cifar10_baselines.yaml")
+    assert set(grid["variants"]) == {n for n, m in methods.METHODS.items() if not m.by_flags}
+    assert grid["seeds"] == mini["seeds"] and all(grid["sigma"][m] == mini["sigma"][m] for m in grid["noise_modes"])
+    a, b = tune.build_parser().parse_args(mini_argv), tune.build_parser().parse_args(argv)
+    for name in ("dataset_name", "p", "model", "train_subset", "n_epochs", "lr", "batch_size", "ema_alpha",
+                 "eval_every", "channels_last", "weight_decay", "momentum"):
+        assert getattr(a, name) == getattr(b, name), name
