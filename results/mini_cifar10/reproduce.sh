@@ -38,10 +38,11 @@ sweep() {  # kind mode -- tune.py flags
     if [ -n "$folder" ] && [ -f "$folder/$([ "$kind" = sigma_search ] && echo sigma_search.csv || echo table.csv)" ]; then
         echo "$folder"; return
     fi
+    # a sweep cut off (SIGTERM, Ctrl-C) ends the script here: set -e does not reach into $(sweep ...)
     if [ -n "$folder" ]; then
-        "$PY" tune.py --resume "$folder" >&2
+        "$PY" tune.py --resume "$folder" >&2 || exit $?
     else
-        "$PY" tune.py "$@" --out_dir "$WORK" >&2
+        "$PY" tune.py "$@" --out_dir "$WORK" >&2 || exit $?
     fi
     sweep_of "$kind" "$mode" | tail -n 1
 }
