@@ -75,7 +75,9 @@ from PIL import Image
 from torch import nn
 
 import cli
+import datasets
 import files
+import methods
 import runs
 import sln
 from augment import normalise, random_crop_flip
@@ -109,7 +111,10 @@ def build_parser() -> cli.Parser:
     p.add_argument("--options", default="",
                    help=f"comma-separated speed options to time against the default ({', '.join(OPTIONS)})")
     p.add_argument("--option_model", choices=list(MODELS), default="wrn-16-1",
-                   help="network timed for --options and the evaluation batch sizes")
+                   help="network timed for --options, --methods and the evaluation batch sizes")
+    p.add_argument("--methods", default="",
+                   help="comma-separated training methods to time against CE, or all (of "
+                        f"{', '.join(methods.METHODS)}; docs/methods.md), with --option_model and --option_steps")
     p.add_argument("--eval_images", type=int, default=None, help="images per timed evaluation pass (default 4096)")
     p.add_argument("--option_steps", type=int, default=None,
                    help="timed steps per setting and round for --options (default 3; bf16 on a CPU is slow)")
@@ -152,7 +157,7 @@ def resolve(args) -> None:
     if args.threads <= 0:
         cli.fail(f"--threads must be positive, got {args.threads}")
     if args.workers is None:
-        args.workers = default_workers(cli.MAX_DEFAULT_WORKERS)
+        args.workers = default_workers(datasets.MAX_DEFAULT_WORKERS)
     if args.workers < 0 or args.file_size < 8:
         cli.fail(f"--workers must be 0 or more and --file_size at least 8, got {args.workers} and {args.file_size}")
     if args.json is not None:
@@ -161,6 +166,11 @@ def resolve(args) -> None:
         cli.check_out_dir(args.json.parent, "--json")
     args.models = [m for m in args.models.split(",") if m]
     args.options = [o for o in args.options.split(",") if o]
+    args.methods = list(methods.METHODS) if args.methods == "all" else [m for m in args.methods.split(",") if m]
+    try:
+        args.methods = [methods.get(m).name for m in args.methods]
+    except ValueError as e:
+        cli.fail(f"--methods: {e}")
     for m in args.models:
         if m not in MODELS:
             cli.fail(f"unknown model {m!r} in --models; choose from {', '.join(MODELS)}")
@@ -381,6 +391,22 @@ def time_options(name: str, x: torch.Tensor, labels: torch.Tensor, batch_size: i
     return out
 
 
+def time_methods(name: str, x: torch.Tensor, labels: torch.Tensor, batch_size: int, steps: int,
+                 names: list[str], rounds: int = 2) -> dict:
+    """Training images/s of each method (engine.train_epoch with its networks and objective), best of `rounds`
+    alternating epochs, and its ratio to CE's, measured in the same rounds."""
+    names = ["CE", *[n for n in names if n != "CE"]]
+    trainers = {m: Trainer(name, x, labels, batch_size, method=m) for m in names}
+    n = steps * batch_size
+    for t in trainers.values():
+        t.epoch(batch_size)                      # warm-up
+    best = {m: float("inf") for m in names}
+    for _ in range(rounds):
+        for m, t in trainers.items():
+            best[m] = min(best[m], t.epoch(n))
+    return {m: {"train_img_s": n / s, "vs_ce": best["CE"] / s} for m, s in best.items()}
+
+
 # ----------------------------------------------------------------------------------------------------
 
 def time_clothing(args, device: torch.device) -> dict:
@@ -436,6 +462,8 @@ def table(results: dict) -> str:
     for k, v in results.get("options", {}).items():
         extra = f" ({v['speedup']:.2f}x default)" if "speedup" in v else ""
         rows.append((f"{results['option_model']} {k}", f"{v['train_img_s']:.1f} img/s{extra}"))
+    for k, v in results.get("methods", {}).items():
+        rows.append((f"method {k} ({results['option_model']})", f"{v['train_img_s']:.1f} img/s ({v['vs_ce']:.2f}x CE)"))
     rows += [(f"clothing_pipeline_img_s ({results['workers']} workers)", f"{results['clothing_pipeline_img_s']:.1f}"),
              (f"clothing_train_img_s resnet50 {results['clothing_crop']}px", f"{results['clothing_train_img_s']:.1f}")]
     rows += [(f"target {k}", "met" if ok else "MISSED") for k, ok in results["targets"].items()]
@@ -514,6 +542,9 @@ def measure(args, device: torch.device, argv: list[str]) -> dict:
     if args.options:
         res["options"] = time_options(args.option_model, x, labels, args.batch_size, args.option_steps,
                                       args.options)
+    if args.methods:
+        res["methods"] = time_methods(args.option_model, x, labels, args.batch_size, args.option_steps, args.methods)
+        print("  methods " + ", ".join(f"{m} {v['vs_ce']:.2f}x CE" for m, v in res["methods"].items()), flush=True)
     res.update(time_clothing(args, device))
     print(f"  clothing1m pipeline {res['clothing_pipeline_img_s']:.1f} img/s ({args.workers} workers), resnet50 "
           f"training step {res['clothing_train_img_s']:.1f} img/s", flush=True)

@@ -15,17 +15,15 @@ from typing import NoReturn
 import numpy as np
 import torch
 
-from clothing_data import load_clothing1m
-from data import CIFAR, NoisyData, default_data_dir, load_cifar_noisy
-from files import check_writable
+import datasets
 import methods
-from folder_data import load_folder
+from data import CIFAR, NoisyData, default_data_dir
+from datasets import MAX_DEFAULT_WORKERS, workers
+from files import check_writable
 from methods import Method
 from models import MODELS
 from noise import ASYM_VARIANTS, SYM_VARIANTS, DataError, check_rate
-from real_data import CIFARN, load_animal10n, load_cifar_n
 from runs import resolve_resume
-from sources import default_workers
 
 
 class Parser(argparse.ArgumentParser):
@@ -68,8 +66,6 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
 
 # The step schedule's factor: the authors' Clothing1M script divides the learning rate by 10.
 DEFAULT_LR_DECAY = 0.1
-# Default DataLoader workers: one per core, at most the authors' 16 (noise_clothing1m_train.py).
-MAX_DEFAULT_WORKERS = 16
 
 def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable: bool = True) -> None:
     """Flags of the method and the run, with the reference's defaults (SLN-REFERENCE.md)."""
@@ -301,15 +297,8 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-# Sigma when --sigma is not given. CIFAR: the reference README's value per noise mode. Animal-10N: 0.5, the value
-# of the earlier re-implementation's commands. The paper has no CIFAR-N runs; human noise is instance-dependent,
-# so CIFAR-N takes the paper's sigma for instance-dependent noise on the same images (CIFAR-10 0.5, CIFAR-100 0.1).
-# The user's own images (folder): 0.5, the value used for Animal-10N. Clothing1M: 0.2, the authors' README command.
-DEFAULT_SIGMA = {("cifar10", "sym"): 1.0, ("cifar10", "asym"): 0.5, ("cifar10", "dependent"): 0.5,
-                 ("cifar10", "openset"): 0.5, ("cifar100", "sym"): 0.2, ("cifar100", "asym"): 0.2,
-                 ("cifar100", "dependent"): 0.1,
-                 ("animal-10n", None): 0.5, ("cifar10n", None): 0.5, ("cifar100n", None): 0.1,
-                 ("folder", None): 0.5, ("clothing1m", None): 0.2}
+# Sigma when --sigma is not given, by (dataset, noise mode): the declarations' (datasets.py says where each comes from)
+DEFAULT_SIGMA = {(name, mode): sigma for name, d in datasets.DATASETS.items() for mode, sigma in d.default_sigma.items()}
 
 
 def sigma_table() -> str:
@@ -320,14 +309,12 @@ def sigma_table() -> str:
 
 def sigma_source(dataset: str, noise_mode: str | None) -> str:
     """Where a default sigma comes from, for the line that says it was used."""
-    if dataset in CIFAR:
-        return f"the paper's value for {dataset} {noise_mode}"
-    return f"this project's default for {dataset}, docs/real-world-data.md"
+    d = datasets.DATASETS[dataset]
+    return f"{d.sigma_source} for {dataset}" + (f" {noise_mode}" if noise_mode and None not in d.default_sigma else "") \
+        + ("" if d.sigma_source == datasets.PAPER else ", docs/real-world-data.md")
 
 
-def default_sigma(dataset: str, noise_mode: str | None = None) -> float | None:
-    """The default sigma of a dataset (and, for CIFAR, its noise mode); None where there is none (custom rates)."""
-    return DEFAULT_SIGMA.get((dataset, noise_mode if dataset in CIFAR else None))
+default_sigma = datasets.default_sigma
 
 
 def resolve_sigma(args: argparse.Namespace) -> None:
@@ -399,31 +386,11 @@ def check_noise_args(args: argparse.Namespace, dataset: str) -> None:
 # From flags (or a saved run config) to the dataset
 
 def dataset_from_config(config: dict) -> NoisyData:
-    """The full dataset (before subsets) that a run's flags describe: CIFAR-10/100 with its label noise, CIFAR-N,
-    Animal-10N, Clothing1M or the user's own folder. `config` is a run's config.yaml or vars(args); noise is read
-    from its files, never made anew
-    unless the config asks for it (make_new_custom_noise). Raises DataError."""
-    name, root = config["dataset_name"], Path(config["data_dir"])
-    if name in CIFAR:
-        return load_cifar_noisy(name, root, config["noise_mode"], config["p"], config["seed"],
-                                config.get("custom_noise", False), config.get("make_new_custom_noise", False),
-                                config.get("sym_variant"), config.get("asym_variant"))
-    if name in CIFARN:
-        return load_cifar_n(name, root, config["noise_label"])
-    if name == "animal-10n":
-        return load_animal10n(root)
-    if name == "folder":
-        return load_folder(root, config.get("image_size"))
-    if name == "clothing1m":
-        return load_clothing1m(root, config["image_size"], workers(config))
-    known = [*CIFAR, *CIFARN, "animal-10n", "folder", "clothing1m"]
-    raise DataError(f"unknown dataset {name!r}; known: {', '.join(known)}")
-
-
-def workers(config: dict) -> int:
-    """--workers of a run's flags or config, or the default (one per core, at most MAX_DEFAULT_WORKERS)."""
-    given = config.get("workers")
-    return default_workers(MAX_DEFAULT_WORKERS) if given is None else given
+    """The full dataset (before subsets) that a run's flags describe, by its declaration in datasets.py: CIFAR-10/100
+    with its label noise, CIFAR-N, Animal-10N, Clothing1M or the user's own folder. `config` is a run's config.yaml
+    or vars(args); noise is read from its files, never made anew unless the config asks for it
+    (make_new_custom_noise). Raises DataError."""
+    return datasets.get(config["dataset_name"]).load(config)
 
 
 def split_data(config: dict) -> tuple[NoisyData, tuple[np.ndarray, np.ndarray] | None]:

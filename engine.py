@@ -29,7 +29,8 @@ import methods
 import runs
 import sln
 from augment import normalise
-from cli import fail, pick_device, resolve_precision, workers
+from cli import fail, pick_device, resolve_precision
+from datasets import workers
 from data import NoisyData, balanced_indices
 from models import WeightsError
 from noise import DataError

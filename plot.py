@@ -36,6 +36,7 @@ import yaml  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import cli  # noqa: E402
+import datasets  # noqa: E402
 import engine  # noqa: E402
 import files  # noqa: E402
 import methods  # noqa: E402
@@ -135,7 +136,7 @@ def rebuild_training_set(run: Run, data_dir: Path | None) -> NoisyData:
     if not has_clean_labels(run):
         raise DataError(f"run {run.exp_id} ({name}) has no clean labels, and pred_probs and sample_dissect need "
                         "clean labels to tell clean from noisy samples; use --plot_type curves for this run")
-    if name not in CIFAR and name not in CIFARN and name != "folder":
+    if name not in datasets.DATASETS or not datasets.DATASETS[name].rebuildable:
         raise DataError(f"pred_probs and sample_dissect rebuild CIFAR-10/100, CIFAR-N and folder runs only; "
                         f"run {run.exp_id} trained on {name}")
     root = data_dir or Path(cfg.get("data_dir", "data"))

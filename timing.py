@@ -10,6 +10,7 @@ import torch
 
 import cli
 import engine
+import methods
 import sln
 from data import CIFAR, NoisyData
 from models import make_model
@@ -36,19 +37,26 @@ def train_flops_per_image(name: str, num_classes: int = 10, batch: int = 2) -> f
 
 class Trainer:
     """A network set up by engine.setup, the very function every training run calls (network, EMA copy, SGD,
-    targets, data on the device), with the training flags' defaults plus SLN-MO (sigma 1), on `x` and `labels`."""
+    targets, data on the device), with the training flags' defaults plus SLN-MO (sigma 1), or the method of
+    `method` (its networks and own flags at their defaults), on `x` and `labels`."""
 
-    def __init__(self, name: str, x: torch.Tensor, labels: torch.Tensor, batch_size: int, flags: list[str] = ()):
+    def __init__(self, name: str, x: torch.Tensor, labels: torch.Tensor, batch_size: int, flags: list[str] = (),
+                 method: str = "SLN-MO"):
         parser = cli.Parser()
         cli.add_training_args(parser, default_model=name)
-        self.args = parser.parse_args(["--batch_size", str(batch_size), "--sigma", "1.0", "--mo", *flags])
+        self.args = parser.parse_args(["--batch_size", str(batch_size), *methods.argv(method), *flags])
+        self.args.dataset_name = "cifar10"
+        m = cli.check_method(self.args)
         images, y = x.cpu().numpy(), labels.cpu().numpy()
         noisy = torch.rand(len(y), generator=torch.Generator().manual_seed(0)).numpy() < 0.4
         spec = CIFAR["cifar10"]
         data = NoisyData("bench", images, y, y, noisy, images[:1], y[:1], 10, [str(c) for c in range(10)],
                          spec.mean, spec.std)
         torch.manual_seed(0)
-        self.state = engine.setup(self.args, data, make_model(name, 10), x.device)
+        peers = [make_model(name, 10) for _ in range(m.networks - 1)]
+        self.state = engine.setup(self.args, data, make_model(name, 10), x.device, peers=peers)
+        if m.start_epoch:
+            m.start_epoch(self.state.method_state, 1000, self.args)   # a method's schedule at its end (Co-teaching)
         self.device = x.device
 
     def epoch(self, n: int) -> float:

@@ -19,18 +19,18 @@ from pathlib import Path
 import deps  # noqa: F401  (first: a Python without the packages gets one line, not a traceback)
 
 import cli
+import datasets
 import engine
 from folder_data import MIN_IMAGE_SIZE
 from models import IMAGENET_WEIGHTS, WeightsError, imagenet_state_dict, make_model
 from real_data import CIFARN
 
-DATASETS = ["animal-10n", *CIFARN, "clothing1m", "folder"]
+DATASETS = datasets.of_script("train_real.py")      # animal-10n, cifar10n, cifar100n, clothing1m, folder
 
-# VGG-19 with BN is the network of the Animal-10N benchmark (SELFIE, Song et al., ICML 2019); CIFAR-N
-# keeps the reference's CIFAR network. The user's own images (folder) get wrn-28-2 as well: it pools globally,
-# so it takes any image size from 8 px on, where VGG-19's five max-pools need at least 32 px.
-DEFAULT_MODEL = {"animal-10n": "vgg19-bn", "cifar10n": "wrn-28-2", "cifar100n": "wrn-28-2", "folder": "wrn-28-2",
-                 "clothing1m": "resnet50"}
+# datasets.py declares each default network. VGG-19 with BN is the network of the Animal-10N benchmark (SELFIE, Song
+# et al., ICML 2019); CIFAR-N keeps the reference's CIFAR network. The user's own images (folder) get wrn-28-2 as
+# well: it pools globally, so it takes any image size from 8 px on, where VGG-19's five max-pools need at least 32 px.
+DEFAULT_MODEL = {name: datasets.DATASETS[name].default_model for name in DATASETS}
 VGG_MIN_SIZE = 32
 
 # The authors' Clothing1M recipe (noise_clothing1m_train.py) where it differs from the shared defaults, which are

@@ -16,10 +16,11 @@ import yaml
 from PIL import Image
 
 import data
+import methods
 import real_data
 import runs
 import train_real
-from conftest import variant_flags
+from conftest import assert_refused, variant_flags
 from noise import DataError
 
 # ----------------------------------------------------------------------------------------------------
@@ -417,3 +418,30 @@ def test_train_real_cifar10n_reports_rate_and_all_metrics(cifarn_root, tmp_path,
     for key in ("train/loss_clean", "train/loss_noisy", "test/acc_ema"):
         assert all(r[key] != "" for r in rows), key
     assert 0.0 <= float(rows[1]["lc/corrected_precision"]) <= 1.0
+
+
+BASELINES = [name for name, m in methods.METHODS.items() if not m.by_flags]
+
+
+def test_every_baseline_trains_from_train_real_on_cifar10n(cifarn_root, tmp_path):
+    """CIFAR-N has clean labels: every baseline trains, Forward-T with the true T, Co-teaching with the noise rate."""
+    root, _, _ = cifarn_root
+    for name in BASELINES:
+        out = tmp_path / name
+        summary = run_cli(root, out, "--dataset_name", "cifar10n", "--noise_label", "worst", "--train_subset", "64",
+                          "--test_subset", "50", "--n_epochs", "1", *variant_flags("0.5", [name])[name])
+        assert summary["variant"] == name
+        config = yaml.safe_load((only_run(out) / "config.yaml").read_text())
+        assert config["method"] == name and config["dataset_name"] == "cifar10n"
+
+
+def test_baselines_that_need_what_animal10n_lacks_say_so(animal_root, tmp_path, capsys):
+    """Animal-10N has no clean labels: Forward-T (the true T) is refused, Co-teaching asks for its forget rate, and
+    trains once given it. Nothing is written for a refused run."""
+    for name, message in (("Forward-T", "--method Forward-T needs the clean labels of the training set"),
+                          ("Co-teaching", "Co-teaching needs --forget_rate")):
+        assert_refused(capsys, lambda: run_cli(animal_root, tmp_path / name, "--dataset_name", "animal-10n",
+                                               *variant_flags("0.5", [name])[name]), message, tmp_path / name / "runs")
+    summary = run_cli(animal_root, tmp_path / "given", "--dataset_name", "animal-10n", "--n_epochs", "1",
+                      *variant_flags("0.5", ["Co-teaching"])["Co-teaching"], "--forget_rate", "0.1")
+    assert summary["variant"] == "Co-teaching"
