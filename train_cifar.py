@@ -1,6 +1,7 @@
-"""Train CE, SLN, SLN+MO or SLN+MO+LC on CIFAR-10/100 with synthetic label noise.
+"""Train CE, SLN, SLN+MO or SLN+MO+LC (or a baseline, --method) on CIFAR-10/100 with synthetic label noise.
 
     python train_cifar.py --dataset_name cifar10 --noise_mode sym --p 0.4 --sigma 1.0 --mo --lc_n_epoch 250
+    python train_cifar.py --dataset_name cifar10 --noise_mode sym --p 0.4 --method NAME    # docs/methods.md
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Train CE, SLN, SLN+MO or SLN+MO+LC on real-world label noise: Animal-10N, CIFAR-N, Clothing1M or your own images.
+"""Train CE, SLN, SLN+MO or SLN+MO+LC (or a baseline, --method) on real-world label noise: Animal-10N, CIFAR-N, Clothing1M or your own images.
 
     python train_real.py --dataset_name animal-10n --batch_size 128 --n_epochs 300 --lr 0.001 --sigma 0.5 --mo --lc_n_epoch 250 --seed 123
     python train_real.py --dataset_name cifar10n --noise_label worst --sigma 0.5 --mo --lc_n_epoch 250 --seed 123

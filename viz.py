@@ -26,10 +26,12 @@ from matplotlib.colors import PowerNorm  # noqa: E402
 
 import cli  # noqa: E402
 import data  # noqa: E402
+import datasets  # noqa: E402
 import files  # noqa: E402
 import noise  # noqa: E402
 
-DATASETS = ["cifar10", "cifar100", "animal-10n"]
+# the CIFARs with their label noise (datasets.py), and Animal-10N with its human labels; data comes from cli.dataset_from_config
+DATASETS = [*datasets.of_script("train_cifar.py"), "animal-10n"]
 COLUMNS = 8             # images per row of the grid
 CELL_IN = (1.5, 1.75)   # width, height of one image and its two-line title, in inches
 MATRIX_IN = 8.5         # width of the transition-matrix panel, in inches

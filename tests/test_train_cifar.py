@@ -100,6 +100,11 @@ def test_subsets_are_stratified_and_recorded(fake_root, paper_sums, tmp_path):
     (["--noise_mode", "pairflip"], "invalid choice"),
     (["--model", "resnet-9000"], "invalid choice"),
     (["--p", "0.3"], "--custom_noise"),
+    # a method's own flag with another method, or out of its range (tests/test_methods.py has every check)
+    (["--sigma", "0", "--gce_q", "0.5"], "--gce_q is a flag of GCE, not of CE"),
+    (["--method", "GCE", "--gce_q", "0"], r"--gce_q \(GCE\) must be in \(0, 1\], got 0"),
+    (["--method", "Co-teaching", "--forget_rate", "-0.1"], r"--forget_rate \(Co-teaching\) must be in \[0, 1\)"),
+    (["--method", "NoSuchLoss"], "unknown method 'NoSuchLoss'"),
 ])
 def test_bad_flags_give_one_line_and_write_nothing(fake_root, paper_sums, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exc:
