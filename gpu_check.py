@@ -87,7 +87,17 @@ STOP_S = 5               # time kept for a run to stop on SIGTERM (its current s
 POLL_S = 0.02
 
 # the paper's four models, with train_cifar.py's flags
-VARIANT_FLAGS = {name: methods.argv(name) for name, m in methods.METHODS.items() if m.by_flags}   # the paper's models
+VARIANT_FLAGS = {name: methods.argv(name) for name, m in methods.METHODS.items() if m.by_flags}
+NOISE_FLAGS = ["--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4", "--custom_noise"]
+# phase d's settings: (precision, extra training flags)
+SETTINGS = {"fp32": ("fp32", []), "tf32": ("tf32", []), "bf16+channels_last": ("bf16", ["--channels_last"]),
+            "bf16+channels_last+compile": ("bf16", ["--channels_last", "--compile"])}
+# phase a's verdict per precision: the largest relative loss difference and relative error of the weight and EMA
+# updates that count as correct. On a CPU, bf16 autocast changed one step's update by ~0.12 (tests/test_bench.py);
+# TF32 keeps 10 mantissa bits to bf16's 7; strict float32 differs only by the order of its sums, which BatchNorm's
+# backward (a difference of nearly equal terms) lifts to ~1e-3.
+TOLERANCE = {"fp32": {"loss": 1e-4, "update": 1e-2}, "tf32": {"loss": 1e-2, "update": 0.1},
+             "bf16": {"loss": 5e-2, "update": 0.3}}
 
 
 @dataclasses.dataclass(frozen=True)
