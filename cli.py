@@ -169,7 +169,7 @@ def add_method_flags(p: argparse.ArgumentParser) -> None:
         own = [f for f in m.flags if f.name not in added]
         if not own:
             continue
-        g = p.add_argument_group(f"--method {m.name} only ({m.summary})")
+        g = p.add_argument_group(f"--method {' / '.join(methods.owners(own[0].name))} only ({m.summary})")
         for f in own:
             g.add_argument(f"--{f.name}", type=f.type, default=None, help=f.help)
             added.add(f.name)
