@@ -23,6 +23,7 @@ from files import check_writable
 from methods import Method
 from models import MODELS
 from noise import ASYM_VARIANTS, SYM_VARIANTS, DataError, check_rate
+from real_data import CIFARN
 from runs import resolve_resume
 
 
@@ -362,16 +363,52 @@ def add_noise_args(p: argparse.ArgumentParser) -> None:
                         + " (default paper, or what the existing file was made with)")
 
 
-def add_cifar_args(p: argparse.ArgumentParser) -> None:
-    """The CIFAR dataset and its label noise."""
-    p.add_argument_group("dataset").add_argument("--dataset_name", choices=list(CIFAR), default="cifar10",
-                                                 help="training dataset")
+NOISE_LABELS = [label for spec in CIFARN.values() for label in spec.label_keys]   # CIFAR-N's label sets
+
+
+def add_noise_label_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--noise_label", choices=NOISE_LABELS, default=None,
+                   help="CIFAR-N label set; cifar10n (required): aggre (9.0%% noisy), worst (40.2%%), random1, random2, "
+                        "random3 (17-18%%); cifar100n: noisy (40.2%%, the default)")
+
+
+def add_cifar_args(p: argparse.ArgumentParser, human: bool = False) -> None:
+    """The CIFAR dataset and its label noise; with `human` (tune.py), also CIFAR-N's human labels."""
+    d = p.add_argument_group("dataset")
+    d.add_argument("--dataset_name", choices=list(CIFAR) + (list(CIFARN) if human else []), default="cifar10",
+                   help="training dataset" + ("; cifar10n / cifar100n: the CIFAR images with the human labels of "
+                                              "--noise_label, instead of the label noise flags" if human else ""))
+    if human:
+        add_noise_label_arg(d)
     add_noise_args(p)
+
+
+def check_noise_label(args: argparse.Namespace) -> None:
+    """--noise_label: required for cifar10n (one of its label sets), filled in for cifar100n (its only one), refused
+    for the datasets whose labels are fixed."""
+    if args.dataset_name not in CIFARN:
+        if getattr(args, "noise_label", None) is not None:
+            fail(f"--noise_label is for cifar10n / cifar100n only; {args.dataset_name}'s labels are "
+                 + ("set by --noise_mode and --p" if args.dataset_name in CIFAR else "fixed") + " (drop the flag)")
+        return
+    labels = list(CIFARN[args.dataset_name].label_keys)
+    if args.noise_label is None and len(labels) == 1:
+        args.noise_label = labels[0]
+    elif args.noise_label not in labels:
+        fail(f"{args.dataset_name} needs --noise_label {' | '.join(labels)}"
+             + (f" (got {args.noise_label})" if args.noise_label else ""))
 
 
 def check_noise_args(args: argparse.Namespace, dataset: str) -> None:
     """Validate the label-noise flags for `dataset`. Open-set noise without --custom_noise is drawn from the seed
-    (the paper ships no open-set file), for training and viz.py alike."""
+    (the paper ships no open-set file), for training and viz.py alike. CIFAR-N (tune.py) has human labels instead:
+    its noise flags are unset, so that its runs' configs have no noise mode."""
+    check_noise_label(args)
+    if dataset in CIFARN:
+        if args.custom_noise or args.make_new_custom_noise:
+            fail(f"{dataset} has human labels (--noise_label); drop --custom_noise and --make_new_custom_noise")
+        args.noise_mode = args.p = args.sym_variant = args.asym_variant = None
+        return
     try:
         check_rate(args.p)
     except DataError as e:

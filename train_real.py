@@ -23,7 +23,6 @@ import datasets
 import engine
 from folder_data import MIN_IMAGE_SIZE
 from models import IMAGENET_WEIGHTS, WeightsError, imagenet_state_dict, make_model
-from real_data import CIFARN
 
 DATASETS = datasets.of_script("train_real.py")      # animal-10n, cifar10n, cifar100n, clothing1m, folder
 
@@ -42,7 +41,6 @@ CLOTHING1M_RECIPE = {"batch_size": 32, "n_epochs": 10, "weight_decay": 1e-3, "lr
                      "num_per_class": 18976, "lc_soft": True, "eval_batch_size": 128, "image_size": 224}
 RECIPE_FLAGS = [k for k in CLOTHING1M_RECIPE if k != "image_size"]   # shared training flags the recipe sets
 
-NOISE_LABELS = [label for spec in CIFARN.values() for label in spec.label_keys]
 
 
 def build_parser() -> cli.Parser:
@@ -55,9 +53,7 @@ def build_parser() -> cli.Parser:
                         "recipe becomes the default); folder: your "
                         "own images in --data_dir itself, as train/<class>/ and test/<class>/ folders or train.csv and "
                         "test.csv with columns path,label[,clean_label] (docs/real-world-data.md)")
-    d.add_argument("--noise_label", choices=NOISE_LABELS, default=None,
-                   help="CIFAR-N label set; cifar10n (required): aggre (9.0%% noisy), worst (40.2%%), random1, random2, "
-                        "random3 (17-18%%); cifar100n: noisy (40.2%%, the default)")
+    cli.add_noise_label_arg(d)
     d.add_argument("--image_size", type=int, default=None, metavar="N",
                    help="folder: resize every image to N x N (bilinear); default: the images' own size, which all "
                         "must then share. clothing1m: crops of N x N after resizing the shorter side to N x 256/224 "
@@ -108,17 +104,7 @@ def check_args(args: argparse.Namespace) -> None:
                  "(drop the flag)")
     if args.image_size is not None and args.image_size < MIN_IMAGE_SIZE:
         cli.fail(f"--image_size must be at least {MIN_IMAGE_SIZE}, got {args.image_size}")
-    if args.dataset_name in ("animal-10n", "folder", "clothing1m"):
-        if args.noise_label is not None:
-            cli.fail(f"--noise_label is for cifar10n / cifar100n only; {args.dataset_name}'s labels are fixed "
-                     "(drop the flag)")
-    else:
-        labels = list(CIFARN[args.dataset_name].label_keys)
-        if args.noise_label is None and len(labels) == 1:
-            args.noise_label = labels[0]
-        elif args.noise_label not in labels:
-            cli.fail(f"{args.dataset_name} needs --noise_label {' | '.join(labels)}"
-                     + (f" (got {args.noise_label})" if args.noise_label else ""))
+    cli.check_noise_label(args)
     if args.model is None:
         args.model = DEFAULT_MODEL[args.dataset_name]
     apply_recipe(args)

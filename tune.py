@@ -59,7 +59,7 @@ NOT_TRAINING = {"data_dir", "out_dir", "device", "eval_batch_size", "tune_trial_
 
 def build_parser() -> cli.Parser:
     p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_cifar_args(p)
+    cli.add_cifar_args(p, human=True)                 # CIFAR-10/100 with label noise, or CIFAR-N's human labels
     cli.add_training_args(p, default_model="wrn-28-2", resumable=False)  # --resume here continues a sweep
     s = p.add_argument_group("sweep")
     s.add_argument("--sigmas", type=float, nargs="+", default=DEFAULT_SIGMAS,
@@ -101,7 +101,9 @@ def trial_flags(config: dict, sweep: dict) -> dict:
     if sweep["kind"] == "sigma_search":
         return {"sigma": config["sigma"]}
     m, mode = methods.get(config["variant"]), config["noise_mode"]
-    flags = {"noise_mode": mode, "seed": config["seed"], "sigma": sweep["sigma"][mode] if m.sln else 0.0,
+    # the grid's noise axis: CIFAR's noise modes, or CIFAR-N's label sets (sweep["axis"] "noise_label")
+    axis = {"noise_mode": mode} if sweep.get("axis", "noise_mode") == "noise_mode" else {"noise_label": mode}
+    flags = {**axis, "seed": config["seed"], "sigma": sweep["sigma"][mode] if m.sln else 0.0,
              "mo": m.mo, "lc_n_epoch": sweep["lc_n_epoch"] if m.lc else -1}
     if not m.by_flags:      # the paper's models keep the flags of the earlier commands (and of committed runs)
         flags["method"] = m.name
@@ -138,12 +140,12 @@ def preflight(sweep: dict) -> None:
         with cli.failing_in(where):
             cli.check_noise_args(args, args.dataset_name)
             cli.check_training_args(args)
-        if args.noise_mode not in loaded:
+        if (args.noise_mode, args.noise_label) not in loaded:
             try:
                 cli.split_data(vars(args))
             except DataError as e:
                 cli.fail(str(e))
-            loaded.add(args.noise_mode)
+            loaded.add((args.noise_mode, args.noise_label))
     sweep["base"]["make_new_custom_noise"] = False   # made above; trials must not all rewrite the same file
 
 
@@ -161,8 +163,8 @@ def plan_sigma_search(parser: cli.Parser, args: argparse.Namespace) -> dict:
     return {"kind": "sigma_search", "base": base_flags(args), "grid": {"sigma": sorted(args.sigmas)}}
 
 
-GRID_KEYS = ["variants", "noise_modes", "seeds", "sigma"]
-PER_RUN = {"sigma", "mo", "seed", "noise_mode", "method"}       # set by the grid, per trial
+GRID_KEYS = ["variants", "noise_modes", "noise_labels", "seeds", "sigma"]   # noise_labels: CIFAR-N's, instead of noise_modes
+PER_RUN = {"sigma", "mo", "seed", "noise_mode", "noise_label", "method"}       # set by the grid, per trial
 NOT_IN_FILES = {"data_dir", "out_dir", "device", "make_new_custom_noise"}   # this machine's, or one-off
 
 
@@ -170,7 +172,7 @@ def file_flags() -> dict:
     """The training flags an experiments file may set, with their defaults: every flag of the training parser
     (train_cifar.py's dataset, noise and training flags) but the per-run ones and this machine's paths."""
     p = cli.Parser()
-    cli.add_cifar_args(p)
+    cli.add_cifar_args(p, human=True)
     cli.add_training_args(p, default_model="wrn-28-2", resumable=False)
     return {k: v for k, v in vars(p.parse_args([])).items() if k not in PER_RUN | NOT_IN_FILES}
 
@@ -216,7 +218,11 @@ def read_experiments(path: Path) -> tuple[dict, list[str]]:
     for key in raw:
         if key not in GRID_KEYS and key not in flags:
             cli.fail(f"{path}: unknown key {key!r}; known keys: {', '.join(GRID_KEYS + list(flags))}")
-    for key, allowed in (("variants", list(methods.METHODS)), ("noise_modes", cli.NOISE_MODES)):
+    axis = "noise_labels" if "noise_labels" in raw else "noise_modes"
+    if "noise_labels" in raw and "noise_modes" in raw:
+        cli.fail(f"{path}: give noise_modes (CIFAR's label noise) or noise_labels (CIFAR-N's label sets), not both")
+    for key, allowed in (("variants", list(methods.METHODS)),
+                         (axis, cli.NOISE_MODES if axis == "noise_modes" else cli.NOISE_LABELS)):
         values = raw.get(key)
         if key == "variants" and isinstance(values, list):   # method names in any case, as --method takes them
             by_lower = {m.lower(): m for m in allowed}
@@ -232,8 +238,8 @@ def read_experiments(path: Path) -> tuple[dict, list[str]]:
         cli.fail(f"{path}: seeds must be a non-empty list of distinct integers, e.g. [1, 2, 3, 4, 5]")
     sigma = raw.get("sigma")
     if sigma is not None:
-        if not isinstance(sigma, dict) or not all(m in cli.NOISE_MODES for m in sigma):
-            cli.fail(f"{path}: sigma must map noise modes to sigma, e.g. {{sym: 1.0, asym: 0.5}}")
+        if not isinstance(sigma, dict) or not all(m in raw[axis] for m in sigma):
+            cli.fail(f"{path}: sigma must map the {axis} to sigma, e.g. {{sym: 1.0, asym: 0.5}}")
         for m, s in sigma.items():
             if isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0:
                 cli.fail(f"{path}: sigma for {m} must be a number > 0, got {s!r}")
@@ -247,13 +253,14 @@ def read_experiments(path: Path) -> tuple[dict, list[str]]:
         if not isinstance(default, bool) and (isinstance(value, (bool, list, dict)) or value is None):
             cli.fail(f"{path}: {key} must be a single value, got {value!r}")
         argv += flag_argv(key, value, default)
-    grid = {"variants": raw["variants"], "noise_modes": raw["noise_modes"], "seeds": seeds, "sigma": sigma}
+    grid = {"variants": raw["variants"], "noise_modes": raw[axis], "seeds": seeds, "sigma": sigma,
+            "axis": axis[:-1]}
     return grid, argv
 
 
 def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[str]) -> tuple[dict, argparse.Namespace]:
     """Settings of an --experiments sweep: defaults, then the file's values, then the flags given here."""
-    for name in ("sigma", "mo", "seed", "noise_mode", "method", "sigmas", "val_size"):
+    for name in ("sigma", "mo", "seed", "noise_mode", "noise_label", "method", "sigmas", "val_size"):
         if name in changed_flags(parser, args):
             cli.fail(f"--{name} is set per run by {args.experiments} (variants, noise_modes, seeds, sigma); drop it")
     grid, file_argv = read_experiments(args.experiments)
@@ -266,7 +273,14 @@ def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[st
     args = parser.parse_args(file_argv + argv)        # the command line comes last, so it wins
     if "openset" in grid["noise_modes"] and args.dataset_name != "cifar10":
         cli.fail(f"{args.experiments}: open-set noise exists for CIFAR-10 only; remove openset from noise_modes")
-    sigma = grid["sigma"] or {m: cli.default_sigma(args.dataset_name, m) for m in grid["noise_modes"]}
+    human = args.dataset_name in cli.CIFARN
+    if human != (grid["axis"] == "noise_label"):
+        cli.fail(f"{args.experiments}: " + (f"{args.dataset_name} has human labels: give noise_labels instead of "
+                                            "noise_modes" if human else f"noise_labels are CIFAR-N's; {args.dataset_name} "
+                                            "takes noise_modes"))
+    if human:         # human labels: no noise mode or rate in the trials' configs (the grid sets --noise_label)
+        args.noise_mode = args.p = args.sym_variant = args.asym_variant = None
+    sigma = grid["sigma"] or {m: cli.default_sigma(args.dataset_name, None if human else m) for m in grid["noise_modes"]}
     for m in grid["noise_modes"]:
         if sigma.get(m) is None and any(methods.get(v).sln for v in grid["variants"]):
             cli.fail(f"{args.experiments}: sigma has no value for {m}; add it, e.g. sigma: {{{m}: 0.5}}")
@@ -279,7 +293,8 @@ def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[st
     sweep = {"kind": "experiments", "base": base_flags(args), "experiments_file": str(experiments),
              "experiments_yaml": experiments.read_text(),
              "grid": {"variant": grid["variants"], "noise_mode": grid["noise_modes"], "seed": grid["seeds"]},
-             "sigma": {m: sigma.get(m) for m in grid["noise_modes"]}, "lc_n_epoch": args.lc_n_epoch}
+             "sigma": {m: sigma.get(m) for m in grid["noise_modes"]}, "lc_n_epoch": args.lc_n_epoch,
+             "axis": grid["axis"]}
     return sweep, args
 
 
@@ -704,7 +719,8 @@ def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[f
     files.write_csv(hp_dir / "sigma_search.csv",
                     [["sigma", "val_acc_last_pct", "val_acc_best_pct", "best_epoch", "exp_id"], *rows])
     b = sweep["base"]
-    lines = [f"Sigma search, SLN: {b['dataset_name']} {b['noise_mode']} p={b['p']}, {b['model']}, {b['n_epochs']} epochs, "
+    noise = f"{b['noise_mode']} p={b['p']}" if b.get("noise_mode") else f"{b.get('noise_label')} labels"
+    lines = [f"Sigma search, SLN: {b['dataset_name']} {noise}, {b['model']}, {b['n_epochs']} epochs, "
              f"seed {b['seed']}; validation: {b['val_size']:.0%} of the noisy training set, noisy labels",
              "", "| sigma | val acc, last epoch (%) | val acc, best epoch (%) | best epoch | run |", "|---|---|---|---|---|"]
     lines += [f"| {s}{' (CE)' if s == 0 else ''} | {last:.2f} | {top:.2f} | {ep} | {exp_id} |"

@@ -23,18 +23,23 @@ import methods
 import runs
 import tune
 from noise import DataError
+from test_real import cifarn_root  # noqa: F401  (a fixture: fake CIFAR-N files)
 
 
 @pytest.fixture(scope="module")
 def ray_session(fake_root):
     """One small local Ray for the whole module (start-up is slow), whose workers accept the fake
-    noise files' checksums as `paper_sums` does in this process."""
+    noise files' checksums as `paper_sums` does in this process, and the fake CIFAR-N files as cifarn_root does."""
     sums = {(name, mode, 0.4): data.file_digest(data.noise_dir(fake_root, name) / f"{mode}0.4.csv")
             for name in ("cifar10", "cifar100") for mode in ("sym", "asym", "dependent")}
 
     def accept_fake_noise_files():
         import data as worker_data
+        import real_data as worker_real_data
         worker_data.PAPER_NOISE_SHA256.update(sums)
+        # the fake CIFAR-N files of cifarn_root (made per test, after this Ray started) are taken as they are
+        worker_real_data.cifarn_label_file = lambda root, name, download=True: \
+            Path(root) / "cifar-n" / worker_real_data.CIFARN[name].file
 
     # address="local": a Ray of its own, never a cluster that runs (or was left behind) on this machine
     ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
@@ -571,3 +576,44 @@ def test_baselines_experiments_file_matches_the_mini_setting():
     for name in ("dataset_name", "p", "model", "train_subset", "n_epochs", "lr", "batch_size", "ema_alpha",
                  "eval_every", "channels_last", "weight_decay", "momentum"):
         assert getattr(a, name) == getattr(b, name), name
+
+
+def test_cifar10n_sigma_search_and_grid_over_its_label_sets(ray_session, cifarn_root, tmp_path):
+    """CIFAR-N in tune.py: a sigma search on cifar10n worst, and a grid whose axis is noise_labels. The runs'
+    configs have the human label set and no noise mode or rate, so tables put the label set in the column."""
+    root, _, _ = cifarn_root
+    flags = ["--batch_size", "64", "--n_epochs", "1", "--lr", "0.01", "--model", "wrn-16-1", "--train_subset", "200",
+             "--test_subset", "50", "--data_dir", str(root), "--device", "cpu"]
+    hp_dir = tune.main(["--dataset_name", "cifar10n", "--noise_label", "worst", "--lc_n_epoch", "-1", "--sigmas", "0.5",
+                        "--val_size", "0.1", *flags, "--out_dir", str(tmp_path / "search")])
+    (run_dir,) = (hp_dir / "runs").iterdir()
+    c = run_config(run_dir)
+    assert (c["dataset_name"], c["noise_label"], c["noise_mode"], c["p"]) == ("cifar10n", "worst", None, None)
+    assert "cifar10n worst labels" in (hp_dir / "sigma_search.md").read_text()
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("dataset_name: cifar10n\nvariants: [CE, SLN]\nnoise_labels: [worst, aggre]\nseeds: [1]\n"
+                    "sigma: {worst: 0.5, aggre: 0.2}\n")
+    hp_dir = tune.main(["--experiments", str(grid), *flags, "--out_dir", str(tmp_path / "grid")])
+    configs = [run_config(d) for d in (hp_dir / "runs").iterdir()]
+    assert sorted((c["noise_label"], c["variant"], c["sigma"]) for c in configs) == [
+        ("aggre", "CE", 0.0), ("aggre", "SLN", 0.2), ("worst", "CE", 0.0), ("worst", "SLN", 0.5)]
+    assert all(c["noise_mode"] is None and c["p"] is None for c in configs)
+    table = read_csv(hp_dir / "table.csv")             # the label sets are the table's columns
+    assert sorted((r["variant"], r["noise"]) for r in table) == [("CE", "aggre"), ("CE", "worst"), ("SLN", "aggre"),
+                                                                 ("SLN", "worst")]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("dataset_name: cifar10n\nvariants: [CE]\nnoise_modes: [sym]\nseeds: [1]\n", "give noise_labels instead"),
+    ("variants: [CE]\nnoise_labels: [worst]\nseeds: [1]\n", "noise_labels are CIFAR-N's; cifar10 takes noise_modes"),
+    ("variants: [CE]\nnoise_labels: [worst]\nnoise_modes: [sym]\nseeds: [1]\n", "not both"),
+    ("dataset_name: cifar10n\nvariants: [CE]\nnoise_labels: [wrost]\nseeds: [1]\n", "noise_labels: unknown 'wrost'"),
+])
+def test_bad_cifar_n_grids_are_one_line(tmp_path, capsys, text, message):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        tune.main(["--experiments", str(grid), "--out_dir", str(tmp_path / "out"), "--data_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
