@@ -383,19 +383,20 @@ def add_cifar_args(p: argparse.ArgumentParser, human: bool = False) -> None:
     add_noise_args(p)
 
 
-def check_noise_label(args: argparse.Namespace) -> None:
+def check_noise_label(args: argparse.Namespace, dataset: str | None = None) -> None:
     """--noise_label: required for cifar10n (one of its label sets), filled in for cifar100n (its only one), refused
     for the datasets whose labels are fixed."""
-    if args.dataset_name not in CIFARN:
+    dataset = dataset or args.dataset_name
+    if dataset not in CIFARN:
         if getattr(args, "noise_label", None) is not None:
-            fail(f"--noise_label is for cifar10n / cifar100n only; {args.dataset_name}'s labels are "
-                 + ("set by --noise_mode and --p" if args.dataset_name in CIFAR else "fixed") + " (drop the flag)")
+            fail(f"--noise_label is for cifar10n / cifar100n only; {dataset}'s labels are "
+                 + ("set by --noise_mode and --p" if dataset in CIFAR else "fixed") + " (drop the flag)")
         return
-    labels = list(CIFARN[args.dataset_name].label_keys)
+    labels = list(CIFARN[dataset].label_keys)
     if args.noise_label is None and len(labels) == 1:
         args.noise_label = labels[0]
     elif args.noise_label not in labels:
-        fail(f"{args.dataset_name} needs --noise_label {' | '.join(labels)}"
+        fail(f"{dataset} needs --noise_label {' | '.join(labels)}"
              + (f" (got {args.noise_label})" if args.noise_label else ""))
 
 
@@ -403,7 +404,7 @@ def check_noise_args(args: argparse.Namespace, dataset: str) -> None:
     """Validate the label-noise flags for `dataset`. Open-set noise without --custom_noise is drawn from the seed
     (the paper ships no open-set file), for training and viz.py alike. CIFAR-N (tune.py) has human labels instead:
     its noise flags are unset, so that its runs' configs have no noise mode."""
-    check_noise_label(args)
+    check_noise_label(args, dataset)
     if dataset in CIFARN:
         if args.custom_noise or args.make_new_custom_noise:
             fail(f"{dataset} has human labels (--noise_label); drop --custom_noise and --make_new_custom_noise")
