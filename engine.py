@@ -170,7 +170,7 @@ def setup(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
     params = [q for net in (model, *peers) for q in net.parameters()]
     return TrainState(
         args=args, method=method, model=model, peers=list(peers), ema=ema,
-        optimizer=torch.optim.SGD(params if peers else model.parameters(), lr=args.lr, momentum=args.momentum,
+        optimizer=torch.optim.SGD(params, lr=args.lr, momentum=args.momentum,
                                   weight_decay=args.weight_decay),
         method_state=method_state(method, known, args),
         ema_tensors=sln.ema_tensors(ema), model_tensors=sln.ema_tensors(model), gen=gen,

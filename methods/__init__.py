@@ -76,6 +76,11 @@ class Method:
         return "ema" if self.mo else "net"
 
 
+def hundred_classes(args: argparse.Namespace) -> bool:
+    """CIFAR-100 or CIFAR-100N: where the authors' CIFAR-100 defaults apply."""
+    return str(getattr(args, "dataset_name", "")).startswith("cifar100")
+
+
 def _discover() -> dict[str, Method]:
     found: dict[str, Method] = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):

@@ -52,7 +52,7 @@ def objective(b: Batch):
     targets = sln.noisy_targets(b.targets, b.sigma, b.gen)
     loss, kept1, kept2 = coteaching_loss(b.logits[0], b.logits[1], b.labels, targets, b.state["rate"])
     clean = (~b.noisy[kept1]).sum() + (~b.noisy[kept2]).sum()
-    return loss, torch.stack([clean, torch.tensor(len(kept1) + len(kept2), device=clean.device)])
+    return loss, torch.stack([clean, clean.new_full((), len(kept1) + len(kept2))])   # a fill, no host copy
 
 
 def prepare(args: argparse.Namespace, told: dict) -> None:

@@ -12,7 +12,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from methods import Batch, Flag, Method
+from methods import Batch, Flag, Method, hundred_classes
 
 CLAMP = 1e-4
 
@@ -26,10 +26,6 @@ def elr_loss(logits: torch.Tensor, labels: torch.Tensor, history: torch.Tensor, 
         history[index] = beta * history[index] + (1 - beta) * q
     regulariser = (1 - (history[index] * p).sum(1)).log().mean()
     return F.cross_entropy(logits, labels) + lam * regulariser
-
-
-def hundred_classes(args: argparse.Namespace) -> bool:
-    return str(getattr(args, "dataset_name", "")).startswith("cifar100")
 
 
 def init(known: dict, args: argparse.Namespace) -> dict:

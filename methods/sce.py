@@ -7,12 +7,10 @@ alpha 0.1, beta 1.0 on CIFAR-10, alpha 6.0, beta 0.1 on CIFAR-100 (docs/methods.
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 
-from methods import Batch, Flag, Method
+from methods import Batch, Flag, Method, hundred_classes
 
 LABEL_FLOOR = 1e-4       # the authors' clamp of the one-hot label in the reverse CE
 PREDICTION_FLOOR = 1e-7  # ... and of the prediction in the CE term
@@ -24,10 +22,6 @@ def sce_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float, beta: flo
     ce = -(onehot * p.clamp(PREDICTION_FLOOR, 1).log()).sum(1).mean()
     rce = -(p * onehot.clamp(LABEL_FLOOR, 1).log()).sum(1).mean()
     return alpha * ce + beta * rce
-
-
-def hundred_classes(args: argparse.Namespace) -> bool:
-    return str(getattr(args, "dataset_name", "")).startswith("cifar100")
 
 
 def objective(b: Batch):
