@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates results/mini_cifar10/ from nothing: for sym noise, then for asym noise, the sigma search and the
-# 12 runs of configs/mini_cifar10.yaml with the sigma found; then dependent noise likewise; then the table and the figures.
+# 12 runs of configs/mini_cifar10.yaml with the sigma found; then dependent noise likewise; then CIFAR-10N's human
+# 'worst' labels (configs/mini_cifar10n.yaml); then the baselines; then the table and the figures.
 #
-#   results/mini_cifar10/reproduce.sh DATA_DIR      # DATA_DIR holds cifar-10-batches-py/ (+ cifar10/label_noisy/)
+#   results/mini_cifar10/reproduce.sh DATA_DIR      # DATA_DIR holds cifar-10-batches-py/ (+ cifar10/label_noisy/, cifar-n/)
 #
 # Interrupted (Ctrl-C, a reboot)? Run the same command again: finished steps are kept, and a sweep that was cut
 # off continues where it stopped (tune.py --resume). Even without $WORK (say, in a fresh clone), runs already
@@ -25,7 +26,9 @@ from pathlib import Path
 hp, kind, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 for folder in sorted(hp.glob("hp_*")):
     sweep = yaml.safe_load((folder / "sweep.yaml").read_text()) if (folder / "sweep.yaml").is_file() else None
-    modes = [sweep["base"]["noise_mode"]] if sweep and kind == "sigma_search" else (sweep or {}).get("grid", {}).get("noise_mode")
+    base = (sweep or {}).get("base", {})   # a CIFAR-N sweep names its label set (noise_label) instead of a noise mode
+    modes = [base.get("noise_mode") or base.get("noise_label")] if sweep and kind == "sigma_search" \
+        else (sweep or {}).get("grid", {}).get("noise_mode")
     if sweep and sweep["kind"] == kind and " ".join(modes) == mode:
         print(folder)
 PYEOF
@@ -57,13 +60,19 @@ collect() {  # sweep folder, destination
     done
 }
 
-# Per noise mode (MODES=..., default sym asym dependent), in order: one mode's whole table is done before the next starts.
+# Per noise mode (MODES=..., default sym asym dependent worst), in order: one mode's whole table is done before the
+# next starts. 'worst' is CIFAR-10N's human labels (dataset cifar10n, configs/mini_cifar10n.yaml) instead of a noise file.
 # 1. sigma search: SLN with each sigma, and CE (sigma 0) for reference, on 90 % of the subset; chosen on the
 #    other 10 % with its noisy labels, never on test images
 # 2. the grid of configs/mini_cifar10.yaml for that noise mode, with the sigma just found (the file holds the
 #    sigmas of the committed results)
-for mode in ${MODES:-sym asym dependent}; do
-    hp=$(sweep sigma_search "$mode" -- --dataset_name cifar10 --noise_mode "$mode" --p 0.4 --lc_n_epoch -1 \
+for mode in ${MODES:-sym asym dependent worst}; do
+    if [ "$mode" = worst ]; then
+        labels=(--dataset_name cifar10n --noise_label worst); experiments=configs/mini_cifar10n.yaml
+    else
+        labels=(--dataset_name cifar10 --noise_mode "$mode" --p 0.4); experiments=configs/mini_cifar10.yaml
+    fi
+    hp=$(sweep sigma_search "$mode" -- "${labels[@]}" --lc_n_epoch -1 \
         --val_size 0.1 --seed 0 --sigmas 0 0.05 0.1 0.2 0.5 1.0 --model wrn-16-1 --train_subset 2000 --n_epochs 100 \
         --lr 0.02 --batch_size 32 --ema_alpha 0.995 --eval_every 100 --channels_last --data_dir "$DATA" \
         --reuse_runs "$OUT/search_runs")
@@ -72,11 +81,12 @@ for mode in ${MODES:-sym asym dependent}; do
     collect "$hp" "$OUT/search_runs"
     sigma=$(sed -n 's/^best sigma: \([0-9.]*\) .*/\1/p' "$hp/sigma_search.md")
     echo "sigma search $mode: best sigma $sigma ($hp)"
-    "$PY" - configs/mini_cifar10.yaml "$WORK/mini_cifar10_$mode.yaml" "$mode" "$sigma" <<'PYEOF'
+    "$PY" - "$experiments" "$WORK/mini_cifar10_$mode.yaml" "$mode" "$sigma" <<'PYEOF'
 import sys, yaml
 from pathlib import Path
 config = yaml.safe_load(Path(sys.argv[1]).read_text())
-config.update(noise_modes=[sys.argv[3]], sigma={sys.argv[3]: float(sys.argv[4])})
+config.update({"noise_labels" if "noise_labels" in config else "noise_modes": [sys.argv[3]],
+               "sigma": {sys.argv[3]: float(sys.argv[4])}})
 Path(sys.argv[2]).write_text(yaml.safe_dump(config, sort_keys=False))
 PYEOF
     grid=$(sweep experiments "$mode" -- --experiments "$WORK/mini_cifar10_$mode.yaml" --data_dir "$DATA" \
@@ -110,7 +120,7 @@ fi
 [ "$OUT" = results/mini_cifar10 ] && "$PY" results/mini_cifar10/readme_table.py   # README's Results table
 "$PY" plot.py --plot_type compare --runs_dir "$OUT/runs" --assets_dir "$OUT" --name compare --overwrite
 searches=()
-for mode in sym asym dependent; do
+for mode in sym asym dependent worst; do
     folder=$(sweep_of sigma_search "$mode" | tail -n 1)
     [ -n "$folder" ] && searches+=("$folder")
 done
