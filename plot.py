@@ -419,8 +419,10 @@ def compare_points(runs: list[Run]) -> tuple[list[list], str]:
 def figure_compare(rows: list[list], title: str) -> plt.Figure:
     """One panel per noise mode: each method's mean test accuracy over epochs with a band of ± one std."""
     columns = list(dict.fromkeys(r[0] for r in rows[1:]))
-    fig, axes = plt.subplots(1, len(columns), figsize=(6.2 * len(columns), 4.8), sharey=True, squeeze=False,
-                             layout="constrained")
+    most = max(len({r[1] for r in rows[1:] if r[0] == column}) for column in columns)
+    below = most > 5        # a legend of many methods goes under the axes, where it hides no curve
+    fig, axes = plt.subplots(1, len(columns), figsize=(max(6.2 * len(columns), 7.5), 4.8 + (0.25 * most if below else 0)),
+                             sharey=True, squeeze=False, layout="constrained")
     for ax, column in zip(axes[0], columns):
         methods = list(dict.fromkeys(r[1] for r in rows[1:] if r[0] == column))
         for i, method in enumerate(methods):
@@ -434,9 +436,12 @@ def figure_compare(rows: list[list], title: str) -> plt.Figure:
             ax.plot(epochs, mean, color=colour, lw=2, marker="o" if len(epochs) <= 30 else None, ms=3.5,
                     label=f"{method}: last {last} (n={n})")
             ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.18, lw=0)
-        ax.set_title(f"{column} noise")
+        ax.set_title(f"{column} labels" if column in cli.NOISE_LABELS else f"{column} noise")   # CIFAR-N: a label set
         ax.set_xlabel("epoch")
-        ax.legend(loc="lower right")
+        if below:
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+        else:
+            ax.legend(loc="lower right")
     axes[0][0].set_ylabel("test accuracy (%), reported network")
     fig.suptitle("Test accuracy over training, mean ± std over seeds\n" + textwrap.fill(title, 110))
     return fig

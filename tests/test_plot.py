@@ -504,6 +504,19 @@ def test_readme_results_table_shows_the_committed_table(tmp_path):
     readme.write_text((root / "README.md").read_text())
     assert subprocess.run([sys.executable, str(script), "--table", str(changed), "--readme", str(readme)]).returncode == 0
     assert "| 12.35 ± " in readme.read_text()
+    # a row per method of the three grids, planned cells without runs 'pending', cells no grid plans '–'
+    def block_rows():
+        text = readme.read_text()
+        block = text[text.index("<!-- results-table"):text.index("<!-- end results-table -->")]
+        return {line.split(" | ")[0][2:]: line.split(" | ") for line in block.splitlines()[3:]}
+    assert list(block_rows()) == ["CE", "SLN", "SLN-MO", "SLN-MO-LC", "GCE", "SCE", "Forward-T", "ELR", "Co-teaching",
+                                  "Co-teaching-SLN"]
+    without_ce_sym = [table[0]] + [line for line in table[1:] if not line.startswith(",".join(first[:10]) + ",CE,CE,sym,")]
+    assert len(without_ce_sym) == len(table) - 1
+    changed.write_text("\n".join(without_ce_sym) + "\n")
+    assert subprocess.run([sys.executable, str(script), "--table", str(changed), "--readme", str(readme)]).returncode == 0
+    ce, gce = block_rows()["CE"], block_rows()["GCE"]
+    assert ce[1] == "pending" and gce[3] == "–" and gce[4] == "–"    # GCE's grid has sym and asym only
 
 
 def test_dissect_pair_uses_weights_it_has_and_retrains_with_the_runs_own_flags(tmp_path, monkeypatch):

@@ -11,6 +11,8 @@ import csv
 import sys
 from pathlib import Path
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 import files  # noqa: E402  (the repository's own helpers; this script lives two folders down)
@@ -18,18 +20,34 @@ import files  # noqa: E402  (the repository's own helpers; this script lives two
 README = HERE.parents[1] / "README.md"
 BEGIN = "<!-- results-table: regenerated from results/mini_cifar10/table.csv by results/mini_cifar10/readme_table.py -->"
 END = "<!-- end results-table -->"
-METHODS = ("CE", "SLN", "SLN-MO", "SLN-MO-LC")
-MODES = ("sym", "asym", "dependent")
+# The grids behind the table: a cell is 'pending' where one of them plans the run and no seed is in yet, '–' where none does.
+GRIDS = [HERE.parents[1] / "configs" / name
+         for name in ("mini_cifar10.yaml", "mini_cifar10n.yaml", "mini_cifar10_baselines.yaml")]
+COLUMNS = {"sym": "mini sym (wrn-16-1, 2,000 images)", "asym": "mini asym", "dependent": "mini dependent",
+           "worst": "mini CIFAR-10N worst (human labels)"}
 SEEDS = 3
-# The paper's CIFAR-10 table, 40 % noise, last epoch, mean ± std over 5 runs (Chen et al., ICLR 2021, Table 1).
+# The paper's CIFAR-10 table, 40 % noise, last epoch, mean ± std over 5 runs (Chen et al., ICLR 2021, Table 1);
+# shared/SLN-REFERENCE.md has no baseline's numbers, and the paper none on CIFAR-N (published a year later).
+PAPER_COLUMNS = ("paper sym (WRN-28-2, 50,000 images, 5 runs)", "paper asym", "paper dependent")
 PAPER = {"CE": ("53.16 ± 1.64", "72.72 ± 1.35", "72.33 ± 0.50"), "SLN": ("80.00 ± 0.61", "80.63 ± 0.61", "78.48 ± 0.28"),
          "SLN-MO": ("84.71 ± 0.43", "84.80 ± 0.27", "80.56 ± 0.16"),
          "SLN-MO-LC": ("87.00 ± 0.27", "87.85 ± 0.41", "81.76 ± 0.16")}
 
 
-def cell(row: dict | None) -> str:
+def planned() -> tuple[list[str], set[tuple[str, str]]]:
+    """The methods of the grids, in their order, and the (method, noise) cells they plan."""
+    methods, cells = [], set()
+    for path in GRIDS:
+        grid = yaml.safe_load(path.read_text())
+        for method in grid["variants"]:
+            methods += [] if method in methods else [method]
+            cells |= {(method, mode) for mode in grid.get("noise_modes", []) + grid.get("noise_labels", [])}
+    return methods, cells
+
+
+def cell(row: dict | None, planned: bool) -> str:
     if row is None:
-        return "pending"
+        return "pending" if planned else "–"
     n = int(row["n_seeds"])
     std = f" ± {float(row['last_std']):.2f}" if n > 1 else ""
     done = f"n={n}" if n >= SEEDS else f"n={n} of {SEEDS} so far"
@@ -38,13 +56,12 @@ def cell(row: dict | None) -> str:
 
 def block(table_csv: Path) -> str:
     rows = {(r["method"], r["noise"]): r for r in csv.DictReader(table_csv.open())}
-    lines = [BEGIN,
-             "| test accuracy (%), last epoch | mini sym (wrn-16-1, 2,000 images) | mini asym | mini dependent "
-             "| paper sym (WRN-28-2, 50,000 images, 5 runs) | paper asym | paper dependent |",
-             "|---|---|---|---|---|---|---|"]
-    for method in METHODS:
-        mini = [cell(rows.get((method, mode))) for mode in MODES]
-        lines.append(f"| {method} | {' | '.join(mini)} | {' | '.join(PAPER[method])} |")
+    methods, plan = planned()
+    header = ["test accuracy (%), last epoch", *COLUMNS.values(), *PAPER_COLUMNS]
+    lines = [BEGIN, "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in methods:
+        mini = [cell(rows.get((method, mode)), (method, mode) in plan) for mode in COLUMNS]
+        lines.append(f"| {method} | {' | '.join(mini)} | {' | '.join(PAPER.get(method, ('–',) * 3))} |")
     return "\n".join(lines + [END])
 
 

@@ -118,7 +118,14 @@ fi
 # 3. table and figures, from the copied run files alone (the dissection needs the weights in $WORK)
 "$PY" plot.py --table --runs_dir "$OUT/runs" --assets_dir "$OUT" --name table --overwrite
 [ "$OUT" = results/mini_cifar10 ] && "$PY" results/mini_cifar10/readme_table.py   # README's Results table
-"$PY" plot.py --plot_type compare --runs_dir "$OUT/runs" --assets_dir "$OUT" --name compare --overwrite
+# one figure per noise setting, every method in it: test accuracy over epochs, mean ± std over seeds
+for mode in sym asym dependent worst; do
+    if [ "$mode" = worst ]; then only=dataset_name=cifar10n; else only=dataset_name=cifar10,noise_mode=$mode; fi
+    if cat "$OUT"/runs/*/config.yaml 2>/dev/null | grep -q "^noise_\(mode\|label\): $mode\$"; then
+        "$PY" plot.py --plot_type compare --runs_dir "$OUT/runs" --filter "$only" --assets_dir "$OUT" \
+            --name "compare_$mode" --overwrite
+    fi
+done
 searches=()
 for mode in sym asym dependent worst; do
     folder=$(sweep_of sigma_search "$mode" | tail -n 1)
