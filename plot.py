@@ -562,6 +562,8 @@ def sweep_names(folders: list[Path]) -> list[str]:
     def setting(folder: Path) -> str | None:
         try:
             base = yaml.safe_load((folder / "sweep.yaml").read_text())["base"]
+            if base.get("noise_label"):         # CIFAR-N: a label set, no noise mode or rate
+                return f"{base['dataset_name']} {base['noise_label']} labels"
             return f"{base['noise_mode']} p={base['p']:g}"
         except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
             return None

@@ -575,6 +575,10 @@ def test_hp_legend_names_sweeps_by_their_noise_setting(tmp_path):
     assert plot.sweep_names(folders[:2]) == ["sym p=0.4", "asym p=0.4"]
     assert plot.sweep_names(folders) == ["hp_a", "hp_b", "hp_c"]                 # two sym searches: ambiguous
     assert plot.sweep_names([folders[0], tmp_path / "elsewhere"]) == ["hp_a", "elsewhere"]
+    (tmp_path / "hp_n").mkdir()          # a CIFAR-N search: a label set, no noise mode or rate
+    (tmp_path / "hp_n" / "sweep.yaml").write_text(yaml.safe_dump({"kind": "sigma_search", "base": {
+        "dataset_name": "cifar10n", "noise_label": "worst", "noise_mode": None, "p": None}}))
+    assert plot.sweep_names([folders[0], tmp_path / "hp_n"]) == ["sym p=0.4", "cifar10n worst labels"]
     table = {0.1: ([32.0], [33.0]), 0.2: ([35.0], [36.0])}
     fig, rows = plot.figure_hp([(folders[0], table), (folders[1], table)])
     assert [r[0] for r in rows] == ["sweep", "sym p=0.4", "sym p=0.4", "asym p=0.4", "asym p=0.4"]   # CSV as legend

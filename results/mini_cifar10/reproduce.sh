@@ -126,10 +126,14 @@ for mode in sym asym dependent worst; do
             --name "compare_$mode" --overwrite
     fi
 done
+# the sigma searches in one figure, from the committed tables (a folder per noise setting, named for the legend)
 searches=()
 for mode in sym asym dependent worst; do
-    folder=$(sweep_of sigma_search "$mode" | tail -n 1)
-    [ -n "$folder" ] && searches+=("$folder")
+    if [ -f "$OUT/sigma_search_$mode.csv" ]; then
+        mkdir -p "$WORK/sigma_tables/$mode"
+        cp "$OUT/sigma_search_$mode.csv" "$WORK/sigma_tables/$mode/sigma_search.csv"
+        searches+=("$WORK/sigma_tables/$mode")
+    fi
 done
 if [ ${#searches[@]} -gt 0 ]; then
     "$PY" plot.py --plot_type hp --hp_dir "${searches[@]}" --assets_dir "$OUT" --name sigma_search --overwrite
