@@ -169,12 +169,14 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
                   f"({100 * twin['summary']['best_test_acc']:.2f} %)")
 
     # human noise (CIFAR-10N worst): its time, its sigma search, SLN-MO-LC against CE
-    if human:
-        main.append(f"CIFAR-10N's sigma search and its {len(human)} runs took {hours(human) + hours(human_search):.1f} "
-                    f"core-hours")
+    if human_search:
         trials = sorted(human_search, key=lambda r: r["config"]["sigma"])
         detail.append(f"`{HUMAN}` search, last-epoch validation accuracy: " + ", ".join(
             f"σ={r['config']['sigma']:g} {100 * last(r, 'val/acc'):.1f} %" for r in trials))
+        detail.append(f"`{HUMAN}` sigma search {60 * hours(human_search):.1f} core-minutes")
+    if human:
+        main.append(f"CIFAR-10N's sigma search and its {len(human)} runs took {hours(human) + hours(human_search):.1f} "
+                    f"core-hours")
         main.append(versus(pick(human, HUMAN, "SLN-MO-LC"), pick(human, HUMAN, "CE"), "SLN-MO-LC", "CE"))
         main.append(f"SLN-MO {pct([last(r) for r in pick(human, HUMAN, 'SLN-MO')])} %, "
                     f"SLN {pct([last(r) for r in pick(human, HUMAN, 'SLN')])} %")
