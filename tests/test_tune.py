@@ -503,10 +503,20 @@ def test_mini_experiments_file_and_its_search_agree():
     script = (root / "results" / "mini_cifar10" / "reproduce.sh").read_text()
     search = script[script.index("sweep sigma_search"):]
     search = shlex.split(search[:search.index(")")].replace("\\\n", " "))
-    flags = dict(zip(search[::1], search[1::1]))
-    for name in ("model", "train_subset", "n_epochs", "lr", "batch_size", "ema_alpha", "p"):
-        assert str(getattr(args, name)) == flags[f"--{name}"], name
-    assert "--channels_last" in search and args.channels_last
+    # the search's label flags: a noise file's (cifar10, --p) or CIFAR-10N's (cifar10n, --noise_label worst)
+    labels = {name: shlex.split(script[script.index(f"labels=(--dataset_name {name} "):].split(")")[0][len("labels=("):])
+              for name in ("cifar10", "cifar10n")}
+    human_grid, human_argv = tune.read_experiments(root / "configs" / "mini_cifar10n.yaml")
+    human = tune.build_parser().parse_args(human_argv)
+    assert human_grid["variants"] == PAPER_MODELS and human_grid["noise_modes"] == ["worst"]
+    assert labels["cifar10n"] == ["--dataset_name", "cifar10n", "--noise_label", "worst"]
+    for parsed, extra in ((args, labels["cifar10"]), (human, labels["cifar10n"])):
+        flags = dict(zip(search + extra, (search + extra)[1:]))
+        assert flags["--dataset_name"] == parsed.dataset_name
+        for name in ("model", "train_subset", "n_epochs", "lr", "batch_size", "ema_alpha") + (("p",) if parsed is args else ()):
+            assert str(getattr(parsed, name)) == flags[f"--{name}"], name
+        assert "--channels_last" in search and parsed.channels_last
+    assert (human.lc_n_epoch, human.eval_every, human.seed) == (args.lc_n_epoch, args.eval_every, args.seed)
 
 
 def test_a_finished_run_elsewhere_is_reused_only_when_it_trained_the_same(tmp_path):
