@@ -105,10 +105,10 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
     detail.append(f"a grid run took {minutes[0]:.0f}-{minutes[-1]:.0f} min on one core")
 
     # claim 1: the order of the four models at the last epoch
-    means = {m: {v: pct([last(r) for r in pick(table, m, v)]) for v in ("CE", "SLN", "SLN-MO", "SLN-MO-LC")}
-             for m in columns}
+    lasts = {m: {v: [last(r) for r in pick(table, m, v)] for v in PAPER_MODELS} for m in columns}
+    means = {m: {v: pct(lasts[m][v]) for v in PAPER_MODELS} for m in columns}
     for mode in columns:
-        ordered = [sum(last(r) for r in pick(table, mode, v)) for v in ("CE", "SLN", "SLN-MO", "SLN-MO-LC")]
+        ordered = [sum(lasts[mode][v]) / len(lasts[mode][v]) for v in PAPER_MODELS]
         holds = ordered[0] < ordered[1] < ordered[2] <= ordered[3]    # the claimed order: written as a chain
         main.append(" < ".join(means[mode][v] for v in ("CE", "SLN", "SLN-MO")) + f" ≤ {means[mode]['SLN-MO-LC']} %"
                     if holds else f"SLN-MO {means[mode]['SLN-MO']} %, SLN-MO-LC {means[mode]['SLN-MO-LC']} %, "

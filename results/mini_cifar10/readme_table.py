@@ -36,13 +36,10 @@ PAPER = {"CE": ("53.16 ± 1.64", "72.72 ± 1.35", "72.33 ± 0.50"), "SLN": ("80.
 
 def planned() -> tuple[list[str], set[tuple[str, str]]]:
     """The methods of the grids, in their order, and the (method, noise) cells they plan."""
-    methods, cells = [], set()
-    for path in GRIDS:
-        grid = yaml.safe_load(path.read_text())
-        for method in grid["variants"]:
-            methods += [] if method in methods else [method]
-            cells |= {(method, mode) for mode in grid.get("noise_modes", []) + grid.get("noise_labels", [])}
-    return methods, cells
+    grids = [yaml.safe_load(path.read_text()) for path in GRIDS]
+    cells = {(method, mode) for grid in grids for method in grid["variants"]
+             for mode in grid.get("noise_modes", []) + grid.get("noise_labels", [])}
+    return list(dict.fromkeys(method for grid in grids for method in grid["variants"])), cells
 
 
 def cell(row: dict | None, planned: bool) -> str:
