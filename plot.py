@@ -46,7 +46,7 @@ from files import mean_std  # noqa: E402
 from models import make_model  # noqa: E402
 from noise import DataError  # noqa: E402
 from real_data import CIFARN  # noqa: E402
-from tables import (COLUMN_ORDER, VARIANT_ORDER, Run, column_of, headline, load_run, make_table,  # noqa: E402
+from tables import (ACCURACY_COLUMN, COLUMN_ORDER, VARIANT_ORDER, Run, column_of, headline, load_run, make_table,  # noqa: E402
                     one_run_per_seed, one_table, order_key, row_labels, run_ids, settings)
 
 SINGLE_RUN_PLOTS = ["pred_probs", "sample_dissect", "curves"]
@@ -238,6 +238,7 @@ def prob_histograms(probs: np.ndarray, noisy: np.ndarray, n_bins: int) -> tuple[
 
 CLEAN, NOISY = "#1f77b4", "#d62728"
 NETWORK_NAME = {"net": "network", "ema": "EMA network"}
+COMPARE_NETWORK = {"reported": "reported network", "net": "trained network", "ema": "EMA network"}   # y-axis labels
 
 
 def describe(config: dict) -> str:
@@ -394,8 +395,8 @@ def figure_curves(run: Run) -> tuple[plt.Figure, list[list]]:
     return fig, rows
 
 
-def compare_points(runs: list[Run]) -> tuple[list[list], str]:
-    """Test accuracy (%) of the reported network over epochs, mean and sample std (ddof=1) over seeds, per method
+def compare_points(runs: list[Run], network: str = "reported") -> tuple[list[list], str]:
+    """Test accuracy (%) of `network` (tables.ACCURACY_COLUMN; by default the reported one) over epochs, mean and sample std (ddof=1) over seeds, per method
     and noise mode, at the epochs that every seed evaluated (see --eval_every). CSV rows (with header), title."""
     cells, shared = one_table(one_run_per_seed(runs)[0])
     labels = row_labels(cells)
@@ -404,9 +405,9 @@ def compare_points(runs: list[Run]) -> tuple[list[list], str]:
                                              labels[c.row])):
         series = []
         for run in cell.runs:
-            acc = run.metrics.get("test/acc_reported")
+            acc = run.metrics.get(ACCURACY_COLUMN[network])
             if acc is None:
-                raise DataError(f"{run.folder / 'metrics.csv'} has no test/acc_reported column")
+                raise DataError(f"{run.folder / 'metrics.csv'} has no {ACCURACY_COLUMN[network]} column")
             series.append(dict(zip(run.metrics["epoch"].astype(int), 100 * acc)))
         common = sorted(set.intersection(*({e for e, v in s.items() if not np.isnan(v)} for s in series)))
         for epoch in common:
@@ -416,7 +417,7 @@ def compare_points(runs: list[Run]) -> tuple[list[list], str]:
     return rows, headline(shared, [])
 
 
-def figure_compare(rows: list[list], title: str) -> plt.Figure:
+def figure_compare(rows: list[list], title: str, network: str = "reported") -> plt.Figure:
     """One panel per noise mode: each method's mean test accuracy over epochs with a band of ± one std."""
     columns = list(dict.fromkeys(r[0] for r in rows[1:]))
     most = max(len({r[1] for r in rows[1:] if r[0] == column}) for column in columns)
@@ -442,7 +443,7 @@ def figure_compare(rows: list[list], title: str) -> plt.Figure:
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
         else:
             ax.legend(loc="lower right")
-    axes[0][0].set_ylabel("test accuracy (%), reported network")
+    axes[0][0].set_ylabel(f"test accuracy (%), {COMPARE_NETWORK[network]}")
     fig.suptitle("Test accuracy over training, mean ± std over seeds\n" + textwrap.fill(title, 110))
     return fig
 
@@ -668,10 +669,11 @@ def build_parser() -> cli.Parser:
     o.add_argument("--pdf", action="store_true", help="also save every figure as PDF")
     o.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (default: keep them and write name-2, name-3, ...)")
+    o.add_argument("--network", choices=["reported", "net", "ema"], default="reported",
+                   help="which network: the one each run reports (default; EMA for SLN-MO and SLN-MO-LC), the "
+                        "trained network or the EMA network, which every method keeps. pred_probs and "
+                        "sample_dissect analyse its final weights; --table and compare show its test accuracy")
     c = p.add_argument_group("pred_probs and sample_dissect")
-    c.add_argument("--network", choices=["reported", "net", "ema"], default="reported",
-                   help="which final network to analyse: the one the run reports (EMA for SLN-MO and SLN-MO-LC), "
-                        "the trained network or the EMA network")
     c.add_argument("--data_dir", type=Path, default=None,
                    help="dataset root, when not where the run had it (its config's data_dir)")
     c.add_argument("--device", default="cpu", help="where to run the network: cpu (default), cuda, cuda:1, mps, auto")
@@ -696,6 +698,10 @@ def check_args(args: argparse.Namespace) -> None:
         cli.fail("--plot_type hp needs --hp_dir hp/hp_<timestamp> (a tune.py sweep folder)")
     if args.hp_dir and "hp" not in args.plot_type:
         cli.fail("--hp_dir is for --plot_type hp")
+    ignoring = [t for t in args.plot_type if t in ("curves", "ablation", "hp")]
+    if args.network != "reported" and ignoring:
+        cli.fail(f"--network is for --table, compare, pred_probs, sample_dissect and dissect_compare, not for "
+                 f"{' '.join(ignoring)} (curves already shows both networks): make those in a separate call")
     for name in ("batch_size", "bins", "hist_bins"):
         if getattr(args, name) <= 0:
             cli.fail(f"--{name} must be positive, got {getattr(args, name)}")
@@ -741,12 +747,13 @@ def _main(argv: list[str] | None) -> list[Path]:
                 for note in one_run_per_seed(runs)[1]:
                     print(f"note: {note}")
             if args.table:
-                markdown, rows = make_table(runs)
+                markdown, rows = make_table(runs, args.network)
                 print(markdown)
                 written += save(args.assets_dir, args.name or "table", None, args, rows, markdown)
             if "compare" in args.plot_type:
-                rows, title = compare_points(runs)
-                written += save(args.assets_dir, args.name or "compare", figure_compare(rows, title), args, rows)
+                rows, title = compare_points(runs, args.network)
+                written += save(args.assets_dir, args.name or "compare", figure_compare(rows, title, args.network),
+                                args, rows)
             if "ablation" in args.plot_type:
                 rows, title = ablation_points(runs)
                 written += save(args.assets_dir, args.name or "ablation", figure_ablation(rows, title), args, rows)

@@ -21,6 +21,12 @@ from runs import read_metrics as read_metric_rows
 
 VARIANT_ORDER = list(methods.METHODS)     # the paper's models in its order, then the baselines
 COLUMN_ORDER = ["sym", "asym", "dependent", "openset"]
+# Which network's test accuracy a table or compare figure shows (plot.py --network): the one each method reports, the
+# trained network, or the momentum (EMA) network, which every method keeps and only SLN-MO and SLN-MO-LC report
+ACCURACY_COLUMN = {"reported": "test/acc_reported", "net": "test/acc", "ema": "test/acc_ema"}
+NETWORK_TEXT = {"reported": "the reported network (the EMA network for SLN-MO and SLN-MO-LC)",
+                "net": "the trained network (for every method, also SLN-MO and SLN-MO-LC; Co-teaching's first)",
+                "ema": "the momentum (EMA) network of every method, whether the method reports it or not"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -209,22 +215,23 @@ def headline(t: dict, extra: list[str]) -> str:
     return ", ".join(parts + [f"{k}={t.get(k)}" for k in extra if k not in HEADLINE_KEYS])
 
 
-def make_table(runs: list[Run]) -> tuple[str, list[list]]:
+def make_table(runs: list[Run], network: str = "reported") -> tuple[str, list[list]]:
     """The paper's tables from runs: one per setting, rows the methods (CE, SLN, SLN-MO, SLN-MO-LC), columns the
-    noise modes, cells the mean ± std over seeds of the reported test accuracy at the last and the best epoch.
+    noise modes, cells the mean ± std over seeds of the test accuracy of `network` (ACCURACY_COLUMN: by default
+    the one each method reports) at the last and the best epoch.
     Runs with a validation set (Clothing1M) also get the test accuracy at their best validation epoch.
     A seed with several runs of one experiment counts once (one_run_per_seed); a note names the runs left out.
     Returns (Markdown, CSV rows with a header row)."""
+    column = ACCURACY_COLUMN[network]
     runs, repeated = one_run_per_seed(runs)
     cells = group_cells(runs)
-    with_val = any(r.at_best_val() is not None for r in runs)
+    with_val = any(r.at_best_val(column) is not None for r in runs)
     tables = sorted({c.table for c in cells}, key=lambda t: headline(dict(t), []))
     all_keys = sorted({k for t in tables for k, _ in t})
     # settings that differ between tables go into each table's title; the others are said once
     varying = [k for k in all_keys if len({dict(t).get(k) for t in tables}) > 1]
     common = {k: v for k, v in tables[0] if k not in varying and k not in HEADLINE_KEYS and v is not None}
-    lines = ["Test accuracy (%) of the reported network (the EMA network for SLN-MO and SLN-MO-LC), "
-             "mean ± sample std (ddof=1) over n seeds.", "",
+    lines = [f"Test accuracy (%) of {NETWORK_TEXT[network]}, mean ± sample std (ddof=1) over n seeds.", "",
              "Other settings, the same in every table: " + ", ".join(f"{k}={v}" for k, v in common.items())]
     lines += [""] + [f"Note: {n}." for n in repeated] if repeated else []
     # the row settings of the paper's models always; a method's own flags where a run has them
@@ -240,9 +247,9 @@ def make_table(runs: list[Run]) -> tuple[str, list[list]]:
         cols = sorted({c.column for c in t_cells}, key=lambda v: order_key(v, COLUMN_ORDER))
         stats = {}
         for cell in sorted(t_cells, key=lambda c: (rows.index(labels[c.row]), cols.index(c.column))):
-            accs = [r.last_and_best() for r in cell.runs]
+            accs = [r.last_and_best(column) for r in cell.runs]
             last, best = mean_std([a[0] for a in accs]), mean_std([a[1] for a in accs])
-            at_val = [r.at_best_val() for r in cell.runs]
+            at_val = [r.at_best_val(column) for r in cell.runs]
             at_val = mean_std(at_val) if None not in at_val else (None, None)
             stats[(labels[cell.row], cell.column)] = (last, best, at_val, len(accs))
             csv_rows.append([t.get(k) for k in all_keys] + [labels[cell.row], cell.variant, cell.column,

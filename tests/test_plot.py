@@ -613,3 +613,30 @@ def test_compare_and_ablation_count_distinct_seeds(sparse_runs, runs, tmp_path, 
     assert compare[("CE", 4)]["n_seeds"] == "2" and float(compare[("CE", 4)]["mean"]) == pytest.approx(75.0)
     ablation = {float(r["sigma"]): r for r in read_csv(tmp_path / "a" / "ablation.csv")}
     assert ablation[0.0]["n_seeds"] == "2" and "exp_syn_ce1 " not in ablation[0.0]["exp_ids"] + " "
+
+
+def test_network_picks_the_accuracy_of_table_and_compare(runs, tmp_path, capsys):
+    """--network: the table and the compare figure of the trained or the EMA network instead of the reported one.
+    Every method keeps an EMA network, so this sets a baseline's own momentum model beside SLN-MO's."""
+    out, ids = runs
+    runs_dir = tmp_path / "runs"
+    for seed, accs in ((1, [0.30, 0.50]), (2, [0.40, 0.60])):
+        # as an SLN-MO run writes them: the reported accuracy is the EMA network's, 20 points above the trained one
+        dest = synthetic_run(runs_dir, out / "runs" / ids["lc1"], f"mo{seed}",
+                             {"seed": seed, "variant": "SLN-MO", "lc_n_epoch": -1}, accs)
+        write_metrics(dest / "metrics.csv", ["epoch", "test/acc", "test/acc_ema", "test/acc_reported"],
+                      [{"epoch": e + 1, "test/acc": a, "test/acc_ema": a + 0.2, "test/acc_reported": a + 0.2}
+                       for e, a in enumerate(accs)])
+    for network, last in (("reported", 75.0), ("ema", 75.0), ("net", 55.0)):
+        assets = tmp_path / network
+        plot.main(["--runs_dir", str(runs_dir), "--assets_dir", str(assets), "--table", "--network", network])
+        (row,) = read_csv(assets / "table.csv")
+        assert (row["variant"], float(row["last_mean"]), float(row["best_mean"])) == ("SLN-MO", pytest.approx(last),
+                                                                                    pytest.approx(last))
+        assert ("momentum (EMA) network of every method" in (assets / "table.md").read_text()) == (network == "ema")
+        plot.main(["--runs_dir", str(runs_dir), "--assets_dir", str(assets), "--plot_type", "compare", "--network", network])
+        points = {int(r["epoch"]): float(r["mean"]) for r in read_csv(assets / "compare.csv")}
+        assert points == {1: pytest.approx(last - 20), 2: pytest.approx(last)}
+    capsys.readouterr()
+    err = fails(capsys, out, tmp_path / "x", "--plot_type", "ablation", "--network", "ema")
+    assert "--network" in err and "ablation" in err
