@@ -117,6 +117,8 @@ fi
 
 # 3. table and figures, from the copied run files alone (the dissection needs the weights in $WORK)
 "$PY" plot.py --table --runs_dir "$OUT/runs" --assets_dir "$OUT" --name table --overwrite
+# the same table of every run's momentum (EMA) network, which only SLN-MO and SLN-MO-LC report: CE's and each baseline's own
+"$PY" plot.py --table --network ema --runs_dir "$OUT/runs" --assets_dir "$OUT" --name table_ema --overwrite
 [ "$OUT" = results/mini_cifar10 ] && "$PY" results/mini_cifar10/readme_table.py   # README's Results table
 # one figure per noise setting, every method in it: test accuracy over epochs, mean ± std over seeds
 for mode in sym asym dependent worst; do
