@@ -237,8 +237,7 @@ def prob_histograms(probs: np.ndarray, noisy: np.ndarray, n_bins: int) -> tuple[
 # Figures
 
 CLEAN, NOISY = "#1f77b4", "#d62728"
-NETWORK_NAME = {"net": "network", "ema": "EMA network"}
-COMPARE_NETWORK = {"reported": "reported network", "net": "trained network", "ema": "EMA network"}   # y-axis labels
+NETWORK_NAME = {"reported": "reported network", "net": "network", "ema": "EMA network"}
 
 
 def describe(config: dict) -> str:
@@ -396,8 +395,9 @@ def figure_curves(run: Run) -> tuple[plt.Figure, list[list]]:
 
 
 def compare_points(runs: list[Run], network: str = "reported") -> tuple[list[list], str]:
-    """Test accuracy (%) of `network` (tables.ACCURACY_COLUMN; by default the reported one) over epochs, mean and sample std (ddof=1) over seeds, per method
-    and noise mode, at the epochs that every seed evaluated (see --eval_every). CSV rows (with header), title."""
+    """Test accuracy (%) of `network` (tables.ACCURACY_COLUMN; by default the reported one) over epochs, mean and
+    sample std (ddof=1) over seeds, per method and noise mode, at the epochs that every seed evaluated (see
+    --eval_every). CSV rows (with header), title."""
     cells, shared = one_table(one_run_per_seed(runs)[0])
     labels = row_labels(cells)
     rows = [["noise", "method", "epoch", "n_seeds", "mean", "std"]]
@@ -443,7 +443,7 @@ def figure_compare(rows: list[list], title: str, network: str = "reported") -> p
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
         else:
             ax.legend(loc="lower right")
-    axes[0][0].set_ylabel(f"test accuracy (%), {COMPARE_NETWORK[network]}")
+    axes[0][0].set_ylabel(f"test accuracy (%), {NETWORK_NAME[network]}")
     fig.suptitle("Test accuracy over training, mean ± std over seeds\n" + textwrap.fill(title, 110))
     return fig
 
