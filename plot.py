@@ -52,6 +52,7 @@ from tables import (ACCURACY_COLUMN, COLUMN_ORDER, VARIANT_ORDER, Run, column_of
 SINGLE_RUN_PLOTS = ["pred_probs", "sample_dissect", "curves"]
 PLOT_TYPES = SINGLE_RUN_PLOTS + ["compare", "dissect_compare", "ablation", "hp"]
 METHOD_COLOURS = {name: m.colour for name, m in methods.METHODS.items() if m.colour}
+BASELINES = {name for name, m in methods.METHODS.items() if not m.by_flags}   # drawn dashed beside the paper's models
 
 STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10.5,  # used by main()
          "xtick.labelsize": 11, "ytick.labelsize": 11, "figure.dpi": 100, "savefig.dpi": 150,
@@ -418,7 +419,8 @@ def compare_points(runs: list[Run], network: str = "reported") -> tuple[list[lis
 
 
 def figure_compare(rows: list[list], title: str, network: str = "reported") -> plt.Figure:
-    """One panel per noise mode: each method's mean test accuracy over epochs with a band of ± one std."""
+    """One panel per noise mode: each method's mean test accuracy over epochs with a band of ± one std; the paper's
+    models drawn solid, the baselines dashed."""
     columns = list(dict.fromkeys(r[0] for r in rows[1:]))
     most = max(len({r[1] for r in rows[1:] if r[0] == column}) for column in columns)
     below = most > 5        # a legend of many methods goes under the axes, where it hides no curve
@@ -435,8 +437,8 @@ def figure_compare(rows: list[list], title: str, network: str = "reported") -> p
             n = pts[-1][3]
             last = f"{mean[-1]:.1f}" + (f" ± {std[-1]:.1f}" if pts[-1][5] != "" else "")
             ax.plot(epochs, mean, color=colour, lw=2, marker="o" if len(epochs) <= 30 else None, ms=3.5,
-                    label=f"{method}: last {last} (n={n})")
-            ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.18, lw=0)
+                    ls="--" if method.split(" ")[0] in BASELINES else "-", label=f"{method}: last {last} (n={n})")
+            ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.18 if len(methods) <= 5 else 0.1, lw=0)
         ax.set_title(f"{column} labels" if column in cli.NOISE_LABELS else f"{column} noise")   # CIFAR-N: a label set
         ax.set_xlabel("epoch")
         if below:

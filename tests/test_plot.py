@@ -400,6 +400,16 @@ def test_compare_plot_averages_seeds_over_the_evaluated_epochs(sparse_runs, tmp_
     assert w > 500 and h > 300
 
 
+def test_compare_draws_the_papers_models_solid_and_the_baselines_dashed():
+    rows = [["noise", "method", "epoch", "n_seeds", "mean", "std"]]
+    for method in ["CE", "SLN-MO-LC", "GCE", "Co-teaching-SLN"]:
+        rows += [["sym", method, e, 2, 40.0 + e, 1.0] for e in (5, 10)]
+    fig = plot.figure_compare(rows, "a title")
+    styles = {line.get_label().split(":")[0]: line.get_linestyle() for line in fig.axes[0].get_lines()}
+    plot.plt.close(fig)
+    assert styles == {"CE": "-", "SLN-MO-LC": "-", "GCE": "--", "Co-teaching-SLN": "--"}
+
+
 def test_table_and_ablation_skip_unfinished_runs_of_a_running_sweep(sparse_runs, tmp_path, capsys):
     plot.main(["--runs_dir", str(sparse_runs), "--assets_dir", str(tmp_path / "a"), "--table", "--plot_type", "ablation"])
     err = capsys.readouterr().err
