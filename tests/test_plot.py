@@ -194,6 +194,8 @@ def test_table_numbers_are_those_of_the_metrics_files(runs, tmp_path):
     sln = [last_best(out / "runs" / ids[n])[0] for n in ("sln", "sln_asym")]
     assert f"| SLN | {sln[0]:.2f} (n=1) | {sln[1]:.2f} (n=1) |" in table
     assert "SLN: σ = 0.5 (sym), 0.3 (asym)" in table
+    # sigma is not in a row's label, so every row that adds SLN noise has its line, even where it is one value
+    assert "SLN-MO-LC: σ = 1.0 (sym)" in table and "CE: σ" not in table
 
 
 def fake_run(exp_id, sigma, seed, accs):
