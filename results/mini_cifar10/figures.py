@@ -217,6 +217,9 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
             lc = pick(grid, mode, "SLN-MO-LC")
             cells = {b: pick(baselines, mode, b) for b in BASELINES if pick(baselines, mode, b)}
             main.append(f"`{mode}`, SLN-MO-LC minus each baseline: " + gaps(lc, cells))
+            ce = pick(grid, mode, "CE")
+            below = [b for b, runs_b in cells.items() if gap(ce, runs_b)[2] > 0]
+            main.append(f"below plain CE on `{mode}`: {', '.join(below) or 'none'}")
             ema = [gap(lc, b, "test/acc_ema")[2] for b in cells.values()]
             main.append(f"`{mode}`, {min(ema):+.1f} to {max(ema):+.1f} points")
             detail.append(f"`{mode}`, SLN-MO-LC minus each baseline's momentum network: " + gaps(lc, cells, "test/acc_ema"))

@@ -8,7 +8,8 @@
 # Interrupted (Ctrl-C, a reboot)? Run the same command again: finished steps are kept, and a sweep that was cut
 # off continues where it stopped (tune.py --resume). Even without $WORK (say, in a fresh clone), runs already
 # committed under runs/ and search_runs/ are taken as they are, not trained again (tune.py --reuse_runs). PYTHON=... picks the interpreter (default: python).
-# About 7.6 hours for sym, asym and dependent on a 2-core CPU (README 'Results'); tune.py runs one trial per core.
+# About 7.6 hours for sym, asym and dependent on a 2-core CPU (README 'Results'), about 6.4 more for the baselines;
+# tune.py runs one trial per core.
 set -euo pipefail
 DATA=${1:?usage: results/mini_cifar10/reproduce.sh DATA_DIR}
 cd "$(dirname "$0")/../.."
