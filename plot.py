@@ -433,11 +433,12 @@ def figure_compare(rows: list[list], title: str, network: str = "reported") -> p
             epochs = np.array([r[2] for r in pts])
             mean = np.array([r[4] for r in pts])
             std = np.array([0.0 if r[5] == "" else r[5] for r in pts])
-            colour = METHOD_COLOURS.get(method.split(" ")[0], f"C{i + 4}")
+            name = method.split(" ")[0]      # the row label without its settings, e.g. "SLN (σ=0.5)"
+            colour = METHOD_COLOURS.get(name, f"C{i + 4}")
             n = pts[-1][3]
             last = f"{mean[-1]:.1f}" + (f" ± {std[-1]:.1f}" if pts[-1][5] != "" else "")
             ax.plot(epochs, mean, color=colour, lw=2, marker="o" if len(epochs) <= 30 else None, ms=3.5,
-                    ls="--" if method.split(" ")[0] in BASELINES else "-", label=f"{method}: last {last} (n={n})")
+                    ls="--" if name in BASELINES else "-", label=f"{method}: last {last} (n={n})")
             ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.18 if len(methods) <= 5 else 0.1, lw=0)
         ax.set_title(f"{column} labels" if column in cli.NOISE_LABELS else f"{column} noise")   # CIFAR-N: a label set
         ax.set_xlabel("epoch")

@@ -189,12 +189,11 @@ def per_column_notes(cells: list[Cell], labels: dict[tuple, str], cols: list[str
     """For each table row whose settings change from column to column, a line saying how; and sigma's, per column,
     for every row that adds SLN noise (a setting the row label leaves out)."""
     notes = []
-    sigma = ROW_KEYS.index("sigma")
     for label in sorted(set(labels.values()), key=lambda v: (order_key(v.split(" ")[0], VARIANT_ORDER), v)):
         mine = {c.column: c.row for c in cells if labels[c.row] == label}
         for i in range(1, len(ROW_KEYS)):
             values = {row[i] for row in mine.values()}
-            if len(values) > 1 or (i == sigma and any(v for v in values) and f"σ={next(iter(values))}" not in label):
+            if len(values) > 1 or (ROW_KEYS[i] == "sigma" and any(values) and "σ=" not in label):
                 notes.append(f"{label}: {_row_key_name(i)} = "
                              + ", ".join(f"{mine[col][i]} ({col})" for col in cols if col in mine))
     return notes

@@ -215,7 +215,7 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
         detail.append("a baseline run took " + ", ".join(f"{m[0]:.0f}-{m[-1]:.0f} min ({b})" for b, m in spans.items() if m))
         for mode in sorted({setting(r) for r in baselines}, key=MODES.index):
             lc = pick(grid, mode, "SLN-MO-LC")
-            cells = {b: pick(baselines, mode, b) for b in BASELINES if pick(baselines, mode, b)}
+            cells = {b: runs_b for b in BASELINES if (runs_b := pick(baselines, mode, b))}
             main.append(f"`{mode}`, SLN-MO-LC minus each baseline: " + gaps(lc, cells))
             ce = pick(grid, mode, "CE")
             below = [b for b, runs_b in cells.items() if gap(ce, runs_b)[2] > 0]
