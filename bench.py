@@ -163,6 +163,9 @@ def resolve(args) -> None:
     if args.json is not None:
         if args.json.is_dir():
             cli.fail(f"--json {args.json} is a folder; give a file name, e.g. --json {args.json / 'bench.json'}")
+        if args.json.exists():
+            cli.fail(f"--json {args.json} already exists; give a new file name (or delete it): results are never "
+                     "written over")
         cli.check_out_dir(args.json.parent, "--json")
     args.models = [m for m in args.models.split(",") if m]
     args.options = [o for o in args.options.split(",") if o]

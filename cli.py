@@ -8,6 +8,7 @@ plot.py and viz.py all build data through it.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -198,6 +199,8 @@ def named_method(args: argparse.Namespace) -> Method:
         m = methods.get(args.method)
     except ValueError as e:
         fail(f"--method: {e}")
+    args.method = m.name    # as declared, whatever the case typed: configs, --filter and resume compare names
+    args.method = m.name    # as declared, whatever the case typed: configs, --filter and resume compare names
     if not m.sln and args.sigma > 0:
         fail(f"--method {m.name} adds no SLN noise; drop --sigma {args.sigma:g} (SLN on top of it is a method of "
              "its own where declared, e.g. " + ", ".join(n for n, x in methods.METHODS.items() if x.sln) + ")")
@@ -236,6 +239,9 @@ def check_method(args: argparse.Namespace) -> Method:
 def check_training_args(args: argparse.Namespace) -> Method:
     """Validate the shared flags (the output folder included, before any data is loaded); return the method."""
     resolve_precision(args)
+    for name, value in vars(args).items():   # nan and inf pass every range check below; refuse them first
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(f"--{name} must be a finite number, got {value}")
     for name in ("batch_size", "n_epochs", "eval_batch_size", "eval_every"):
         value = getattr(args, name, None)
         if value is not None and value <= 0:
@@ -246,6 +252,12 @@ def check_training_args(args: argparse.Namespace) -> Method:
     for name in ("num_per_class", "workers"):
         if getattr(args, name, None) is not None and getattr(args, name) < 0:
             fail(f"--{name} must be 0 or more, got {getattr(args, name)}")
+    if not 0 <= args.momentum < 1:
+        fail(f"--momentum must be in [0, 1), got {args.momentum:g}")
+    if args.weight_decay < 0:
+        fail(f"--weight_decay must be >= 0, got {args.weight_decay:g}")
+    if not 0 <= args.seed < 2**32:
+        fail(f"--seed must be in 0..{2**32 - 1} (numpy's range), got {args.seed}")
     if args.sigma < 0:
         fail(f"--sigma must be >= 0, got {args.sigma}")
     if not 0 <= args.ema_alpha < 1:
@@ -265,12 +277,17 @@ def check_lr_schedule(args: argparse.Namespace) -> None:
             fail("--lr_decay needs --lr_milestones (the epochs after which it applies)")
         return
     if any(not 0 < m < args.n_epochs for m in milestones) or milestones != sorted(set(milestones)):
-        fail(f"--lr_milestones must be increasing epochs in 1..{args.n_epochs - 1}, got "
+        fail(f"--lr_milestones must be increasing epochs {epochs_before_the_last(args.n_epochs)}, got "
              f"{' '.join(map(str, milestones))}")
     if args.lr_decay is None:
         args.lr_decay = DEFAULT_LR_DECAY
     if not 0 < args.lr_decay <= 1:
         fail(f"--lr_decay must be in (0, 1], got {args.lr_decay}")
+
+
+def epochs_before_the_last(n_epochs: int) -> str:
+    """Where an epoch after which something changes (label correction, an lr milestone) may lie, in words."""
+    return f"in 1..{n_epochs - 1}" if n_epochs >= 2 else f"below n_epochs ({n_epochs}, too few: use 2 or more)"
 
 
 def check_out_dir(folder: Path, flag: str = "--out_dir") -> None:

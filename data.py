@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from files import write_atomic, write_new
+from files import folders_kept_only_on_success, write_atomic, write_new
 from noise import DataError, check_noise_options, generate_noise, noise_report, noise_rules, openset_indices
 
 # ----------------------------------------------------------------------------------------------------
@@ -116,7 +116,6 @@ def _read_batches(folder: Path, files: tuple[str, ...], label_key: str, num_clas
 
 def download_file(url: str, dest: Path, what: str, fix: str, md5: str | None = None, sha256: str | None = None) -> None:
     """Fetch `url` to `dest` atomically, verifying the checksum before the file appears."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     print(f"downloading {what} from {url}")
 
     def fetch(tmp: Path) -> None:
@@ -128,7 +127,9 @@ def download_file(url: str, dest: Path, what: str, fix: str, md5: str | None = N
         got = file_digest(tmp, "md5" if md5 else "sha256")
         if got != (md5 or sha256):
             raise DataError(f"download of {what} from {url} failed its checksum ({got}); {fix}")
-    write_atomic(dest, fetch)
+    with folders_kept_only_on_success(dest.parent):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(dest, fetch)
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
@@ -151,11 +152,14 @@ def load_cifar(name: str, root: Path, download: bool = True):
     if not all((folder / f).is_file() for f in spec.train_files + spec.test_files):
         archive = root / Path(spec.url).name
         fix = f"download {spec.url} and extract it so that {folder}/ exists, or {DATA_DIR_HINT}"
+        if root.name == spec.folder and (root / spec.train_files[0]).is_file():    # one level too deep
+            raise DataError(f"{root} is the {name} folder itself; pass the folder that holds it: --data_dir {root.parent}")
         if not download:
             raise DataError(f"{name} not found in {folder}; {fix}")
         from torchvision.datasets.utils import download_and_extract_archive
         try:  # torchvision checks the archive's md5 before extracting it
-            download_and_extract_archive(spec.url, str(root), filename=archive.name, md5=spec.archive_md5)
+            with folders_kept_only_on_success(root):
+                download_and_extract_archive(spec.url, str(root), filename=archive.name, md5=spec.archive_md5)
         except (OSError, RuntimeError, tarfile.TarError) as e:
             raise DataError(f"cannot get {name} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); {fix}")
     train = _read_batches(folder, spec.train_files, spec.label_key, spec.num_classes)

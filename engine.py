@@ -11,6 +11,7 @@ read by DataLoader workers). The run folder (config, metrics, checkpoints, resum
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import os
@@ -453,45 +454,49 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
             fail(str(e))
 
     out = args.out_dir.resolve()
-    if resume_id:
+    with contextlib.ExitStack() as held:     # the run folder's lock, released however this ends
+        if resume_id:
+            try:
+                runs.lock_run(out / "runs" / resume_id, held)    # first: nothing below may touch a folder in use
+                runs.check_same_data(out / "runs" / resume_id, data)
+            except DataError as e:
+                fail(str(e))
+            stale = runs.remove_stale_temporaries(out / "runs" / resume_id)
+            if stale:
+                print(f"removed what an earlier, killed process left half-written: {', '.join(stale)}")
         try:
-            runs.check_same_data(out / "runs" / resume_id, data)
-        except DataError as e:
+            exp_id = resume_id or runs.create_run(out, args, data, method.name, str(device),
+                                                  None if val is None else len(val[1]))
+        except OSError as e:
+            fail(f"cannot create a run folder in {out / 'runs'} ({runs.write_error(e)}); nothing was written: "
+                 "free disk space (or pass another --out_dir), then start the run again", 3)
+        run_dir = out / "runs" / exp_id
+        if not resume_id:
+            runs.lock_run(run_dir, held)     # a new folder: nobody else can hold it yet
+        rate = data.noise_rate()
+        print(f"{exp_id}: {method.name} on {data.name} ({len(data.labels)} train / {len(data.test_labels)} test images, "
+              f"{'unknown' if rate is None else f'{rate:.2%}'} noisy) with {args.model} on {device}")
+        how = f"python {script} --resume {exp_id}" + (f" --out_dir {shlex.quote(str(out))}" if out != Path.cwd() else "")
+        try:
+            with runs.on_sigterm():
+                summary = train(args, data, model, device, run_dir, on_epoch, bool(resume_id), val, peers)
+        except runs.TrainingStopped as e:
+            fail(f"{exp_id}: {e}" + (f": {how}" if e.resumable else ""), 3)
+        except UnreadableImage as e:
+            again = f"continue with: {how}" if (run_dir / "checkpoint.pt").is_file() else "then start the run again"
+            fail(f"{exp_id}: {e}, {again}", 3)
+        except DataError as e:   # an unusable checkpoint
             fail(str(e))
-        stale = runs.remove_stale_temporaries(out / "runs" / resume_id)
-        if stale:
-            print(f"removed what an earlier, killed process left half-written: {', '.join(stale)}")
-    try:
-        exp_id = resume_id or runs.create_run(out, args, data, method.name, str(device),
-                                              None if val is None else len(val[1]))
-    except OSError as e:
-        fail(f"cannot create a run folder in {out / 'runs'} ({runs.write_error(e)}); nothing was written: "
-             "free disk space (or pass another --out_dir), then start the run again", 3)
-    run_dir = out / "runs" / exp_id
-    rate = data.noise_rate()
-    print(f"{exp_id}: {method.name} on {data.name} ({len(data.labels)} train / {len(data.test_labels)} test images, "
-          f"{'unknown' if rate is None else f'{rate:.2%}'} noisy) with {args.model} on {device}")
-    how = f"python {script} --resume {exp_id}" + (f" --out_dir {shlex.quote(str(out))}" if out != Path.cwd() else "")
-    try:
-        with runs.on_sigterm():
-            summary = train(args, data, model, device, run_dir, on_epoch, bool(resume_id), val, peers)
-    except runs.TrainingStopped as e:
-        fail(f"{exp_id}: {e}" + (f": {how}" if e.resumable else ""), 3)
-    except UnreadableImage as e:
-        again = f"continue with: {how}" if (run_dir / "checkpoint.pt").is_file() else "then start the run again"
-        fail(f"{exp_id}: {e}, {again}", 3)
-    except DataError as e:   # an unusable checkpoint
-        fail(str(e))
-    except KeyboardInterrupt as e:
-        what, code = ("stopped by SIGTERM", 143) if isinstance(e, runs.Terminated) else ("interrupted", 130)
-        kept = ("the last complete epoch is checkpointed; continue with: " + how if has_checkpoint(run_dir) else
-                f"no epoch was complete, so nothing can be resumed: delete {run_dir} and start the run again")
-        fail(f"{exp_id}: {what}; {kept}", code)
-    at_val = ("" if "test_acc_at_best_val" not in summary else
-              f", at the best validation epoch ({summary['best_val_epoch']}) {summary['test_acc_at_best_val']:.4f}")
-    print(f"{exp_id}: last test acc {summary['last_test_acc']:.4f}, best {summary['best_test_acc']:.4f} "
-          f"(epoch {summary['best_epoch']}){at_val}; outputs in {run_dir}")
-    runs_dir = "" if out / "runs" == Path.cwd() / "runs" else f" --runs_dir {shlex.quote(str(out / 'runs'))}"
-    print(f"next: its training curves with: python plot.py --exp_id {exp_id} --plot_type curves{runs_dir} "
-          "(other figures: python plot.py --help)")
-    return exp_id, summary
+        except KeyboardInterrupt as e:
+            what, code = ("stopped by SIGTERM", 143) if isinstance(e, runs.Terminated) else ("interrupted", 130)
+            kept = ("the last complete epoch is checkpointed; continue with: " + how if has_checkpoint(run_dir) else
+                    f"no epoch was complete, so nothing can be resumed: delete {run_dir} and start the run again")
+            fail(f"{exp_id}: {what}; {kept}", code)
+        at_val = ("" if "test_acc_at_best_val" not in summary else
+                  f", at the best validation epoch ({summary['best_val_epoch']}) {summary['test_acc_at_best_val']:.4f}")
+        print(f"{exp_id}: last test acc {summary['last_test_acc']:.4f}, best {summary['best_test_acc']:.4f} "
+              f"(epoch {summary['best_epoch']}){at_val}; outputs in {run_dir}")
+        runs_dir = "" if out / "runs" == Path.cwd() / "runs" else f" --runs_dir {shlex.quote(str(out / 'runs'))}"
+        print(f"next: its training curves with: python plot.py --exp_id {exp_id} --plot_type curves{runs_dir} "
+              "(other figures: python plot.py --help)")
+        return exp_id, summary

@@ -5,7 +5,9 @@ and an existing figure, table or config is never silently replaced.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import itertools
 import os
 import tempfile
@@ -24,6 +26,20 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def folders_kept_only_on_success(folder: Path):
+    """Around a download into `folder`: if the body raises, remove the folders it created that are still empty
+    (`folder` and its missing parents), so that a mistyped --data_dir leaves no empty tree behind."""
+    missing = [d for d in [folder, *folder.parents] if not d.exists()]    # deepest first
+    try:
+        yield
+    except BaseException:
+        for d in missing:
+            with contextlib.suppress(OSError):   # not empty, or gone: leave it
+                d.rmdir()
+        raise
 
 
 def write_new(path: Path, content: str | bytes) -> None:
@@ -46,12 +62,16 @@ def free_stem(folder: Path, name: str, suffixes: list[str], overwrite: bool = Fa
             return stem
 
 
+def csv_text(rows: list[list]) -> str:
+    """Rows (the first one the header) as CSV text; None becomes an empty cell."""
+    text = io.StringIO()
+    csv.writer(text).writerows([["" if v is None else v for v in row] for row in rows])
+    return text.getvalue()
+
+
 def write_csv(path: Path, rows: list[list]) -> None:
     """Rows (the first one the header) as a CSV file, atomically; None becomes an empty cell."""
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows([["" if v is None else v for v in row] for row in rows])
-    write_atomic(path, write)
+    write_atomic(path, lambda tmp: tmp.write_bytes(csv_text(rows).encode()))
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import pickle
@@ -134,6 +135,8 @@ def rebuild_training_set(run: Run, data_dir: Path | None) -> NoisyData:
     """The run's training set as it trained on it: noisy labels, clean labels, subset; checked against what it saved."""
     cfg = run.config
     name = cfg.get("dataset_name")
+    if not run.metrics:     # nothing to judge clean labels by, nor weights to pass the images through
+        raise DataError(f"run {run.exp_id} has not finished an epoch yet; nothing to draw")
     if not has_clean_labels(run):
         raise DataError(f"run {run.exp_id} ({name}) has no clean labels, and pred_probs and sample_dissect need "
                         "clean labels to tell clean from noisy samples; use --plot_type curves for this run")
@@ -618,22 +621,29 @@ def figure_hp(tables: list[tuple[Path, dict]]) -> tuple[plt.Figure, list[list]]:
 
 def save(folder: Path, name: str, fig: plt.Figure | None, args: argparse.Namespace, csv_rows: list[list] | None = None,
          markdown: str | None = None) -> list[Path]:
-    """Write a figure (PNG, and PDF with --pdf) and the numbers behind it, under one free name."""
-    suffixes = ([".png"] + ([".pdf"] if args.pdf else []) if fig is not None else []) + \
-               ([".csv"] if csv_rows is not None else []) + ([".md"] if markdown is not None else [])
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = files.free_stem(folder, name, suffixes, args.overwrite)
-    written = [Path(f"{stem}{s}") for s in suffixes]
-    for path in written:
-        if path.suffix in (".png", ".pdf"):
-            files.write_atomic(path, lambda tmp, fmt=path.suffix[1:]: fig.savefig(tmp, format=fmt))
-        elif path.suffix == ".csv":
-            files.write_csv(path, csv_rows)
-        else:
-            files.write_atomic(path, lambda tmp: tmp.write_text(markdown))
+    """Write a figure (PNG, and PDF with --pdf) and the numbers behind it, under one free name. Outputs that are
+    already there with the same content are left as they are (drawing the same runs twice makes no <name>-2)."""
+    content: dict[str, bytes] = {}
     if fig is not None:
+        for fmt in ["png"] + (["pdf"] if args.pdf else []):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, metadata={"CreationDate": None} if fmt == "pdf" else None)  # no timestamp
+            content[f".{fmt}"] = buf.getvalue()
         plt.close(fig)
+    if csv_rows is not None:
+        content[".csv"] = files.csv_text(csv_rows).encode()
+    if markdown is not None:
+        content[".md"] = markdown.encode()
+    same = [folder / f"{name}{s}" for s in content]
+    if not args.overwrite and all(p.is_file() and p.read_bytes() == content[p.suffix] for p in same):
+        for path in same:
+            print(f"{path} is already this output: unchanged")
+        return same
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = files.free_stem(folder, name, list(content), args.overwrite)
+    written = [Path(f"{stem}{s}") for s in content]
     for path in written:
+        files.write_atomic(path, lambda tmp, data=content[path.suffix]: tmp.write_bytes(data))
         print(f"wrote {path}")
     return written
 

@@ -158,6 +158,27 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def lock_run(run_dir: Path, held: contextlib.ExitStack) -> None:
+    """Hold an exclusive lock on the run folder until `held` closes, or raise DataError if another process holds
+    it: a --resume typed while the run still trains, or a sweep resumed beside a live one, would otherwise train
+    the same folder twice over. The OS drops the lock when the process ends, however it ends (kill -9 included)."""
+    try:
+        import fcntl
+    except ImportError:      # Windows: no advisory locks, no check
+        return
+    f = held.enter_context(open(run_dir / ".lock", "a+"))
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip()
+        raise DataError(f"run {run_dir.name} is being trained by another process ({f'pid {pid}' if pid else 'still running'}); "
+                        "wait for it to end, or stop it first, then resume") from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+
+
 def remove_stale_temporaries(run_dir: Path) -> list[str]:
     """Delete what a killed process left half-written in a run folder (`.<name>.tmp<pid>` of a process that is
     gone, and the checkpoint's `.checkpoint.pt.tmp`); return their names. Called when a run is resumed."""
@@ -511,6 +532,12 @@ def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args
         args.out_dir = run_dir.parent.parent
     args.resume = run_dir.name
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    datasets_here = next((a.choices for a in parser._actions if a.dest == "dataset_name"), None)
+    if datasets_here and saved.get("dataset_name") not in datasets_here:
+        other = {"train_cifar.py": "train_real.py", "train_real.py": "train_cifar.py"}.get(parser.prog, "the other script")
+        raise DataError(f"run {args.resume} trained {saved.get('dataset_name')}, which {parser.prog} does not take "
+                        f"({', '.join(datasets_here)}); resume it with the script that started it: "
+                        f"python {other} --resume {args.resume}")
     allowed_to_differ = {"resume", "device", "out_dir", "eval_batch_size", "workers", "weights"}
     diffs = []
     for key, value in given.items():
@@ -524,6 +551,9 @@ def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args
     if diffs:
         raise DataError(f"run {args.resume} was started with other flags: {'; '.join(diffs)}; "
                         "drop these flags to resume it, or start a new run")
+    if (run_dir / "summary.json").is_file():
+        raise DataError(f"run {args.resume} has already finished (--n_epochs {saved.get('n_epochs')}); nothing to resume "
+                        f"(its results are in {run_dir}; to train longer, start a new run)")
     resumed = argparse.Namespace(**vars(args))
     for key, default in defaults.items():
         if key in saved and key not in allowed_to_differ:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import deps  # noqa: F401  (first: a Python without the packages gets one line, not a traceback)
 
@@ -17,7 +18,7 @@ from noise import format_noise_report
 
 
 def build_parser() -> cli.Parser:
-    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(prog=Path(__file__).name, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_cifar_args(p)
     cli.add_training_args(p, default_model="wrn-28-2")
     return p

@@ -44,7 +44,7 @@ RECIPE_FLAGS = [k for k in CLOTHING1M_RECIPE if k != "image_size"]   # shared tr
 
 
 def build_parser() -> cli.Parser:
-    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(prog=Path(__file__).name, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("dataset and noise")
     d.add_argument("--dataset_name", choices=DATASETS, default="animal-10n",
                    help="animal-10n: <data_dir>/animal-10n/ (no clean labels); cifar10n / cifar100n: CIFAR images with "

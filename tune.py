@@ -20,6 +20,7 @@ import datetime
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -30,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import deps  # noqa: F401  (first: a Python without the packages gets one line, not a traceback)
 
@@ -155,7 +157,7 @@ def plan_sigma_search(parser: cli.Parser, args: argparse.Namespace) -> dict:
         cli.fail("--sigma is what the search varies; give its grid with --sigmas")
     if args.mo or args.lc_n_epoch != -1 or args.method not in (None, "SLN"):
         cli.fail("the sigma search trains SLN only, as the paper does; drop --mo and --method, and use --lc_n_epoch -1")
-    if any(s < 0 for s in args.sigmas) or len(set(args.sigmas)) != len(args.sigmas) or not any(s > 0 for s in args.sigmas):
+    if any(not 0 <= s < math.inf for s in args.sigmas) or len(set(args.sigmas)) != len(args.sigmas) or not any(s > 0 for s in args.sigmas):
         cli.fail(f"--sigmas must be distinct values >= 0 with at least one > 0 (0 adds a CE reference trial, "
                     f"never chosen), got {args.sigmas}")
     if not 0 < args.val_size < 1:
@@ -286,8 +288,8 @@ def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[st
             cli.fail(f"{args.experiments}: sigma has no value for {m}; add it, e.g. sigma: {{{m}: 0.5}}")
     correcting = [v for v in grid["variants"] if methods.get(v).lc]
     if correcting and not 0 < args.lc_n_epoch < args.n_epochs:
-        cli.fail(f"{args.experiments}: {', '.join(correcting)} needs lc_n_epoch in 1..{args.n_epochs - 1} "
-                    f"(the paper: 250 of 300 epochs), got {args.lc_n_epoch}")
+        cli.fail(f"{args.experiments}: {', '.join(correcting)} needs lc_n_epoch {cli.epochs_before_the_last(args.n_epochs)} "
+                 f"(the paper: 250 of 300 epochs), got lc_n_epoch {args.lc_n_epoch} with n_epochs {args.n_epochs}")
     args.val_size = None                               # tables are test accuracy on the full training set
     experiments = args.experiments.resolve()
     sweep = {"kind": "experiments", "base": base_flags(args), "experiments_file": str(experiments),
@@ -505,6 +507,20 @@ def resources(cpus: float, gpus: float | None) -> dict:
     return {"cpu": cpus, "gpu": gpus}
 
 
+def check_trial_device(base: dict, gpus: float, resumed: bool) -> None:
+    """A trial given no GPU trains on the CPU (Ray hides the GPUs from it): refuse here, in one line, what every
+    trial would refuse on its own (--device cuda, bf16), rather than start a sweep whose trials all fail."""
+    if gpus > 0:
+        return
+    asked = (f"--device {base['device']}" if str(base.get("device")).startswith("cuda") else
+             "--precision bf16 (--amp)" if base.get("precision") == "bf16" or base.get("amp") else None)
+    if asked:
+        cli.fail(f"this sweep was started with {asked}, which needs a GPU, and its trials get none here; resume it "
+                 "where the Ray cluster has GPUs, or start a new sweep without it" if resumed else
+                 f"{asked} needs a GPU, but the trials get none (--gpus_per_trial 0, or no GPU in the Ray cluster); "
+                 "drop it to train on CPUs")
+
+
 def runs_of_trial(folder: Path, config: dict) -> list[tuple[Path, dict]]:
     """(run folder, its saved config) of every run in `folder` whose config.yaml holds this trial's Tune config."""
     found = []
@@ -638,14 +654,33 @@ class SweepProgress:
 
 class forward_sigterm:
     """While Tune runs, SIGTERM (kill, timeout, a job scheduler) stops the sweep as Ctrl-C does: Tune saves its
-    state, and the driver says how to continue and exits 143. Tune's own SIGINT handler does the stopping."""
+    state, and the driver says how to continue and exits 143. Tune's own SIGINT handler does the stopping.
+
+    `timeout` and job schedulers signal the whole process group, and a local Ray's processes are in it: with Ray
+    gone, Tune would wait a minute for it and die with a traceback. So if the stop has not ended after `grace`
+    seconds, the driver says the same and exits 143 itself; every run keeps its last checkpoint, so --resume
+    continues as after any stop."""
+
+    def __init__(self, stopped_message: Callable[[], str], grace: float = 30.0):
+        self.stopped_message, self.grace = stopped_message, grace
 
     def __enter__(self):
         self.received = False
         self.old = signal.signal(signal.SIGTERM, self.handle)
         return self
 
+    def deadline(self) -> None:
+        time.sleep(self.grace)
+        print(f"error: {self.stopped_message()}", file=sys.stderr, flush=True)
+        node = getattr(ray._private.worker, "_global_node", None)    # a local Ray of ours, if it still runs
+        with contextlib.suppress(Exception):
+            if node is not None and node.head:
+                node.kill_all_processes(check_alive=False, allow_graceful=False)
+        os._exit(143)
+
     def handle(self, signum, frame):
+        if not self.received:
+            threading.Thread(target=self.deadline, daemon=True).start()
         self.received = True
         handler = signal.getsignal(signal.SIGINT)
         if callable(handler):
@@ -677,7 +712,8 @@ def fit(hp_dir: Path, sweep: dict, resume: bool) -> dict[str, dict]:
                                                              callbacks=[CSVLoggerCallback(), JsonLoggerCallback()]))
     total = len(trial_configs(sweep))
     again = f"continue the sweep with: python tune.py --resume {shlex.quote(str(hp_dir))}"
-    term = forward_sigterm()
+    term = forward_sigterm(lambda: f"stopped by SIGTERM: {len(list((hp_dir / 'runs').glob('*/summary.json')))} of "
+                                   f"{total} trials finished; {again}")
     try:
         with term, SweepProgress(hp_dir, total):
             results = tuner.fit()
@@ -791,6 +827,8 @@ def main(argv: list[str] | None = None) -> Path:
         resources(sweep["resources"]["cpu"], sweep["resources"]["gpu"])
     else:
         sweep["resources"] = resources(args.cpus_per_trial, args.gpus_per_trial)
+    check_trial_device(sweep["base"], sweep["resources"]["gpu"], resumed=bool(args.resume))
+    if not args.resume:
         hp_dir = new_hp_dir(args.out_dir)
         sweep["base"]["out_dir"] = str(hp_dir)
         sweep.update(command=["python", "tune.py", *argv], code=runs.code_version(),

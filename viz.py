@@ -32,6 +32,7 @@ import noise  # noqa: E402
 
 # the CIFARs with their label noise (datasets.py), and Animal-10N with its human labels; data comes from cli.dataset_from_config
 DATASETS = [*datasets.of_script("train_cifar.py"), "animal-10n"]
+MAX_IMAGES = 256        # the largest grid viz.py draws: 32 rows
 COLUMNS = 8             # images per row of the grid
 CELL_IN = (1.5, 1.75)   # width, height of one image and its two-line title, in inches
 MATRIX_IN = 8.5         # width of the transition-matrix panel, in inches
@@ -44,7 +45,7 @@ def build_parser() -> cli.Parser:
     p.add_argument("dataset", choices=DATASETS, help="which training set to show")
     cli.add_noise_args(p)      # the same noise flags and checks as train_cifar.py and tune.py
     p.add_argument("--seed", type=int, default=0, help="which images are drawn; also seeds generated noise")
-    p.add_argument("--n_images", type=int, default=32, help="number of training images in the grid")
+    p.add_argument("--n_images", type=int, default=32, help="number of training images in the grid (1..256)")
     cli.add_data_dir(p)
     p.add_argument("--out_dir", type=Path, default=Path("viz"), help="folder for the figure")
     p.add_argument("--overwrite", action="store_true", help="replace an existing figure of the same name")
@@ -191,8 +192,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     if args.dataset != "animal-10n":
         cli.check_noise_args(args, args.dataset)
-    if args.n_images <= 0:
-        cli.fail(f"--n_images must be positive, got {args.n_images}")
+    if not 0 < args.n_images <= MAX_IMAGES:   # beyond it the figure is unreadable and takes minutes and GBs to draw
+        cli.fail(f"--n_images must be in 1..{MAX_IMAGES}, got {args.n_images}")
     cli.check_out_dir(args.out_dir)
     try:
         fig = animal10n_figure(args) if args.dataset == "animal-10n" else cifar_figure(args)

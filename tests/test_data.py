@@ -142,3 +142,29 @@ def test_download_appears_whole_or_not_at_all(tmp_path, monkeypatch):
         with pytest.raises(DataError, match="checksum" if name == "bad-sum.csv" else "cannot download"):
             data.download_file("https://example.org/x", tmp_path / "sub" / name, "the file", "fetch it", sha256=sha)
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["noise.csv"]
+
+
+def test_a_failed_download_leaves_no_folder_a_mistyped_data_dir_would_have_made(tmp_path, monkeypatch):
+    """Offline, a --data_dir that does not exist gets the one-line error and no empty folder tree (the CIFAR archive
+    and the noise files alike); a folder that existed before stays. The CIFAR folder itself given as --data_dir
+    is named as one level too deep."""
+    import urllib.error
+    import urllib.request
+    import torchvision.datasets.utils as tvu
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+    monkeypatch.setattr(tvu, "download_and_extract_archive", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DataError, match="cannot get cifar10"):
+        data.load_cifar("cifar10", tmp_path / "typo" / "data")
+    with pytest.raises(DataError, match="cannot download"):
+        data.download_file("https://example.org/x", tmp_path / "typo2" / "label_noisy" / "sym0.4.csv", "f", "fix",
+                           sha256="0" * 64)
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(DataError):
+        data.load_cifar("cifar10", tmp_path / "kept")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    write_cifar(tmp_path / "root", "cifar10", 20, 10, seed=0)
+    with pytest.raises(DataError, match=r"cifar-10-batches-py is the cifar10 folder itself; .*--data_dir .*root$"):
+        data.load_cifar("cifar10", tmp_path / "root" / "cifar-10-batches-py")

@@ -52,6 +52,13 @@ def test_bench_json_that_is_a_folder_is_refused_first(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and f"--json {folder} is a folder" in err, err
     assert "img/s" not in captured.out                # nothing was timed
     assert list(folder.iterdir()) == []
+    earlier = folder / "bench.json"
+    earlier.write_text('{"earlier": "results"}')
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--quick", "--device", "cpu", "--data_dir", NOWHERE, "--json", str(earlier)])
+    captured = capsys.readouterr()
+    assert exc.value.code == 2 and f"--json {earlier} already exists" in captured.err and "img/s" not in captured.out
+    assert earlier.read_text() == '{"earlier": "results"}'
 
 
 @pytest.mark.parametrize("name", ["sub/table", "..", "", "/tmp/table"])

@@ -156,6 +156,9 @@ def test_outputs_are_never_silently_replaced(runs, tmp_path):
     out, ids = runs
     run_plot(out, tmp_path, "--exp_id", ids["ce"], "--plot_type", "curves")
     first = (tmp_path / ids["ce"] / "curves.png").read_bytes()
+    # the same figure again: left as it is, no curves-2 beside it
+    assert [p.name for p in run_plot(out, tmp_path, "--exp_id", ids["ce"], "--plot_type", "curves")] == ["curves.png", "curves.csv"]
+    assert not (tmp_path / ids["ce"] / "curves-2.png").exists()
     (tmp_path / ids["ce"] / "curves.png").write_bytes(b"keep me")
     assert [p.name for p in run_plot(out, tmp_path, "--exp_id", ids["ce"], "--plot_type", "curves")] == ["curves-2.png", "curves-2.csv"]
     assert (tmp_path / ids["ce"] / "curves.png").read_bytes() == b"keep me"
@@ -441,6 +444,12 @@ def test_curves_of_a_run_in_progress_and_of_one_without_epochs(sparse_runs, tmp_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "has not finished an epoch yet" in err
     assert not (tmp_path / "b").exists()
+    for plot_type in ("pred_probs", "sample_dissect"):     # the reason, not "no clean labels"
+        with pytest.raises(SystemExit) as exc:
+            plot.main(["--runs_dir", str(sparse_runs), "--assets_dir", str(tmp_path / "b"), "--exp_id",
+                       "exp_syn_starting", "--plot_type", plot_type])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and len(err.splitlines()) == 1 and "has not finished an epoch yet" in err, err
 
 
 def test_compare_refuses_runs_of_several_tables(runs, sparse_runs, tmp_path, capsys):

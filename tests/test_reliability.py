@@ -1,4 +1,5 @@
 """Resume after a crash, careful writes, and one-line answers to failures while running."""
+import contextlib
 import csv
 import os
 import random
@@ -15,6 +16,7 @@ import torch
 
 import runs
 import train_cifar
+import train_real
 from conftest import ROOT
 
 # open-set noise needs no checksummed file, so subprocesses can use the fake data root as it is
@@ -146,6 +148,7 @@ def replace(src, dst, *args, **kwargs):
     return real(src, dst, *args, **kwargs)
 os.replace = replace
 import train_cifar
+import train_real
 train_cifar.main(sys.argv[1:])
 """
 
@@ -174,6 +177,7 @@ def test_torn_checkpoint_falls_back_to_previous(fake_root, tmp_path, reference_r
     run_dir = tmp_path / "runs" / exp_id
     ckpt = run_dir / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])   # torn write of epoch 3
+    (run_dir / "summary.json").unlink()                                 # ... so the run never finished
     in_process(fake_root, tmp_path, "--resume", exp_id)
     out = capsys.readouterr().out
     assert "checkpoint.pt is damaged" in out and "using checkpoint.prev.pt (epoch 2)" in out
@@ -198,6 +202,11 @@ def test_resume_problems_are_one_line(fake_root, tmp_path, capsys):
                 "--resume", "exp_nope")
     expect_exit(capsys, 2, r"--lr 0.5 \(run has 0.01\).*--seed 8 \(run has 7\)", train_cifar.main,
                 ["--resume", exp_id, "--out_dir", str(tmp_path), "--lr", "0.5", "--seed", "8"])
+    expect_exit(capsys, 2, r"has already finished \(--n_epochs 2\); nothing to resume", train_cifar.main,
+                ["--resume", exp_id, "--out_dir", str(tmp_path)])
+    expect_exit(capsys, 2, rf"trained cifar10, which train_real.py does not take .*python train_cifar.py --resume {exp_id}",
+                train_real.main, ["--resume", exp_id, "--out_dir", str(tmp_path)])
+    (run_dir / "summary.json").unlink()     # as if cut off after its last checkpoint
     for f in ("checkpoint.pt", "checkpoint.prev.pt"):
         (run_dir / f).write_bytes(b"garbage")
     expect_exit(capsys, 2, "no usable checkpoint", train_cifar.main, ["--resume", exp_id, "--out_dir", str(tmp_path)])
@@ -246,3 +255,22 @@ def test_config_is_never_overwritten(tmp_path):
     with pytest.raises(FileExistsError):
         runs.save_config(path, {"a": 2})
     assert path.read_text() == "a: 1\n"
+
+
+def test_a_run_still_training_is_not_resumed_beside_itself(fake_root, tmp_path, capsys):
+    """--resume of a run that another process is training is refused in one line naming that process (two
+    processes would append the same epochs to one metrics.csv); once that process is killed, the lock is free."""
+    proc = subprocess.Popen(cli(fake_root, tmp_path, "--n_epochs", "200"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "TQDM_DISABLE": "1"})
+    try:
+        wait_for(tmp_path / "runs", proc)
+        (exp_id,) = run_ids(tmp_path)
+        run_dir = tmp_path / "runs" / exp_id
+        wait_for(run_dir / "checkpoint.pt", proc)
+        expect_exit(capsys, 2, rf"run {exp_id} is being trained by another process \(pid {proc.pid}\); wait for it",
+                    train_cifar.main, ["--resume", exp_id, "--out_dir", str(tmp_path)])
+    finally:
+        proc.kill()
+        proc.wait()
+    with contextlib.ExitStack() as held:
+        runs.lock_run(run_dir, held)          # a killed holder leaves no stale lock

@@ -105,6 +105,15 @@ def test_subsets_are_stratified_and_recorded(fake_root, paper_sums, tmp_path):
     (["--method", "GCE", "--gce_q", "0"], r"--gce_q \(GCE\) must be in \(0, 1\], got 0"),
     (["--method", "Co-teaching", "--forget_rate", "-0.1"], r"--forget_rate \(Co-teaching\) must be in \[0, 1\)"),
     (["--method", "NoSuchLoss"], "unknown method 'NoSuchLoss'"),
+    # the optimiser's and the seed's ranges, and nan / inf, which pass every range check (a traceback or a run
+    # folder that dies at step 1 before these checks)
+    (["--momentum", "-1"], r"--momentum must be in \[0, 1\), got -1"),
+    (["--weight_decay", "-0.1"], "--weight_decay must be >= 0"),
+    (["--seed", "-1"], r"--seed must be in 0\.\.4294967295"),
+    (["--sigma", "nan"], "--sigma must be a finite number, got nan"),
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--n_epochs", "1", "--lr_milestones", "1"], r"epochs below n_epochs \(1, too few: use 2 or more\), got 1"),
+    (["--method", "GCE", "--gce_q", "nan"], "--gce_q must be a finite number"),
 ])
 def test_bad_flags_give_one_line_and_write_nothing(fake_root, paper_sums, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exc:
@@ -161,3 +170,12 @@ def test_run_records_which_copy_of_the_data_it_trained_on(fake_root, paper_sums,
     assert data.cifar_files_official("cifar10", fake_root)
     monkeypatch.setitem(data.CIFAR, "cifar10", official({**listed, "test_batch": "0" * 32}))
     assert not data.cifar_files_official("cifar10", fake_root)
+
+
+def test_a_method_typed_in_any_case_is_recorded_as_declared(fake_root, paper_sums, tmp_path):
+    """--method gce trains GCE and records "GCE": --filter method=GCE, tables and --resume compare the name."""
+    run_cli(fake_root, tmp_path, "--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4", "--n_epochs", "1",
+            "--method", "gce")
+    _, run_dir = only_run(tmp_path)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert (config["method"], config["variant"]) == ("GCE", "GCE")

@@ -283,6 +283,7 @@ PAPER_CIFAR10 = str(tune.runs.CODE_DIR / "configs" / "paper_cifar10.yaml")
     (["--sigmas", "0"], r"--sigmas must be distinct values >= 0 with at least one > 0"),
     (["--sigmas", "-0.5", "0.5"], r"--sigmas must be distinct values >= 0"),
     (["--sigmas", "0.5", "0.5"], r"--sigmas must be distinct values >= 0"),
+    (["--sigmas", "inf", "0.5"], r"--sigmas must be distinct values >= 0 .*got \[inf, 0\.5\]"),
     (["--val_size", "1.5"], r"--val_size must be a share in \(0, 1\)"),
     (["--val_size", "0.001", "DATA"], r"--val_size that keeps at least one image"),
     (["--cpus_per_trial", "0"], r"--cpus_per_trial must be > 0"),
@@ -309,7 +310,10 @@ def test_more_resources_than_the_cluster_has(ray_session, fake_root, paper_sums,
             ("--gpus_per_trial", "3", r"--gpus_per_trial 3 but the Ray cluster has 0 GPUs"),
             ("--gpus_per_trial", "0.25", r"--gpus_per_trial 0.25 shares a GPU between trials, but the Ray cluster "
                                          r"has no GPU; use --gpus_per_trial 0"),
-            ("--gpus_per_trial", "1.5", r"fractions below 1 \(e\.g\. 0\.25: four trials on one GPU\)")):
+            ("--gpus_per_trial", "1.5", r"fractions below 1 \(e\.g\. 0\.25: four trials on one GPU\)"),
+            # what every trial would refuse on a CPU, refused once before the sweep starts
+            ("--device", "cuda", r"--device cuda needs a GPU, but the trials get none \(--gpus_per_trial 0, or no GPU"),
+            ("--precision", "bf16", r"--precision bf16 \(--amp\) needs a GPU, but the trials get none")):
         with pytest.raises(SystemExit) as exc:
             tune.main(search_flags(fake_root, tmp_path, flag, value))
         err = capsys.readouterr().err.strip()
@@ -546,9 +550,12 @@ def test_a_finished_run_elsewhere_is_reused_only_when_it_trained_the_same(tmp_pa
     assert tune.earlier_runs(tmp_path / "sweep" / "runs", config) == (copied, None)
 
 
-def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_progress_is_shown(fake_root, tmp_path):
-    """SIGTERM to the driver (kill, timeout, a job scheduler) once the first trial finished: exit 143 with the
-    command that continues the sweep, which then finishes it; progress lines count trials and estimate the rest."""
+@pytest.mark.parametrize("to", ["driver", "group"])
+def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_progress_is_shown(fake_root, tmp_path, to):
+    """SIGTERM (kill, timeout, a job scheduler) once the first trial finished: exit 143 with the command that
+    continues the sweep, which then finishes it; progress lines count trials and estimate the rest. Sent to the
+    driver alone, Tune stops the sweep; sent to the process group (timeout, schedulers), Ray's own processes stop
+    too, and the driver ends by itself instead of waiting a minute for them."""
     command, env, ray_tmp = driver_sweep(fake_root, tmp_path, n_epochs=8)
     script = command[1]
     driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -556,7 +563,10 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_progress_is_shown(fake_root, t
     try:
         wait_for_first_trial(tmp_path, driver)
         time.sleep(3)       # one progress poll (every 2 s) sees the finished trial, while the second trains
-        driver.send_signal(signal.SIGTERM)
+        if to == "driver":
+            driver.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(driver.pid, signal.SIGTERM)
         out, err = driver.communicate(timeout=120)
     finally:
         if driver.poll() is None:

@@ -122,6 +122,7 @@ def test_animal10n_figure_from_loader(tmp_path, monkeypatch):
     (["cifar10", "--noise_mode", "sym", "--p", "0.2"], "add --custom_noise"),
     (["cifar100", "--noise_mode", "openset", "--custom_noise"], "CIFAR-10 only"),
     (["svhn"], "invalid choice"),
+    (["cifar10", "--n_images", "100000"], r"--n_images must be in 1\.\.256, got 100000"),   # no grid of hours
 ])
 def test_bad_flags_one_line_nothing_written(fake_root, paper_sums, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exc:
