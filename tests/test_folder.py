@@ -275,6 +275,7 @@ def test_resume_after_an_interrupted_epoch(tmp_path, capsys):
     metrics = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(run_dir / "metrics.csv"))]
     ckpt = run_dir / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    (run_dir / "summary.json").unlink()                   # ... so the run never finished
     capsys.readouterr()
     train_real.main(["--resume", run_dir.name, "--out_dir", str(tmp_path / "out"), "--device", "cpu"])
     assert "using checkpoint.prev.pt (epoch 2)" in capsys.readouterr().out
