@@ -115,8 +115,15 @@ def select_runs(runs_dir: Path, exp_ids: list[str] | None, filter_text: str | No
               file=sys.stderr)
     runs = [r for r in runs if r.summary is not None]
     if not runs:
-        raise DataError(f"no finished run in {runs_dir} matches"
-                        + (f" --filter {filter_text}" if filter_text else "") + (" --exp_ids" if exp_ids else ""))
+        if filter_text or exp_ids:
+            raise DataError(f"no finished run in {runs_dir} matches"
+                            + (f" --filter {filter_text}" if filter_text else "") + (" --exp_ids" if exp_ids else ""))
+        below = sorted({c.parent.parent for pattern in ("*/runs/*/config.yaml", "*/*/runs/*/config.yaml")
+                        for c in runs_dir.glob(pattern)})     # e.g. a sweep's runs under <out_dir>/hp/hp_.../runs
+        raise DataError(f"no finished run in {runs_dir}"
+                        + (f"; runs are further down: pass --runs_dir {below[0]}"
+                           + (f" (or one of {len(below) - 1} more such folders)" if len(below) > 1 else "") if below else
+                           "; pass --runs_dir, the folder that holds the run folders (<out_dir>/runs)"))
     return runs
 
 

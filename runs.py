@@ -539,9 +539,11 @@ def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args
                         f"({', '.join(datasets_here)}); resume it with the script that started it: "
                         f"python {other} --resume {args.resume}")
     allowed_to_differ = {"resume", "device", "out_dir", "eval_batch_size", "workers", "weights"}
+    # the data moved: engine.run checks by SHA-256 that it is the same; not given, the saved folder is used
+    moved = {"data_dir"} & set(given) if saved.get("data_provenance") else set()
     diffs = []
     for key, value in given.items():
-        if key in allowed_to_differ:
+        if key in allowed_to_differ | moved:
             continue
         new = str(Path(value).resolve()) if isinstance(value, Path) else value
         if new != saved.get(key):
@@ -556,7 +558,7 @@ def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args
                         f"(its results are in {run_dir}; to train longer, start a new run)")
     resumed = argparse.Namespace(**vars(args))
     for key, default in defaults.items():
-        if key in saved and key not in allowed_to_differ:
+        if key in saved and key not in allowed_to_differ | moved:
             value = saved[key]
             setattr(resumed, key, Path(value) if isinstance(default, Path) and value is not None else value)
     if hasattr(resumed, "make_new_custom_noise"):

@@ -664,3 +664,15 @@ def test_network_picks_the_accuracy_of_table_and_compare(runs, tmp_path, capsys)
     capsys.readouterr()
     err = fails(capsys, out, tmp_path / "x", "--plot_type", "ablation", "--network", "ema")
     assert "--network" in err and "ablation" in err
+
+
+def test_a_runs_dir_above_the_run_folders_names_where_they_are(tmp_path, capsys):
+    """--runs_dir <out_dir>/hp (a sweep's runs are in hp/hp_.../runs): the one line names that folder."""
+    run = tmp_path / "hp" / "hp_2026-01-31_12-00-00" / "runs" / "exp_a"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("dataset_name: cifar10\n")
+    with pytest.raises(SystemExit) as exc:
+        plot.main(["--runs_dir", str(tmp_path / "hp"), "--assets_dir", str(tmp_path / "a"), "--plot_type", "compare"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.endswith(f"runs are further down: pass --runs_dir {run.parent}"), err

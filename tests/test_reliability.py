@@ -4,6 +4,7 @@ import csv
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,6 +208,11 @@ def test_resume_problems_are_one_line(fake_root, tmp_path, capsys):
     expect_exit(capsys, 2, rf"trained cifar10, which train_real.py does not take .*python train_cifar.py --resume {exp_id}",
                 train_real.main, ["--resume", exp_id, "--out_dir", str(tmp_path)])
     (run_dir / "summary.json").unlink()     # as if cut off after its last checkpoint
+    moved = tmp_path / "moved-data"         # the same data in another folder: --data_dir may change on resume
+    shutil.copytree(fake_root, moved)
+    train_cifar.main(["--resume", exp_id, "--out_dir", str(tmp_path), "--data_dir", str(moved)])
+    assert (run_dir / "summary.json").is_file()
+    (run_dir / "summary.json").unlink()
     for f in ("checkpoint.pt", "checkpoint.prev.pt"):
         (run_dir / f).write_bytes(b"garbage")
     expect_exit(capsys, 2, "no usable checkpoint", train_cifar.main, ["--resume", exp_id, "--out_dir", str(tmp_path)])
