@@ -1070,9 +1070,15 @@ def environment(argv: list[str], device: torch.device, mode: str) -> dict:
     env.update(command=" ".join(["python", "bench.py", *argv]),
                started=datetime.datetime.now().isoformat(timespec="seconds"),
                host=platform.node(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
-               code=runs.code_version(), dry_run=mode == "dry_run", deadline_s=DEADLINE_S[mode],
+               code=runs.code_version(), dry_run=mode == "dry_run",
+               **({"dry_run_meaning": DRY_RUN_MEANING} if mode == "dry_run" else {}), deadline_s=DEADLINE_S[mode],
                budget_s=BUDGETS_S[mode], sizes=dataclasses.asdict(DRY_SIZES if mode == "dry_run" else GPU_SIZES))
     return env
+
+
+DRY_RUN_MEANING = ("dry run: no GPU was used. 'ok' says a phase ran to the end at toy size; the CUDA-against-CPU "
+                   "differences compare the CPU with itself (0 by construction), and the speeds and the projected "
+                   "run time are this CPU's at toy size, not a GPU's")
 
 
 def refusal(out_dir: Path, dry_run: bool) -> str | None:
@@ -1173,6 +1179,8 @@ def main(out_dir: Path, data_dir: Path, dry_run: bool, argv: list[str]) -> dict:
     for key, p in check.phases.items():
         why = p.get("error") or p.get("reason") or p.get("incomplete") or ""
         print(f"  {key:<13} {p['status']:<8} {p.get('seconds', 0):6.1f} s  {why}")
+    if dry_run:
+        print(f"gpu check: {DRY_RUN_MEANING}")
     print(f"gpu check: {summary['total_s']:.0f} s in all; summary in {out_dir / JSON_NAME}, "
           f"log in {out_dir / LOG_NAME}")
     if stopped:

@@ -68,6 +68,8 @@ def test_the_dry_run_runs_every_phase_and_writes_one_summary_and_one_log(dry_run
                 "budget_s"):
         assert key in env, key
     assert env["dry_run"] is True and env["command"] == f"python bench.py --gpu_check {out} --dry_run"
+    # a dry run's "ok" says what it is worth, in the summary and on the terminal
+    assert "no GPU was used" in env["dry_run_meaning"] and "gpu check: dry run: no GPU was used" in done.stdout
     assert set(env["budget_s"]) == set(PHASES)
     assert list(summary["phases"]) == PHASES
     for name, phase in summary["phases"].items():

@@ -676,3 +676,16 @@ def test_a_runs_dir_above_the_run_folders_names_where_they_are(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and len(err.splitlines()) == 1, err
     assert err.endswith(f"runs are further down: pass --runs_dir {run.parent}"), err
+
+
+def test_ablation_leaves_the_baselines_out(tmp_path, capsys):
+    """On the committed mini runs (the paper's models and the baselines): accuracy vs sigma is the paper's models'
+    alone, with a note naming the baselines it left out (a GCE run at sigma 0 is not a CE point)."""
+    committed = plot.runs.CODE_DIR / "results" / "mini_cifar10" / "runs"
+    plot.main(["--runs_dir", str(committed), "--assets_dir", str(tmp_path), "--plot_type", "ablation",
+               "--filter", "noise_mode=sym,mo=false"])
+    assert "skipping the runs of Co-teaching, Co-teaching-SLN, ELR, Forward-T, GCE, SCE" in capsys.readouterr().err
+    rows = read_csv(tmp_path / "ablation.csv")
+    variants = {yaml.safe_load((committed / i / "config.yaml").read_text())["variant"]
+                for r in rows for i in r["exp_ids"].split()}
+    assert variants == {"CE", "SLN"} and sorted(float(r["sigma"]) for r in rows) == [0.0, 0.1]
