@@ -561,6 +561,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.dry_run and args.gpu_check is None:
         cli.fail("--dry_run rehearses the GPU check: give it with --gpu_check OUT_DIR")
     if args.gpu_check is not None:
+        defaults = vars(build_parser().parse_args([]))
+        ignored = [k for k, v in vars(args).items() if k not in ("gpu_check", "dry_run", "data_dir") and v != defaults[k]]
+        if ignored:    # the check has its own fixed settings, the same on every GPU
+            cli.fail(f"--gpu_check runs its own fixed settings; drop --{' --'.join(ignored)} (only --data_dir and "
+                     "--dry_run go with it)")
         import gpu_check   # only here: it imports this module for its Trainer and time_eval
         summary = gpu_check.main(args.gpu_check, args.data_dir, args.dry_run, argv)
         if gpu_check.failed(summary):

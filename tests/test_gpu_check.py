@@ -164,7 +164,9 @@ def test_an_earlier_check_is_never_overwritten(tmp_path):
 def test_a_folder_with_other_files_is_refused_and_dry_run_needs_the_check(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     for argv, message in ((["--gpu_check", str(tmp_path), "--dry_run"], "is not empty"),
-                          (["--dry_run"], "--dry_run rehearses the GPU check")):
+                          (["--dry_run"], "--dry_run rehearses the GPU check"),
+                          (["--gpu_check", str(tmp_path / "new"), "--dry_run", "--models", "wrn-28-2"],
+                           r"--gpu_check runs its own fixed settings; drop --models")):
         with pytest.raises(SystemExit) as exc:
             bench.main(argv)
         err = capsys.readouterr().err.strip()
