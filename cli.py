@@ -200,7 +200,6 @@ def named_method(args: argparse.Namespace) -> Method:
     except ValueError as e:
         fail(f"--method: {e}")
     args.method = m.name    # as declared, whatever the case typed: configs, --filter and resume compare names
-    args.method = m.name    # as declared, whatever the case typed: configs, --filter and resume compare names
     if not m.sln and args.sigma > 0:
         fail(f"--method {m.name} adds no SLN noise; drop --sigma {args.sigma:g} (SLN on top of it is a method of "
              "its own where declared, e.g. " + ", ".join(n for n, x in methods.METHODS.items() if x.sln) + ")")

@@ -53,6 +53,11 @@ def write_new(path: Path, content: str | bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def already_written(contents: dict[Path, bytes]) -> bool:
+    """Whether every one of these files exists with exactly this content (a figure drawn again is left as it is)."""
+    return all(path.is_file() and path.read_bytes() == content for path, content in contents.items())
+
+
 def free_stem(folder: Path, name: str, suffixes: list[str], overwrite: bool = False) -> Path:
     """folder/name, or the first of folder/name-2, name-3, ... for which no file name+suffix exists yet (all of
     `suffixes` at once, so that a figure and its CSV keep one name). With `overwrite`, folder/name itself."""

@@ -649,11 +649,11 @@ def save(folder: Path, name: str, fig: plt.Figure | None, args: argparse.Namespa
         content[".csv"] = files.csv_text(csv_rows).encode()
     if markdown is not None:
         content[".md"] = markdown.encode()
-    same = [folder / f"{name}{s}" for s in content]
-    if not args.overwrite and all(p.is_file() and p.read_bytes() == content[p.suffix] for p in same):
+    same = {folder / f"{name}{s}": data for s, data in content.items()}
+    if not args.overwrite and files.already_written(same):
         for path in same:
             print(f"{path} is already this output: unchanged")
-        return same
+        return list(same)
     folder.mkdir(parents=True, exist_ok=True)
     stem = files.free_stem(folder, name, list(content), args.overwrite)
     written = [Path(f"{stem}{s}") for s in content]

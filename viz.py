@@ -45,7 +45,7 @@ def build_parser() -> cli.Parser:
     p.add_argument("dataset", choices=DATASETS, help="which training set to show")
     cli.add_noise_args(p)      # the same noise flags and checks as train_cifar.py and tune.py
     p.add_argument("--seed", type=int, default=0, help="which images are drawn; also seeds generated noise")
-    p.add_argument("--n_images", type=int, default=32, help="number of training images in the grid (1..256)")
+    p.add_argument("--n_images", type=int, default=32, help=f"number of training images in the grid (1..{MAX_IMAGES})")
     cli.add_data_dir(p)
     p.add_argument("--out_dir", type=Path, default=Path("viz"), help="folder for the figure")
     p.add_argument("--overwrite", action="store_true", help="replace an existing figure of the same name")
@@ -150,7 +150,7 @@ def save_new(fig, path: Path, overwrite: bool) -> Path:
     plt.close(fig)
     content = buf.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not overwrite and path.is_file() and path.read_bytes() == content:
+    if not overwrite and files.already_written({path: content}):
         print(f"{path} is already this figure: unchanged")
         return path
     target = Path(f"{files.free_stem(path.parent, path.stem, [path.suffix], overwrite)}{path.suffix}")
