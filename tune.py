@@ -65,7 +65,8 @@ def build_parser() -> cli.Parser:
     cli.add_training_args(p, default_model="wrn-28-2", resumable=False)  # --resume here continues a sweep
     s = p.add_argument_group("sweep")
     s.add_argument("--sigmas", type=float, nargs="+", default=DEFAULT_SIGMAS,
-                   help="the sigma grid of the search (SLN only, as in the paper)")
+                   help="the sigma grid of the search: SLN's, as in the paper, or that of --method (one that adds "
+                        "SLN noise, e.g. Co-teaching-SLN); 0 adds a reference trial without SLN noise, never chosen")
     s.add_argument("--val_size", type=float, default=0.1,
                    help="share of the noisy training set held out, with its noisy labels, to choose sigma on")
     s.add_argument("--experiments", type=Path, default=None,
@@ -101,6 +102,9 @@ def changed_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 def trial_flags(config: dict, sweep: dict) -> dict:
     """The flags that one trial's Tune `config` sets on top of the sweep's base flags."""
     if sweep["kind"] == "sigma_search":
+        method = sweep["base"].get("method")
+        if method is not None and config["sigma"] == 0:     # the reference trial: the method without SLN noise
+            return {"sigma": 0.0, "method": methods.without_sln(methods.get(method)).name}
         return {"sigma": config["sigma"]}
     m, mode = methods.get(config["variant"]), config["noise_mode"]
     # the grid's noise axis: CIFAR's noise modes, or CIFAR-N's label sets (sweep["axis"] "noise_label")
@@ -155,14 +159,39 @@ def plan_sigma_search(parser: cli.Parser, args: argparse.Namespace) -> dict:
     changed = changed_flags(parser, args)
     if "sigma" in changed:
         cli.fail("--sigma is what the search varies; give its grid with --sigmas")
-    if args.mo or args.lc_n_epoch != -1 or args.method not in (None, "SLN"):
-        cli.fail("the sigma search trains SLN only, as the paper does; drop --mo and --method, and use --lc_n_epoch -1")
+    m = search_method(args)
     if any(not 0 <= s < math.inf for s in args.sigmas) or len(set(args.sigmas)) != len(args.sigmas) or not any(s > 0 for s in args.sigmas):
-        cli.fail(f"--sigmas must be distinct values >= 0 with at least one > 0 (0 adds a CE reference trial, "
-                    f"never chosen), got {args.sigmas}")
+        cli.fail(f"--sigmas must be distinct values >= 0 with at least one > 0 (0 adds a reference trial without "
+                 f"SLN noise, never chosen), got {args.sigmas}")
+    if 0 in args.sigmas and methods.without_sln(m) is None:
+        cli.fail(f"--sigmas 0 adds a reference trial of {m.name} without SLN noise, and no method is that; "
+                 f"drop 0 from --sigmas")
     if not 0 < args.val_size < 1:
         cli.fail(f"--val_size must be a share in (0, 1), got {args.val_size}")
     return {"kind": "sigma_search", "base": base_flags(args), "grid": {"sigma": sorted(args.sigmas)}}
+
+
+def search_method(args: argparse.Namespace) -> methods.Method:
+    """The method whose sigma the search varies: SLN, as in the paper, or --method, one that adds SLN noise and
+    corrects no labels (e.g. Co-teaching-SLN). Recorded canonically: SLN as the flags that select it (no --method,
+    as the sweeps made before --method existed), any other by its declared name."""
+    if args.lc_n_epoch != -1:
+        cli.fail("the sigma search trains without label correction; use --lc_n_epoch -1")
+    if args.method is None:
+        if args.mo:
+            cli.fail("--mo: the sigma search trains SLN, as the paper does; for SLN+MO's own search use --method SLN-MO")
+        return methods.get("SLN")
+    try:
+        m = methods.get(args.method)
+    except ValueError as e:
+        cli.fail(f"--method: {e}")
+    searchable = [n for n, x in methods.METHODS.items() if x.sln and not x.lc]
+    if m.name not in searchable:
+        cli.fail(f"--method {m.name}: the sigma search varies the sigma of a method that adds SLN noise and corrects "
+                 f"no labels; choose from {', '.join(searchable)} (SLN, the paper's, is the default)")
+    args.method = None if m.name == "SLN" else m.name
+    args.mo = m.mo if m.by_flags else False        # SLN-MO is selected by its flags too
+    return m
 
 
 GRID_KEYS = ["variants", "noise_modes", "noise_labels", "seeds", "sigma"]   # noise_labels: CIFAR-N's, instead of noise_modes
@@ -744,7 +773,7 @@ def metric_column(run_dir: Path, column: str) -> list[float]:
 def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[float, str]:
     """Write sigma_search.csv/.md: per sigma the validation accuracy at the last epoch and at the best
     epoch; the best sigma has the highest last-epoch validation accuracy (ties: the smaller sigma). A sigma of 0
-    (CE) is shown for reference and never chosen."""
+    (the method without SLN noise: CE for SLN) is shown for reference and never chosen."""
     rows = []
     for exp_id, config in finished.items():
         acc = metric_column(hp_dir / "runs" / exp_id, "val/acc")
@@ -756,10 +785,12 @@ def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[f
                     [["sigma", "val_acc_last_pct", "val_acc_best_pct", "best_epoch", "exp_id"], *rows])
     b = sweep["base"]
     noise = f"{b['noise_mode']} p={b['p']}" if b.get("noise_mode") else f"{b.get('noise_label')} labels"
-    lines = [f"Sigma search, SLN: {b['dataset_name']} {noise}, {b['model']}, {b['n_epochs']} epochs, "
+    m = methods.of({**b, "sigma": 1.0})
+    reference = methods.without_sln(m)
+    lines = [f"Sigma search, {m.name}: {b['dataset_name']} {noise}, {b['model']}, {b['n_epochs']} epochs, "
              f"seed {b['seed']}; validation: {b['val_size']:.0%} of the noisy training set, noisy labels",
              "", "| sigma | val acc, last epoch (%) | val acc, best epoch (%) | best epoch | run |", "|---|---|---|---|---|"]
-    lines += [f"| {s}{' (CE)' if s == 0 else ''} | {last:.2f} | {top:.2f} | {ep} | {exp_id} |"
+    lines += [f"| {s}{f' ({reference.name})' if s == 0 else ''} | {last:.2f} | {top:.2f} | {ep} | {exp_id} |"
               for s, last, top, ep, exp_id in rows]
     lines += ["", f"best sigma: {best_sigma} (highest last-epoch validation accuracy)"]
     text = "\n".join(lines) + "\n"

@@ -122,6 +122,16 @@ def from_flags(sigma: float, mo: bool, lc_n_epoch: int) -> Method | None:
     return None
 
 
+def without_sln(method: Method) -> Method | None:
+    """The declared method that trains as `method` does but adds no SLN noise (SLN: CE, Co-teaching-SLN:
+    Co-teaching), or None where none is declared (SLN-MO: no method reports the momentum model without SLN)."""
+    for other in METHODS.values():
+        if not other.sln and (other.objective, other.flags, other.networks, other.mo, other.lc) == \
+                (method.objective, method.flags, method.networks, method.mo, method.lc):
+            return other
+    return None
+
+
 def of(config: dict | argparse.Namespace) -> Method:
     """The method of a run's flags or saved config: --method, or what --sigma / --mo / --lc_n_epoch select (runs
     made before --method existed record only those); ValueError if neither names one."""

@@ -278,8 +278,15 @@ PAPER_CIFAR10 = str(tune.runs.CODE_DIR / "configs" / "paper_cifar10.yaml")
 
 @pytest.mark.parametrize("flags, message", [
     (["--sigma", "1.0"], r"give its grid with --sigmas"),
-    (["--mo"], r"SLN only"),
-    (["--lc_n_epoch", "250"], r"SLN only"),
+    (["--mo"], r"--mo: the sigma search trains SLN.*use --method SLN-MO$"),
+    (["--lc_n_epoch", "250"], r"trains without label correction; use --lc_n_epoch -1$"),
+    (["--method", "GCE"], r"--method GCE: the sigma search varies the sigma of a method that adds SLN noise .*"
+                          r"choose from SLN, SLN-MO, Co-teaching-SLN"),
+    (["--method", "sln-mo-lc"], r"--method SLN-MO-LC: the sigma search varies"),
+    (["--method", "nope"], r"--method: unknown method 'nope'"),
+    # a reference trial without SLN noise needs such a method: SLN has CE, SLN-MO none
+    (["--method", "SLN-MO", "--sigmas", "0", "0.1"], r"--sigmas 0 adds a reference trial of SLN-MO without SLN "
+                                                      r"noise, and no method is that; drop 0 from --sigmas$"),
     (["--sigmas", "0"], r"--sigmas must be distinct values >= 0 with at least one > 0"),
     (["--sigmas", "-0.5", "0.5"], r"--sigmas must be distinct values >= 0"),
     (["--sigmas", "0.5", "0.5"], r"--sigmas must be distinct values >= 0"),
@@ -351,6 +358,30 @@ def test_sigma_table_shows_a_ce_reference_but_never_chooses_it(tmp_path):
     assert best == 0.2          # CE (sigma 0) has the highest accuracy but is only a reference; 0.2 ties 0.5, smaller wins
     assert "| 0.0 (CE) | 90.00 | 90.00 | 2 | a |" in text
     assert [r["sigma"] for r in read_csv(hp_dir / "sigma_search.csv")] == ["0.0", "0.2", "0.5"]
+
+
+def test_a_method_with_sln_has_its_own_sigma_search(ray_session, fake_root, paper_sums, tmp_path):
+    """--method Co-teaching-SLN: its trials train Co-teaching-SLN at each sigma, and sigma 0 is plain Co-teaching
+    (the method without SLN noise), shown for reference and never chosen."""
+    assert methods.without_sln(methods.get("Co-teaching-SLN")).name == "Co-teaching"
+    assert methods.without_sln(methods.get("SLN")).name == "CE"
+    assert methods.without_sln(methods.get("SLN-MO")) is None
+    flags = search_flags(fake_root, tmp_path, "--method", "co-teaching-sln")
+    flags[flags.index("--sigmas") + 1: flags.index("--sigmas") + 3] = ["0", "0.5"]
+    flags[flags.index("--n_epochs") + 1] = "1"
+    hp_dir = tune.main(flags)
+    configs = {c["sigma"]: c for c in (run_config(d) for d in (hp_dir / "runs").iterdir())}
+    assert {s: c["method"] for s, c in configs.items()} == {0.0: "Co-teaching", 0.5: "Co-teaching-SLN"}
+    for c in configs.values():      # both trained Co-teaching's two networks on the same noisy split
+        split = [json.loads((hp_dir / "runs" / x["exp_id"] / "noise.json").read_text())["val_indices"]
+                 for x in (c, configs[0.5])]
+        assert c["val_size"] == 0.1 and split[0] == split[1]
+        assert "coteach/selected_precision" in read_csv(hp_dir / "runs" / c["exp_id"] / "metrics.csv")[0]
+    text = (hp_dir / "sigma_search.md").read_text()
+    assert text.startswith("Sigma search, Co-teaching-SLN: cifar10 sym p=0.4")
+    assert "| 0.0 (Co-teaching) |" in text and "best sigma: 0.5 " in text
+    sweep = yaml.safe_load((hp_dir / "sweep.yaml").read_text())
+    assert sweep["base"]["method"] == "Co-teaching-SLN" and not sweep["base"]["mo"]
 
 
 def test_trials_start_in_table_order_one_noise_mode_after_the_other():
@@ -521,6 +552,16 @@ def test_mini_experiments_file_and_its_search_agree():
             assert str(getattr(parsed, name)) == flags[f"--{name}"], name
         assert "--channels_last" in search and parsed.channels_last
     assert (human.lc_n_epoch, human.eval_every, human.seed) == (args.lc_n_epoch, args.eval_every, args.seed)
+    # Co-teaching-SLN's own search: the baselines' setting, split and scored as SLN's search is
+    cot = script[script.index("sweep sigma_search/Co-teaching-SLN"):]
+    cot = shlex.split(cot[:cot.index(")")].replace("\\\n", " "))
+    cot_flags = dict(zip(cot, cot[1:]))
+    baselines = tune.build_parser().parse_args(tune.read_experiments(root / "configs" / "mini_cifar10_baselines.yaml")[1])
+    assert cot_flags["--method"] == "Co-teaching-SLN" and cot_flags["--dataset_name"] == baselines.dataset_name
+    for name in ("model", "train_subset", "n_epochs", "lr", "batch_size", "ema_alpha", "p"):
+        assert str(getattr(baselines, name)) == cot_flags[f"--{name}"], name
+    for name in ("--val_size", "--seed", "--eval_every", "--lc_n_epoch"):
+        assert cot_flags[name] == flags[name], name
 
 
 def test_a_finished_run_elsewhere_is_reused_only_when_it_trained_the_same(tmp_path):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates results/mini_cifar10/ from nothing: for sym noise, then for asym noise, the sigma search and the
 # 12 runs of configs/mini_cifar10.yaml with the sigma found; then dependent noise likewise; then CIFAR-10N's human
-# 'worst' labels (configs/mini_cifar10n.yaml); then the baselines; then the table and the figures.
+# 'worst' labels (configs/mini_cifar10n.yaml); then the baselines; then Co-teaching-SLN's own sigma search; then the
+# table and the figures.
 #
 #   results/mini_cifar10/reproduce.sh DATA_DIR      # DATA_DIR holds cifar-10-batches-py/ (+ cifar10/label_noisy/, cifar-n/)
 #
@@ -19,18 +20,20 @@ WORK=$OUT/work                    # sweep folders: Tune's state, checkpoints, we
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 mkdir -p "$WORK" "$OUT/runs" "$OUT/search_runs" "$OUT/runs_pending"
 
-# The sweep folder in $WORK/hp of a given kind (and noise mode), if one was started.
+# The sweep folder in $WORK/hp of a given kind (and noise mode), if one was started. Kind sigma_search is SLN's
+# search; sigma_search/<method> that of another method (tune.py --method).
 sweep_of() {
     "$PY" - "$WORK/hp" "$1" "${2:-}" <<'PYEOF'
 import sys, yaml
 from pathlib import Path
 hp, kind, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+kind, _, method = kind.partition("/")
 for folder in sorted(hp.glob("hp_*")):
     sweep = yaml.safe_load((folder / "sweep.yaml").read_text()) if (folder / "sweep.yaml").is_file() else None
     base = (sweep or {}).get("base", {})   # a CIFAR-N sweep names its label set (noise_label) instead of a noise mode
     modes = [base.get("noise_mode") or base.get("noise_label")] if sweep and kind == "sigma_search" \
         else (sweep or {}).get("grid", {}).get("noise_mode")
-    if sweep and sweep["kind"] == kind and " ".join(modes) == mode:
+    if sweep and sweep["kind"] == kind and " ".join(modes) == mode and (base.get("method") or "") == method:
         print(folder)
 PYEOF
 }
@@ -39,7 +42,7 @@ PYEOF
 sweep() {  # kind mode -- tune.py flags
     local kind=$1 mode=$2 folder; shift 3
     folder=$(sweep_of "$kind" "$mode" | tail -n 1)
-    if [ -n "$folder" ] && [ -f "$folder/$([ "$kind" = sigma_search ] && echo sigma_search.csv || echo table.csv)" ]; then
+    if [ -n "$folder" ] && [ -f "$folder/$([ "${kind%%/*}" = sigma_search ] && echo sigma_search.csv || echo table.csv)" ]; then
         echo "$folder"; return
     fi
     # a sweep cut off (SIGTERM, Ctrl-C) ends the script here: set -e does not reach into $(sweep ...)
@@ -114,9 +117,22 @@ if [ "${BASELINES:-1}" != 0 ]; then
     fi
 fi
 
+# 4. Co-teaching-SLN's own sigma search (tune.py --method), in the setting of SLN's: does a sigma of its own change
+#    the baselines' answer (Co-teaching-SLN took SLN's)? Sigma 0 is plain Co-teaching on the same split, for reference.
+#    COTEACHING_SLN_MODES=... picks the noise modes (default sym asym; empty skips the step).
+for mode in ${COTEACHING_SLN_MODES-sym asym}; do
+    hp=$(sweep sigma_search/Co-teaching-SLN "$mode" -- --method Co-teaching-SLN --dataset_name cifar10 \
+        --noise_mode "$mode" --p 0.4 --lc_n_epoch -1 --val_size 0.1 --seed 0 --sigmas 0 0.05 0.1 0.2 --model wrn-16-1 \
+        --train_subset 2000 --n_epochs 100 --lr 0.02 --batch_size 32 --ema_alpha 0.995 --eval_every 100 \
+        --channels_last --data_dir "$DATA" --reuse_runs "$OUT/search_runs")
+    cp "$hp/sigma_search.md" "$OUT/sigma_search_coteaching_sln_$mode.md"
+    cp "$hp/sigma_search.csv" "$OUT/sigma_search_coteaching_sln_$mode.csv"
+    collect "$hp" "$OUT/search_runs"
+done
+
 [ -n "${RUNS_ONLY:-}" ] && { echo "runs done; RUNS_ONLY is set, so no table or figures"; exit 0; }
 
-# 3. table and figures, from the copied run files alone (the dissection needs the weights in $WORK)
+# 5. table and figures, from the copied run files alone (the dissection needs the weights in $WORK)
 "$PY" plot.py --table --runs_dir "$OUT/runs" --assets_dir "$OUT" --name table --overwrite
 # the same table of every run's momentum (EMA) network, which only SLN-MO and SLN-MO-LC report: CE's and each baseline's own
 "$PY" plot.py --table --network ema --runs_dir "$OUT/runs" --assets_dir "$OUT" --name table_ema --overwrite
