@@ -63,8 +63,10 @@ CIFAR = {
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-# how a user points the scripts (or make) at a data root that already holds the files
-DATA_DIR_HINT = "pass the --data_dir that holds it (with make: make demo DATA_DIR=<folder>)"
+def data_dir_hint() -> str:
+    """How a user points the scripts at a data root that already holds the files: under make (which sets
+    MAKELEVEL for the commands it runs), through make's DATA_DIR."""
+    return "pass the --data_dir that holds it" + (" (make demo DATA_DIR=<folder>)" if os.environ.get("MAKELEVEL") else "")
 
 
 def default_data_dir() -> Path:
@@ -151,7 +153,7 @@ def load_cifar(name: str, root: Path, download: bool = True):
     folder = root / spec.folder
     if not all((folder / f).is_file() for f in spec.train_files + spec.test_files):
         archive = root / Path(spec.url).name
-        fix = f"download {spec.url} and extract it so that {folder}/ exists, or {DATA_DIR_HINT}"
+        fix = f"download {spec.url} and extract it so that {folder}/ exists, or {data_dir_hint()}"
         if root.name == spec.folder and (root / spec.train_files[0]).is_file():    # one level too deep
             raise DataError(f"{root} is the {name} folder itself; pass the folder that holds it: --data_dir {root.parent}")
         if not download:
@@ -240,7 +242,7 @@ def paper_noise_file(root: Path, dataset: str, mode: str, p: float, download: bo
                         "add --custom_noise to generate such noise")
     path = noise_dir(root, dataset) / f"{mode}{p}.csv"
     url = PAPER_NOISE_URL.format(folder=dataset.upper(), mode=mode, p=p)
-    fix = f"download {url} to {path}, or {DATA_DIR_HINT}"
+    fix = f"download {url} to {path}, or {data_dir_hint()}"
     if not path.is_file():
         if not download:
             raise DataError(f"paper noise file {path} is missing; {fix}")
@@ -483,6 +485,12 @@ class NoisyData:
         if test_n:
             idx = stratified_indices(self.test_labels, test_n, seed)
             out.test_images, out.test_labels = self.test_images[idx], self.test_labels[idx]
+        for flag, n, labels, what in (("train_subset", train_n, out.labels, "trained on"),
+                                      ("test_subset", test_n, out.test_labels, "in the test accuracy")):
+            missing = self.num_classes - len(np.unique(labels))
+            if n and missing > 0:      # a smoke test may want that; a result from it says little
+                print(f"note: --{flag} {n} leaves {missing} of the {self.num_classes} classes out: they are not "
+                      f"{what}")
         return out
 
     def split_validation(self, val_size: float, seed: int) -> tuple["NoisyData", tuple[np.ndarray, np.ndarray]]:

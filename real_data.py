@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data import (CIFAR, DATA_DIR_HINT, ArrayUnpickler, NoisyData, cifar_class_names, cifar_files_official,
+from data import (CIFAR, ArrayUnpickler, NoisyData, cifar_class_names, cifar_files_official, data_dir_hint,
                   download_file, file_digest, load_array_pickle, load_cifar)
 from files import write_atomic
 from noise import DataError
@@ -301,7 +301,7 @@ def cifarn_label_file(root: Path, name: str, download: bool = True) -> Path:
     spec = CIFARN[name]
     path = root / "cifar-n" / spec.file
     url = CIFARN_URL.format(file=spec.file)
-    fix = f"download {url} to {path}, or {DATA_DIR_HINT}"
+    fix = f"download {url} to {path}, or {data_dir_hint()}"
     if not path.is_file():
         if not download:
             raise DataError(f"CIFAR-N label file {path} is missing; {fix}")

@@ -162,17 +162,22 @@ def lock_run(run_dir: Path, held: contextlib.ExitStack) -> None:
     """Hold an exclusive lock on the run folder until `held` closes, or raise DataError if another process holds
     it: a --resume typed while the run still trains, or a sweep resumed beside a live one, would otherwise train
     the same folder twice over. The OS drops the lock when the process ends, however it ends (kill -9 included)."""
+    lock_folder(run_dir, held, f"run {run_dir.name} is being trained")
+
+
+def lock_folder(folder: Path, held: contextlib.ExitStack, busy: str) -> None:
+    """lock_run's lock on any folder (tune.py: a sweep's); `busy` begins the refusal, e.g. "sweep hp_x is being run"."""
     try:
         import fcntl
     except ImportError:      # Windows: no advisory locks, no check
         return
-    f = held.enter_context(open(run_dir / ".lock", "a+"))
+    f = held.enter_context(open(folder / ".lock", "a+"))
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.seek(0)
         pid = f.read().strip()
-        raise DataError(f"run {run_dir.name} is being trained by another process ({f'pid {pid}' if pid else 'still running'}); "
+        raise DataError(f"{busy} by another process ({f'pid {pid}' if pid else 'still running'}); "
                         "wait for it to end, or stop it first, then resume") from None
     f.truncate(0)
     f.write(str(os.getpid()))

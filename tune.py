@@ -830,6 +830,20 @@ def new_hp_dir(out_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> Path:
     """Run or resume a sweep; return its folder."""
     argv = sys.argv[1:] if argv is None else argv
+    with contextlib.ExitStack() as held:      # the sweep folder's lock, held until the sweep ends
+        return run_sweep(argv, held)
+
+
+def lock_sweep(hp_dir: Path, held: contextlib.ExitStack) -> None:
+    """One driver per sweep folder: a second (a --resume typed while the sweep still runs) would start every
+    unfinished trial again beside the live ones, and each would fail on its run's lock."""
+    try:
+        runs.lock_folder(hp_dir, held, f"sweep {hp_dir.name} is being run")
+    except DataError as e:
+        cli.fail(str(e))
+
+
+def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cpus_per_trial <= 0:
@@ -839,6 +853,7 @@ def main(argv: list[str] | None = None) -> Path:
     cli.check_out_dir(args.out_dir)
     if args.resume:
         hp_dir = find_sweep(parser, args)
+        lock_sweep(hp_dir, held)                     # first: nothing below may touch a sweep in use
         sweep = yaml.safe_load((hp_dir / "sweep.yaml").read_text())
         sweep["base"]["out_dir"] = str(hp_dir)       # the folder may have moved since
     else:
@@ -861,6 +876,7 @@ def main(argv: list[str] | None = None) -> Path:
     check_trial_device(sweep["base"], sweep["resources"]["gpu"], resumed=bool(args.resume))
     if not args.resume:
         hp_dir = new_hp_dir(args.out_dir)
+        lock_sweep(hp_dir, held)
         sweep["base"]["out_dir"] = str(hp_dir)
         sweep.update(command=["python", "tune.py", *argv], code=runs.code_version(),
                      versions={**runs.library_versions(), "ray": ray.__version__},

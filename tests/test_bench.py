@@ -63,6 +63,10 @@ def test_quick_bench_writes_every_key(quick_results):
     # wrn-28-2 was not asked for, so its target is not judged
     assert set(r["targets"]) == {"pipeline_speedup >= 10", "non_model_fraction/wrn-16-1 <= 0.05"}
     assert r["targets"]["pipeline_speedup >= 10"] == (r["pipeline_speedup"] >= 10)
+    # at toy sizes the table says so instead of shouting MISSED
+    assert r["quick"] and all(line.endswith("at --quick's toy sizes, which do not judge it") and "MISSED" not in line
+                              for line in bench.table(r).splitlines() if line.startswith("target "))
+    assert "MISSED" in bench.table({**r, "quick": False, "targets": {"pipeline_speedup >= 10": False}})
     opts = r["options"]
     assert set(opts) == {"default", "channels_last"} and r["option_model"] == m
     assert opts["channels_last"]["speedup"] == pytest.approx(opts["channels_last"]["train_img_s"]

@@ -17,10 +17,15 @@ def test_reads_pickle_layout(fake_root):
     assert set(np.unique(y)) == set(range(10))
 
 
-def test_missing_dataset_offline_says_what_to_fetch(tmp_path):
-    with pytest.raises(DataError, match=r"cifar-10-python.tar.gz.*cifar-10-batches-py.*--data_dir.*make demo DATA_DIR="):
+def test_missing_dataset_offline_says_what_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.delenv("MAKELEVEL", raising=False)
+    with pytest.raises(DataError, match=r"cifar-10-python.tar.gz.*cifar-10-batches-py.*pass the --data_dir that "
+                                        r"holds it$"):
         data.load_cifar("cifar10", tmp_path, download=True)   # download fails: network is off in tests
     assert not any(tmp_path.rglob("*.tar.gz"))
+    monkeypatch.setenv("MAKELEVEL", "1")                      # run by make (make demo): its DATA_DIR is the way
+    with pytest.raises(DataError, match=r"--data_dir that holds it \(make demo DATA_DIR=<folder>\)$"):
+        data.load_cifar("cifar10", tmp_path, download=True)
 
 
 @pytest.mark.parametrize("name, listed", [("cifar10", tvd.CIFAR10), ("cifar100", tvd.CIFAR100)])
@@ -119,6 +124,18 @@ def test_stratified_subset_keeps_class_shares():
     assert len(idx) == 100 and len(set(idx)) == 100
     assert np.bincount(labels[idx]).tolist() == [10, 20, 30, 40]
     assert np.array_equal(idx, data.stratified_indices(labels, 100, seed=0))
+
+
+def test_a_subset_smaller_than_the_classes_says_which_are_left_out(fake_root, paper_sums, capsys):
+    d = data.load_cifar_noisy("cifar10", fake_root, "sym", 0.4, seed=1)
+    capsys.readouterr()
+    small = d.subset(4, 3, seed=1)
+    assert len(small.labels) == 4 and len(small.test_labels) == 3
+    out = capsys.readouterr().out
+    assert "note: --train_subset 4 leaves 6 of the 10 classes out: they are not trained on" in out
+    assert "note: --test_subset 3 leaves 7 of the 10 classes out: they are not in the test accuracy" in out
+    d.subset(200, 50, seed=1)          # every class kept: no note
+    assert "note:" not in capsys.readouterr().out
 
 
 def test_download_appears_whole_or_not_at_all(tmp_path, monkeypatch):

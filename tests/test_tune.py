@@ -1,4 +1,5 @@
 """tune.py: real Ray Tune sweeps on CPU over tiny fake CIFAR, their tables checked against the runs' files."""
+import contextlib
 import csv
 import json
 import logging
@@ -382,6 +383,33 @@ def test_a_method_with_sln_has_its_own_sigma_search(ray_session, fake_root, pape
     assert "| 0.0 (Co-teaching) |" in text and "best sigma: 0.5 " in text
     sweep = yaml.safe_load((hp_dir / "sweep.yaml").read_text())
     assert sweep["base"]["method"] == "Co-teaching-SLN" and not sweep["base"]["mo"]
+
+
+def test_a_sweep_is_driven_by_one_process_at_a_time(tmp_path, capsys):
+    """tune.py --resume of a sweep whose driver still runs is refused in one line naming that driver, before
+    anything is read or written; once the driver is gone (killed, so no clean exit), the sweep can be taken."""
+    hp_dir = tmp_path / "hp" / "hp_2026-01-01_00-00-00"
+    (hp_dir / "tune").mkdir(parents=True)
+    (hp_dir / "tune" / "tuner.pkl").write_bytes(b"")          # what Tuner.can_restore looks for
+    (hp_dir / "sweep.yaml").write_text("kind: sigma_search\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import contextlib, sys, time; from pathlib import Path; import runs; "
+         "held = contextlib.ExitStack(); runs.lock_folder(Path(sys.argv[1]), held, 'x'); print('held', flush=True); "
+         "time.sleep(120)", str(hp_dir)], cwd=tune.runs.CODE_DIR, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit) as exc:
+            tune.main(["--resume", hp_dir.name, "--out_dir", str(tmp_path)])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+        assert re.fullmatch(rf"error: sweep {hp_dir.name} is being run by another process \(pid {holder.pid}\); "
+                            r"wait for it to end, or stop it first, then resume", err), err
+        assert (hp_dir / "sweep.yaml").read_text() == "kind: sigma_search\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    with contextlib.ExitStack() as held:
+        tune.lock_sweep(hp_dir, held)          # the killed driver left no stale lock
 
 
 def test_trials_start_in_table_order_one_noise_mode_after_the_other():
