@@ -20,10 +20,10 @@ WORK=$OUT/work                    # sweep folders: Tune's state, checkpoints, we
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 mkdir -p "$WORK" "$OUT/runs" "$OUT/search_runs" "$OUT/runs_pending"
 
-# The sweep folder in $WORK/hp of a given kind (and noise mode), if one was started. Kind sigma_search is SLN's
-# search; sigma_search/<method> that of another method (tune.py --method).
+# The sweep folder in $WORK/hp (SWEEPS=<folder>: in <folder>/hp) of a given kind (and noise mode), if one was
+# started. Kind sigma_search is SLN's search; sigma_search/<method> that of another method (tune.py --method).
 sweep_of() {
-    "$PY" - "$WORK/hp" "$1" "${2:-}" <<'PYEOF'
+    "$PY" - "${SWEEPS:-$WORK}/hp" "$1" "${2:-}" <<'PYEOF'
 import sys, yaml
 from pathlib import Path
 hp, kind, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -49,7 +49,7 @@ sweep() {  # kind mode -- tune.py flags
     if [ -n "$folder" ]; then
         "$PY" tune.py --resume "$folder" >&2 || exit $?
     else
-        "$PY" tune.py "$@" --out_dir "$WORK" >&2 || exit $?
+        "$PY" tune.py "$@" --out_dir "${SWEEPS:-$WORK}" >&2 || exit $?
     fi
     sweep_of "$kind" "$mode" | tail -n 1
 }
@@ -119,7 +119,8 @@ fi
 
 # 4. Co-teaching-SLN's own sigma search (tune.py --method), in the setting of SLN's: does a sigma of its own change
 #    the baselines' answer (Co-teaching-SLN took SLN's)? Sigma 0 is plain Co-teaching on the same split, for reference.
-#    COTEACHING_SLN_MODES=... picks the noise modes (default sym asym; empty skips the step).
+#    Then its 3 seeds with the sigma found, in the baselines' setting (where that is SLN's sigma, the baselines' own
+#    runs are reused). COTEACHING_SLN_MODES=... picks the noise modes (default sym asym; empty skips the step).
 for mode in ${COTEACHING_SLN_MODES-sym asym}; do
     hp=$(sweep sigma_search/Co-teaching-SLN "$mode" -- --method Co-teaching-SLN --dataset_name cifar10 \
         --noise_mode "$mode" --p 0.4 --lc_n_epoch -1 --val_size 0.1 --seed 0 --sigmas 0 0.05 0.1 0.2 --model wrn-16-1 \
@@ -128,6 +129,19 @@ for mode in ${COTEACHING_SLN_MODES-sym asym}; do
     cp "$hp/sigma_search.md" "$OUT/sigma_search_coteaching_sln_$mode.md"
     cp "$hp/sigma_search.csv" "$OUT/sigma_search_coteaching_sln_$mode.csv"
     collect "$hp" "$OUT/search_runs"
+    sigma=$(sed -n 's/^best sigma: \([0-9.]*\) .*/\1/p' "$hp/sigma_search.md")
+    echo "Co-teaching-SLN sigma search $mode: best sigma $sigma ($hp)"
+    "$PY" - configs/mini_cifar10_baselines.yaml "$WORK/coteaching_sln_$mode.yaml" "$mode" "$sigma" <<'PYEOF'
+import sys, yaml
+from pathlib import Path
+config = yaml.safe_load(Path(sys.argv[1]).read_text())
+config.update(variants=["Co-teaching-SLN"], noise_modes=[sys.argv[3]], sigma={sys.argv[3]: float(sys.argv[4])})
+Path(sys.argv[2]).write_text(yaml.safe_dump(config, sort_keys=False))
+PYEOF
+    # its own sweep folder: a grid over one noise mode, like the four models' grid of that mode above
+    grid=$(SWEEPS="$WORK/coteaching_sln" sweep experiments "$mode" -- --experiments "$WORK/coteaching_sln_$mode.yaml" \
+        --data_dir "$DATA" --reuse_runs "$OUT/runs" "$OUT/runs_pending")
+    collect "$grid" "$OUT/runs"
 done
 
 [ -n "${RUNS_ONLY:-}" ] && { echo "runs done; RUNS_ONLY is set, so no table or figures"; exit 0; }
