@@ -99,7 +99,9 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
     """{README path: the phrases it must hold}, from the run folders under root."""
     runs, searches = load(root / "runs"), load(root / "search_runs")
     grid = [r for r in runs if setting(r) in MODES and r["config"]["variant"] in PAPER_MODELS]
-    search = [r for r in searches if setting(r) in MODES]
+    search = [r for r in searches if setting(r) in MODES and r["config"]["variant"] in ("CE", "SLN")]
+    # Co-teaching-SLN's own sigma search (tune.py --method): its sigma-0 trials are plain Co-teaching
+    coteaching_search = [r for r in searches if r["config"]["variant"] in ("Co-teaching", "Co-teaching-SLN")]
     human = [r for r in runs if setting(r) == HUMAN]
     human_search = [r for r in searches if setting(r) == HUMAN]
     baselines = [r for r in runs if r["config"]["variant"] in BASELINES]
@@ -230,8 +232,15 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
                 main.append(f"`{mode}`: " + versus(cells["Co-teaching-SLN"], cells["Co-teaching"], "Co-teaching-SLN",
                                                    "Co-teaching"))
 
+    for mode in sorted({setting(r) for r in coteaching_search}, key=MODES.index):
+        trials = sorted((r for r in coteaching_search if setting(r) == mode), key=lambda r: r["config"]["sigma"])
+        detail.append(f"`{mode}` Co-teaching-SLN search, last-epoch validation accuracy: " + ", ".join(
+            f"σ={r['config']['sigma']:g}{' (Co-teaching)' if r['config']['sigma'] == 0 else ''} "
+            f"{100 * last(r, 'val/acc'):.1f} %" for r in trials))
+        detail.append(f"`{mode}` Co-teaching-SLN sigma search {60 * hours(trials):.1f} core-minutes")
+
     # runs made from a tree with uncommitted changes: each is named
-    for r in grid + search + human + human_search + baselines + probes + dissect:
+    for r in grid + search + human + human_search + baselines + coteaching_search + probes + dissect:
         if r["config"]["code"]["git_dirty"]:
             detail.append(f"`{r['id']}`")
     return {MAIN_README: main, README: detail, REPRODUCE: script}
