@@ -471,7 +471,7 @@ def table(results: dict) -> str:
              (f"clothing_train_img_s resnet50 {results['clothing_crop']}px", f"{results['clothing_train_img_s']:.1f}")]
     # --quick's toy batches and matrices say nothing of the targets (a 256^2 matmul can even put "utilisation" above 1)
     toy = " at --quick's toy sizes, which do not judge it" if results.get("quick") else ""
-    rows += [(f"target {k}", ("met" if ok else "MISSED" if not toy else "missed") + toy)
+    rows += [(f"target {k}", ("met" if ok else "missed" if toy else "MISSED") + toy)
              for k, ok in results["targets"].items()]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -785,7 +785,7 @@ def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[f
                     [["sigma", "val_acc_last_pct", "val_acc_best_pct", "best_epoch", "exp_id"], *rows])
     b = sweep["base"]
     noise = f"{b['noise_mode']} p={b['p']}" if b.get("noise_mode") else f"{b.get('noise_label')} labels"
-    m = methods.of({**b, "sigma": 1.0})
+    m = methods.of({**b, "sigma": 1.0})          # the searched method: any sigma > 0 selects it from the base flags
     reference = methods.without_sln(m)
     lines = [f"Sigma search, {m.name}: {b['dataset_name']} {noise}, {b['model']}, {b['n_epochs']} epochs, "
              f"seed {b['seed']}; validation: {b['val_size']:.0%} of the noisy training set, noisy labels",

@@ -95,6 +95,14 @@ def hours(runs: list[dict]) -> float:
     return sum(r["summary"]["seconds"] for r in runs) / 3600
 
 
+def search_line(label: str, trials: list[dict], reference: str = "") -> str:
+    """A sigma search's last-epoch validation accuracy per sigma; `reference` names the sigma-0 trial's method."""
+    trials = sorted(trials, key=lambda r: r["config"]["sigma"])
+    return f"{label} search, last-epoch validation accuracy: " + ", ".join(
+        f"σ={r['config']['sigma']:g}{f' ({reference})' if reference and r['config']['sigma'] == 0 else ''} "
+        f"{100 * last(r, 'val/acc'):.1f} %" for r in trials)
+
+
 def figures(root: Path = HERE) -> dict[str, list[str]]:
     """{README path: the phrases it must hold}, from the run folders under root."""
     runs, searches = load(root / "runs"), load(root / "search_runs")
@@ -176,9 +184,7 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
         detail.append(f"`{mode}` SLN and SLN-MO end at {sum(held) / len(held):.2f}, SLN-MO-LC at {sum(lc) / 3:.2f}")
     # the sigma searches: validation accuracy (noisy labels) at the last epoch per sigma
     for mode in MODES:
-        trials = sorted((r for r in search if r["config"]["noise_mode"] == mode), key=lambda r: r["config"]["sigma"])
-        detail.append(f"`{mode}` search, last-epoch validation accuracy: " + ", ".join(
-            f"σ={r['config']['sigma']:g} {100 * last(r, 'val/acc'):.1f} %" for r in trials))
+        detail.append(search_line(f"`{mode}`", [r for r in search if r["config"]["noise_mode"] == mode]))
     ce = next(r for r in search if r["config"]["noise_mode"] == "sym" and r["config"]["sigma"] == 0)
     val = column(ce, "val/acc")
     detail.append(f"`sym` CE search run: validation accuracy {100 * max(val):.1f} % at epoch "
@@ -200,9 +206,7 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
 
     # human noise (CIFAR-10N worst): its time, its sigma search, SLN-MO-LC against CE
     if human_search:
-        trials = sorted(human_search, key=lambda r: r["config"]["sigma"])
-        detail.append(f"`{HUMAN}` search, last-epoch validation accuracy: " + ", ".join(
-            f"σ={r['config']['sigma']:g} {100 * last(r, 'val/acc'):.1f} %" for r in trials))
+        detail.append(search_line(f"`{HUMAN}`", human_search))
         detail.append(f"`{HUMAN}` sigma search {60 * hours(human_search):.1f} core-minutes")
     if human:
         main.append(f"CIFAR-10N's sigma search and its {len(human)} runs took {hours(human) + hours(human_search):.1f} "
@@ -233,10 +237,8 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
                                                    "Co-teaching"))
 
     for mode in sorted({setting(r) for r in coteaching_search}, key=MODES.index):
-        trials = sorted((r for r in coteaching_search if setting(r) == mode), key=lambda r: r["config"]["sigma"])
-        detail.append(f"`{mode}` Co-teaching-SLN search, last-epoch validation accuracy: " + ", ".join(
-            f"σ={r['config']['sigma']:g}{' (Co-teaching)' if r['config']['sigma'] == 0 else ''} "
-            f"{100 * last(r, 'val/acc'):.1f} %" for r in trials))
+        trials = [r for r in coteaching_search if setting(r) == mode]
+        detail.append(search_line(f"`{mode}` Co-teaching-SLN", trials, "Co-teaching"))
         detail.append(f"`{mode}` Co-teaching-SLN sigma search {60 * hours(trials):.1f} core-minutes")
 
     # runs made from a tree with uncommitted changes: each is named
