@@ -487,7 +487,7 @@ class NoisyData:
             out.test_images, out.test_labels = self.test_images[idx], self.test_labels[idx]
         for flag, n, labels, what in (("train_subset", train_n, out.labels, "trained on"),
                                       ("test_subset", test_n, out.test_labels, "in the test accuracy")):
-            missing = n and self.num_classes - len(np.unique(labels))     # only where a subset was taken
+            missing = self.num_classes - len(np.unique(labels)) if n else 0     # only where a subset was taken
             if missing > 0:      # a smoke test may want that; a result from it says little
                 print(f"note: --{flag} {n} leaves {missing} of the {self.num_classes} classes out: they are not "
                       f"{what}")
