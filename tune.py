@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import itertools
 import json
 import logging
@@ -37,6 +38,8 @@ import deps  # noqa: F401  (first: a Python without the packages gets one line, 
 
 import numpy as np
 import ray
+import ray._private.services
+import ray._private.utils
 import ray._raylet
 import ray.exceptions
 import ray.tune
@@ -513,8 +516,31 @@ def start_ray(address: str | None) -> None:
         return
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     # address="local": always a fresh instance of our own, never a cluster that runs (or was left behind) here
-    ray.init(address="local", num_cpus=cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False,
-             runtime_env=worker_env(), logging_level=logging.WARNING)
+    with ray_in_own_session():
+        ray.init(address="local", num_cpus=cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False,
+                 runtime_env=worker_env(), logging_level=logging.WARNING)
+
+
+@contextlib.contextmanager
+def ray_in_own_session():
+    """Start a local Ray's processes in a session of their own, out of the driver's process group.
+
+    `timeout`, a shell's job control and job schedulers signal a whole process group. Had Ray's processes been in
+    ours, SIGTERM would stop the raylet too, and a driver whose raylet is gone exits at once with status 1 and no
+    word (Ray's core worker ends it), racing the orderly stop of forward_sigterm. Out of the group, only the driver
+    hears the signal and stops the sweep as Ctrl-C does. They still end with the driver: Ray's kernel fate-sharing
+    (Linux's parent-death signal) kills them even when the driver is killed; where that is missing, Ray's reaper
+    needs them in its group, so they are left there."""
+    services = ray._private.services
+    if not ray._private.utils.detect_fate_sharing_support() or sys.platform == "win32":
+        yield
+        return
+    popen = services.ConsolePopen
+    services.ConsolePopen = functools.partial(popen, start_new_session=True)
+    try:
+        yield
+    finally:
+        services.ConsolePopen = popen
 
 
 def resources(cpus: float, gpus: float | None) -> dict:
@@ -685,13 +711,13 @@ class forward_sigterm:
     """While Tune runs, SIGTERM (kill, timeout, a job scheduler) stops the sweep as Ctrl-C does: Tune saves its
     state, and the driver says how to continue and exits 143. Tune's own SIGINT handler does the stopping.
 
-    `timeout` and job schedulers signal the whole process group, and a local Ray's processes are in it: with Ray
-    gone, Tune would wait a minute for it and die with a traceback. So if the stop has not ended after `grace`
-    seconds, the driver says the same and exits 143 itself; every run keeps its last checkpoint, so --resume
-    continues as after any stop."""
+    A signal to the process group (`timeout`) misses a local Ray's processes (see ray_in_own_session), but one to
+    every process of a job (Slurm) or a cluster's own stop reaches Ray: with Ray gone, Tune would wait a minute for
+    it and die with a traceback. So if the stop has not ended after `grace` seconds, the driver says the same and
+    exits 143 itself; every run keeps its last checkpoint, so --resume continues as after any stop."""
 
-    def __init__(self, stopped_message: Callable[[], str], grace: float = 30.0):
-        self.stopped_message, self.grace = stopped_message, grace
+    def __init__(self, stopped_message: Callable[[], str], again: str, grace: float = 30.0):
+        self.stopped_message, self.again, self.grace = stopped_message, again, grace
 
     def __enter__(self):
         self.received = False
@@ -699,6 +725,9 @@ class forward_sigterm:
         return self
 
     def deadline(self) -> None:
+        # said at once: a scheduler that signals every process of the job (Slurm) stops Ray too, which can end the
+        # driver before it says more
+        print(f"SIGTERM: stopping the sweep; {self.again}", file=sys.stderr, flush=True)
         time.sleep(self.grace)
         print(f"error: {self.stopped_message()}", file=sys.stderr, flush=True)
         node = getattr(ray._private.worker, "_global_node", None)    # a local Ray of ours, if it still runs
@@ -742,7 +771,7 @@ def fit(hp_dir: Path, sweep: dict, resume: bool) -> dict[str, dict]:
     total = len(trial_configs(sweep))
     again = f"continue the sweep with: python tune.py --resume {shlex.quote(str(hp_dir))}"
     term = forward_sigterm(lambda: f"stopped by SIGTERM: {len(list((hp_dir / 'runs').glob('*/summary.json')))} of "
-                                   f"{total} trials finished; {again}")
+                                   f"{total} trials finished; {again}", again)
     try:
         with term, SweepProgress(hp_dir, total):
             results = tuner.fit()

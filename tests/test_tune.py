@@ -492,6 +492,14 @@ def resume_driver(script: str, hp_dir: Path, env: dict, ray_tmp: Path) -> subpro
     return done
 
 
+def session_of(pid: int) -> int | None:
+    """The session ID of a process, None when it has ended."""
+    try:
+        return os.getsid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def wait_for_first_trial(tmp_path, driver) -> None:
     deadline = time.time() + 300
     while not list(tmp_path.glob("hp/hp_*/runs/*/summary.json")):
@@ -623,8 +631,8 @@ def test_a_finished_run_elsewhere_is_reused_only_when_it_trained_the_same(tmp_pa
 def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_progress_is_shown(fake_root, tmp_path, to):
     """SIGTERM (kill, timeout, a job scheduler) once the first trial finished: exit 143 with the command that
     continues the sweep, which then finishes it; progress lines count trials and estimate the rest. Sent to the
-    driver alone, Tune stops the sweep; sent to the process group (timeout, schedulers), Ray's own processes stop
-    too, and the driver ends by itself instead of waiting a minute for them."""
+    driver alone or to its process group (timeout), Tune stops the sweep: Ray's own processes are in sessions of
+    their own, and end with the driver."""
     command, env, ray_tmp = driver_sweep(fake_root, tmp_path, n_epochs=8)
     script = command[1]
     driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -632,11 +640,19 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_progress_is_shown(fake_root, t
     try:
         wait_for_first_trial(tmp_path, driver)
         time.sleep(3)       # one progress poll (every 2 s) sees the finished trial, while the second trains
+        # Ray's processes are out of the driver's session, so a signal to its group reaches the driver alone (a
+        # raylet stopped under a driver ends it at once, exit 1 and no word)
+        sessions = {pid: sid for pid in processes_under(ray_tmp) if (sid := session_of(pid)) is not None}
+        assert sessions and driver.pid not in sessions.values(), sessions
         if to == "driver":
             driver.send_signal(signal.SIGTERM)
         else:
             os.killpg(driver.pid, signal.SIGTERM)
         out, err = driver.communicate(timeout=120)
+        left = time.time() + 20         # and they end with the driver
+        while processes_under(ray_tmp) and time.time() < left:
+            time.sleep(0.2)
+        assert not processes_under(ray_tmp)
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -645,6 +661,7 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_progress_is_shown(fake_root, t
     assert driver.returncode == 143, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: stopped by SIGTERM: ") and last.endswith(f"python tune.py --resume {hp_dir}"), last
+    assert f"SIGTERM: stopping the sweep; continue the sweep with: python tune.py --resume {hp_dir}\n" in err
     assert "Traceback" not in err
     assert "sweep: 0 of 2 trials done, 2 left; time left known once a trial has finished" in out
     assert re.search(r"sweep: 1 of 2 trials done, 1 left; about (\d+s|\d+m\d\ds) left", out), out[-3000:]
