@@ -28,9 +28,11 @@ def only_run(out_dir):
 PAPER_SETTINGS = [(d, m) for d in ("cifar10", "cifar100") for m in ("sym", "asym", "dependent")]
 
 
-# every model on every paper noise file; open-set noise with one model is enough to cover its data path
-@pytest.mark.parametrize("dataset, mode, name", [(d, m, v) for d, m in PAPER_SETTINGS for v in VARIANTS]
-                         + [("cifar10", "openset", "SLN-MO-LC")])
+# every model on one noise file, and every paper noise file (and open-set noise) with the model that uses every part
+# (SLN noise, the EMA model, label correction): the data path and the model's path are independent, so the full
+# product (25 runs, a minute more) would test nothing these miss
+@pytest.mark.parametrize("dataset, mode, name", [("cifar10", "sym", v) for v in VARIANTS if v != "SLN-MO-LC"]
+                         + [(d, m, "SLN-MO-LC") for d, m in PAPER_SETTINGS] + [("cifar10", "openset", "SLN-MO-LC")])
 def test_every_model_and_noise_mode(fake_root, paper_sums, tmp_path, dataset, mode, name):
     summary = run_cli(fake_root, tmp_path, "--dataset_name", dataset, "--noise_mode", mode, "--p", "0.4",
                       *VARIANTS[name])

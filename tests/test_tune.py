@@ -665,6 +665,8 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_progress_is_shown(fake_root, t
     assert "Traceback" not in err
     assert "sweep: 0 of 2 trials done, 2 left; time left known once a trial has finished" in out
     assert re.search(r"sweep: 1 of 2 trials done, 1 left; about (\d+s|\d+m\d\ds) left", out), out[-3000:]
+    if to == "group":
+        return          # stopped as for the driver alone; the "driver" case tests that the resume finishes it
     done = resume_driver(script, hp_dir, env, ray_tmp)
     assert "sweep: 1 of 2 trials done, 1 left" in done.stdout and "sweep: 2 of 2 trials done, 0 left; all done" in done.stdout
     assert len(read_csv(hp_dir / "sigma_search.csv")) == 2
