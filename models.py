@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 
@@ -111,6 +110,7 @@ def resnet50(num_classes: int, backbone: dict | None = None) -> nn.Module:
     """torchvision's ResNet-50 with a new `num_classes`-way final layer (the authors' Clothing1M network). It is
     built 1000-way, as on ImageNet, so that `backbone` (a state dict of ImageNet weights) loads as it is; the
     backbone's own final layer, if any, is not used."""
+    import torchvision   # imported here: torchvision's import costs every script ~2 s on a CPU
     net = torchvision.models.resnet50()
     if backbone is not None:
         kept = {k: v for k, v in backbone.items() if not k.startswith("fc.")}
@@ -133,9 +133,10 @@ MODELS = {
     "vgg19-bn": lambda c: VGG(VGG19_CFG, c),
     "resnet50": resnet50,
 }
-# ImageNet weights through torchvision's weights API: IMAGENET1K_V1 are torchvision's original ResNet-50 weights,
-# the ones the authors' script downloads (under their older file name resnet50-19c8e357.pth).
-IMAGENET_WEIGHTS = {"resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1}
+# ImageNet weights through torchvision's weights API, by (enum, member) name: IMAGENET1K_V1 are torchvision's
+# original ResNet-50 weights, the ones the authors' script downloads (under their older file name
+# resnet50-19c8e357.pth).
+IMAGENET_WEIGHTS = {"resnet50": ("ResNet50_Weights", "IMAGENET1K_V1")}
 
 
 def make_model(name: str, num_classes: int, backbone: dict | None = None) -> nn.Module:
@@ -167,7 +168,9 @@ def imagenet_state_dict(name: str, path: Path | None = None) -> dict:
             raise WeightsError(f"--weights {path} holds a {type(state).__name__}, not a state dict of tensors; give "
                                "a file saved with torch.save(model.state_dict(), path)")
         return state
-    weights = IMAGENET_WEIGHTS[name]
+    import torchvision
+    enum, member = IMAGENET_WEIGHTS[name]
+    weights = getattr(getattr(torchvision.models, enum), member)
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     file = cache / Path(weights.url).name
     try:

@@ -20,7 +20,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -78,6 +77,7 @@ def load_crop(path: Path, resize: int, crop: int, params: tuple[float, float, fl
     """uint8 (3, crop, crop) RGB pixels of one image file: Resize(resize) (shorter side, bilinear, antialiased as in
     torchvision), then CenterCrop(crop) when `params` is None, else RandomCrop(crop) at fractions (top, left) of
     the free range and a horizontal flip when the third value is below 0.5 (the authors' Clothing1M transforms)."""
+    import torchvision.transforms.functional as TF   # here, not at the top: its import costs every script ~2 s
     with Image.open(path) as img:
         img = TF.resize(img.convert("RGB"), resize)
     if params is None:
