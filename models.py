@@ -133,10 +133,10 @@ MODELS = {
     "vgg19-bn": lambda c: VGG(VGG19_CFG, c),
     "resnet50": resnet50,
 }
-# ImageNet weights through torchvision's weights API, by (enum, member) name: IMAGENET1K_V1 are torchvision's
-# original ResNet-50 weights, the ones the authors' script downloads (under their older file name
-# resnet50-19c8e357.pth).
-IMAGENET_WEIGHTS = {"resnet50": ("ResNet50_Weights", "IMAGENET1K_V1")}
+# ImageNet weights through torchvision's weights API, by the name torchvision.models.get_weight takes:
+# IMAGENET1K_V1 are torchvision's original ResNet-50 weights, the ones the authors' script downloads (under their
+# older file name resnet50-19c8e357.pth).
+IMAGENET_WEIGHTS = {"resnet50": "ResNet50_Weights.IMAGENET1K_V1"}
 
 
 def make_model(name: str, num_classes: int, backbone: dict | None = None) -> nn.Module:
@@ -169,8 +169,7 @@ def imagenet_state_dict(name: str, path: Path | None = None) -> dict:
                                "a file saved with torch.save(model.state_dict(), path)")
         return state
     import torchvision
-    enum, member = IMAGENET_WEIGHTS[name]
-    weights = getattr(getattr(torchvision.models, enum), member)
+    weights = torchvision.models.get_weight(IMAGENET_WEIGHTS[name])
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     file = cache / Path(weights.url).name
     try:
