@@ -33,8 +33,11 @@ the absolute rates move with the machine's load. Rates are images per second on 
   --option_model over --eval_images images, in batches of 1024 (the earlier default), in batches of this
   device's default (`engine.default_eval_batch_size`: 128 on a CPU) and in those batches with channels_last;
   best of two alternating rounds. `eval_speedup` is each over the first.
-- with --options: `train_img_s` of --option_model with each of --channels_last, --amp and --compile,
-  measured in alternation with the default settings, and the speed-up of each over the default.
+- with --options: `train_img_s` of --option_model with each of --channels_last, --amp and --compile, or of
+  several joined by + (`channels_last+amp`: bf16 in the channels-last layout), measured in alternation with the
+  default settings, and the speed-up of each over the default. `cpu_bf16_units`: whether the CPU has bf16
+  instructions (AVX512_BF16, AMX, Arm BF16), where the training scripts accept --precision bf16 on the CPU;
+  e.g. `--options channels_last,channels_last+amp --threads 1` measures float32 against bf16 side by side.
 - `clothing_pipeline_img_s`: the Clothing1M input pipeline as a run uses it (`sources.FileImages`): --file_images
   synthetic JPEGs of --file_size px, each opened, resized (shorter side 256), randomly cropped (224) and flipped
   in --workers DataLoader processes, batches of 32 moved to the device and normalised; timed after the first
@@ -76,6 +79,7 @@ from torch import nn
 
 import cli
 import datasets
+import engine
 import files
 import methods
 import runs
@@ -109,7 +113,8 @@ def build_parser() -> cli.Parser:
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="torch CPU threads for everything timed (default: os.cpu_count())")
     p.add_argument("--options", default="",
-                   help=f"comma-separated speed options to time against the default ({', '.join(OPTIONS)})")
+                   help=f"comma-separated speed options to time against the default ({', '.join(OPTIONS)}; "
+                        "several joined by +, e.g. channels_last,channels_last+amp)")
     p.add_argument("--option_model", choices=list(MODELS), default="wrn-16-1",
                    help="network timed for --options, --methods and the evaluation batch sizes")
     p.add_argument("--methods", default="",
@@ -178,8 +183,10 @@ def resolve(args) -> None:
         if m not in MODELS:
             cli.fail(f"unknown model {m!r} in --models; choose from {', '.join(MODELS)}")
     for o in args.options:
-        if o not in OPTIONS:
-            cli.fail(f"unknown option {o!r} in --options; choose from {', '.join(OPTIONS)}")
+        for part in o.split("+"):
+            if part not in OPTIONS:
+                cli.fail(f"unknown option {part!r} in --options; choose from {', '.join(OPTIONS)}, or join them "
+                         "with + (e.g. channels_last+amp)")
     if not args.models:
         cli.fail("--models is empty; name at least one network, e.g. --models wrn-16-1")
 
@@ -378,7 +385,7 @@ def time_model(name: str, x: torch.Tensor, labels: torch.Tensor, batch_size: int
 def time_options(name: str, x: torch.Tensor, labels: torch.Tensor, batch_size: int, steps: int,
                  options: list[str], rounds: int = 2) -> dict:
     """Images/s of the default settings and of each option alone, best of `rounds` alternating epochs."""
-    settings = {"default": [], **{o: [f"--{o}"] for o in options}}
+    settings = {"default": [], **{o: [f"--{part}" for part in o.split("+")] for o in options}}
     trainers = {k: Trainer(name, x, labels, batch_size, flags) for k, flags in settings.items()}
     n = steps * batch_size
     for k, t in trainers.items():
@@ -462,6 +469,8 @@ def table(results: dict) -> str:
                                                               ("matmul_before", "matmul_after", "pipeline"))))
     for k, v in results.get("eval_img_s", {}).items():
         rows.append((f"eval_img_s {results['option_model']} {k}", f"{v:.0f} ({results['eval_speedup'][k]:.2f}x)"))
+    if "cpu_bf16_units" in results:
+        rows.append(("cpu_bf16_units (bf16 accepted on this CPU)", str(results["cpu_bf16_units"])))
     for k, v in results.get("options", {}).items():
         extra = f" ({v['speedup']:.2f}x default)" if "speedup" in v else ""
         rows.append((f"{results['option_model']} {k}", f"{v['train_img_s']:.1f} img/s{extra}"))
@@ -543,6 +552,7 @@ def measure(args, device: torch.device, argv: list[str]) -> dict:
         res["flop_utilisation_per_cpu_second"] = {m: u * mm_share / share[m].value
                                                   for m, u in res["flop_utilisation"].items()}
     res["option_model"] = args.option_model
+    res["cpu_bf16_units"] = engine.cpu_bf16_units()
     res.update(time_eval(args.option_model, x, min(args.eval_images, len(x))))
     print("  eval " + ", ".join(f"{k}: {v:.0f} img/s" for k, v in res["eval_img_s"].items()), flush=True)
     if args.options:

@@ -38,6 +38,7 @@ from noise import DataError
 from sources import DeviceImages, FileImages, UnreadableImage, image_source
 
 METRIC_FIELDS = ["epoch", "seconds", "sigma", "train/loss", "train/loss_clean", "train/loss_noisy", "train/acc",
+                 "train/acc_noisy",
                  "test/loss", "test/acc", "test/loss_ema", "test/acc_ema", "test/acc_reported"]
 LC_FIELDS = ["lc/changed_fraction", "lc/corrected_precision"]
 VAL_FIELDS = ["val/loss", "val/acc"]
@@ -48,6 +49,21 @@ def default_eval_batch_size(device: torch.device) -> int:
     """Measured on a 2-core CPU: wrn-16-1 evaluates 2-3x faster in batches of 128 than of 1024 (the working set
     fits the caches); a GPU wants large batches."""
     return 128 if device.type == "cpu" else 1024
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")    # x86's AVX512_BF16 and AMX, Arm's BF16 (as /proc/cpuinfo names them)
+
+
+def cpu_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU has native bf16 instructions, read from the flags Linux lists; False where it lists none."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.split(":")[0].strip() in ("flags", "Features"):
+            return any(flag in line.split(":", 1)[1].split() for flag in BF16_CPU_FLAGS)
+    return False
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -194,9 +210,9 @@ def train_epoch(s: TrainState, desc: str = "") -> torch.Tensor:
     Each step takes its augmented batch from the source, normalises it, runs every network of the method, takes
     the method's objective (for the paper's models: SLN noise on the targets, then soft cross-entropy), an SGD step
     and an EMA step. Nothing in the loop waits for the device: the returned sums (objective, CE on clean samples,
-    CE on noisy samples, correct predictions vs the given label, of the first network), the index of the first
-    step whose loss was not finite (the number of steps if none), then the method's own sums, stay on it until
-    the caller reads them. bench.py times this same function.
+    CE on noisy samples, correct predictions vs the given label, those among the noisy samples, of the first
+    network), the index of the first step whose loss was not finite (the number of steps if none), then the
+    method's own sums, stay on it until the caller reads them. bench.py times this same function.
     """
     a, m = s.args, s.method
     for net in s.networks:
@@ -208,7 +224,7 @@ def train_epoch(s: TrainState, desc: str = "") -> torch.Tensor:
         order = s.members[order]
     n_steps = -(-len(order) // a.batch_size)
     steps = torch.arange(n_steps + 1, device=device)
-    totals = torch.zeros(4, device=device)
+    totals = torch.zeros(5, device=device)
     own: torch.Tensor | float = 0.0          # the method's own sums
     first_bad = steps[-1].clone()
     batches = s.x.train_batches(order, a.batch_size, s.gen)
@@ -229,7 +245,8 @@ def train_epoch(s: TrainState, desc: str = "") -> torch.Tensor:
             out, noisy = outs[0], batch.noisy
             ce = torch.nn.functional.cross_entropy(out, batch.labels, reduction="none")
             totals += torch.stack([loss * len(idx), torch.where(noisy, 0.0, ce).sum(),
-                                   torch.where(noisy, ce, 0.0).sum(), (out.argmax(1) == batch.labels).sum()])
+                                   torch.where(noisy, ce, 0.0).sum(), (out.argmax(1) == batch.labels).sum(),
+                                   ((out.argmax(1) == batch.labels) & noisy).sum()])
             own = own + sums if sums is not None else own
             first_bad = torch.where(torch.isfinite(loss) | (first_bad < n_steps), first_bad, steps[step])
     own = own if isinstance(own, torch.Tensor) else torch.zeros(0, device=device)
@@ -264,6 +281,8 @@ def epoch_metrics(s: TrainState, sums: list[float], evaluate_test: bool) -> dict
     if s.has_clean:
         row["train/loss_clean"] = sums[1] / max(n - n_noisy, 1)
         row["train/loss_noisy"] = sums[2] / n_noisy if n_noisy else None
+        # memorisation: how often the trained network agrees with the wrong labels, on the batches as trained
+        row["train/acc_noisy"] = sums[4] / n_noisy if n_noisy else None
     reported = s.ema if s.method.mo else s.model
     def evaluate(net: nn.Module, images) -> torch.Tensor:
         return logits_of(net, images.eval_batches(s.eval_bs), s.mean, s.std, s.args.amp)
@@ -274,7 +293,7 @@ def epoch_metrics(s: TrainState, sums: list[float], evaluate_test: bool) -> dict
     if s.val_x is not None:
         row["val/acc"], row["val/loss"] = accuracy_and_loss(evaluate(reported, s.val_x), s.val_y)
     if s.method.epoch_row:
-        row.update(s.method.epoch_row(sums[5:], s.has_clean))
+        row.update(s.method.epoch_row(sums[6:], s.has_clean))
     return row
 
 
@@ -375,9 +394,9 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
             row.update(correct_labels(s))
         sums = train_epoch(s, f"epoch {epoch}/{args.n_epochs}").tolist()   # the epoch's one host sync
         n_steps = -(-len(s.trained(s.labels)) // args.batch_size)
-        if sums[4] < n_steps:
+        if sums[5] < n_steps:
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "nothing was checkpointed yet"
-            raise runs.TrainingStopped(f"the loss became NaN/Inf at epoch {epoch}, step {int(sums[4]) + 1}; {kept}; "
+            raise runs.TrainingStopped(f"the loss became NaN/Inf at epoch {epoch}, step {int(sums[5]) + 1}; {kept}; "
                                        "lower --lr or --sigma and start a new run")
         row.update(epoch_metrics(s, sums, epoch % args.eval_every == 0 or epoch == args.n_epochs))
         row["seconds"] = time.time() - t0
@@ -428,10 +447,11 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
     method = methods.of(args)
     device = pick_device(args.device)
     resolve_precision(args)
-    if args.amp and device.type != "cuda":
-        # measured (docs/performance.md): on a CPU without bf16 units autocast made training ~15x slower
-        fail(f"--precision bf16 (--amp, bf16 autocast) is for CUDA GPUs; on {device.type} it is much slower than "
-             "float32: drop it")
+    if args.amp and device.type != "cuda" and not (device.type == "cpu" and cpu_bf16_units()):
+        # measured (docs/performance.md): on a CPU without bf16 units autocast made training ~15x slower; on one
+        # with AVX512_BF16 it was ~1.6-1.9x faster than float32
+        fail(f"--precision bf16 (--amp, bf16 autocast) needs a CUDA GPU or a CPU with bf16 instructions "
+             f"(AVX512_BF16 or AMX); on this {device.type} it is much slower than float32: drop it")
     set_precision(args.precision)
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -48,7 +48,7 @@ from models import make_model  # noqa: E402
 from noise import DataError  # noqa: E402
 from real_data import CIFARN  # noqa: E402
 from tables import (ACCURACY_COLUMN, COLUMN_ORDER, VARIANT_ORDER, Run, column_of, headline, load_run, make_table,  # noqa: E402
-                    one_run_per_seed, one_table, order_key, row_labels, run_ids, settings)
+                    one_run_per_seed, one_table, order_key, row_labels, run_ids, with_derived, settings)
 
 SINGLE_RUN_PLOTS = ["pred_probs", "sample_dissect", "curves"]
 PLOT_TYPES = SINGLE_RUN_PLOTS + ["compare", "dissect_compare", "ablation", "hp"]
@@ -99,8 +99,9 @@ def value_matches(actual, wanted: str) -> bool:
 
 
 def select_runs(runs_dir: Path, exp_ids: list[str] | None, filter_text: str | None) -> list[Run]:
-    """The finished runs named by --exp_ids (default: all in runs_dir) that match --filter."""
-    runs = [find_run(runs_dir, i) for i in (exp_ids or run_ids(runs_dir))]
+    """The finished runs named by --exp_ids (default: all in runs_dir) that match --filter, with the rows that
+    other methods read off them (tables.with_derived: CE-MO of each CE run)."""
+    runs = with_derived([find_run(runs_dir, i) for i in (exp_ids or run_ids(runs_dir))])
     if filter_text:
         wanted = parse_filter(filter_text)
         known = set().union(*(r.config for r in runs)) if runs else set()
@@ -409,6 +410,8 @@ def compare_points(runs: list[Run], network: str = "reported") -> tuple[list[lis
     """Test accuracy (%) of `network` (tables.ACCURACY_COLUMN; by default the reported one) over epochs, mean and
     sample std (ddof=1) over seeds, per method and noise mode, at the epochs that every seed evaluated (see
     --eval_every). CSV rows (with header), title."""
+    if network != "reported":      # a derived row would repeat its source's: the same run, the same network
+        runs = [r for r in runs if not r.derived]
     cells, shared = one_table(one_run_per_seed(runs)[0])
     labels = row_labels(cells)
     rows = [["noise", "method", "epoch", "n_seeds", "mean", "std"]]

@@ -8,7 +8,7 @@ the noise modes.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ class Run:
     config: dict
     metrics: dict[str, np.ndarray]  # column -> one value per epoch, NaN where the run recorded none
     summary: dict | None            # None while the run is unfinished
+    derived: bool = False           # another method's numbers read off this run (with_derived), not a run of its own
 
     def last_and_best(self, column: str = "test/acc_reported") -> tuple[float, float]:
         """(value at the last epoch, best value over epochs) of an accuracy column, in percent."""
@@ -86,6 +87,24 @@ def load_run(folder: Path) -> Run:
     if summary is None and not metrics_path.is_file():
         return Run(folder.name, folder, config, {}, None)   # started, but not one epoch done: skipped by tables
     return Run(folder.name, folder, config, read_metrics(metrics_path), summary)
+
+
+def with_derived(runs: list[Run]) -> list[Run]:
+    """`runs`, and for each run of a method that another declares it trains as (`Method.same_training_as`: CE for
+    CE-MO), that method's view of it: the same run, labelled as that method and reporting its network. Every run
+    keeps both networks' test accuracy, so a CE run's momentum network is CE-MO's number at no extra cost."""
+    out = list(runs)
+    for m in methods.METHODS.values():
+        if not m.same_training_as:
+            continue
+        column = ACCURACY_COLUMN[m.reported]
+        for run in runs:
+            if run.derived or run.config.get("variant") != m.same_training_as or column not in run.metrics:
+                continue
+            config = {**run.config, "variant": m.name, "method": m.name, "mo": m.mo}
+            out.append(replace(run, config=config, metrics={**run.metrics, "test/acc_reported": run.metrics[column]},
+                               derived=True))
+    return out
 
 
 def run_ids(runs_dir: Path) -> list[str]:
@@ -225,6 +244,8 @@ def make_table(runs: list[Run], network: str = "reported") -> tuple[str, list[li
     A seed with several runs of one experiment counts once (one_run_per_seed); a note names the runs left out.
     Returns (Markdown, CSV rows with a header row)."""
     column = ACCURACY_COLUMN[network]
+    if network != "reported":      # a derived row would repeat its source's: the same run, the same network
+        runs = [r for r in runs if not r.derived]
     runs, repeated = one_run_per_seed(runs)
     cells = group_cells(runs)
     with_val = any(r.at_best_val(column) is not None for r in runs)

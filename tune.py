@@ -53,7 +53,7 @@ import methods
 import runs
 from models import make_model
 from noise import DataError
-from tables import load_run, make_table
+from tables import load_run, make_table, with_derived
 
 DEFAULT_SIGMAS = [0.1, 0.2, 0.5, 1.0]                 # the paper's grid
 TUNE_ONLY = ["sigmas", "experiments", "resume", "reuse_runs", "address", "cpus_per_trial", "gpus_per_trial"]
@@ -69,7 +69,8 @@ def build_parser() -> cli.Parser:
     s = p.add_argument_group("sweep")
     s.add_argument("--sigmas", type=float, nargs="+", default=DEFAULT_SIGMAS,
                    help="the sigma grid of the search: SLN's, as in the paper, or that of --method (one that adds "
-                        "SLN noise, e.g. Co-teaching-SLN); 0 adds a reference trial without SLN noise, never chosen")
+                        "SLN noise, e.g. Co-teaching-SLN); a reference trial at sigma 0, the method without SLN "
+                        "noise, always runs beside it: never chosen, and the report says when it scores higher")
     s.add_argument("--val_size", type=float, default=0.1,
                    help="share of the noisy training set held out, with its noisy labels, to choose sigma on")
     s.add_argument("--experiments", type=Path, default=None,
@@ -164,11 +165,12 @@ def plan_sigma_search(parser: cli.Parser, args: argparse.Namespace) -> dict:
         cli.fail("--sigma is what the search varies; give its grid with --sigmas")
     m = search_method(args)
     if any(not 0 <= s < math.inf for s in args.sigmas) or len(set(args.sigmas)) != len(args.sigmas) or not any(s > 0 for s in args.sigmas):
-        cli.fail(f"--sigmas must be distinct values >= 0 with at least one > 0 (0 adds a reference trial without "
-                 f"SLN noise, never chosen), got {args.sigmas}")
-    if 0 in args.sigmas and methods.without_sln(m) is None:
-        cli.fail(f"--sigmas 0 adds a reference trial of {m.name} without SLN noise, and no method is that; "
-                 f"drop 0 from --sigmas")
+        cli.fail(f"--sigmas must be distinct values >= 0 with at least one > 0 (a reference trial at 0, without "
+                 f"SLN noise, runs beside them and is never chosen), got {args.sigmas}")
+    if methods.without_sln(m) is None:
+        cli.fail(f"the sigma search runs a reference trial of {m.name} without SLN noise at sigma 0, and no "
+                 f"declared method is that; declare it in methods/ first")
+    args.sigmas = [*args.sigmas, 0.0] if 0 not in args.sigmas else args.sigmas   # the reference: does SLN help at all?
     if not 0 < args.val_size < 1:
         cli.fail(f"--val_size must be a share in (0, 1), got {args.val_size}")
     return {"kind": "sigma_search", "base": base_flags(args), "grid": {"sigma": sorted(args.sigmas)}}
@@ -567,13 +569,15 @@ def check_trial_device(base: dict, gpus: float, resumed: bool) -> None:
     trial would refuse on its own (--device cuda, bf16), rather than start a sweep whose trials all fail."""
     if gpus > 0:
         return
+    bf16 = (base.get("precision") == "bf16" or base.get("amp")) and not engine.cpu_bf16_units()
     asked = (f"--device {base['device']}" if str(base.get("device")).startswith("cuda") else
-             "--precision bf16 (--amp)" if base.get("precision") == "bf16" or base.get("amp") else None)
+             "--precision bf16 (--amp)" if bf16 else None)
+    needs = "a GPU" if asked and asked.startswith("--device") else "a GPU or a CPU with bf16 instructions"
     if asked:
-        cli.fail(f"this sweep was started with {asked}, which needs a GPU, and its trials get none here; resume it "
+        cli.fail(f"this sweep was started with {asked}, which needs {needs}, and its trials get none here; resume it "
                  "where the Ray cluster has GPUs, or start a new sweep without it" if resumed else
-                 f"{asked} needs a GPU, but the trials get none (--gpus_per_trial 0, or no GPU in the Ray cluster); "
-                 "drop it to train on CPUs")
+                 f"{asked} needs {needs}, but the trials get none (--gpus_per_trial 0, or no GPU in the Ray "
+                 "cluster; no bf16 instructions in this CPU); drop it to train on CPUs")
 
 
 def runs_of_trial(folder: Path, config: dict) -> list[tuple[Path, dict]]:
@@ -802,7 +806,8 @@ def metric_column(run_dir: Path, column: str) -> list[float]:
 def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[float, str]:
     """Write sigma_search.csv/.md: per sigma the validation accuracy at the last epoch and at the best
     epoch; the best sigma has the highest last-epoch validation accuracy (ties: the smaller sigma). A sigma of 0
-    (the method without SLN noise: CE for SLN) is shown for reference and never chosen."""
+    (the method without SLN noise: CE for SLN) is shown for reference and never chosen; where it scores as high
+    as the chosen sigma or higher, a line says so."""
     rows = []
     for exp_id, config in finished.items():
         acc = metric_column(hp_dir / "runs" / exp_id, "val/acc")
@@ -822,6 +827,13 @@ def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[f
     lines += [f"| {s}{f' ({reference.name})' if s == 0 else ''} | {last:.2f} | {top:.2f} | {ep} | {exp_id} |"
               for s, last, top, ep, exp_id in rows]
     lines += ["", f"best sigma: {best_sigma} (highest last-epoch validation accuracy)"]
+    zero = next((r for r in rows if r[0] == 0), None)
+    chosen = next(r for r in rows if r[0] == best_sigma)
+    if zero is not None and zero[1] >= chosen[1]:
+        lines += ["", f"note: sigma 0 ({reference.name}, no SLN noise) scored {zero[1]:.2f} %, "
+                      f"{'as high as' if zero[1] == chosen[1] else 'above'} the chosen sigma {best_sigma}'s "
+                      f"{chosen[1]:.2f} %: on this split SLN noise did not help; sigma 0 is a reference, never "
+                      "chosen (the grid's best is, as in the paper)"]
     text = "\n".join(lines) + "\n"
     files.write_atomic(hp_dir / "sigma_search.md", lambda tmp: tmp.write_text(text))
     return best_sigma, text
@@ -830,7 +842,7 @@ def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[f
 def experiments_table(hp_dir: Path, finished: dict[str, dict]) -> str:
     """Write table.md/.csv: the paper-layout table of the finished trials, the very one that
     `plot.py --table --runs_dir <sweep>/runs` makes from the same runs (tables.make_table)."""
-    markdown, rows = make_table([load_run(hp_dir / "runs" / exp_id) for exp_id in finished])
+    markdown, rows = make_table(with_derived([load_run(hp_dir / "runs" / exp_id) for exp_id in finished]))
     files.write_atomic(hp_dir / "table.md", lambda tmp: tmp.write_text(markdown))
     files.write_csv(hp_dir / "table.csv", rows)
     return markdown

@@ -69,6 +69,8 @@ class Method:
     start_epoch: Callable[[dict, int, argparse.Namespace], dict] | None = None   # (state, epoch, flags) -> metrics
     epoch_row: Callable[[list[float], bool], dict] | None = None      # (the epoch's sums, clean labels known)
     colour: str = ""             # its line in plot.py's figures ("" : the next free colour)
+    same_training_as: str = ""   # trains exactly as this method and only reports another network (CE-MO: CE), so
+    # that method's runs hold its numbers too: tables and figures show it for each of them (tables.with_derived)
 
     @property
     def reported(self) -> str:
@@ -88,12 +90,11 @@ def _discover() -> dict[str, Method]:
             if method.name.lower() in {n.lower() for n in found}:
                 raise RuntimeError(f"method {method.name} is declared twice (methods/{info.name}.py)")
             found[method.name] = method
-    # the paper's models first, in its order, then the baselines by name
-    return dict(sorted(found.items(), key=lambda kv: (not kv[1].by_flags, ORDER.index(kv[0]) if kv[0] in ORDER
-                                                      else len(ORDER), kv[0])))
+    # the paper's models first, in its order, then CE-MO, then the baselines by name
+    return dict(sorted(found.items(), key=lambda kv: (ORDER.index(kv[0]) if kv[0] in ORDER else len(ORDER), kv[0])))
 
 
-ORDER = ["CE", "SLN", "SLN-MO", "SLN-MO-LC"]    # the paper's table rows (methods/sln_models.py)
+ORDER = ["CE", "SLN", "SLN-MO", "SLN-MO-LC", "CE-MO"]    # the paper's table rows, then CE's momentum-model control
 METHODS: dict[str, Method] = _discover()
 
 

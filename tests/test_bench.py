@@ -2,11 +2,13 @@
 
 No wall-clock time is asserted anywhere: only that every figure is written, consistent and in range.
 """
+import csv
 import json
 import re
 
 import pytest
 import torch
+import yaml
 import torchvision.transforms.functional as TF
 from torch import nn
 
@@ -149,15 +151,47 @@ def test_amp_trains_like_the_default_within_bf16_precision(default_epoch):
     assert relative_error(updates, ref_updates) < 0.3
 
 
-def test_amp_refused_on_cpu_with_one_line(fake_root, paper_sums, tmp_path, capsys):
+def test_amp_refused_on_cpu_without_bf16_units_with_one_line(fake_root, paper_sums, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(engine, "cpu_bf16_units", lambda: False)
     argv = ["--n_epochs", "1", "--model", "wrn-16-1", "--data_dir", str(fake_root), "--out_dir", str(tmp_path),
             "--device", "cpu", "--sigma", "0", "--amp"]
     with pytest.raises(SystemExit) as exc:
         train_cifar.main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and re.search(r"--amp, bf16 autocast\) is for CUDA GPUs.*drop it", err), err
+    assert len(err.splitlines()) == 1 and re.search(r"--amp, bf16 autocast\) needs a CUDA GPU or a CPU with bf16 "
+                                                    r"instructions.*drop it", err), err
     assert not (tmp_path / "runs").exists()
+
+
+def test_bf16_trains_on_a_cpu_with_bf16_units(fake_root, paper_sums, tmp_path, monkeypatch):
+    """Where the CPU has bf16 instructions, --precision bf16 trains (autocast runs on any CPU, so the test runs
+    everywhere with the check answering yes) and is recorded; its losses are float32's within bf16's precision."""
+    monkeypatch.setattr(engine, "cpu_bf16_units", lambda: True)
+    def run(out, *flags):
+        train_cifar.main(["--n_epochs", "1", "--batch_size", "32", "--lr", "0.01", "--model", "wrn-16-1",
+                          "--data_dir", str(fake_root), "--out_dir", str(out), "--device", "cpu", "--sigma", "0",
+                          "--seed", "3", "--train_subset", "256", "--test_subset", "64", *flags])
+        folder = next((out / "runs").iterdir())
+        return yaml.safe_load((folder / "config.yaml").read_text()), list(csv.DictReader(open(folder / "metrics.csv")))
+    config, rows = run(tmp_path / "bf16", "--precision", "bf16")
+    ref_config, ref_rows = run(tmp_path / "fp32", "--precision", "fp32")
+    assert (config["precision"], config["amp"]) == ("bf16", True) and ref_config["precision"] == "fp32"
+    loss, ref_loss = float(rows[0]["train/loss"]), float(ref_rows[0]["train/loss"])
+    assert loss != ref_loss and abs(loss - ref_loss) < 0.05 * ref_loss
+
+
+@pytest.mark.parametrize("text, native", [
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n", True),   # Zen 4, Cooper Lake
+    ("flags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile\n", True),                            # Sapphire Rapids
+    ("Features\t: fp asimd bf16 i8mm sve\n", True),                                             # Arm (Graviton 3)
+    ("flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n", False),                         # AVX-512 without bf16
+    ("flags\t\t: fpu sse2 avx2 fma\n", False),
+])
+def test_cpu_bf16_units_are_read_from_the_cpu_flags(tmp_path, text, native):
+    (tmp_path / "cpuinfo").write_text(text)
+    assert engine.cpu_bf16_units(str(tmp_path / "cpuinfo")) is native
+    assert engine.cpu_bf16_units(str(tmp_path / "absent")) is False
 
 
 def test_channels_last_run_matches_default_run(fake_root, paper_sums, tmp_path):

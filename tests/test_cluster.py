@@ -121,7 +121,7 @@ def sweep_flags(data_dir: Path, out_dir: Path) -> list[str]:
     """A two-trial sigma search on the fake data; custom noise (made once by the driver) needs no checksum, so
     the cluster's workers need no test hook."""
     return ["--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4", "--custom_noise", "--lc_n_epoch", "-1",
-            "--val_size", "0.1", "--seed", "123", "--sigmas", "0.1", "1.0", "--batch_size", "64", "--n_epochs", "1",
+            "--val_size", "0.1", "--seed", "123", "--sigmas", "1.0", "--batch_size", "64", "--n_epochs", "1",
             "--lr", "0.01", "--model", "wrn-16-1", "--train_subset", "200", "--test_subset", "50",
             "--data_dir", str(data_dir), "--out_dir", str(out_dir), "--device", "cpu", "--cpus_per_trial", "1"]
 
@@ -151,7 +151,7 @@ def test_sweep_runs_on_the_cluster(cluster, data_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (hp_dir,) = (tmp_path / "out" / "hp").iterdir()
     with open(hp_dir / "sigma_search.csv", newline="") as f:
-        assert sorted(float(r["sigma"]) for r in csv.DictReader(f)) == [0.1, 1.0]
+        assert sorted(float(r["sigma"]) for r in csv.DictReader(f)) == [0.0, 1.0]   # 1.0 and the reference
     # every trial ran in a worker process of this cluster: Ray logs each worker under the cluster's session dir
     results = [json.loads(p.read_text().splitlines()[-1]) for p in hp_dir.glob("tune/*/result.json")]
     assert len(results) == 2

@@ -57,12 +57,14 @@ def test_precision_is_recorded_and_a_cpu_run_ignores_tf32(fake_root, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--precision", "bf16"], r"--precision bf16 \(--amp, bf16 autocast\) is for CUDA GPUs"),
-    (["--amp", "--precision", "tf32"], r"--precision bf16 \(--amp, bf16 autocast\) is for CUDA GPUs"),
+    (["--precision", "bf16"], r"--precision bf16 \(--amp, bf16 autocast\) needs a CUDA GPU or a CPU with bf16"),
+    (["--amp", "--precision", "tf32"], r"--precision bf16 \(--amp, bf16 autocast\) needs a CUDA GPU or a CPU with bf16"),
     (["--precision", "fp16"], r"argument --precision: invalid choice: 'fp16'"),
 ])
-def test_bad_precision_flags_are_one_line(fake_root, tmp_path, capsys, flags, message):
+def test_bad_precision_flags_are_one_line(fake_root, tmp_path, capsys, flags, message, monkeypatch):
     import re
+    import engine
+    monkeypatch.setattr(engine, "cpu_bf16_units", lambda: False)      # as on a CPU without bf16 instructions
     with pytest.raises(SystemExit) as exc:
         train(fake_root, tmp_path, *flags)
     err = capsys.readouterr().err.strip()

@@ -58,7 +58,7 @@ def quick_flags(fake_root, out_dir):
 def search_flags(fake_root, out_dir, *extra):
     # the seed command of the README, made small
     return ["--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4", "--lc_n_epoch", "-1", "--val_size", "0.1",
-            "--seed", "123", "--sigmas", "0.1", "1.0", *quick_flags(fake_root, out_dir), *extra]
+            "--seed", "123", "--sigmas", "1.0", *quick_flags(fake_root, out_dir), *extra]   # and the reference, 0
 
 
 def read_csv(path):
@@ -133,23 +133,24 @@ def test_sigma_search_interrupted_resumed_and_its_table(ray_session, fake_root, 
 
     assert tune.main(["--resume", hp_dir.name, "--out_dir", str(tmp_path)]) == hp_dir
     table = read_csv(hp_dir / "sigma_search.csv")
-    assert [float(r["sigma"]) for r in table] == [0.1, 1.0]
+    assert [float(r["sigma"]) for r in table] == [0.0, 1.0]
     run_of = {float(r["sigma"]): hp_dir / "runs" / r["exp_id"] for r in table}
     # the finished trial was not run again; the interrupted one continued from its checkpoint in its own folder,
     # or, cut off before its first checkpoint, ran again from the start in a new one
     assert run_of[first_sigma] == first and (first / "metrics.csv").read_text() == first_metrics
     sigmas = [run_config(d)["sigma"] for d in (hp_dir / "runs").iterdir()]
-    other = ({0.1, 1.0} - {first_sigma}).pop()
+    other = ({0.0, 1.0} - {first_sigma}).pop()
     if checkpointed:
-        assert run_of[other] == cut and sorted(sigmas) == [0.1, 1.0]
+        assert run_of[other] == cut and sorted(sigmas) == [0.0, 1.0]
         assert (cut / "metrics.csv").read_text().splitlines()[:len(cut_rows)] == cut_rows
     else:
-        assert run_of[other] != cut and sorted(sigmas) == sorted([0.1, 1.0, other])
+        assert run_of[other] != cut and sorted(sigmas) == sorted([0.0, 1.0, other])
 
     for r in table:
         run_dir = run_of[float(r["sigma"])]
         config = run_config(run_dir)
-        assert (config["sigma"], config["variant"], config["mo"], config["lc_n_epoch"]) == (float(r["sigma"]), "SLN", False, -1)
+        variant = "CE" if float(r["sigma"]) == 0 else "SLN"      # sigma 0: the reference trial, without SLN noise
+        assert (config["sigma"], config["variant"], config["mo"], config["lc_n_epoch"]) == (float(r["sigma"]), variant, False, -1)
         assert config["n_train"] == 180 and config["n_val"] == 20 and config["seed"] == 123
         acc = column(run_dir, "val/acc")
         assert len(acc) == 2
@@ -158,13 +159,13 @@ def test_sigma_search_interrupted_resumed_and_its_table(ray_session, fake_root, 
         assert int(r["best_epoch"]) == int(np.argmax(acc)) + 1
         noise = json.loads((run_dir / "noise.json").read_text())
         assert len(noise["val_indices"]) == 20 and not set(noise["val_indices"]) & set(noise["train_indices"])
-    # highest last-epoch validation accuracy wins, the smaller sigma on a tie
+    # highest last-epoch validation accuracy wins, the smaller sigma on a tie; sigma 0 is never chosen
     last = {s: column(d, "val/acc")[-1] for s, d in run_of.items()}
-    best = max(last, key=lambda s: (last[s], -s))
+    best = max((s for s in last if s > 0), key=lambda s: (last[s], -s))
     assert f"best sigma: {best} " in (hp_dir / "sigma_search.md").read_text()
     assert f"best sigma: {best} " in capsys.readouterr().out
     sweep = yaml.safe_load((hp_dir / "sweep.yaml").read_text())
-    assert sweep["kind"] == "sigma_search" and sweep["grid"] == {"sigma": [0.1, 1.0]}
+    assert sweep["kind"] == "sigma_search" and sweep["grid"] == {"sigma": [0.0, 1.0]}
     assert sweep["resources"] == {"cpu": 1.5, "gpu": 0}
     assert sweep["base"]["data_dir"] == str(fake_root) and sweep["base"]["out_dir"] == str(hp_dir)
 
@@ -285,9 +286,6 @@ PAPER_CIFAR10 = str(tune.runs.CODE_DIR / "configs" / "paper_cifar10.yaml")
                           r"choose from SLN, SLN-MO, Co-teaching-SLN"),
     (["--method", "sln-mo-lc"], r"--method SLN-MO-LC: the sigma search varies"),
     (["--method", "nope"], r"--method: unknown method 'nope'"),
-    # a reference trial without SLN noise needs such a method: SLN has CE, SLN-MO none
-    (["--method", "SLN-MO", "--sigmas", "0", "0.1"], r"--sigmas 0 adds a reference trial of SLN-MO without SLN "
-                                                      r"noise, and no method is that; drop 0 from --sigmas$"),
     (["--sigmas", "0"], r"--sigmas must be distinct values >= 0 with at least one > 0"),
     (["--sigmas", "-0.5", "0.5"], r"--sigmas must be distinct values >= 0"),
     (["--sigmas", "0.5", "0.5"], r"--sigmas must be distinct values >= 0"),
@@ -312,7 +310,8 @@ def test_bad_flags_give_one_line_and_write_nothing(fake_root, paper_sums, tmp_pa
     assert not (tmp_path / "hp").exists()
 
 
-def test_more_resources_than_the_cluster_has(ray_session, fake_root, paper_sums, tmp_path, capsys):
+def test_more_resources_than_the_cluster_has(ray_session, fake_root, paper_sums, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tune.engine, "cpu_bf16_units", lambda: False)     # as on a CPU without bf16 instructions
     for flag, value, message in (
             ("--cpus_per_trial", "3", r"--cpus_per_trial 3 but the Ray cluster has 2 CPUs"),
             ("--gpus_per_trial", "3", r"--gpus_per_trial 3 but the Ray cluster has 0 GPUs"),
@@ -321,7 +320,8 @@ def test_more_resources_than_the_cluster_has(ray_session, fake_root, paper_sums,
             ("--gpus_per_trial", "1.5", r"fractions below 1 \(e\.g\. 0\.25: four trials on one GPU\)"),
             # what every trial would refuse on a CPU, refused once before the sweep starts
             ("--device", "cuda", r"--device cuda needs a GPU, but the trials get none \(--gpus_per_trial 0, or no GPU"),
-            ("--precision", "bf16", r"--precision bf16 \(--amp\) needs a GPU, but the trials get none")):
+            ("--precision", "bf16", r"--precision bf16 \(--amp\) needs a GPU or a CPU with bf16 instructions, but the "
+                                    r"trials get none")):
         with pytest.raises(SystemExit) as exc:
             tune.main(search_flags(fake_root, tmp_path, flag, value))
         err = capsys.readouterr().err.strip()
@@ -359,6 +359,12 @@ def test_sigma_table_shows_a_ce_reference_but_never_chooses_it(tmp_path):
     assert best == 0.2          # CE (sigma 0) has the highest accuracy but is only a reference; 0.2 ties 0.5, smaller wins
     assert "| 0.0 (CE) | 90.00 | 90.00 | 2 | a |" in text
     assert [r["sigma"] for r in read_csv(hp_dir / "sigma_search.csv")] == ["0.0", "0.2", "0.5"]
+    # ... and the report says that the reference scored higher
+    assert "note: sigma 0 (CE, no SLN noise) scored 90.00 %, above the chosen sigma 0.2's 60.00 %" in text
+    # where the chosen sigma is ahead, no such line
+    tune.runs.write_metrics(hp_dir / "runs" / "a" / "metrics.csv", ["epoch", "val/acc"],
+                            [{"epoch": 1, "val/acc": 0.5}, {"epoch": 2, "val/acc": 0.55}])
+    assert tune.sigma_table(hp_dir, finished, sweep)[0] == 0.2 and "note: sigma 0" not in tune.sigma_table(hp_dir, finished, sweep)[1]
 
 
 def test_a_method_with_sln_has_its_own_sigma_search(ray_session, fake_root, paper_sums, tmp_path):
@@ -366,9 +372,9 @@ def test_a_method_with_sln_has_its_own_sigma_search(ray_session, fake_root, pape
     (the method without SLN noise), shown for reference and never chosen."""
     assert methods.without_sln(methods.get("Co-teaching-SLN")).name == "Co-teaching"
     assert methods.without_sln(methods.get("SLN")).name == "CE"
-    assert methods.without_sln(methods.get("SLN-MO")) is None
+    assert methods.without_sln(methods.get("SLN-MO")).name == "CE-MO"
     flags = search_flags(fake_root, tmp_path, "--method", "co-teaching-sln")
-    flags[flags.index("--sigmas") + 1: flags.index("--sigmas") + 3] = ["0", "0.5"]
+    flags[flags.index("--sigmas") + 1] = "0.5"                  # 0 is added
     flags[flags.index("--n_epochs") + 1] = "1"
     hp_dir = tune.main(flags)
     configs = {c["sigma"]: c for c in (run_config(d) for d in (hp_dir / "runs").iterdir())}
@@ -475,7 +481,7 @@ def driver_sweep(fake_root, tmp_path, n_epochs: int) -> tuple[list[str], dict, P
     root = private_data_root(fake_root, tmp_path)
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "TQDM_DISABLE": "1"}
     flags = ["--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4", "--custom_noise", "--lc_n_epoch", "-1",
-             "--sigmas", "0.1", "1.0", "--cpus_per_trial", "1.5", "--batch_size", "64", "--n_epochs", str(n_epochs),
+             "--sigmas", "1.0", "--cpus_per_trial", "1.5", "--batch_size", "64", "--n_epochs", str(n_epochs),
              "--lr", "0.01", "--model", "wrn-16-1", "--train_subset", "200", "--test_subset", "50",
              "--data_dir", str(root), "--out_dir", str(tmp_path), "--device", "cpu"]
     return [sys.executable, str(tune.runs.CODE_DIR / "tune.py"), *flags], env, ray_tmp
@@ -530,7 +536,7 @@ def test_resume_after_sigkill_never_trains_a_finished_trial_again(fake_root, tmp
     by_sigma = {}
     for run_dir in finished:
         by_sigma.setdefault(run_config(run_dir)["sigma"], []).append(run_dir.name)
-    assert sorted(by_sigma) == [0.1, 1.0] and all(len(v) == 1 for v in by_sigma.values()), by_sigma
+    assert sorted(by_sigma) == [0.0, 1.0] and all(len(v) == 1 for v in by_sigma.values()), by_sigma
     assert first in finished and {n: (first / n).read_bytes() for n in before} == before
     table = read_csv(hp_dir / "sigma_search.csv")
     assert sorted(r["exp_id"] for r in table) == sorted(p.name for p in finished)
@@ -694,8 +700,9 @@ def test_cifar10n_sigma_search_and_grid_over_its_label_sets(ray_session, cifarn_
              "--test_subset", "50", "--data_dir", str(root), "--device", "cpu"]
     hp_dir = tune.main(["--dataset_name", "cifar10n", "--noise_label", "worst", "--lc_n_epoch", "-1", "--sigmas", "0.5",
                         "--val_size", "0.1", *flags, "--out_dir", str(tmp_path / "search")])
-    (run_dir,) = (hp_dir / "runs").iterdir()
-    c = run_config(run_dir)
+    configs = {run_config(d)["sigma"]: run_config(d) for d in (hp_dir / "runs").iterdir()}
+    assert sorted(configs) == [0.0, 0.5]           # the grid and the reference trial (CE)
+    c = configs[0.5]
     assert (c["dataset_name"], c["noise_label"], c["noise_mode"], c["p"]) == ("cifar10n", "worst", None, None)
     assert "cifar10n worst labels" in (hp_dir / "sigma_search.md").read_text()
 
