@@ -1,0 +1,194 @@
+"""The temperature experiment of DESIGN.md, from nothing or from where it stopped: pilots, sigma searches, main runs.
+
+    python results/temperature/run.py DATA_DIR             # everything that is not done yet, in order
+    python results/temperature/run.py DATA_DIR --step pilots   # only the pilots (or: searches, grids)
+
+Interrupted (Ctrl-C, SIGTERM, a reboot)? Run the same command again: a finished run is kept, a pilot that was cut
+off continues from its checkpoint (train_cifar.py --resume), a sweep that was cut off continues (tune.py --resume).
+The sweeps and checkpoints live in results/temperature/work/ (not committed); each finished run's small files
+(config.yaml, metrics.csv, noise.json, summary.json) are copied to pilots/, search_runs/ and runs/ as it lands.
+`analyze.py` makes the tables and the figure from those.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+WORK = HERE / "work"
+
+# DESIGN.md's levels: (lr, batch, planned epochs, EMA alpha); evaluation every planned_epochs / 20 epochs
+LEVELS = {"hot": (0.02, 32, 100, 0.995), "warm": (0.02, 128, 400, 0.995), "cold": (0.01, 128, 800, 0.9975)}
+PILOT_FACTOR = 1.5
+SEEDS = [1, 2, 3]
+SIGMAS = ["0.05", "0.1", "0.2", "0.5", "1.0"]      # and 0, the reference, which tune.py adds
+SMALL_FILES = ("config.yaml", "metrics.csv", "noise.json", "summary.json")
+
+
+def common(data_dir: Path) -> list[str]:
+    return ["--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4", "--model", "wrn-16-1",
+            "--train_subset", "2000", "--precision", "bf16", "--channels_last", "--device", "cpu",
+            "--data_dir", str(data_dir)]
+
+
+def level_flags(level: str, epochs: int) -> list[str]:
+    lr, batch, planned, alpha = LEVELS[level]
+    return ["--lr", str(lr), "--batch_size", str(batch), "--ema_alpha", str(alpha), "--n_epochs", str(epochs),
+            "--eval_every", str(planned // 20)]
+
+
+def run(cmd: list[str]) -> None:
+    """Run a training command with one torch thread (tune.py gives each trial one per core, as here)."""
+    print("+ " + " ".join(cmd), flush=True)
+    code = subprocess.call(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if code:
+        sys.exit(code)
+
+
+def copy_small(run_dir: Path, dest: Path) -> None:
+    """The run's small files into dest/<exp_id>/ (summary.json last: it marks the run finished)."""
+    out = dest / run_dir.name
+    out.mkdir(parents=True, exist_ok=True)
+    for name in SMALL_FILES:
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out / name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pilots
+
+def pilot_runs() -> dict[str, Path]:
+    """Each level's pilot run folder (in work/pilots/<level>/runs/), if it was started."""
+    found = {}
+    for level in LEVELS:
+        folders = sorted((WORK / "pilots" / level / "runs").glob("exp_*"))
+        if folders:
+            found[level] = folders[-1]
+    return found
+
+
+def pilots(data_dir: Path, levels: list[str]) -> None:
+    for level in levels:
+        planned = LEVELS[level][2]
+        out = WORK / "pilots" / level
+        started = pilot_runs().get(level)
+        if started is not None and (started / "summary.json").is_file():
+            copy_small(started, HERE / "pilots")
+            continue
+        py = [sys.executable, "train_cifar.py"]
+        if started is not None and any((started / n).is_file() for n in ("checkpoint.pt", "checkpoint.prev.pt")):
+            run(py + ["--resume", started.name, "--out_dir", str(out), "--data_dir", str(data_dir)])
+        else:
+            if started is not None:        # cut off before its first checkpoint: nothing of value in it
+                shutil.rmtree(started)
+            run(py + common(data_dir) + level_flags(level, int(planned * PILOT_FACTOR))
+                + ["--sigma", "0", "--lc_n_epoch", "-1", "--seed", "0", "--out_dir", str(out)])
+        copy_small(pilot_runs()[level], HERE / "pilots")
+
+
+def memorisation(run_dir: Path) -> list[float]:
+    """train/acc_noisy per epoch (agreement with the wrong labels, on the batches as trained)."""
+    import csv
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [float(r["train/acc_noisy"]) for r in csv.DictReader(f)]
+
+
+def chosen_epochs() -> dict[str, dict]:
+    """DESIGN.md's criterion, per level: the planned epochs if the pilot's CE agrees with as many wrong labels there
+    as the hot pilot at its planned last epoch; otherwise the first multiple of the evaluation spacing that does;
+    1.5x the planned epochs if none does."""
+    found = {level: HERE / "pilots" / p.name for level, p in pilot_runs().items()}
+    if set(found) != set(LEVELS) or not all((p / "summary.json").is_file() for p in found.values()):
+        sys.exit("the pilots are not all finished; run the pilots step first")
+    target = memorisation(found["hot"])[LEVELS["hot"][2] - 1]
+    out = {}
+    for level, (_, _, planned, _) in LEVELS.items():
+        acc = memorisation(found[level])
+        spacing = planned // 20
+        candidates = [e for e in range(planned, len(acc) + 1, spacing)]
+        met = next((e for e in candidates if acc[e - 1] >= target), None)
+        out[level] = {"planned": planned, "epochs": met or len(acc), "criterion_met": met is not None,
+                      "acc_noisy_at_planned": acc[planned - 1], "hot_target": target, "pilot": found[level].name}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sweeps
+
+def sweep_folder(kind: str, level: str) -> Path | None:
+    """The sweep folder of this kind (sigma_search or experiments) and level, if one was started."""
+    for folder in sorted((WORK / level).glob("hp/hp_*")):
+        sweep = yaml.safe_load((folder / "sweep.yaml").read_text()) if (folder / "sweep.yaml").is_file() else None
+        if sweep and sweep.get("kind") == kind:
+            return folder
+    return None
+
+
+def sweep(kind: str, level: str, flags: list[str], done_file: str, dest: Path) -> Path:
+    folder = sweep_folder(kind, level)
+    if folder is None or not (folder / done_file).is_file():
+        if folder is None:
+            run([sys.executable, "tune.py", *flags, "--cpus_per_trial", "1", "--out_dir", str(WORK / level)])
+        else:
+            run([sys.executable, "tune.py", "--resume", str(folder)])
+        folder = sweep_folder(kind, level)
+    for run_dir in sorted((folder / "runs").glob("exp_*")):
+        if (run_dir / "summary.json").is_file():
+            copy_small(run_dir, dest)
+    return folder
+
+
+def chosen_sigma(level: str) -> float:
+    folder = sweep_folder("sigma_search", level)
+    text = (folder / "sigma_search.md").read_text() if folder else ""
+    for line in text.splitlines():
+        if line.startswith("best sigma: "):
+            return float(line.split()[2])
+    sys.exit(f"the {level} sigma search has not finished; run the searches step first")
+
+
+def searches(data_dir: Path) -> None:
+    epochs = chosen_epochs()
+    (HERE / "epochs.json").write_text(json.dumps(epochs, indent=1) + "\n")
+    for level in LEVELS:
+        flags = common(data_dir) + level_flags(level, epochs[level]["epochs"]) + [
+            "--lc_n_epoch", "-1", "--seed", "0", "--val_size", "0.1", "--sigmas", *SIGMAS]
+        folder = sweep("sigma_search", level, flags, "sigma_search.csv", HERE / "search_runs")
+        shutil.copyfile(folder / "sigma_search.md", HERE / f"sigma_search_{level}.md")
+        shutil.copyfile(folder / "sigma_search.csv", HERE / f"sigma_search_{level}.csv")
+
+
+def grids(data_dir: Path) -> None:
+    epochs = json.loads((HERE / "epochs.json").read_text())
+    for level in LEVELS:
+        grid = HERE / f"grid_{level}.yaml"
+        grid.write_text(yaml.safe_dump({"variants": ["CE", "SLN"], "noise_modes": ["sym"], "seeds": SEEDS,
+                                        "sigma": {"sym": chosen_sigma(level)}}, sort_keys=False))
+        flags = ["--experiments", str(grid)] + common(data_dir) + level_flags(level, epochs[level]["epochs"])
+        sweep("experiments", level, flags, "table.csv", HERE / "runs")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data_dir", type=Path, help="holds cifar-10-batches-py/ and cifar10/label_noisy/sym0.4.csv")
+    p.add_argument("--step", choices=["pilots", "searches", "grids"], default=None,
+                   help="only this step (default: every step not done yet, in order)")
+    p.add_argument("--pilot_levels", nargs="+", choices=list(LEVELS), default=list(LEVELS),
+                   help="the levels whose pilots this process trains (e.g. one process per core)")
+    args = p.parse_args(argv)
+    data_dir = args.data_dir.resolve()
+    for name, step in (("pilots", lambda d: pilots(d, args.pilot_levels)), ("searches", searches), ("grids", grids)):
+        if args.step in (None, name):
+            step(data_dir)
+
+
+if __name__ == "__main__":
+    main()
