@@ -56,14 +56,7 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")    # x86's AVX512_BF16 and 
 
 def cpu_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether the CPU has native bf16 instructions, read from the flags Linux lists; False where it lists none."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.split(":")[0].strip() in ("flags", "Features"):
-            return any(flag in line.split(":", 1)[1].split() for flag in BF16_CPU_FLAGS)
-    return False
+    return any(flag in runs.cpu_isa(cpuinfo) for flag in BF16_CPU_FLAGS)
 
 
 def autocast(device: torch.device, enabled: bool):

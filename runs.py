@@ -95,12 +95,35 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU features that decide which kernels torch (ATen's vectorised loops) and oneDNN (convolutions) run on a CPU
+ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+             "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2", "bf16")
+# environment variables that override those choices (or the thread count)
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def cpu_isa(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The CPU's instruction-set extensions among ISA_FLAGS, as Linux lists them ([] where it lists none)."""
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.split(":")[0].strip() in ("flags", "Features"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def runtime(device: str) -> dict:
-    """What decides a run's numbers beyond its flags and seed: two runs with equal flags, seed, code and this
-    record (and --deterministic) are bit-identical. Torch's intra-op thread count changes how sums are split,
-    so a different count changes the last bits from the first epoch on (docs/training.md)."""
+    """What decides a run's numbers beyond its flags and seed: two runs with equal flags, seed, code, data and this
+    record (and --deterministic) are bit-identical (docs/training.md). Torch's intra-op thread count changes how
+    sums are split; on a CPU, the instruction set picks the kernels (ATen's `cpu_capability`, e.g. AVX2 or AVX512,
+    and oneDNN's convolutions by `cpu_isa`), and either changes the last bits from the first step on."""
+    env = {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}
     return {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-            "torch": str(torch.__version__), "cuda": torch.version.cuda, "device_name": device_name(device)}
+            "torch": str(torch.__version__), "cuda": torch.version.cuda, "device_name": device_name(device),
+            "cpu_name": device_name("cpu"), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_isa": cpu_isa(), **({"kernel_env": env} if env else {})}
 
 
 def config_dict(args: argparse.Namespace, **extra) -> dict:

@@ -732,3 +732,25 @@ def test_bad_cifar_n_grids_are_one_line(tmp_path, capsys, text, message):
         tune.main(["--experiments", str(grid), "--out_dir", str(tmp_path / "out"), "--data_dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_sweep_trial_is_bit_identical_to_the_same_run_of_train_cifar(ray_session, fake_root, paper_sums, tmp_path):
+    """The sweep path (a Ray worker, one thread per CPU of the trial, engine.run through tune.trial) adds nothing
+    to the numbers: a Co-teaching trial equals train_cifar.py with its recorded flags and thread count."""
+    import torch
+    import train_cifar
+    from test_repeatability import flags as repeat_flags, numbers
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("variants: [Co-teaching]\nnoise_modes: [sym]\nseeds: [7]\nnum_gradual: 1\n")
+    sweep_flags = [f for f in repeat_flags(fake_root, tmp_path / "sweep") if f not in ("--seed", "7")]
+    hp_dir = tune.main(["--experiments", str(grid), *sweep_flags, "--cpus_per_trial", "1"])
+    trial = next((hp_dir / "runs").iterdir())
+    config = yaml.safe_load((trial / "config.yaml").read_text())
+    assert config["runtime"]["torch_threads"] == 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(config["runtime"]["torch_threads"])
+    try:
+        train_cifar.main(repeat_flags(fake_root, tmp_path / "loose", "--method", "Co-teaching", "--num_gradual", "1"))
+    finally:
+        torch.set_num_threads(before)
+    assert numbers(next((tmp_path / "loose" / "runs").iterdir())) == numbers(trial)
