@@ -6,6 +6,8 @@ so that the prose cannot drift from the runs.
 
 Each figure is a phrase, such as "10.7 core-hours", that must appear verbatim (up to line breaks) in README.md
 (the main one), in results/mini_cifar10/README.md or in reproduce.sh's header; tests/test_docs.py runs the check. The table itself is readme_table.py's.
+A comparison of two cells pairs their runs by seed (a seed fixes the subset, the noisy labels and the initialisation in
+every cell): the mean ± std of the per-seed differences and how many seeds lie on its side, never a gap of means alone.
 """
 import argparse
 import csv
@@ -27,6 +29,8 @@ HUMAN = "worst"                         # CIFAR-10N's label set (configs/mini_ci
 PAPER_MODELS = ("CE", "SLN", "SLN-MO", "SLN-MO-LC")
 BASELINES = ("GCE", "SCE", "Forward-T", "ELR", "Co-teaching", "Co-teaching-SLN")   # configs/mini_cifar10_baselines.yaml
 LC_EPOCH = 80          # configs/mini_cifar10.yaml: label correction after this epoch
+REPORTED, EMA = "test/acc_reported", "test/acc_ema"   # a run's reported network; its momentum (EMA) network, which
+# every run keeps: CE's is CE-MO's number (methods/sln_models.py), a baseline's is written "GCE+EMA"
 
 
 def load(folder: Path) -> list[dict]:
@@ -50,31 +54,54 @@ def pick(grid: list[dict], mode: str, variant: str) -> list[dict]:
                   key=lambda r: r["config"]["seed"])
 
 
-def gap(a: list[dict], b: list[dict], key_b: str = "test/acc_reported") -> tuple[list[float], list[float], float, str]:
-    """a's reported last accuracies, b's `key_b` ones (test/acc_ema: b's momentum network, reported or not), the gap
-    of the means in points, and how the seeds order: "above" (every seed of a above every seed of b), "below" or
-    "overlap"."""
-    la, lb = [last(r) for r in a], [last(r, key_b) for r in b]
-    points = 100 * (sum(la) / len(la) - sum(lb) / len(lb))
-    return la, lb, points, "above" if min(la) > max(lb) else "below" if min(lb) > max(la) else "overlap"
+def paired(a: list[dict], b: list[dict], key_a: str = REPORTED, key_b: str = REPORTED) -> list[float]:
+    """a minus b per seed, in points, at the last epoch: a's `key_a` network against b's `key_b` one (test/acc_ema:
+    the momentum network, reported or not). A seed decides the subset, the noisy labels and the initialisation, the
+    same in every cell, so two cells' runs pair up by seed; ValueError where the cells' seeds differ."""
+    if [r["config"]["seed"] for r in a] != [r["config"]["seed"] for r in b]:
+        raise ValueError(f"cells of seeds {[r['config']['seed'] for r in a]} and {[r['config']['seed'] for r in b]} "
+                         "do not pair")
+    return [100 * (last(x, key_a) - last(y, key_b)) for x, y in zip(a, b)]
 
 
-def versus(a: list[dict], b: list[dict], name_a: str, name_b: str, key_b: str = "test/acc_reported") -> str:
-    """'SLN-MO-LC 51.3 ± 2.9 % against GCE 47.2 ± 1.4 % (+4.1 points; every SLN-MO-LC seed above every GCE seed)'."""
-    la, lb, points, how = gap(a, b, key_b)
-    order = {"above": f"every {name_a} seed above every {name_b} seed", "overlap": "the seeds overlap",
-             "below": f"every {name_b} seed above every {name_a} seed"}[how]
-    return f"{name_a} {pct(la)} % against {name_b} {pct(lb)} % ({points:+.1f} points; {order})"
+def sides(diffs: list[float]) -> tuple[str, str, str]:
+    """('+6.8 ± 2.3', '3 of 3', 'ahead'): the mean ± std of paired differences, how many seeds lie on the mean's
+    side (named 'behind' where the mean is negative) and, where some are tied, how many."""
+    mean, std = mean_std(diffs)
+    ahead = mean >= 0
+    side = sum(d > 0 if ahead else d < 0 for d in diffs)
+    tied = sum(d == 0 for d in diffs)
+    return (f"{mean:+.1f}" + ("" if std is None else f" ± {std:.1f}"), f"{side} of {len(diffs)}",
+            ("ahead" if ahead else "behind") + (f", {tied} tied" if tied else ""))
 
 
-def gaps(a: list[dict], cells: dict[str, list[dict]], key_b: str = "test/acc_reported") -> str:
-    """'GCE +4.0, ELR +2.4 (seeds overlap), Co-teaching -3.3 (every seed below) points': a's lead over each cell,
-    the seeds' order named where a's seeds are not all above."""
-    parts = []
-    for name, b in cells.items():
-        points, how = gap(a, b, key_b)[2:]
-        parts.append(f"{name} {points:+.1f}" + {"above": "", "overlap": " (seeds overlap)", "below": " (every seed below)"}[how])
-    return ", ".join(parts) + " points"
+def agree(diffs: list[float]) -> str:
+    """'+6.8 ± 2.3 points, 3 of 3 seeds ahead'."""
+    value, count, side = sides(diffs)
+    return f"{value} points, {count} seeds {side}"
+
+
+def step(diffs: list[float]) -> str:
+    """'+6.8 ± 2.3 points (3 of 3 seeds ahead)'."""
+    value, count, side = sides(diffs)
+    return f"{value} points ({count} seeds {side})"
+
+
+def brief(diffs: list[float]) -> str:
+    """'+6.8 ± 2.3 (3 of 3)', the seeds counted on the mean's side (the main README's short form)."""
+    value, count, side = sides(diffs)
+    return f"{value} ({count}{side[side.find(','):] if ',' in side else ''})"
+
+
+def versus(a: list[dict], b: list[dict], name_a: str, name_b: str, key_a: str = REPORTED, key_b: str = REPORTED) -> str:
+    """'SLN-MO-LC 51.3 ± 2.9 % against CE-MO 44.4 ± 0.7 % (paired by seed: +6.8 ± 2.3 points, 3 of 3 seeds ahead)'."""
+    la, lb = [last(r, key_a) for r in a], [last(r, key_b) for r in b]
+    return f"{name_a} {pct(la)} % against {name_b} {pct(lb)} % (paired by seed: {agree(paired(a, b, key_a, key_b))})"
+
+
+def gaps(a: list[dict], cells: dict[str, list[dict]], key_b: str = REPORTED) -> str:
+    """'GCE +4.0 ± 4.1 (3 of 3), ELR -2.4 ± 2.5 (3 of 3) points': a minus each cell, paired by seed."""
+    return ", ".join(f"{name} {brief(paired(a, b, key_b=key_b))}" for name, b in cells.items()) + " points"
 
 
 def pct(values: list[float], digits: int = 1) -> str:
@@ -87,7 +114,7 @@ def column(run: dict, key: str) -> list[float]:
     return [r[key] for r in run["metrics"] if r.get(key) is not None]
 
 
-def last(run: dict, key: str = "test/acc_reported") -> float:
+def last(run: dict, key: str = REPORTED) -> float:
     return column(run, key)[-1]
 
 
@@ -101,6 +128,22 @@ def search_line(label: str, trials: list[dict], reference: str = "") -> str:
     return f"{label} search, last-epoch validation accuracy: " + ", ".join(
         f"σ={r['config']['sigma']:g}{f' ({reference})' if reference and r['config']['sigma'] == 0 else ''} "
         f"{100 * last(r, 'val/acc'):.1f} %" for r in trials)
+
+
+def zero_note(label: str, trials: list[dict], reference: str) -> str:
+    """Where a sigma search's sigma 0 (the method without SLN noise) scored as high as the chosen sigma or higher on
+    validation (tune.py's sigma_table: the highest last-epoch accuracy of sigma > 0, ties to the smaller sigma), a
+    phrase that says so; "" where it did not."""
+    val = {r["config"]["sigma"]: 100 * last(r, "val/acc") for r in trials}
+    chosen = max((s for s in val if s > 0), key=lambda s: (val[s], -s))
+    if 0 not in val or val[0] < val[chosen]:
+        return ""
+    return (f"{label} search: σ=0 ({reference}) scored {val[0]:.1f} %, {'as high as' if val[0] == val[chosen] else 'above'}"
+            f" the chosen σ={chosen:g}'s {val[chosen]:.1f} %")
+
+
+def commit(run: dict) -> str:
+    return run["config"]["code"]["git_commit"][:7]
 
 
 def figures(root: Path = HERE) -> dict[str, list[str]]:
@@ -135,12 +178,22 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
     # claim 1: the order of the four models at the last epoch
     lasts = {m: {v: [last(r) for r in pick(table, m, v)] for v in PAPER_MODELS} for m in columns}
     means = {m: {v: pct(lasts[m][v]) for v in PAPER_MODELS} for m in columns}
+    # each step of the chain paired by seed (the reported networks, as in the paper's table)
+    steps = (("SLN", "CE"), ("SLN-MO", "SLN"), ("SLN-MO-LC", "SLN-MO"))
     for mode in columns:
         ordered = [sum(lasts[mode][v]) / len(lasts[mode][v]) for v in PAPER_MODELS]
         holds = ordered[0] < ordered[1] < ordered[2] <= ordered[3]    # the claimed order: written as a chain
-        main.append(" < ".join(means[mode][v] for v in ("CE", "SLN", "SLN-MO")) + f" ≤ {means[mode]['SLN-MO-LC']} %"
-                    if holds else f"SLN-MO {means[mode]['SLN-MO']} %, SLN-MO-LC {means[mode]['SLN-MO-LC']} %, "
-                    f"CE {means[mode]['CE']} %, SLN {means[mode]['SLN']} %")
+        diffs = {(a, b): paired(pick(table, mode, a), pick(table, mode, b)) for a, b in steps}
+        every = all(d > 0 for d in diffs["SLN", "CE"] + diffs["SLN-MO", "SLN"]) and \
+            all(d >= 0 for d in diffs["SLN-MO-LC", "SLN-MO"])                 # each step on each seed, as in the chain
+        if holds and every:
+            main.append(" < ".join(means[mode][v] for v in ("CE", "SLN", "SLN-MO")) + f" ≤ {means[mode]['SLN-MO-LC']} "
+                        f"%, each step on all {len(lasts[mode]['CE'])} seeds")
+        else:
+            main.append(f"`{mode}`, paired by seed: SLN minus CE {brief(diffs['SLN', 'CE'])}, SLN-MO minus CE "
+                        f"{brief(paired(pick(table, mode, 'SLN-MO'), pick(table, mode, 'CE')))}, SLN-MO-LC minus SLN-MO "
+                        f"{brief(diffs['SLN-MO-LC', 'SLN-MO'])} points")
+        detail.append(f"`{mode}`, paired by seed: " + ", ".join(f"{a} minus {b} {step(ds)}" for (a, b), ds in diffs.items()))
     seeds = {v: ", ".join(f"{100 * last(r):.1f}" for r in pick(grid, "asym", v)) for v in ("CE", "SLN")}
     detail.append(f"`asym` SLN's seeds end at {seeds['SLN']} %, CE's at {seeds['CE']} %")
 
@@ -151,11 +204,16 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
         detail.append(f"`{mode}`: SLN-MO and SLN-MO-LC coincide until epoch {LC_EPOCH} for seeds "
                       f"{', '.join(map(str, same)) or 'none'}")
 
-    # the momentum-model control: every run keeps an EMA network, CE's too, so SLN-MO's lead over CE splits into what
-    # the weight average gives CE ("CE+EMA") and what SLN adds to it
+    # the momentum-model control: every run keeps an EMA network, CE's too (CE-MO), so SLN-MO's lead over CE splits
+    # into what the weight average gives CE and what SLN adds to it; both momentum networks, so of the same kind
+    for key, name in ((REPORTED, "CE"), (EMA, "CE-MO")):
+        main.append(f"SLN-MO minus {name}: " + ", ".join(
+            f"`{mode}` {brief(paired(pick(table, mode, 'SLN-MO'), pick(table, mode, 'CE'), key_b=key))}"
+            for mode in columns) + " points")
     for mode in columns:
-        detail.append(f"`{mode}`: " + versus(pick(table, mode, "SLN-MO"), pick(table, mode, "CE"), "SLN-MO", "CE+EMA",
-                                             "test/acc_ema"))
+        mo, ce = pick(table, mode, "SLN-MO"), pick(table, mode, "CE")
+        detail.append(f"`{mode}`: " + versus(mo, ce, "SLN-MO", "CE-MO", key_b=EMA))
+        detail.append(f"`{mode}`: CE-MO minus CE {step(paired(ce, ce, EMA))} of SLN-MO's {step(paired(mo, ce))}")
 
     # claim 2: CE's best epoch against its last
     for mode in columns:
@@ -168,23 +226,27 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
     # memorisation: CE's agreement with the given labels against each subset's own share of right labels
     for mode in columns:
         ce = pick(table, mode, "CE")
-        agree = [100 * last(r, "train/acc") for r in ce]
+        agreeing = [100 * last(r, "train/acc") for r in ce]
         right = [100 * (1 - r["config"]["noise"]["noise_rate"]) for r in ce]
-        below = [str(r["config"]["seed"]) for r, a, s in zip(ce, agree, right) if a <= s]
-        phrase = f"`{mode}` CE agrees with {sum(agree) / 3:.1f} % of the given labels, {sum(right) / 3:.2f} % are right"
+        below = [str(r["config"]["seed"]) for r, a, s in zip(ce, agreeing, right) if a <= s]
+        phrase = f"`{mode}` CE agrees with {sum(agreeing) / 3:.1f} % of the given labels, {sum(right) / 3:.2f} % are right"
         detail.append(phrase + (f" (not so for seed {', '.join(below)}: "
-                                + ", ".join(f"{a:.1f} vs {s:.1f} %" for r, a, s in zip(ce, agree, right)
+                                + ", ".join(f"{a:.1f} vs {s:.1f} %" for r, a, s in zip(ce, agreeing, right)
                                             if str(r["config"]["seed"]) in below) + ")" if below else ""))
         noisy = [column(r, "train/loss_noisy") for r in ce]
         clean = [column(r, "train/loss_clean")[-1] for r in ce]
         detail.append(f"`{mode}` CE's loss on the wrong labels {sum(n[0] for n in noisy) / 3:.2f} -> "
                       f"{sum(n[-1] for n in noisy) / 3:.2f} (right labels {sum(clean) / 3:.2f})")
-        held = [column(r, "train/loss_noisy")[-1] for v in ("SLN", "SLN-MO") for r in pick(table, mode, v)]
-        lc = [column(r, "train/loss_noisy")[-1] for r in pick(table, mode, "SLN-MO-LC")]
-        detail.append(f"`{mode}` SLN and SLN-MO end at {sum(held) / len(held):.2f}, SLN-MO-LC at {sum(lc) / 3:.2f}")
+        end = {v: mean_std([column(r, "train/loss_noisy")[-1] for r in pick(table, mode, v)])[0]
+               for v in ("SLN", "SLN-MO", "SLN-MO-LC")}
+        detail.append(f"`{mode}` SLN ends at {end['SLN']:.2f}, SLN-MO at {end['SLN-MO']:.2f}, SLN-MO-LC at "
+                      f"{end['SLN-MO-LC']:.2f}")
     # the sigma searches: validation accuracy (noisy labels) at the last epoch per sigma
     for mode in MODES:
         detail.append(search_line(f"`{mode}`", [r for r in search if r["config"]["noise_mode"] == mode]))
+        if note := zero_note(f"`{mode}` SLN", [r for r in search if r["config"]["noise_mode"] == mode], "CE"):
+            main.append(note)
+            detail.append(note)
     ce = next(r for r in search if r["config"]["noise_mode"] == "sym" and r["config"]["sigma"] == 0)
     val = column(ce, "val/acc")
     detail.append(f"`sym` CE search run: validation accuracy {100 * max(val):.1f} % at epoch "
@@ -203,48 +265,95 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
     detail.append(f"last test accuracy {100 * again['summary']['last_test_acc']:.2f} % (grid run "
                   f"{100 * twin['summary']['last_test_acc']:.2f} %), best {100 * again['summary']['best_test_acc']:.2f} % "
                   f"({100 * twin['summary']['best_test_acc']:.2f} %)")
+    detail.append(f"the dissection's CE run (commit `{commit(again)}`) and the grid's (`{commit(twin)}`): epoch-1 "
+                  f"training loss {column(again, 'train/loss')[0]:.5f} vs {column(twin, 'train/loss')[0]:.5f}")
+
+    # repeatability: SLN and SLN-MO train alike (only the reported network differs), so a seed's two runs are a
+    # repeat of one training; are they identical where one commit made both, and where two did?
+    pairs = [(a, b) for mode in columns for a, b in zip(pick(table, mode, "SLN"), pick(table, mode, "SLN-MO"))]
+    one = [column(a, "train/loss") == column(b, "train/loss") for a, b in pairs if commit(a) == commit(b)]
+    two = [(commit(a), commit(b), column(a, "train/loss")[0] != column(b, "train/loss")[0],
+            column(a, "train/loss") == column(b, "train/loss")) for a, b in pairs if commit(a) != commit(b)]
+    differ = dict.fromkeys((a, b) for a, b, first, _ in two if first)     # the pairs of commits, in order, once each
+    alike = dict.fromkeys((a, b) for a, b, _, same in two if same)
+    n_differ, n_alike = sum(t[2] for t in two), sum(t[3] for t in two)
+    detail.append(f"of the {len(pairs)} pairs of SLN and SLN-MO runs of one setting and seed, the {len(one)} made at "
+                  f"one commit are identical in training loss at every epoch in {sum(one)}; of the {len(two)} made at "
+                  f"two commits, {n_differ} differ from epoch 1 on ({', '.join(f'`{a}` and `{b}`' for a, b in differ)})"
+                  f" and {n_alike} {'is' if n_alike == 1 else 'are'} identical "
+                  f"({', '.join(f'`{a}` and `{b}`' for a, b in alike) or 'none'})")
 
     # human noise (CIFAR-10N worst): its time, its sigma search, SLN-MO-LC against CE
     if human_search:
         detail.append(search_line(f"`{HUMAN}`", human_search))
+        if note := zero_note(f"`{HUMAN}` SLN", human_search, "CE"):
+            main.append(note)
+            detail.append(note)
         detail.append(f"`{HUMAN}` sigma search {60 * hours(human_search):.1f} core-minutes")
     if human:
         main.append(f"CIFAR-10N's sigma search and its {len(human)} runs took {hours(human) + hours(human_search):.1f} "
                     f"core-hours")
-        main.append(versus(pick(human, HUMAN, "SLN-MO-LC"), pick(human, HUMAN, "CE"), "SLN-MO-LC", "CE"))
-    # the baselines: their time, SLN-MO-LC against each (their reported networks, then their momentum networks,
-    # which they keep but do not report), Co-teaching with and without SLN
+    # SLN-MO-LC against CE where no baseline ran: CE's trained network (the paper's comparison), then CE-MO
+    for mode in [m for m in columns if not any(setting(r) == m for r in baselines)]:
+        lc, ce = pick(table, mode, "SLN-MO-LC"), pick(table, mode, "CE")
+        main.append(f"`{mode}`: SLN-MO-LC minus CE {brief(paired(lc, ce))}, minus CE-MO {brief(paired(lc, ce, key_b=EMA))} "
+                    "points")
+        detail.append(f"`{mode}`: " + versus(lc, ce, "SLN-MO-LC", "CE"))
+        detail.append(f"`{mode}`: " + versus(lc, ce, "SLN-MO-LC", "CE-MO", key_b=EMA))
+    # the baselines: their time, SLN-MO-LC against each (their momentum networks, which they keep but do not report,
+    # then their reported networks, as the paper compares), Co-teaching with and without SLN
     if baselines:
         main.append(f"the {len(baselines)} baseline runs took {hours(baselines):.1f} core-hours")
         script.append(f"about {hours(baselines) / 2:.1f} more for the baselines")
         spans = {b: sorted(r["summary"]["seconds"] / 60 for r in baselines if r["config"]["variant"] == b) for b in BASELINES}
         detail.append("a baseline run took " + ", ".join(f"{m[0]:.0f}-{m[-1]:.0f} min ({b})" for b, m in spans.items() if m))
+        versus_ce_mo, with_sln, below_ce = [], [], []
         for mode in sorted({setting(r) for r in baselines}, key=MODES.index):
             lc = pick(grid, mode, "SLN-MO-LC")
             cells = {b: runs_b for b in BASELINES if (runs_b := pick(baselines, mode, b))}
-            main.append(f"`{mode}`, SLN-MO-LC minus each baseline: " + gaps(lc, cells))
             ce = pick(grid, mode, "CE")
-            below = [b for b, runs_b in cells.items() if gap(ce, runs_b)[2] > 0]
-            main.append(f"below plain CE on `{mode}`: {', '.join(below) or 'none'}")
-            ema = [gap(lc, b, "test/acc_ema")[2] for b in cells.values()]
-            main.append(f"`{mode}`, {min(ema):+.1f} to {max(ema):+.1f} points")
-            detail.append(f"`{mode}`, SLN-MO-LC minus each baseline's momentum network: " + gaps(lc, cells, "test/acc_ema"))
+            # network against network of the same kind: SLN-MO-LC's momentum network against each baseline's and CE's
+            main.append(f"`{mode}`, SLN-MO-LC minus each baseline's momentum network: " + gaps(lc, cells, EMA))
+            versus_ce_mo.append(f"`{mode}` {brief(paired(lc, ce, key_b=EMA))}")
+            detail.append(f"`{mode}`: " + versus(lc, ce, "SLN-MO-LC", "CE-MO", key_b=EMA))
+            # the paper's way, each method's reported network: SLN-MO-LC's momentum network, the baselines' trained ones
+            detail.append(f"`{mode}`, SLN-MO-LC's momentum network minus each baseline's trained one: " + gaps(lc, cells))
+            diffs = {b: paired(lc, runs_b) for b, runs_b in cells.items()}
+            ahead = [b for b, d in diffs.items() if sum(d) > 0]
+            mixed = [f"{b} ({sides(d)[1]})" for b, d in diffs.items() if b in ahead and min(d) <= 0]
+            main.append(f"`{mode}`: ahead of {len(ahead)} of the {len(cells)} on the mean, "
+                        + (f"on every seed but against {' and '.join(mixed)}" if mixed else "on every seed"))
+            # trained network against trained network: which baselines end below plain CE
+            below = {b: paired(runs_b, ce) for b, runs_b in cells.items() if sum(paired(runs_b, ce)) < 0}
+            below_ce.append(f"{len(below)} of the {len(cells)} on `{mode}`")
+            detail.append(f"below plain CE on `{mode}`: " + (", ".join(f"{b} {step(d)}" for b, d in below.items())
+                                                              if below else "none"))
             for b, runs_b in cells.items():
-                detail.append(f"`{mode}`: " + versus(lc, runs_b, "SLN-MO-LC", b))
-                detail.append(f"`{mode}`: " + versus(lc, runs_b, "SLN-MO-LC", f"{b}+EMA", "test/acc_ema"))
+                detail.append(f"`{mode}`: " + versus(lc, runs_b, "SLN-MO-LC", f"{b}+EMA", key_b=EMA))
+                detail.append(f"`{mode}`: " + versus(lc, runs_b, "SLN-MO-LC (momentum network)", f"{b} (trained network)"))
             if "Co-teaching-SLN" in cells and "Co-teaching" in cells:
-                main.append(f"`{mode}`: " + versus(cells["Co-teaching-SLN"], cells["Co-teaching"], "Co-teaching-SLN",
-                                                   "Co-teaching"))
+                with_sln.append(f"`{mode}` {brief(paired(cells['Co-teaching-SLN'], cells['Co-teaching']))}")
+                detail.append(f"`{mode}`: " + versus(cells["Co-teaching-SLN"], cells["Co-teaching"], "Co-teaching-SLN",
+                                                     "Co-teaching"))
+
+        main.append("SLN-MO-LC minus CE-MO: " + ", ".join(versus_ce_mo) + " points")
+        main.append("below plain CE (trained networks): " + ", ".join(below_ce))
+        if with_sln:
+            main.append("Co-teaching-SLN minus Co-teaching: " + ", ".join(with_sln) + " points")
 
     for mode in sorted({setting(r) for r in coteaching_search}, key=MODES.index):
         trials = [r for r in coteaching_search if setting(r) == mode]
         detail.append(search_line(f"`{mode}` Co-teaching-SLN", trials, "Co-teaching"))
+        if note := zero_note(f"`{mode}` Co-teaching-SLN", trials, "Co-teaching"):
+            main.append(note)
+            detail.append(note)
         detail.append(f"`{mode}` Co-teaching-SLN sigma search {60 * hours(trials):.1f} core-minutes")
 
-    # runs made from a tree with uncommitted changes: each is named
-    for r in grid + search + human + human_search + baselines + coteaching_search + probes + dissect:
-        if r["config"]["code"]["git_dirty"]:
-            detail.append(f"`{r['id']}`")
+    # runs made from a tree with uncommitted changes: counted over every committed run, and each named
+    everything = runs + searches + probes + dissect
+    dirty = [r for r in everything if r["config"]["code"]["git_dirty"]]
+    detail.append(f"{len(dirty)} of the {len(everything)} committed runs record `git_dirty: true`")
+    detail += [f"`{r['id']}`" for r in dirty]
     return {MAIN_README: main, README: detail, REPRODUCE: script}
 
 

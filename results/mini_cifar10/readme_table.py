@@ -16,6 +16,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 import files  # noqa: E402  (the repository's own helpers; this script lives two folders down)
+import methods  # noqa: E402
 
 README = HERE.parents[1] / "README.md"
 BEGIN = "<!-- results-table: regenerated from results/mini_cifar10/table.csv by results/mini_cifar10/readme_table.py -->"
@@ -35,11 +36,17 @@ PAPER = {"CE": ("53.16 ± 1.64", "72.72 ± 1.35", "72.33 ± 0.50"), "SLN": ("80.
 
 
 def planned() -> tuple[list[str], set[tuple[str, str]]]:
-    """The methods of the grids, in their order, and the (method, noise) cells they plan."""
+    """The methods of the grids and those read off their runs (CE-MO off CE's: Method.same_training_as), and the
+    (method, noise) cells they plan. The order: the paper's models and CE-MO (methods.ORDER), then the grids'."""
     grids = [yaml.safe_load(path.read_text()) for path in GRIDS]
     cells = {(method, mode) for grid in grids for method in grid["variants"]
              for mode in grid.get("noise_modes", []) + grid.get("noise_labels", [])}
-    return list(dict.fromkeys(method for grid in grids for method in grid["variants"])), cells
+    names = list(dict.fromkeys(method for grid in grids for method in grid["variants"]))
+    for m in methods.METHODS.values():
+        if m.same_training_as in names:
+            names.append(m.name)
+            cells |= {(m.name, mode) for source, mode in list(cells) if source == m.same_training_as}
+    return sorted(names, key=lambda n: methods.ORDER.index(n) if n in methods.ORDER else len(methods.ORDER)), cells
 
 
 def cell(row: dict | None, planned: bool) -> str:
