@@ -467,6 +467,7 @@ def figure_compare(rows: list[list], title: str, network: str = "reported") -> p
 def ablation_points(runs: list[Run]) -> tuple[list[list], str]:
     """Test accuracy vs sigma: one line per setting other than sigma (and the variant its value implies).
     Returns CSV rows (with header) and the settings all lines share."""
+    runs = [r for r in runs if not r.derived]       # CE-MO's view of a CE run is CE's point at sigma 0
     baselines = sorted({run_method(r).name for r in runs if run_method(r).name in BASELINES})
     if baselines:     # sigma is the paper's models' (0 = CE); a baseline's point at sigma 0 would read as CE's
         print(f"note: ablation draws the paper's four models only; skipping the runs of {', '.join(baselines)}",

@@ -30,5 +30,5 @@ METHODS = [
            "--lc_n_epoch N", noisy_soft_ce, sln=True, mo=True, lc=True, by_flags=True, colour="#2ca02c"),
     Method("CE-MO", "CE, reporting its momentum model (weight EMA, --ema_alpha): SLN-MO without the noise, the "
            "control that tells the noise from the weight average", noisy_soft_ce, mo=True, same_training_as="CE",
-           colour="#8c564b"),
+           colour="#000000"),
 ]

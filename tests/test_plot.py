@@ -97,8 +97,8 @@ def decodable(path) -> tuple[int, int]:
         return im.size
 
 
-def last_best(run_dir) -> tuple[float, float]:
-    acc = [100 * float(r["test/acc_reported"]) for r in read_csv(run_dir / "metrics.csv")]
+def last_best(run_dir, column="test/acc_reported") -> tuple[float, float]:
+    acc = [100 * float(r[column]) for r in read_csv(run_dir / "metrics.csv")]
     return acc[-1], max(acc)
 
 
@@ -172,11 +172,15 @@ def test_table_numbers_are_those_of_the_metrics_files(runs, tmp_path):
     out, ids = runs
     run_plot(out, tmp_path, "--table", "--filter", "dataset_name=cifar10,model=wrn-16-1", "--name", "t")
     rows = read_csv(tmp_path / "t.csv")
+    # CE-MO: CE's runs, read at their momentum network
     assert sorted((r["variant"], r["noise"], r["sigma"], r["n_seeds"]) for r in rows) == [
-        ("CE", "asym", "0.0", "1"), ("CE", "sym", "0.0", "1"), ("SLN", "asym", "0.3", "1"), ("SLN", "sym", "0.5", "1"),
-        ("SLN-MO-LC", "sym", "1.0", "2")]
+        ("CE", "asym", "0.0", "1"), ("CE", "sym", "0.0", "1"), ("CE-MO", "asym", "0.0", "1"), ("CE-MO", "sym", "0.0", "1"),
+        ("SLN", "asym", "0.3", "1"), ("SLN", "sym", "0.5", "1"), ("SLN-MO-LC", "sym", "1.0", "2")]
+    ce = {r["noise"]: r["exp_ids"] for r in rows if r["variant"] == "CE"}
+    assert {r["noise"]: r["exp_ids"] for r in rows if r["variant"] == "CE-MO"} == ce
     for r in rows:
-        accs = [last_best(out / "runs" / i) for i in r["exp_ids"].split()]
+        column = "test/acc_ema" if r["variant"] == "CE-MO" else "test/acc_reported"
+        accs = [last_best(out / "runs" / i, column) for i in r["exp_ids"].split()]
         for k, which in enumerate(("last", "best")):
             values = [a[k] for a in accs]
             assert float(r[f"{which}_mean"]) == pytest.approx(statistics.mean(values), abs=1e-4)
@@ -220,7 +224,11 @@ def test_two_sigmas_in_one_column_are_two_rows():
 def test_filter_selects_runs(runs, tmp_path, capsys):
     out, ids = runs
     run_plot(out, tmp_path, "--table", "--filter", "noise_mode=asym|dependent,sigma=0")
-    assert [r["exp_ids"] for r in read_csv(tmp_path / "table.csv")] == [ids["ce_asym"]]
+    # CE and CE-MO, its momentum network: one run
+    assert [(r["variant"], r["exp_ids"]) for r in read_csv(tmp_path / "table.csv")] == [("CE", ids["ce_asym"]),
+                                                                                        ("CE-MO", ids["ce_asym"])]
+    run_plot(out, tmp_path / "mo", "--table", "--filter", "noise_mode=asym,variant=CE-MO")
+    assert [(r["variant"], r["exp_ids"]) for r in read_csv(tmp_path / "mo" / "table.csv")] == [("CE-MO", ids["ce_asym"])]
     err = fails(capsys, out, tmp_path / "x", "--table", "--filter", "colour=red")
     assert "'colour'" in err and "noise_mode" in err
 
@@ -395,9 +403,10 @@ def test_compare_plot_averages_seeds_over_the_evaluated_epochs(sparse_runs, tmp_
     rows = read_csv(tmp_path / "a" / "compare.csv")
     got = {(r["method"], int(r["epoch"])): (int(r["n_seeds"]), float(r["mean"]), float(r["std"])) for r in rows}
     # epoch 3 was evaluated by one SLN seed only, so no mean over seeds exists there
-    assert sorted(got) == [("CE", 2), ("CE", 4), ("SLN", 2), ("SLN", 4)]
+    assert sorted(got) == [("CE", 2), ("CE", 4), ("CE-MO", 2), ("CE-MO", 4), ("SLN", 2), ("SLN", 4)]
     for (method, epoch), (n, mean, std) in got.items():
-        values = {("CE", 2): [30, 40], ("CE", 4): [50, 60], ("SLN", 2): [50, 60], ("SLN", 4): [70, 80]}[(method, epoch)]
+        values = {("CE", 2): [30, 40], ("CE", 4): [50, 60], ("SLN", 2): [50, 60], ("SLN", 4): [70, 80],
+                  ("CE-MO", 2): [30, 40], ("CE-MO", 4): [50, 60]}[(method, epoch)]   # acc_ema = acc here
         assert n == 2 and mean == pytest.approx(statistics.mean(values), abs=1e-4)
         assert std == pytest.approx(statistics.stdev(values), abs=1e-4)   # the CSV keeps 4 decimals
     assert {r["noise"] for r in rows} == {"sym"}
@@ -422,7 +431,8 @@ def test_table_and_ablation_skip_unfinished_runs_of_a_running_sweep(sparse_runs,
     rows = read_csv(tmp_path / "a" / "table.csv")
     # last = the last evaluated epoch, best = the best evaluated one; the empty epochs count for neither
     got = {r["variant"]: (float(r["last_mean"]), float(r["best_mean"]), r["n_seeds"]) for r in rows}
-    assert got == {"CE": (pytest.approx(55.0), pytest.approx(55.0), "2"), "SLN": (pytest.approx(75.0), pytest.approx(75.0), "2")}
+    assert got == {"CE": (pytest.approx(55.0), pytest.approx(55.0), "2"), "SLN": (pytest.approx(75.0), pytest.approx(75.0), "2"),
+                   "CE-MO": (pytest.approx(55.0), pytest.approx(55.0), "2")}     # CE's runs' EMA accuracy (= theirs here)
     ablation = read_csv(tmp_path / "a" / "ablation.csv")
     assert sorted(float(r["sigma"]) for r in ablation) == [0.0, 0.5]
 
@@ -533,7 +543,7 @@ def test_readme_results_table_shows_the_committed_table(tmp_path):
         text = readme.read_text()
         block = text[text.index("<!-- results-table"):text.index("<!-- end results-table -->")]
         return {line.split(" | ")[0][2:]: line.split(" | ") for line in block.splitlines()[3:]}
-    assert list(block_rows()) == ["CE", "SLN", "SLN-MO", "SLN-MO-LC", "GCE", "SCE", "Forward-T", "ELR", "Co-teaching",
+    assert list(block_rows()) == ["CE", "SLN", "SLN-MO", "SLN-MO-LC", "CE-MO", "GCE", "SCE", "Forward-T", "ELR", "Co-teaching",
                                   "Co-teaching-SLN"]
     without_ce_sym = [table[0]] + [line for line in table[1:] if not line.startswith(",".join(first[:10]) + ",CE,CE,sym,")]
     assert len(without_ce_sym) == len(table) - 1
