@@ -129,9 +129,13 @@ HEADLINE_KEYS = ["dataset_name", "model", "p", "custom_noise", "n_epochs", "trai
 
 def settings(config: dict) -> dict:
     """What a run trained, from its config: bookkeeping keys and nested records dropped, and a key set to None
-    (tune.py's val_size of a table run, train_cifar.py's resume) counted as absent."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
-            if k not in NOT_SETTINGS and not isinstance(v, dict) and v is not None}
+    (tune.py's val_size of a table run, train_cifar.py's resume) counted as absent. bf16 runs are a setting of
+    their own (8 mantissa bits change the numbers); fp32 and tf32 pool, as they did before --precision existed."""
+    found = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
+             if k not in NOT_SETTINGS and not isinstance(v, dict) and v is not None}
+    if config.get("precision") == "bf16" or config.get("amp"):
+        found["precision"] = "bf16"
+    return found
 
 
 def one_run_per_seed(runs: list[Run]) -> tuple[list[Run], list[str]]:

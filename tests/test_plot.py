@@ -211,6 +211,17 @@ def fake_run(exp_id, sigma, seed, accs):
     return plot.Run(exp_id, None, config, {"test/acc_reported": np.array(accs)}, {})
 
 
+def test_bf16_runs_are_not_pooled_with_float32_seeds():
+    """fp32, tf32 and runs from before --precision pool (the same arithmetic on a CPU); bf16 is a table of its own."""
+    runs = [fake_run("a", 0.0, 1, [0.1, 0.2]), fake_run("b", 0.0, 2, [0.3, 0.4]), fake_run("c", 0.0, 3, [0.5, 0.6])]
+    runs[1].config["precision"] = "tf32"
+    runs[2].config.update(precision="bf16", amp=True)
+    md, rows = plot.make_table(runs)
+    header = rows[0]
+    assert sorted((r[header.index("precision")], r[header.index("n_seeds")]) for r in rows[1:]) == [("", 2), ("bf16", 1)]
+    assert "precision=bf16" in md
+
+
 def test_two_sigmas_in_one_column_are_two_rows():
     md, rows = plot.make_table([fake_run("a", 0.5, 1, [0.1, 0.2]), fake_run("b", 1.0, 1, [0.3, 0.4]),
                                 fake_run("c", 1.0, 2, [0.5, 0.3]), fake_run("d", 0.0, 1, [0.6, 0.5])])
