@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 import methods
 from files import mean_std
 from noise import DataError
-from runs import read_metrics as read_metric_rows
+from runs import read_metrics as read_metric_rows, read_run_config
 
 VARIANT_ORDER = list(methods.METHODS)     # the paper's models in its order, then the baselines
 COLUMN_ORDER = ["sym", "asym", "dependent", "openset"]
@@ -74,14 +73,12 @@ def read_metrics(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_run(folder: Path) -> Run:
+    config = read_run_config(folder)
     try:
-        config = yaml.safe_load((folder / "config.yaml").read_text())
         summary_path = folder / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    except (OSError, yaml.YAMLError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"cannot read run {folder}: {str(e).splitlines()[0]}")
-    if not isinstance(config, dict):
-        raise DataError(f"{folder / 'config.yaml'} is not a run config (not a mapping)")
     metrics_path = folder / "metrics.csv"
     if summary is None and not metrics_path.is_file():
         return Run(folder.name, folder, config, {}, None)   # started, but not one epoch done: skipped by tables

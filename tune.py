@@ -346,10 +346,6 @@ def find_sweep(parser: cli.Parser, args: argparse.Namespace) -> Path:
     return hp_dir
 
 
-def is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def sweep_problem(sweep) -> str | None:
     """What makes a sweep.yaml unusable by --resume (a wrong shape, an unknown method, a flag of the wrong type),
     or None. tune.py writes every key checked here; the values of the flags are checked by preflight."""
@@ -361,9 +357,9 @@ def sweep_problem(sweep) -> str | None:
     base, grid, res = sweep.get("base"), sweep.get("grid"), sweep.get("resources")
     if not isinstance(base, dict) or not isinstance(grid, dict) or not isinstance(res, dict):
         return "base, grid and resources must each be a mapping"
-    if not (is_number(res.get("cpu")) and res["cpu"] > 0 and is_number(res.get("gpu")) and res["gpu"] >= 0):
+    if not (runs.is_number(res.get("cpu")) and res["cpu"] > 0 and runs.is_number(res.get("gpu")) and res["gpu"] >= 0):
         return f"resources must give cpu > 0 and gpu >= 0, got {res}"
-    wanted = {"sigma": is_number} if kind == "sigma_search" else \
+    wanted = {"sigma": runs.is_number} if kind == "sigma_search" else \
         {"variant": lambda v: v in methods.METHODS, "seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
          "noise_mode": lambda v: v in cli.NOISE_MODES + cli.NOISE_LABELS}
     for key, valid in wanted.items():
@@ -376,28 +372,17 @@ def sweep_problem(sweep) -> str | None:
         return "reuse_runs must be a list of folders"
     if kind == "experiments":
         sigma = sweep.get("sigma")
-        if not isinstance(sigma, dict) or not all(m in sigma and (s is None or is_number(s))
+        if not isinstance(sigma, dict) or not all(m in sigma and (s is None or runs.is_number(s))
                                                   for m in grid["noise_mode"] for s in [sigma.get(m)]):
             return f"sigma must map every noise mode of the grid to a number, got {sigma!r}"
         if not isinstance(sweep.get("lc_n_epoch"), int) or sweep.get("axis", "noise_mode") not in ("noise_mode", "noise_label"):
             return "lc_n_epoch must be an integer and axis noise_mode or noise_label"
         if not isinstance(sweep.get("experiments_file"), str):
             return "experiments_file must be the path of the experiments file"
-    defaults = vars(build_parser().parse_args([]))
-    for action in build_parser()._actions:
-        key = action.dest
-        if key in TUNE_ONLY or key not in defaults or key not in base:
-            continue
-        value, default = base[key], defaults[key]
-        kind_ok = (lambda v: isinstance(v, bool)) if isinstance(default, bool) or action.nargs == 0 else \
-            (lambda v: isinstance(v, str)) if action.type in (None, str, Path) else \
-            (lambda v: is_number(v) and (action.type is not int or isinstance(v, int)))
-        items = value if action.nargs in ("*", "+") and isinstance(value, list) else [value]
-        if value is None and default is None:
-            continue
-        if not all(kind_ok(v) and (action.choices is None or v in action.choices) for v in items):
-            return f"base: {key} is {value!r}, which --{key} does not take"
-    return None
+    # an --experiments sweep unsets val_size: its trials train on the full training set
+    flags = {k: v for k, v in base.items() if k not in TUNE_ONLY and not (k == "val_size" and v is None)}
+    problem = runs.flag_value_problem(build_parser(), flags)
+    return None if problem is None else f"base: {problem}"
 
 
 def read_sweep(hp_dir: Path) -> dict:
@@ -727,7 +712,7 @@ def trial(config: dict, sweep: dict) -> None:
     torch.set_num_threads(max(1, int(sweep["resources"]["cpu"])))
     data, val = cli.split_data(vars(args))
     if cut_off is not None:
-        saved = yaml.safe_load((cut_off / "config.yaml").read_text())
+        saved = runs.read_run_config(cut_off)
         args.tune_trial_id = saved.get("tune_trial_id")            # the config on disk stays as it was
     exp_id, summary = engine.run(args, data, lambda c: make_model(args.model, c), "tune.py",
                                  on_epoch=lambda row: ray.tune.report({k: v for k, v in row.items() if v is not None}),
