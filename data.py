@@ -83,6 +83,11 @@ class ArrayUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
     }
 
+    # What the allowed callables raise on arguments a crafted file gives them (an unknown codec for _codecs.encode:
+    # LookupError; a shape too large for _reconstruct: MemoryError), besides what a torn stream raises
+    ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, LookupError, OverflowError,
+              MemoryError)
+
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
@@ -94,8 +99,9 @@ def load_array_pickle(path: Path):
     try:
         with open(path, "rb") as f:
             return ArrayUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise DataError(f"{path} is truncated or not a plain-array pickle ({e}); delete it and download it again")
+    except ArrayUnpickler.ERRORS as e:
+        raise DataError(f"{path} is truncated or not a plain-array pickle ({type(e).__name__}: {e}); delete it and "
+                        "download it again") from None
 
 
 def _read_batches(folder: Path, files: tuple[str, ...], label_key: str, num_classes: int):
