@@ -85,6 +85,38 @@ def load_run(folder: Path) -> Run:
     return Run(folder.name, folder, config, read_metrics(metrics_path), summary)
 
 
+def disagreement(run: Run) -> str | None:
+    """What keeps a finished run from being reported as whole, or None: its metrics.csv must hold one readable row
+    for each of the epochs its summary.json counts (a damaged row is skipped when read, see runs.read_metrics), and
+    its last reported test accuracy must be the one summary.json recorded (each where summary.json records it)."""
+    summary = run.summary or {}
+    epochs = summary.get("epochs", "absent")
+    have = [int(e) for e in run.metrics.get("epoch", [])]
+    if epochs != "absent" and (not isinstance(epochs, int) or have != list(range(1, epochs + 1))):
+        missing = sorted(set(range(1, epochs + 1)) - set(have)) if isinstance(epochs, int) else []
+        return (f"its metrics.csv has {len(have)} readable epoch rows but its summary.json counts {epochs} epochs"
+                + (f" (epoch {', '.join(map(str, missing[:5]))} missing or damaged)" if missing else ""))
+    recorded, column = summary.get("last_test_acc"), run.metrics.get("test/acc_reported")
+    if recorded is not None and column is not None:
+        tested = column[~np.isnan(column)]
+        if not len(tested) or float(tested[-1]) != float(recorded):
+            return (f"its summary.json's last_test_acc {recorded} is not its metrics.csv's last test/acc_reported "
+                    f"{float(tested[-1]) if len(tested) else None}")
+    return None
+
+
+def whole_runs(runs: list[Run]) -> tuple[list[Run], list[str]]:
+    """The finished runs whose files agree, and a note for each one left out, naming it and what is wrong."""
+    kept, notes = [], []
+    for run in runs:
+        problem = disagreement(run)
+        if problem:
+            notes.append(f"run {run.exp_id} is left out: {problem}")
+        else:
+            kept.append(run)
+    return kept, notes
+
+
 def run_ids(runs_dir: Path) -> list[str]:
     """Names of the run folders (those with a config.yaml) in runs_dir."""
     return sorted(d.name for d in runs_dir.iterdir() if (d / "config.yaml").is_file())
