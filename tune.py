@@ -305,6 +305,11 @@ def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[st
     except argparse.ArgumentError as e:
         cli.fail(f"{args.experiments}: {e}".replace("argument --", ""))
     args = parser.parse_args(file_argv + argv)        # the command line comes last, so it wins
+    for name in methods.all_flags():                   # a method's own flag is for that method's trials only
+        if getattr(args, name) is not None and not set(methods.owners(name)) & set(grid["variants"]):
+            cli.fail(f"{args.experiments}: {name} is a flag of {' and '.join(methods.owners(name))}, which variants "
+                     f"({', '.join(grid['variants'])}) does not list, so no trial would use it; add "
+                     f"{methods.owners(name)[0]} to variants, or drop {name}")
     if "openset" in grid["noise_modes"] and args.dataset_name != "cifar10":
         cli.fail(f"{args.experiments}: open-set noise exists for CIFAR-10 only; remove openset from noise_modes")
     human = args.dataset_name in cli.CIFARN

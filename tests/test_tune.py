@@ -283,6 +283,11 @@ BAD_FILES = [
     # a value out of range: the file and the experiment it came from are named
     ("variants: [CE]\nnoise_modes: [sym]\nseeds: [1]\nbatch_size: 0\n",
      r"\.yaml, experiment noise_mode=sym variant=CE seed=1: --batch_size must be positive"),
+    # a method's own flag that no listed method has: every trial would record it as null
+    ("variants: [CE, SLN]\nnoise_modes: [sym]\nseeds: [1]\ngce_q: 0.5\n", r"\.yaml: gce_q is a flag of GCE, which "
+     r"variants \(CE, SLN\) does not list, so no trial would use it; add GCE to variants, or drop gce_q$"),
+    ("variants: [GCE]\nnoise_modes: [sym]\nseeds: [1]\nnum_gradual: 3\n", r"num_gradual is a flag of Co-teaching "
+     r"and Co-teaching-SLN, which variants \(GCE\) does not list"),
     ("variants: [CE]\nnoise_modes: [sym]\nseeds: [1]\np: 1.5\n", r"\.yaml, experiment noise_mode=sym variant=CE "
      r"seed=1: .*p=1\.5 is outside"),
 ]
