@@ -90,7 +90,7 @@ UNSET_BY_HUMAN_LABELS = ("noise_mode", "p", "sym_variant", "asym_variant")
 def read_run_config(run_dir: Path) -> dict:
     """A run's config.yaml as plain YAML (yaml.safe_load: a tag that would build a Python object is refused), or a
     DataError in one line: unreadable, not YAML, or not a mapping of settings. Every reader of a run's config
-    (resume, plot.py, viz.py, tune.py) goes through here."""
+    (resume, plot.py, tune.py) goes through here."""
     path = run_dir / "config.yaml"
     try:
         config = yaml.safe_load(path.read_text())
