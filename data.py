@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import shutil
+import tempfile
 import tarfile
 import urllib.error
 import urllib.request
@@ -83,6 +84,11 @@ class ArrayUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
     }
 
+    # What the allowed callables raise on arguments a crafted file gives them (an unknown codec for _codecs.encode:
+    # LookupError; a shape too large for _reconstruct: MemoryError), besides what a torn stream raises
+    ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, LookupError, OverflowError,
+              MemoryError)
+
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
@@ -94,8 +100,9 @@ def load_array_pickle(path: Path):
     try:
         with open(path, "rb") as f:
             return ArrayUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise DataError(f"{path} is truncated or not a plain-array pickle ({e}); delete it and download it again")
+    except ArrayUnpickler.ERRORS as e:
+        raise DataError(f"{path} is truncated or not a plain-array pickle ({type(e).__name__}: {e}); delete it and "
+                        "download it again") from None
 
 
 def _read_batches(folder: Path, files: tuple[str, ...], label_key: str, num_classes: int):
@@ -117,8 +124,8 @@ def _read_batches(folder: Path, files: tuple[str, ...], label_key: str, num_clas
 
 
 def download_file(url: str, dest: Path, what: str, fix: str, md5: str | None = None, sha256: str | None = None) -> None:
-    """Fetch `url` to `dest` atomically, verifying the checksum before the file appears."""
-    print(f"downloading {what} from {url}")
+    """Fetch `url` to `dest` atomically, verifying the checksum before the file appears. A folder that cannot take
+    the file (read-only, or a file in the way) is a DataError naming it, before anything is fetched."""
 
     def fetch(tmp: Path) -> None:
         try:
@@ -130,7 +137,15 @@ def download_file(url: str, dest: Path, what: str, fix: str, md5: str | None = N
         if got != (md5 or sha256):
             raise DataError(f"download of {what} from {url} failed its checksum ({got}); {fix}")
     with folders_kept_only_on_success(dest.parent):
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            # create and remove a probe: os.access says yes to root even on a read-only file system
+            os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=dest.parent))
+        except OSError as e:
+            blocker = next((d for d in [dest.parent, *dest.parent.parents] if d.exists() and not d.is_dir()), None)
+            why = f"{blocker} is a file, not a folder" if blocker else (e.strerror or str(e))
+            raise DataError(f"cannot write {dest.parent} ({why}), where {what} are saved on first use; {fix}") from None
+        print(f"downloading {what} from {url}")
         write_atomic(dest, fetch)
 
 

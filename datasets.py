@@ -76,7 +76,7 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in [
     Dataset("clothing1m", lambda c: load_clothing1m(Path(c["data_dir"]), c["image_size"], workers(c)), "train_real.py",
             14, "resnet50", {None: 0.2}, "the authors' README command", "no",
             "1M noisy training images, clean validation and test sets of <data_dir>/clothing1m/", rebuildable=False),
-    Dataset("folder", lambda c: load_folder(Path(c["data_dir"]), c.get("image_size")), "train_real.py", None,
+    Dataset("folder", lambda c: load_folder(Path(c["data_dir"]), c.get("image_size"), bool(c.get("allow_unshared_classes"))), "train_real.py", None,
             "wrn-28-2", {None: 0.5}, "this project's default", "optional",
             "your own images in --data_dir: train/<class>/ and test/<class>/, or train.csv and test.csv"),
 ]}

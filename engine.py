@@ -293,8 +293,10 @@ def epoch_metrics(s: TrainState, sums: list[float], evaluate_test: bool) -> dict
 # ----------------------------------------------------------------------------------------------------
 # The epoch loop
 
-def checkpoint(s: TrainState, epoch: int) -> dict:
-    return {"epoch": epoch, "model": s.model.state_dict(), "ema": s.ema.state_dict(),
+def checkpoint(s: TrainState, epoch: int, exp_id: str) -> dict:
+    """The run's whole state after `epoch`, with the identity of the run that wrote it (its id and method), so that
+    another run's checkpoint is never resumed as this one's (runs.load_checkpoint)."""
+    return {"epoch": epoch, "exp_id": exp_id, "model": s.model.state_dict(), "ema": s.ema.state_dict(),
             "optimizer": s.optimizer.state_dict(), "targets": s.targets, "sigma": s.sigma,
             "generator": s.gen.get_state(), "torch_rng": torch.get_rng_state(), "variant": s.method.name,
             "device": s.labels.device.type, **({"peers": [p.state_dict() for p in s.peers]} if s.peers else {}),
@@ -319,12 +321,18 @@ def restore_generator(s: TrainState, ckpt: dict) -> None:
 
 def restore(s: TrainState, run_dir: Path) -> list[dict]:
     """Continue from the run's last complete checkpoint; return the metrics rows up to it."""
-    ckpt = runs.load_checkpoint(run_dir)
-    s.model.load_state_dict(ckpt["model"])
-    s.ema.load_state_dict(ckpt["ema"])
-    s.optimizer.load_state_dict(ckpt["optimizer"])
-    for peer, state in zip(s.peers, ckpt.get("peers", [])):
-        peer.load_state_dict(state)
+    ckpt = runs.load_checkpoint(run_dir, {"exp_id": run_dir.name, "variant": s.method.name})
+    try:      # a checkpoint too old to record its run's identity may still be another run's
+        if len(ckpt.get("peers", [])) != len(s.peers):
+            raise ValueError(f"it holds {len(ckpt.get('peers', [])) + 1} networks, this run trains {len(s.networks)}")
+        s.model.load_state_dict(ckpt["model"])
+        s.ema.load_state_dict(ckpt["ema"])
+        s.optimizer.load_state_dict(ckpt["optimizer"])
+        for peer, state in zip(s.peers, ckpt.get("peers", [])):
+            peer.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"the checkpoint in {run_dir} does not fit this run ({str(e).splitlines()[0]}); nothing can "
+                        "be resumed: delete the folder and start the run again") from None
     for key, value in ckpt.get("method_state", {}).items():
         s.method_state[key] = value.to(s.labels.device) if isinstance(value, torch.Tensor) else value
     s.targets, s.sigma = ckpt["targets"].to(s.labels.device), ckpt["sigma"]
@@ -395,7 +403,7 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         row["seconds"] = time.time() - t0
         history.append(row)
         runs.log_epoch(run_dir, writer, s.fields(), row)
-        runs.save_checkpoint(run_dir, checkpoint(s, epoch))
+        runs.save_checkpoint(run_dir, checkpoint(s, epoch, run_dir.name))
         seconds.append(row["seconds"])
         print(describe_epoch(row, args.n_epochs, seconds), flush=True)
         if on_epoch is not None:

@@ -15,8 +15,10 @@ problem is one DataError that names the file and, for a CSV, the row: a user's o
 from __future__ import annotations
 
 import csv
+import difflib
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,7 +196,26 @@ def decode_split(split: Split, image_size: int | None, shape: tuple[int, ...] | 
     return images
 
 
-def load_folder(root: Path, image_size: int | None = None) -> NoisyData:
+def check_shared_classes(train: Split, test: Split, root: Path, layout: str, integers: bool) -> None:
+    """Refuse a class that only the training set or only the test set has: a typo in one label (`aeroplane` for
+    `airplane`) would otherwise be a class of its own. The error names the class, how many images have it, the
+    nearest class name of the other set and the flag that accepts it on purpose."""
+    norm = canonical if integers else (lambda v: v)
+    sets = {"train": Counter(norm(v) for v in train.labels), "test": Counter(norm(v) for v in (test.clean or test.labels))}
+    where = {"train": root / "train.csv", "test": root / "test.csv"} if layout == "csv" else \
+        {"train": root / "train", "test": root / "test"}
+    for here, there in (("train", "test"), ("test", "train")):
+        only = sorted(set(sets[here]) - set(sets[there]))
+        if only:
+            name, n = only[0], sets[here][only[0]]
+            near = difflib.get_close_matches(name, sorted(sets[there]), n=1, cutoff=0.0)
+            raise DataError(f"class {name!r} is in {where[here]} ({n} image{'s' if n > 1 else ''}) but not in "
+                            f"{where[there]}" + (f" (and {len(only) - 1} more)" if len(only) > 1 else "")
+                            + (f"; the nearest class there is {near[0]!r}" if near else "")
+                            + "; fix the label, or pass --allow_unshared_classes to keep it as a class of its own")
+
+
+def load_folder(root: Path, image_size: int | None = None, allow_unshared_classes: bool = False) -> NoisyData:
     """The dataset in `root` (ImageFolder tree or train.csv/test.csv, see the module docstring) as NoisyData.
 
     Normalisation mean/std come from the training images (a user's set publishes none); labels of test images
@@ -207,13 +228,14 @@ def load_folder(root: Path, image_size: int | None = None) -> NoisyData:
     layout = detect_layout(root)
     read = read_tree_split if layout == "imagefolder" else read_csv_split
     train, test = read(root, "train"), read(root, "test")
-    classes = sorted(set(train.labels)) if layout == "imagefolder" else csv_classes(train)
-    if layout == "imagefolder":
-        unknown = sorted(set(test.labels) - set(classes))
-        if unknown:
-            raise DataError(f"{root / 'test' / unknown[0]}/ is a class that {root / 'train'}/ does not have; "
-                            "test classes must be training classes")
+    if allow_unshared_classes:    # the classes of both sets: a test-only class is one the network never trains on
+        both = Split(train.paths + test.paths, train.where + test.where, train.labels + (test.clean or test.labels), None)
+        classes = sorted(set(both.labels)) if layout == "imagefolder" else csv_classes(both)
+    else:
+        classes = sorted(set(train.labels)) if layout == "imagefolder" else csv_classes(train)
     integers = layout == "csv" and classes[0] == "0" and all(_INTEGER.fullmatch(c) for c in classes)
+    if not allow_unshared_classes:
+        check_shared_classes(train, test, root, layout, integers)
     labels = to_indices(train.labels, train.where, classes, "label", integers)
     clean = None if train.clean is None else to_indices(train.clean, train.where, classes, "clean_label", integers)
     test_labels = to_indices(test.labels, test.where, classes, "label", integers)

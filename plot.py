@@ -47,7 +47,7 @@ from files import mean_std  # noqa: E402
 from models import make_model  # noqa: E402
 from noise import DataError  # noqa: E402
 from real_data import CIFARN  # noqa: E402
-from tables import (ACCURACY_COLUMN, COLUMN_ORDER, VARIANT_ORDER, Run, column_of, headline, load_run, make_table,  # noqa: E402
+from tables import (ACCURACY_COLUMN, COLUMN_ORDER, VARIANT_ORDER, Run, column_of, headline, load_run, make_table, whole_runs,  # noqa: E402
                     one_run_per_seed, one_table, order_key, row_labels, run_ids, with_derived, settings)
 
 SINGLE_RUN_PLOTS = ["pred_probs", "sample_dissect", "curves"]
@@ -114,7 +114,9 @@ def select_runs(runs_dir: Path, exp_ids: list[str] | None, filter_text: str | No
     if unfinished:
         print(f"note: skipping {len(unfinished)} unfinished run(s) (no summary.json): {', '.join(unfinished)}",
               file=sys.stderr)
-    runs = [r for r in runs if r.summary is not None]
+    runs, broken = whole_runs([r for r in runs if r.summary is not None])
+    for note in broken:          # a run whose files disagree is never reported as if it were whole
+        print(f"note: {note}", file=sys.stderr)
     if not runs:
         if filter_text or exp_ids:
             raise DataError(f"no finished run in {runs_dir} matches"

@@ -334,8 +334,9 @@ def read_cifarn_labels(path: Path) -> dict:
             raise DataError(f"{path} is truncated or corrupt ({e}); delete it and download it again")
         try:
             table = ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-            raise DataError(f"{path} is not a plain-array pickle ({e}); delete it and download it again")
+        except ArrayUnpickler.ERRORS as e:
+            raise DataError(f"{path} is not a plain-array pickle ({type(e).__name__}: {e}); delete it and download it "
+                            "again") from None
     if not isinstance(table, dict):
         raise DataError(f"{path} holds a {type(table).__name__}, not a dict of label arrays; delete it and download it again")
     return table

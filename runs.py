@@ -82,6 +82,58 @@ def save_config(path: Path, config: dict) -> None:
     write_new(path, yaml.safe_dump(config, sort_keys=False))
 
 
+AGAIN = "restore it from a copy of the run, or start the run again"
+# flags a run of human labels (CIFAR-N) records as None though they have defaults (cli.check_noise_args unsets them)
+UNSET_BY_HUMAN_LABELS = ("noise_mode", "p", "sym_variant", "asym_variant")
+
+
+def read_run_config(run_dir: Path) -> dict:
+    """A run's config.yaml as plain YAML (yaml.safe_load: a tag that would build a Python object is refused), or a
+    DataError in one line: unreadable, not YAML, or not a mapping of settings. Every reader of a run's config
+    (resume, plot.py, tune.py) goes through here."""
+    path = run_dir / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {path} ({getattr(e, 'strerror', None) or e}); {AGAIN}") from None
+    except yaml.YAMLError as e:
+        where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
+        raise DataError(f"{path} is damaged: not plain YAML{where} ({getattr(e, 'problem', None) or e}); "
+                        f"{AGAIN}") from None
+    if not isinstance(config, dict):
+        held = "nothing" if config is None else f"a {type(config).__name__}"
+        raise DataError(f"{path} is damaged: it holds {held}, not a run's settings; {AGAIN}")
+    return config
+
+
+def is_number(x) -> bool:
+    """A finite int or float, not a bool."""
+    return not isinstance(x, bool) and (isinstance(x, int) or (isinstance(x, float) and np.isfinite(x)))
+
+
+def flag_value_problem(parser: argparse.ArgumentParser, values: dict) -> str | None:
+    """The first of `values` (flag name -> value, as a run's config.yaml or tune.py's sweep.yaml records them) that
+    its flag in `parser` would not take, in words: a wrong type, or a choice it does not offer. None when all fit.
+    Keys that are no flag of `parser` are not looked at."""
+    for action in parser._actions:
+        key = action.dest
+        if key not in values or action.default == argparse.SUPPRESS:
+            continue
+        value = values[key]
+        if value is None and (action.default is None or key in UNSET_BY_HUMAN_LABELS):
+            continue
+        if action.nargs == 0:                                   # store_true, --x/--no-x
+            fits = lambda v: isinstance(v, bool)  # noqa: E731
+        elif action.type in (None, str, Path):
+            fits = lambda v: isinstance(v, str)  # noqa: E731
+        else:
+            fits = lambda v: is_number(v) and (action.type is not int or isinstance(v, int))  # noqa: E731
+        items = value if action.nargs in ("*", "+") and isinstance(value, list) else [value]
+        if not all(fits(v) and (action.choices is None or v in action.choices) for v in items):
+            return f"{key} is {value!r}, which --{key} does not take"
+    return None
+
+
 def device_name(device: str) -> str:
     """The processor that does the arithmetic: the GPU's name, or the CPU model."""
     if str(device).startswith("cuda") and torch.cuda.is_available():
@@ -222,7 +274,7 @@ def remove_stale_temporaries(run_dir: Path) -> list[str]:
 def check_same_data(run_dir: Path, data: NoisyData) -> None:
     """Refuse, in one line naming what changed, to resume a run on data other than it trained on: the SHA-256 of
     the images and labels (after subsets and splits) and of the noise file, as its config.yaml recorded them."""
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved = read_run_config(run_dir)
     before = {**(saved.get("data_provenance") or {}),
               "noise_file_sha256": (saved.get("noise") or {}).get("noise_file_sha256")}
     now = {**data_provenance(data), "noise_file_sha256": data.info.get("noise_file_sha256")}
@@ -291,7 +343,7 @@ def tensorboard_dir(run_dir: Path, config: dict | None = None) -> Path:
     if any(run_dir.glob("events.out.tfevents.*")):
         return run_dir
     if config is None:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config = read_run_config(run_dir)
     return run_dir / tensorboard_name(config)
 
 
@@ -489,10 +541,22 @@ def check_checkpoint(ckpt) -> None:
         raise ValueError("its content does not match the checksum stored with it")
 
 
-def load_checkpoint(run_dir: Path) -> dict:
-    """The newest sound checkpoint of a run: checkpoint.pt, or checkpoint.prev.pt if that one is torn, altered
-    or foreign. A checkpoint.pt that failed is renamed checkpoint.damaged.pt at once, so that the next save
-    cannot rotate it over the sound checkpoint.prev.pt."""
+def other_run(ckpt: dict, identity: dict) -> str | None:
+    """Which other run wrote `ckpt`, in words, or None where it is this run's: a checkpoint records the id of its
+    run folder (`exp_id`) and its method (`variant`); `identity` holds this run's. A key the checkpoint lacks (one
+    written before it was recorded) is not held against it."""
+    differ = {k: ckpt[k] for k, v in identity.items() if k in ckpt and ckpt[k] != v}
+    if not differ:
+        return None
+    theirs = ", ".join(str(ckpt.get(k)) for k in identity if ckpt.get(k) is not None)
+    ours = ", ".join(str(v) for v in identity.values())
+    return f"written by another run: {theirs}; this run is {ours}"
+
+
+def load_checkpoint(run_dir: Path, identity: dict | None = None) -> dict:
+    """The newest sound checkpoint of a run: checkpoint.pt, or checkpoint.prev.pt if that one is torn, altered,
+    foreign, or another run's (its exp_id or variant differ from `identity`'s). A checkpoint.pt that failed is renamed
+    checkpoint.damaged.pt at once, so that the next save cannot rotate it over the sound checkpoint.prev.pt."""
     problems = []
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         path = run_dir / name
@@ -504,6 +568,10 @@ def load_checkpoint(run_dir: Path) -> dict:
             check_checkpoint(ckpt)
         except Exception as e:  # a torn file raises whatever the zip/pickle reader trips on
             problems.append(f"{name} is damaged ({e if isinstance(e, ValueError) else type(e).__name__})")
+            continue
+        other = other_run(ckpt, identity or {})
+        if other:
+            problems.append(f"{name} is not this run's ({other})")
             continue
         if problems:
             damaged = run_dir / "checkpoint.pt"
@@ -559,13 +627,16 @@ def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args
                             "move it back there")
         args.out_dir = run_dir.parent.parent
     args.resume = run_dir.name
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved = read_run_config(run_dir)
     datasets_here = next((a.choices for a in parser._actions if a.dest == "dataset_name"), None)
     if datasets_here and saved.get("dataset_name") not in datasets_here:
         other = {"train_cifar.py": "train_real.py", "train_real.py": "train_cifar.py"}.get(parser.prog, "the other script")
         raise DataError(f"run {args.resume} trained {saved.get('dataset_name')}, which {parser.prog} does not take "
                         f"({', '.join(datasets_here)}); resume it with the script that started it: "
                         f"python {other} --resume {args.resume}")
+    problem = flag_value_problem(parser, saved)
+    if problem:
+        raise DataError(f"{run_dir / 'config.yaml'} is damaged: {problem}; {AGAIN}")
     allowed_to_differ = {"resume", "device", "out_dir", "eval_batch_size", "workers", "weights"}
     # the data moved: engine.run checks by SHA-256 that it is the same; not given, the saved folder is used
     moved = {"data_dir"} & set(given) if saved.get("data_provenance") else set()

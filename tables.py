@@ -12,12 +12,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 import methods
 from files import mean_std
 from noise import DataError
-from runs import read_metrics as read_metric_rows
+from runs import read_metrics as read_metric_rows, read_run_config
 
 VARIANT_ORDER = list(methods.METHODS)     # the paper's models in its order, then the baselines
 COLUMN_ORDER = ["sym", "asym", "dependent", "openset"]
@@ -39,7 +38,12 @@ class Run:
     config: dict
     metrics: dict[str, np.ndarray]  # column -> one value per epoch, NaN where the run recorded none
     summary: dict | None            # None while the run is unfinished
-    derived: bool = False           # another method's numbers read off this run (with_derived), not a run of its own
+    derived_from: str = ""          # another method's numbers read off a run of this method (with_derived), not a run
+    # of its own: the method the run trained (its summary.json speaks of that method's reported network)
+
+    @property
+    def derived(self) -> bool:
+        return bool(self.derived_from)
 
     def last_and_best(self, column: str = "test/acc_reported") -> tuple[float, float]:
         """(value at the last epoch, best value over epochs) of an accuracy column, in percent."""
@@ -75,18 +79,19 @@ def read_metrics(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_run(folder: Path) -> Run:
+    config = read_run_config(folder)
     try:
-        config = yaml.safe_load((folder / "config.yaml").read_text())
         summary_path = folder / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    except (OSError, yaml.YAMLError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"cannot read run {folder}: {str(e).splitlines()[0]}")
-    if not isinstance(config, dict):
-        raise DataError(f"{folder / 'config.yaml'} is not a run config (not a mapping)")
     metrics_path = folder / "metrics.csv"
     if summary is None and not metrics_path.is_file():
         return Run(folder.name, folder, config, {}, None)   # started, but not one epoch done: skipped by tables
     return Run(folder.name, folder, config, read_metrics(metrics_path), summary)
+
+
+SOURCE_REPORTED = "source/test/acc_reported"    # a derived row's copy of what its run reported
 
 
 def with_derived(runs: list[Run]) -> list[Run]:
@@ -102,9 +107,43 @@ def with_derived(runs: list[Run]) -> list[Run]:
             if run.derived or run.config.get("variant") != m.same_training_as or column not in run.metrics:
                 continue
             config = {**run.config, "variant": m.name, "method": m.name, "mo": m.mo}
-            out.append(replace(run, config=config, metrics={**run.metrics, "test/acc_reported": run.metrics[column]},
-                               derived=True))
+            metrics = {**run.metrics, "test/acc_reported": run.metrics[column],
+                       SOURCE_REPORTED: run.metrics.get("test/acc_reported")}
+            out.append(replace(run, config=config, metrics=metrics, derived_from=m.same_training_as))
     return out
+
+
+def disagreement(run: Run) -> str | None:
+    """What keeps a finished run from being reported as whole, or None: its metrics.csv must hold one readable row
+    for each of the epochs its summary.json counts (a damaged row is skipped when read, see runs.read_metrics), and
+    its last reported test accuracy must be the one summary.json recorded (each where summary.json records it)."""
+    summary = run.summary or {}
+    epochs = summary.get("epochs", "absent")
+    have = [int(e) for e in run.metrics.get("epoch", [])]
+    if epochs != "absent" and (not isinstance(epochs, int) or have != list(range(1, epochs + 1))):
+        missing = sorted(set(range(1, epochs + 1)) - set(have)) if isinstance(epochs, int) else []
+        return (f"its metrics.csv has {len(have)} readable epoch rows but its summary.json counts {epochs} epochs"
+                + (f" (epoch {', '.join(map(str, missing[:5]))} missing or damaged)" if missing else ""))
+    # a derived row (CE-MO of a CE run) is checked against what the run itself reported
+    recorded, column = summary.get("last_test_acc"), run.metrics.get(SOURCE_REPORTED if run.derived else "test/acc_reported")
+    if recorded is not None and column is not None:
+        tested = column[~np.isnan(column)]
+        if not len(tested) or float(tested[-1]) != float(recorded):
+            return (f"its summary.json's last_test_acc {recorded} is not its metrics.csv's last test/acc_reported "
+                    f"{float(tested[-1]) if len(tested) else None}")
+    return None
+
+
+def whole_runs(runs: list[Run]) -> tuple[list[Run], list[str]]:
+    """The finished runs whose files agree, and a note for each one left out, naming it and what is wrong."""
+    kept, notes = [], []
+    for run in runs:
+        problem = disagreement(run)
+        if problem:
+            notes.append(f"run {run.exp_id} is left out: {problem}")
+        else:
+            kept.append(run)
+    return kept, notes
 
 
 def run_ids(runs_dir: Path) -> list[str]:

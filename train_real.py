@@ -58,6 +58,9 @@ def build_parser() -> cli.Parser:
                    help="folder: resize every image to N x N (bilinear); default: the images' own size, which all "
                         "must then share. clothing1m: crops of N x N after resizing the shorter side to N x 256/224 "
                         "(default 224, the authors')")
+    d.add_argument("--allow_unshared_classes", action="store_true",
+                   help="folder: accept a class that only the training set or only the test set has (by default "
+                        "refused, naming the nearest class of the other set: often a typo in a label)")
     w = p.add_argument_group("pretrained weights")
     w.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help=f"start {' / '.join(IMAGENET_WEIGHTS)} from ImageNet weights, downloaded once by torchvision "
@@ -102,6 +105,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.image_size is not None and args.dataset_name not in ("folder", "clothing1m"):
         cli.fail(f"--image_size is for --dataset_name folder and clothing1m only; {args.dataset_name} has a fixed size "
                  "(drop the flag)")
+    if args.allow_unshared_classes and args.dataset_name != "folder":
+        cli.fail(f"--allow_unshared_classes is for --dataset_name folder only; {args.dataset_name}'s classes are "
+                 "fixed (drop the flag)")
     if args.image_size is not None and args.image_size < MIN_IMAGE_SIZE:
         cli.fail(f"--image_size must be at least {MIN_IMAGE_SIZE}, got {args.image_size}")
     cli.check_noise_label(args)

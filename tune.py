@@ -7,7 +7,7 @@
 Every trial is an ordinary training run (engine.run, the loop of train_cifar.py). A sweep folder
 <out_dir>/hp/hp_<timestamp>/ holds
   sweep.yaml                 the sweep's settings (what --resume reads back)
-  tune/                      Ray Tune's own state and per-trial results (Tuner storage_path)
+  tune/                      Ray Tune's per-trial results (Tuner storage_path); written, never read back
   runs/<exp_id>/, configs/   one run folder per trial, as train_cifar.py writes them (TensorBoard logs included)
   sigma_search.md/.csv       sigma search: sigma vs last-epoch and best validation accuracy, and the best sigma
   table.md/.csv              --experiments: mean ± std over seeds of the test accuracy, laid out like the paper
@@ -307,6 +307,11 @@ def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[st
     except argparse.ArgumentError as e:
         cli.fail(f"{args.experiments}: {e}".replace("argument --", ""))
     args = parser.parse_args(file_argv + argv)        # the command line comes last, so it wins
+    for name in methods.all_flags():                   # a method's own flag is for that method's trials only
+        if getattr(args, name) is not None and not set(methods.owners(name)) & set(grid["variants"]):
+            cli.fail(f"{args.experiments}: {name} is a flag of {' and '.join(methods.owners(name))}, which variants "
+                     f"({', '.join(grid['variants'])}) does not list, so no trial would use it; add "
+                     f"{methods.owners(name)[0]} to variants, or drop {name}")
     if "openset" in grid["noise_modes"] and args.dataset_name != "cifar10":
         cli.fail(f"{args.experiments}: open-set noise exists for CIFAR-10 only; remove openset from noise_modes")
     human = args.dataset_name in cli.CIFARN
@@ -342,10 +347,71 @@ def find_sweep(parser: cli.Parser, args: argparse.Namespace) -> Path:
     if not hp_dir.is_dir():
         hp_dir = args.out_dir / "hp" / args.resume
     hp_dir = hp_dir.resolve()
-    if not (hp_dir / "sweep.yaml").is_file() or not ray.tune.Tuner.can_restore(str(hp_dir / "tune")):
-        cli.fail(f"--resume {args.resume}: no sweep there (no {hp_dir / 'sweep.yaml'} or Tune state); give the "
-                    "folder of a sweep, or its id hp_... under <out_dir>/hp/")
+    if not (hp_dir / "sweep.yaml").is_file():
+        cli.fail(f"--resume {args.resume}: no sweep there (no {hp_dir / 'sweep.yaml'}); give the "
+                 "folder of a sweep, or its id hp_... under <out_dir>/hp/")
     return hp_dir
+
+
+def sweep_problem(sweep) -> str | None:
+    """What makes a sweep.yaml unusable by --resume (a wrong shape, an unknown method, a flag of the wrong type),
+    or None. tune.py writes every key checked here; the values of the flags are checked by preflight."""
+    if not isinstance(sweep, dict):
+        return f"it holds {type(sweep).__name__ if sweep is not None else 'nothing'}, not a mapping of settings"
+    kind = sweep.get("kind")
+    if kind not in ("sigma_search", "experiments"):
+        return f"kind is {kind!r}, not sigma_search or experiments"
+    base, grid, res = sweep.get("base"), sweep.get("grid"), sweep.get("resources")
+    if not isinstance(base, dict) or not isinstance(grid, dict) or not isinstance(res, dict):
+        return "base, grid and resources must each be a mapping"
+    if not (runs.is_number(res.get("cpu")) and res["cpu"] > 0 and runs.is_number(res.get("gpu")) and res["gpu"] >= 0):
+        return f"resources must give cpu > 0 and gpu >= 0, got {res}"
+    wanted = {"sigma": runs.is_number} if kind == "sigma_search" else \
+        {"variant": lambda v: v in methods.METHODS, "seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
+         "noise_mode": lambda v: v in cli.NOISE_MODES + cli.NOISE_LABELS}
+    for key, valid in wanted.items():
+        values = grid.get(key)
+        if not isinstance(values, list) or not values or not all(valid(v) for v in values):
+            return f"grid: {key} must be a non-empty list of {'numbers' if key == 'sigma' else key + 's'}, got {values!r}"
+    if set(grid) != set(wanted):
+        return f"grid must hold {', '.join(wanted)}, got {', '.join(map(str, grid))}"
+    if not isinstance(sweep.get("reuse_runs", []), list) or not all(isinstance(f, str) for f in sweep.get("reuse_runs", [])):
+        return "reuse_runs must be a list of folders"
+    if kind == "experiments":
+        sigma = sweep.get("sigma")
+        if not isinstance(sigma, dict) or not all(m in sigma and (s is None or runs.is_number(s))
+                                                  for m in grid["noise_mode"] for s in [sigma.get(m)]):
+            return f"sigma must map every noise mode of the grid to a number, got {sigma!r}"
+        if not isinstance(sweep.get("lc_n_epoch"), int) or sweep.get("axis", "noise_mode") not in ("noise_mode", "noise_label"):
+            return "lc_n_epoch must be an integer and axis noise_mode or noise_label"
+        if not isinstance(sweep.get("experiments_file"), str):
+            return "experiments_file must be the path of the experiments file"
+    # an --experiments sweep unsets val_size: its trials train on the full training set
+    flags = {k: v for k, v in base.items() if k not in TUNE_ONLY and not (k == "val_size" and v is None)}
+    problem = runs.flag_value_problem(build_parser(), flags)
+    return None if problem is None else f"base: {problem}"
+
+
+def read_sweep(hp_dir: Path) -> dict:
+    """A sweep's sweep.yaml, read as plain YAML (yaml.safe_load: tags that would build Python objects are refused)
+    and checked; one line and exit 2 when it is damaged. Flags a newer tune.py added are filled with their defaults,
+    as a reused run's are (reusable_run)."""
+    path = hp_dir / "sweep.yaml"
+    again = "restore it from a copy, or start the sweep again"
+    try:
+        sweep = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        cli.fail(f"cannot read {path} ({getattr(e, 'strerror', None) or e}); {again}")
+    except yaml.YAMLError as e:
+        where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
+        cli.fail(f"{path} is damaged: not plain YAML{where} ({getattr(e, 'problem', None) or e}); {again}")
+    problem = sweep_problem(sweep)
+    if problem:
+        cli.fail(f"{path} is damaged: {problem}; {again}")
+    defaults = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(build_parser().parse_args([])).items()
+                if k not in TUNE_ONLY}
+    sweep["base"] = {**defaults, **sweep["base"]}
+    return sweep
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -655,7 +721,7 @@ def trial(config: dict, sweep: dict) -> None:
     torch.set_num_threads(max(1, int(sweep["resources"]["cpu"])))
     data, val = cli.split_data(vars(args))
     if cut_off is not None:
-        saved = yaml.safe_load((cut_off / "config.yaml").read_text())
+        saved = runs.read_run_config(cut_off)
         args.tune_trial_id = saved.get("tune_trial_id")            # the config on disk stays as it was
     exp_id, summary = engine.run(args, data, lambda c: make_model(args.model, c), "tune.py",
                                  on_epoch=lambda row: ray.tune.report({k: v for k, v in row.items() if v is not None}),
@@ -754,24 +820,24 @@ class forward_sigterm:
         signal.signal(signal.SIGTERM, self.old)
 
 
-def fit(hp_dir: Path, sweep: dict, resume: bool) -> dict[str, dict]:
+def fit(hp_dir: Path, sweep: dict) -> dict[str, dict]:
     """Run (or continue) the sweep; return {exp_id: Tune config} of the trials that finished."""
     trainable = ray.tune.with_resources(ray.tune.with_parameters(trial, sweep=sweep), sweep["resources"])
     # every run writes its own TensorBoard log (runs/<exp_id>/): Tune's copy under its storage would only add a
     # second, misleading "tensorboard --logdir" hint; its CSV and JSON result files are kept
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    if resume:
-        # finished trials are kept as they are (see earlier_runs); cut-off ones continue from their checkpoint
-        tuner = ray.tune.Tuner.restore(str(hp_dir / "tune"), trainable, resume_unfinished=True, restart_errored=True)
-    else:
-        # all trials need the same resources, so a finished trial's process can take the next one: this saves
-        # starting Python, torch and Ray again for every trial (each run seeds itself, see engine.run)
-        # one grid over the planned trials keeps their order (Tune orders a product of grids its own way)
-        tuner = ray.tune.Tuner(trainable, param_space={"trial": ray.tune.grid_search(trial_configs(sweep))},
-                               tune_config=ray.tune.TuneConfig(reuse_actors=True),
-                               run_config=ray.tune.RunConfig(name="tune", storage_path=str(hp_dir),
-                                                             callbacks=[CSVLoggerCallback(), JsonLoggerCallback()]))
+    # A resumed sweep is a fresh Tuner over the same trials, never Tuner.restore: that unpickles tune/tuner.pkl and
+    # Tune's experiment state, so a crafted sweep folder would run its own code here. Nothing of Tune's state is
+    # needed: a trial finds its own run folder by its config (earlier_runs), so a finished trial reports that run
+    # without training, and a cut-off one continues from its checksummed checkpoint (torch.load, weights_only).
+    # All trials need the same resources, so a finished trial's process can take the next one: this saves
+    # starting Python, torch and Ray again for every trial (each run seeds itself, see engine.run).
+    # One grid over the planned trials keeps their order (Tune orders a product of grids its own way).
+    tuner = ray.tune.Tuner(trainable, param_space={"trial": ray.tune.grid_search(trial_configs(sweep))},
+                           tune_config=ray.tune.TuneConfig(reuse_actors=True),
+                           run_config=ray.tune.RunConfig(name="tune", storage_path=str(hp_dir),
+                                                         callbacks=[CSVLoggerCallback(), JsonLoggerCallback()]))
     total = len(trial_configs(sweep))
     again = f"continue the sweep with: python tune.py --resume {shlex.quote(str(hp_dir))}"
     term = forward_sigterm(lambda: f"stopped by SIGTERM: {len(list((hp_dir / 'runs').glob('*/summary.json')))} of "
@@ -895,8 +961,9 @@ def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path:
     if args.resume:
         hp_dir = find_sweep(parser, args)
         lock_sweep(hp_dir, held)                     # first: nothing below may touch a sweep in use
-        sweep = yaml.safe_load((hp_dir / "sweep.yaml").read_text())
+        sweep = read_sweep(hp_dir)
         sweep["base"]["out_dir"] = str(hp_dir)       # the folder may have moved since
+        preflight(sweep)                             # sweep.yaml may have been edited: every trial's flags again
     else:
         cli.check_noise_args(args, args.dataset_name)
         for folder in args.reuse_runs:
@@ -925,7 +992,7 @@ def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path:
         runs.save_config(hp_dir / "sweep.yaml", sweep)
     print(f"sweep {hp_dir.name}: {plural(len(trial_configs(sweep)), 'trial')}, each with "
           f"{plural(sweep['resources']['cpu'], 'CPU')} and {plural(sweep['resources']['gpu'], 'GPU')}; outputs in {hp_dir} (tensorboard --logdir {shlex.quote(str(hp_dir / 'runs'))})", flush=True)
-    finished = fit(hp_dir, sweep, resume=bool(args.resume))
+    finished = fit(hp_dir, sweep)
     if sweep["kind"] == "sigma_search":
         _, text = sigma_table(hp_dir, finished, sweep)
         print(f"\n{text}(table in {hp_dir / 'sigma_search.md'} and sigma_search.csv)")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,9 +25,13 @@ METRICS = ("coteach/forget_rate", "coteach/selected_precision")
 
 def forget_rate_at(epoch: int, forget_rate: float, num_gradual: int, exponent: float) -> float:
     """The authors' schedule: rate[epoch], rate = forget_rate everywhere but its first num_gradual entries,
-    linspace(0, forget_rate^exponent, num_gradual) (their epochs count from 1 as ours, and epoch 0 is not trained)."""
-    ramp = np.linspace(0, forget_rate ** exponent, num_gradual)
-    return float(ramp[epoch]) if epoch < num_gradual else forget_rate
+    linspace(0, forget_rate^exponent, num_gradual) (their epochs count from 1 as ours, and epoch 0 is not trained).
+    The one entry is computed as np.linspace computes it (i * step, the last one exactly the end), bit for bit,
+    without making the array: a ramp of 10^10 epochs needs no 75 GiB."""
+    if epoch >= num_gradual:
+        return forget_rate
+    top = forget_rate ** exponent
+    return float(top) if epoch == num_gradual - 1 else float(epoch * (top / (num_gradual - 1)))
 
 
 def small_loss(losses: torch.Tensor, rate: float) -> torch.Tensor:
@@ -63,6 +66,11 @@ def prepare(args: argparse.Namespace, told: dict) -> None:
             raise ValueError("Co-teaching needs --forget_rate (the authors: the noise rate), which this dataset's "
                              "labels do not tell: give it, e.g. --forget_rate 0.2")
         print(f"forget rate {told['noise_rate']:.4g} (the share of wrong training labels; --forget_rate not given)")
+    if args.num_gradual > args.n_epochs:
+        rate = told["noise_rate"] if args.forget_rate is None else args.forget_rate
+        print(f"note: the forget rate's ramp (--num_gradual {args.num_gradual}) is longer than the run "
+              f"({args.n_epochs} epochs): the last epoch drops {forget_rate_at(args.n_epochs, rate, args.num_gradual, args.forget_exponent):.4g} "
+              f"of each batch, not {rate:.4g}")
 
 
 def init(known: dict, args: argparse.Namespace) -> dict:

@@ -62,6 +62,36 @@ def test_pickle_with_code_is_refused(tmp_path):
         data.load_array_pickle(path)
 
 
+class CallsEncode:
+    """Unpickled, calls the allowed _codecs.encode with arguments a real array never gives it."""
+
+    def __init__(self, *args):
+        self.args = args
+
+    def __reduce__(self):
+        import _codecs
+        return _codecs.encode, self.args
+
+
+@pytest.mark.parametrize("args, error", [(("x", "no-such-codec"), "LookupError"), ((b"x", "rot13"), "TypeError"),
+                                         (("\udcff", "ascii"), "UnicodeEncodeError")])
+def test_an_allowed_callable_used_badly_is_the_same_one_line(tmp_path, args, error):
+    """Nothing runs but the allowed callables; whatever they raise on a crafted file's arguments is the one-line
+    refusal every damaged pickle gets, with the plain CIFAR loader and the CIFAR-N one alike."""
+    path = tmp_path / "crafted.pkl"
+    path.write_bytes(pickle.dumps({"data": CallsEncode(*args)}, protocol=2))
+    with pytest.raises(DataError, match=rf"crafted\.pkl is truncated or not a plain-array pickle \({error}: "):
+        data.load_array_pickle(path)
+    import real_data
+    with pytest.raises(DataError, match=rf"crafted\.pkl is truncated or not a plain-array pickle \({error}: "):
+        real_data.read_cifarn_labels(path)
+    import zipfile                                           # a torch.save-style zip holding the same pickle
+    with zipfile.ZipFile(tmp_path / "crafted.pt", "w") as zf:
+        zf.writestr("archive/data.pkl", path.read_bytes())
+    with pytest.raises(DataError, match=rf"crafted\.pt is not a plain-array pickle \({error}: "):
+        real_data.read_cifarn_labels(tmp_path / "crafted.pt")
+
+
 def test_paper_noise_loads_and_marks_noisy(fake_root, paper_sums):
     d = data.load_cifar_noisy("cifar10", fake_root, "sym", 0.4, seed=0)
     assert d.noise_rate() == pytest.approx(0.4)

@@ -222,6 +222,53 @@ def test_a_read_only_data_dir_that_must_hold_a_new_noise_file(fake_root, tmp_pat
             train, root, tmp_path / "out", "--noise_mode", "sym", "--p", "0.35", "--custom_noise")
 
 
+@contextlib.contextmanager
+def read_only_root(fake_root: Path, folder: Path):
+    """The fake CIFAR-10 on a real read-only file system (a tmpfs remounted read-only), or None where this machine
+    lets no test mount one."""
+    with tiny_disk(folder, 4096) as disk:
+        if disk is not None:
+            shutil.copytree(fake_root / "cifar-10-batches-py", disk / "cifar-10-batches-py")
+            if subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True, timeout=30).returncode:
+                disk = None
+        yield disk
+
+
+@pytest.mark.parametrize("blocked", ["read-only", "a file in the way"])
+@pytest.mark.parametrize("script", ["train_cifar", "train_real"])
+def test_a_data_root_that_cannot_take_a_missing_download(fake_root, tmp_path, capsys, blocked, script):
+    """A root holding the CIFAR images but unable to take a missing paper noise file or CIFAR-N label file: one line
+    naming the folder that cannot be written, the URL and where to put the file; nothing written."""
+    import real_data
+    import train_real
+    sub = "cifar10" if script == "train_cifar" else "cifar-n"
+    with contextlib.ExitStack() as stack:
+        if blocked == "read-only":
+            root = stack.enter_context(read_only_root(fake_root, tmp_path / "ro"))
+            if root is None:
+                pytest.skip("this machine lets no test mount a read-only file system")
+            why = "Read-only file system"
+        else:
+            root = private_root(fake_root, tmp_path)
+            (root / sub).write_text("not a folder")
+            why = f"{root / sub} is a file, not a folder"
+        folder = root / sub / "label_noisy" if script == "train_cifar" else root / sub
+        url, dest = ((data.PAPER_NOISE_URL.format(folder="CIFAR10", mode="sym", p=0.4), folder / "sym0.4.csv")
+                     if script == "train_cifar" else
+                     (real_data.CIFARN_URL.format(file="CIFAR-10_human.pt"), folder / "CIFAR-10_human.pt"))
+        before = sorted(p.relative_to(root) for p in root.rglob("*"))
+        if script == "train_cifar":
+            call = lambda: train(root, tmp_path / "out", "--noise_mode", "sym", "--p", "0.4")  # noqa: E731
+        else:
+            call = lambda: train_real.main(["--dataset_name", "cifar10n", "--noise_label", "worst", "--data_dir",  # noqa: E731
+                                            str(root), "--out_dir", str(tmp_path / "out"), "--device", "cpu"])
+        err = refused(capsys, 2, "", call)
+        assert err.startswith(f"error: cannot write {folder} ({why}), where ") and \
+            f"; download {url} to {dest}, or " in err, err
+        assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+        assert not (tmp_path / "out" / "runs").exists()
+
+
 def test_a_checkpoint_of_something_else(fake_root, tmp_path, capsys):
     train(fake_root, tmp_path, "--n_epochs", "2")
     run_dir = only_run(tmp_path)

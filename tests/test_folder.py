@@ -76,9 +76,12 @@ def write_rows(path: Path, rows: list[list[str]]) -> None:
 
 def test_imagefolder_layout(tmp_path):
     make_tree(tmp_path)
-    shutil.rmtree(tmp_path / "test" / "owl")                # test classes: a subset of the training classes
+    shutil.rmtree(tmp_path / "test" / "owl")                # test classes: a subset of the training classes ...
     (tmp_path / "train" / "dog" / ".DS_Store").write_bytes(b"junk")
-    d = folder_data.load_folder(tmp_path)
+    with pytest.raises(DataError, match=r"class 'owl' is in .*train \(4 images\) but not in .*test; the nearest class "
+                                        r"there is '.*'; fix the label, or pass --allow_unshared_classes"):
+        folder_data.load_folder(tmp_path)
+    d = folder_data.load_folder(tmp_path, allow_unshared_classes=True)     # ... when asked for
     assert d.name == "folder" and d.class_names == CLASSES and d.num_classes == 3
     assert d.images.shape == (12, 3, 10, 10) and d.images.dtype == np.uint8 and d.test_images.shape == (4, 3, 10, 10)
     assert d.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4 and d.test_labels.tolist() == [0, 0, 1, 1]
@@ -158,7 +161,12 @@ BAD = {
     "undecodable (tree)": ("tree", lambda r: (r / "train/dog/3.jpg").write_bytes(b"\xff\xd8 broken"),
                            r"train/dog/3\.jpg does not decode as an image"),
     "empty class folder": ("tree", lambda r: (r / "train" / "emu").mkdir(), r"class folder .*train/emu/ holds no images"),
-    "test class unknown": ("tree", lambda r: write_image(r / "test" / "emu" / "0.png", 0), r"test/emu/ is a class that .*train/ does not have"),
+    "test class unknown": ("tree", lambda r: write_image(r / "test" / "emu" / "0.png", 0),
+                           r"class 'emu' is in .*/test \(1 image\) but not in .*/train; the nearest class there is "),
+    # one label mistyped: a class of its own with one training image and no test image
+    "typo in a class name": ("names", edit_csv("train", 3, 1, "caat"),
+                             r"class 'caat' is in .*train\.csv \(1 image\) but not in .*test\.csv; the nearest "
+                             r"class there is 'cat'; fix the label, or pass --allow_unshared_classes to keep it"),
     "mixed sizes": ("tree", lambda r: write_image(r / "test" / "owl" / "big.png", 2, size=12),
                     r"test/owl/big\.png is 12x12 pixels but .*train/cat/0\.png is 10x10; give --image_size N"),
     "no data": ("empty", lambda r: None, r"no dataset in .* \(no train/ folder, no train\.csv\); .*ImageFolder.*path,label"),
@@ -189,6 +197,8 @@ def test_bad_input_one_line_nothing_written(tmp_path, capsys, case):
 @pytest.mark.parametrize("flags, message", [
     (["--dataset_name", "animal-10n", "--image_size", "32"], "--image_size is for --dataset_name folder and clothing1m only"),
     (["--image_size", "4"], "--image_size must be at least 8, got 4"),
+    (["--dataset_name", "animal-10n", "--allow_unshared_classes"], "--allow_unshared_classes is for --dataset_name "
+                                                                   "folder only; animal-10n's classes are fixed"),
     (["--noise_label", "worst"], "--noise_label is for cifar10n / cifar100n only; folder's labels"),
 ])
 def test_bad_flags(tmp_path, capsys, flags, message):

@@ -145,3 +145,32 @@ def test_argv_trains_each_method():
     for name, m in methods.METHODS.items():
         args = parsed(methods.argv(name, "0.5"))
         assert cli.check_method(args).name == name
+
+
+def test_coteaching_ramp_is_linspace_bit_for_bit_without_making_it():
+    """The forget rate of an epoch equals the authors' linspace entry exactly, for any ramp length; a ramp of
+    10^20 or 10^10 epochs (np.linspace: a ValueError, or 75 GiB) costs nothing."""
+    import numpy as np
+    for n in (1, 2, 3, 10, 11, 300):
+        for rate, c in ((0.4, 1.0), (0.3281, 1.0), (0.2, 2.0), (0.45, 0.5)):
+            ramp = np.linspace(0, rate ** c, n)
+            assert [coteaching.forget_rate_at(e, rate, n, c) for e in range(1, n + 3)] == \
+                [float(ramp[e]) if e < n else rate for e in range(1, n + 3)]
+    assert coteaching.forget_rate_at(3, 0.4, 10**20, 1.0) == 3 * (0.4 / (10**20 - 1))
+    assert coteaching.forget_rate_at(5, 0.4, 10**10, 1.0) == 5 * (0.4 / (10**10 - 1))
+
+
+def test_a_ramp_longer_than_the_run_is_named_and_the_run_trains(fake_root, tmp_path, capsys):
+    import train_cifar
+    flags = ["--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4", "--custom_noise", "--n_epochs", "1",
+             "--batch_size", "64", "--model", "wrn-16-1", "--device", "cpu", "--train_subset", "64", "--test_subset",
+             "20", "--method", "Co-teaching", "--forget_rate", "0.4", "--data_dir", str(tmp_path / "data"),
+             "--out_dir", str(tmp_path)]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cifar-10-batches-py").symlink_to(fake_root / "cifar-10-batches-py")
+    train_cifar.main([*flags, "--num_gradual", str(10**20)])
+    out = capsys.readouterr().out
+    assert ("note: the forget rate's ramp (--num_gradual 100000000000000000000) is longer than the run (1 epochs): "
+            "the last epoch drops 4e-21 of each batch, not 0.4") in out, out
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "summary.json").is_file()

@@ -134,3 +134,66 @@ def test_compare_and_table_put_methods_side_by_side(trained, tmp_path):
     plot.main(["--plot_type", "compare", "--runs_dir", str(tmp_path / "runs"), "--assets_dir", str(tmp_path / "assets")])
     with open(tmp_path / "assets" / "compare.csv", newline="") as f:
         assert {r["method"] for r in csv.DictReader(f)} == set(names)
+
+
+def copy_unfinished(run_dir, out_dir):
+    """A copy of a finished run under out_dir/runs/, as if cut off after its last checkpoint."""
+    dest = out_dir / "runs" / run_dir.name
+    dest.mkdir(parents=True)
+    for f in run_dir.iterdir():
+        if f.is_file() and f.name != "summary.json" and not f.name.endswith("_final.pt"):
+            dest.joinpath(f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+@pytest.mark.parametrize("mine, theirs, which", [
+    ("Co-teaching", "Co-teaching-SLN", "both"),      # one architecture: it used to resume, with SLN's sigma
+    ("Co-teaching", "ELR", "both"),                  # one network against two: it used to end in a traceback
+    ("ELR", "Co-teaching", "both"),
+    ("Co-teaching", "ELR", "unrecorded"),            # a checkpoint from before identities were recorded
+    ("ELR", "Co-teaching", "unrecorded"),
+    ("Co-teaching", "Co-teaching-SLN", "latest"),    # the previous checkpoint is this run's: it is used
+])
+def test_another_runs_checkpoint_is_never_resumed_as_this_ones(trained, tmp_path, capsys, mine, theirs, which):
+    """A checkpoint records the id and method of the run that wrote it. Another run's is not this run's: the run
+    falls back to its own previous checkpoint, or is refused in one line with nothing written."""
+    run_dir = copy_unfinished(trained[mine][1], tmp_path)
+    foreign = trained[theirs][1]
+    for name in ("checkpoint.pt",) if which == "latest" else ("checkpoint.pt", "checkpoint.prev.pt"):
+        if which == "unrecorded":
+            state = torch.load(foreign / name, weights_only=True)
+            for key in ("exp_id", "variant", "sha256"):
+                state.pop(key, None)
+            runs.save_checkpoint(tmp_path, state)        # a sound checksum over what is left
+            (tmp_path / "checkpoint.pt").replace(run_dir / name)
+        else:
+            (run_dir / name).write_bytes((foreign / name).read_bytes())
+    capsys.readouterr()
+    resume = ["--resume", run_dir.name, "--out_dir", str(tmp_path)]
+    if which == "latest":
+        train_cifar.main(resume)
+        out = capsys.readouterr().out
+        assert (f"warning: checkpoint.pt is not this run's (written by another run: {foreign.name}, {theirs}; this run "
+                f"is {run_dir.name}, {mine}) (set aside as checkpoint.damaged.pt); using checkpoint.prev.pt (epoch 2)"
+                in out), out
+        networks = methods.get(mine).networks    # epoch 3 trained again from its own epoch 2: as if never stopped
+        for x, y in zip(final_state(trained[mine][1], networks), final_state(run_dir, networks)):
+            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x) if isinstance(x, dict) \
+                else torch.equal(x, y)
+        return
+    before = sorted(p.name for p in run_dir.iterdir())
+    with pytest.raises(SystemExit) as exc:
+        train_cifar.main(resume)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    if which == "both":
+        assert err == (f"error: no usable checkpoint in {run_dir}: " + "; ".join(
+            f"{n} is not this run's (written by another run: {foreign.name}, {theirs}; this run is {run_dir.name}, "
+            f"{mine})" for n in ("checkpoint.pt", "checkpoint.prev.pt"))
+            + "; nothing can be resumed: delete the folder and start the run again"), err
+    else:
+        nets = {"ELR": 1, "Co-teaching": 2}
+        assert err == (f"error: the checkpoint in {run_dir} does not fit this run (it holds {nets[theirs]} networks, "
+                       f"this run trains {nets[mine]}); nothing can be resumed: delete the folder and start the run "
+                       "again"), err
+    assert sorted(p.name for p in run_dir.iterdir()) == before

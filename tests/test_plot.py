@@ -48,6 +48,9 @@ def derive(runs_dir, src, name, changes, accs):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    summary = json.loads((dest / "summary.json").read_text())     # the files of a run agree
+    summary.update(last_test_acc=accs[-1], best_test_acc=max(accs))
+    (dest / "summary.json").write_text(json.dumps(summary))
     return dest.name
 
 
@@ -203,6 +206,37 @@ def test_table_numbers_are_those_of_the_metrics_files(runs, tmp_path):
     assert "SLN: σ = 0.5 (sym), 0.3 (asym)" in table
     # sigma is not in a row's label, so every row that adds SLN noise has its line, even where it is one value
     assert "SLN-MO-LC: σ = 1.0 (sym)" in table and "CE: σ" not in table
+
+
+def damage_last_row(run_dir) -> None:
+    """Cut metrics.csv's last row short, as a kill in the middle of its write (or a bad copy) leaves it."""
+    text = (run_dir / "metrics.csv").read_text()
+    (run_dir / "metrics.csv").write_text(text[:text.rstrip("\n").rindex(",")] + "\n")
+
+
+@pytest.mark.parametrize("fault", ["damaged last row", "summary disagrees"])
+def test_a_run_whose_files_disagree_is_named_and_left_out_of_the_table(runs, tmp_path, capsys, fault):
+    """A finished run whose metrics.csv lacks an epoch that summary.json counts (its last row damaged), or whose
+    summary.json records another last accuracy, is never reported as if it were whole: a note names it and what
+    is wrong, and the cells are those of the other runs."""
+    out, ids = runs
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    for name in ("lc1", "lc2"):
+        shutil.copytree(out / "runs" / ids[name], runs_dir / ids[name])
+    broken = runs_dir / ids["lc2"]
+    if fault == "damaged last row":
+        damage_last_row(broken)
+        problem = "its metrics.csv has 1 readable epoch rows but its summary.json counts 2 epochs (epoch 2 missing or damaged)"
+    else:
+        summary = json.loads((broken / "summary.json").read_text())
+        (broken / "summary.json").write_text(json.dumps({**summary, "last_test_acc": 0.99}))
+        problem = "its summary.json's last_test_acc 0.99 is not its metrics.csv's last test/acc_reported 0.27"
+    plot.main(["--table", "--runs_dir", str(runs_dir), "--assets_dir", str(tmp_path / "assets")])
+    assert f"note: run {ids['lc2']} is left out: {problem}" in capsys.readouterr().err
+    (row,) = read_csv(tmp_path / "assets" / "table.csv")
+    assert row["exp_ids"] == ids["lc1"] and row["n_seeds"] == "1"
+    assert float(row["last_mean"]) == pytest.approx(last_best(out / "runs" / ids["lc1"])[0], abs=1e-4)
 
 
 def fake_run(exp_id, sigma, seed, accs):

@@ -218,6 +218,26 @@ def test_resume_problems_are_one_line(fake_root, tmp_path, capsys):
     expect_exit(capsys, 2, "no usable checkpoint", train_cifar.main, ["--resume", exp_id, "--out_dir", str(tmp_path)])
 
 
+@pytest.mark.parametrize("text, message", [
+    ("", r"is damaged: it holds nothing, not a run's settings"),
+    ("- a\n- b\n", r"is damaged: it holds a list, not a run's settings"),
+    ("!!python/object/apply:os.system [touch x]\n", r"is damaged: not plain YAML at line 1 \(could not determine a "
+                                                    r"constructor"),
+    ("dataset_name: DATASET\nlr: fast\n", r"is damaged: lr is 'fast', which --lr does not take"),
+    ("dataset_name: DATASET\nmodel: resnet-9000\n", r"is damaged: model is 'resnet-9000', which --model does not take"),
+])
+@pytest.mark.parametrize("script", [train_cifar, train_real])
+def test_resume_of_a_damaged_run_config_is_one_line(tmp_path, capsys, text, message, script):
+    """--resume reads config.yaml as plain YAML and checks every saved flag before anything runs, as plot.py does."""
+    run_dir = tmp_path / "runs" / "exp_2026-01-01_00-00-00_abcdef"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(text.replace("DATASET", "cifar10" if script is train_cifar else "animal-10n"))
+    err = expect_exit(capsys, 2, message, script.main, ["--resume", run_dir.name, "--out_dir", str(tmp_path)])
+    assert err.startswith(f"error: {run_dir / 'config.yaml'} is damaged: ") and err.endswith(
+        "; restore it from a copy of the run, or start the run again"), err
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
+
+
 def test_disk_full_keeps_last_checkpoint(fake_root, tmp_path, capsys, monkeypatch):
     real_save = torch.save
 

@@ -4,6 +4,7 @@ import csv
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -74,6 +75,25 @@ def run_config(run_dir):
     return yaml.safe_load((run_dir / "config.yaml").read_text())
 
 
+class Touch:
+    """Unpickled, creates the file `path`: what a crafted pickle could do instead."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return Path.touch, (self.path,)
+
+
+def plant_pickles(folder: Path, marker: Path) -> list[Path]:
+    """Replace every .pkl file under `folder`, and tune/tuner.pkl, with a pickle that creates `marker` when loaded."""
+    paths = {*folder.rglob("*.pkl"), folder / "tune" / "tuner.pkl"}
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps(Touch(marker)))
+    return sorted(paths)
+
+
 # ----------------------------------------------------------------------------------------------------
 
 def test_split_validation_is_stratified_seeded_and_noisy(fake_root, paper_sums):
@@ -131,7 +151,13 @@ def test_sigma_search_interrupted_resumed_and_its_table(ray_session, fake_root, 
     checkpointed = (cut / "checkpoint.pt").is_file()
     cut_rows = (cut / "metrics.csv").read_text().splitlines() if checkpointed else []
 
+    # nothing a sweep folder holds is unpickled: every pickle in it (Tune's tuner.pkl, its trials' params.pkl),
+    # and one where Tuner.restore looks first, would create a file when loaded
+    marker = tmp_path / "unpickled"
+    planted = plant_pickles(hp_dir, marker)
+    assert hp_dir / "tune" / "tuner.pkl" in planted
     assert tune.main(["--resume", hp_dir.name, "--out_dir", str(tmp_path)]) == hp_dir
+    assert not marker.exists()
     table = read_csv(hp_dir / "sigma_search.csv")
     assert [float(r["sigma"]) for r in table] == [0.0, 1.0]
     run_of = {float(r["sigma"]): hp_dir / "runs" / r["exp_id"] for r in table}
@@ -258,6 +284,11 @@ BAD_FILES = [
     # a value out of range: the file and the experiment it came from are named
     ("variants: [CE]\nnoise_modes: [sym]\nseeds: [1]\nbatch_size: 0\n",
      r"\.yaml, experiment noise_mode=sym variant=CE seed=1: --batch_size must be positive"),
+    # a method's own flag that no listed method has: every trial would record it as null
+    ("variants: [CE, SLN]\nnoise_modes: [sym]\nseeds: [1]\ngce_q: 0.5\n", r"\.yaml: gce_q is a flag of GCE, which "
+     r"variants \(CE, SLN\) does not list, so no trial would use it; add GCE to variants, or drop gce_q$"),
+    ("variants: [GCE]\nnoise_modes: [sym]\nseeds: [1]\nnum_gradual: 3\n", r"num_gradual is a flag of Co-teaching "
+     r"and Co-teaching-SLN, which variants \(GCE\) does not list"),
     ("variants: [CE]\nnoise_modes: [sym]\nseeds: [1]\np: 1.5\n", r"\.yaml, experiment noise_mode=sym variant=CE "
      r"seed=1: .*p=1\.5 is outside"),
 ]
@@ -416,6 +447,32 @@ def test_a_sweep_is_driven_by_one_process_at_a_time(tmp_path, capsys):
         holder.wait()
     with contextlib.ExitStack() as held:
         tune.lock_sweep(hp_dir, held)          # the killed driver left no stale lock
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", r"it holds nothing, not a mapping of settings"),
+    ("- a\n- b\n", r"it holds list, not a mapping"),
+    ("!!python/object/apply:os.system [touch x]\n", r"not plain YAML at line 1 \(could not determine a constructor"),
+    ("kind: sigma_search\nbase: {a: 1\n", r"not plain YAML at line \d"),
+    ("kind: sigma_search\n", r"base, grid and resources must each be a mapping"),
+    ("kind: experiments\nbase: {}\ngrid: {variant: [Nope], noise_mode: [sym], seed: [1]}\n"
+     "resources: {cpu: 1, gpu: 0}\n", r"grid: variant must be a non-empty list of variants"),
+    ("kind: sigma_search\nbase: {lr: fast}\ngrid: {sigma: [0.5]}\nresources: {cpu: 1, gpu: 0}\n",
+     r"base: lr is 'fast', which --lr does not take"),
+])
+def test_a_damaged_sweep_yaml_is_one_line(tmp_path, capsys, text, message):
+    """--resume reads sweep.yaml as plain YAML and checks it before anything runs: an empty, foreign or edited
+    file is one line naming it, not a TypeError."""
+    hp_dir = tmp_path / "hp" / "hp_2026-01-01_00-00-00"
+    hp_dir.mkdir(parents=True)
+    (hp_dir / "sweep.yaml").write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        tune.main(["--resume", hp_dir.name, "--out_dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert re.fullmatch(rf"error: {re.escape(str(hp_dir / 'sweep.yaml'))} is damaged: {message}.*; restore it from "
+                        r"a copy, or start the sweep again", err), err
+    assert sorted(p.name for p in hp_dir.iterdir()) == [".lock", "sweep.yaml"]
 
 
 def test_trials_start_in_table_order_one_noise_mode_after_the_other():
