@@ -26,6 +26,7 @@ from models import MODELS
 from noise import ASYM_VARIANTS, SYM_VARIANTS, DataError, check_rate
 from real_data import CIFARN
 from runs import resolve_resume
+from sources import default_workers
 
 
 class Parser(argparse.ArgumentParser):
@@ -65,6 +66,10 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 # Training
+
+# DataLoader workers decode images, CPU work: more than one per core helps only while files wait on a slow disk or
+# network file system. A few per core leave room for that; a million would fork a million processes at once.
+WORKERS_PER_CORE = 4
 
 # The step schedule's factor: the authors' Clothing1M script divides the learning rate by 10.
 DEFAULT_LR_DECAY = 0.1
@@ -251,6 +256,10 @@ def check_training_args(args: argparse.Namespace) -> Method:
     for name in ("num_per_class", "workers"):
         if getattr(args, name, None) is not None and getattr(args, name) < 0:
             fail(f"--{name} must be 0 or more, got {getattr(args, name)}")
+    cores = default_workers(math.inf)
+    if getattr(args, "workers", None) is not None and args.workers > WORKERS_PER_CORE * cores:
+        fail(f"--workers {args.workers} is more than this machine can run: it has {cores} CPU core"
+             f"{'s' if cores > 1 else ''}; give at most {WORKERS_PER_CORE * cores} (the default: one per core)")
     if not 0 <= args.momentum < 1:
         fail(f"--momentum must be in [0, 1), got {args.momentum:g}")
     if args.weight_decay < 0:

@@ -27,6 +27,7 @@ import numpy as np
 from data import NoisyData
 from noise import DataError
 from real_data import channel_mean_std, decode_image
+from sources import check_images_fit
 
 # Random-crop padding: 4 px, as for CIFAR and Animal-10N (the reference's augmentation unchanged).
 FOLDER_PAD = 4
@@ -191,6 +192,8 @@ def decode_split(split: Split, image_size: int | None, shape: tuple[int, ...] | 
             raise DataError(f"{where}{path} is {img.shape[2]}x{img.shape[1]} pixels but {first} is {shape[2]}x"
                             f"{shape[1]}; give --image_size N to resize every image to N x N")
         if images is None:
+            check_images_fit(len(split.paths), shape[1], shape[2], f"{len(split.paths):,} images of {shape[2]}x"
+                             f"{shape[1]} pixels (as {path})", "give --image_size N to resize every image to N x N")
             images = np.empty((len(split.paths), *shape), dtype=np.uint8)
         images[i] = img
     return images
@@ -241,6 +244,10 @@ def load_folder(root: Path, image_size: int | None = None, allow_unshared_classe
     test_labels = to_indices(test.labels, test.where, classes, "label", integers)
     if test.clean is not None:       # the test set is for measuring: its clean labels, where given, are the truth
         test_labels = to_indices(test.clean, test.where, classes, "clean_label", integers)
+    if image_size is not None:     # before the first image is resized to it
+        check_images_fit(len(train.paths) + len(test.paths), image_size, image_size,
+                         f"--image_size {image_size}: the {len(train.paths) + len(test.paths):,} images of {root}",
+                         "give a smaller --image_size")
     images = decode_split(train, image_size, None, None)
     test_images = decode_split(test, image_size, images.shape[1:], train.paths[0])
     if min(images.shape[2:]) < MIN_IMAGE_SIZE:

@@ -189,6 +189,7 @@ def channel_mean_std(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float
     Normalize(mean, std) after ToTensor() expects them."""
     total = np.zeros(images.shape[1])
     squares = np.zeros(images.shape[1])
+    chunk = min(chunk, max(1, 2**30 // (8 * images[0].size)))   # large images: float64 chunks of at most 1 GiB
     for i in range(0, len(images), chunk):
         x = images[i:i + chunk].astype(np.float64) / 255
         total += x.sum(axis=(0, 2, 3))

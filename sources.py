@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -71,6 +72,32 @@ def default_workers(max_workers: int) -> int:
     """One DataLoader worker per CPU core this process may use, at most `max_workers`."""
     return max(1, min(max_workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                       else os.cpu_count() or 1))
+
+
+def available_memory() -> int:
+    """Bytes this process could allocate now: the kernel's MemAvailable (Linux; else all the physical memory), less
+    where a container's memory limit (cgroup v2) or `ulimit -v` is lower."""
+    limits = [os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")]
+    for file, key in ((Path("/proc/meminfo"), "MemAvailable:"), (Path("/sys/fs/cgroup/memory.max"), "")):
+        try:
+            text = file.read_text()
+        except OSError:
+            continue
+        value = next((line[len(key):].split() for line in text.splitlines() if line.startswith(key)), [])
+        if value and value[0].isdigit():
+            limits.append(int(value[0]) * (1024 if value[1:] == ["kB"] else 1))
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return min(limits + ([soft] if soft != resource.RLIM_INFINITY else []))
+
+
+def check_images_fit(n: int, height: int, width: int, what: str, fix: str, bytes_per_value: int = 1) -> None:
+    """A DataError when `n` RGB images of height x width (uint8, or float32 with bytes_per_value 4) would not fit
+    in the memory available now: said before the buffer is asked for, which would raise MemoryError (or overflow
+    numpy's sizes) once the run has begun."""
+    need, have = n * 3 * height * width * bytes_per_value / 2**30, available_memory() / 2**30
+    if need > have:
+        shown = f"{need:,.1f}" if need < 1e6 else f"{need:.2g}"
+        raise DataError(f"{what} would take {shown} GiB, more than the {have:,.1f} GiB of memory available; {fix}")
 
 
 def load_crop(path: Path, resize: int, crop: int, params: tuple[float, float, float] | None) -> np.ndarray:

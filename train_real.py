@@ -21,8 +21,11 @@ import deps  # noqa: F401  (first: a Python without the packages gets one line, 
 import cli
 import datasets
 import engine
+from data import NoisyData
 from folder_data import MIN_IMAGE_SIZE
 from models import IMAGENET_WEIGHTS, WeightsError, imagenet_state_dict, make_model
+from noise import DataError
+from sources import check_images_fit
 
 DATASETS = datasets.of_script("train_real.py")      # animal-10n, cifar10n, cifar100n, clothing1m, folder
 
@@ -153,12 +156,27 @@ def check_image_size(args: argparse.Namespace, size: tuple[int, ...]) -> None:
                  f"{size[1]}x{size[0]}; use --model wrn-28-2 or --image_size {VGG_MIN_SIZE}")
 
 
+def check_batch_fits(args: argparse.Namespace, data: NoisyData) -> None:
+    """Clothing1M is read batch by batch: the largest batch of --image_size crops (as float32 on the device) must
+    fit in memory, else the first batch fails after the run has begun."""
+    if args.dataset_name != "clothing1m":
+        return
+    batch = min(max(args.batch_size, args.eval_batch_size or 0), max(len(data.labels), len(data.test_labels)))
+    try:
+        check_images_fit(batch, args.image_size, args.image_size, f"--image_size {args.image_size} with batches of "
+                         f"{batch:,} images", "give a smaller --image_size or --batch_size / --eval_batch_size",
+                         bytes_per_value=4)
+    except DataError as e:
+        cli.fail(str(e))
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_training_args(build_parser(), argv)
     check_args(args)
     backbone = pretrained_weights(args)
     data = cli.training_data(args)
     check_image_size(args, data.images.shape[2:])
+    check_batch_fits(args, data)
     info = data.info
     if "realised_noise_rate" in info:
         print(f"{args.dataset_name} '{args.noise_label}' labels: realised noise rate {info['realised_noise_rate']:.2%} "

@@ -38,6 +38,7 @@ import deps  # noqa: F401  (first: a Python without the packages gets one line, 
 
 import numpy as np
 import ray
+import ray._private.ray_constants
 import ray._private.services
 import ray._private.utils
 import ray._raylet
@@ -584,9 +585,27 @@ def start_ray(address: str | None) -> None:
         return
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     # address="local": always a fresh instance of our own, never a cluster that runs (or was left behind) here
-    with ray_in_own_session():
+    with ray_in_own_session(), ray_on_loopback():
         ray.init(address="local", num_cpus=cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False,
                  runtime_env=worker_env(), logging_level=logging.WARNING)
+
+
+@contextlib.contextmanager
+def ray_on_loopback():
+    """Make a local Ray listen on 127.0.0.1 only: nothing outside this machine needs to reach it.
+
+    Ray 2.60 binds the gRPC servers of its GCS, raylet and workers to loopback exactly when the node's IP is
+    127.0.0.1 (else to every interface), and its runtime-env agent to the node's IP. ray.init turns a given
+    `_node_ip_address="127.0.0.1"` back into the machine's address, and takes 127.0.0.1 only where it believes
+    multi-node clusters unsupported (macOS and Windows, Ray's ENABLE_RAY_CLUSTER). Saying so while it starts
+    gives this node 127.0.0.1, for which every port it opens is on loopback (docs/tune-and-plots.md lists them)."""
+    constants = ray._private.ray_constants
+    saved = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = saved
 
 
 @contextlib.contextmanager

@@ -347,6 +347,18 @@ def test_bad_flags(tmp_path, capsys, flags, message):
     assert_refused(capsys, lambda: run_cli(tmp_path / "data", tmp_path / "out", *flags), message, tmp_path / "out")
 
 
+def test_batches_of_crops_that_cannot_fit_in_memory_are_one_line(owners_root, tmp_path, capsys):
+    """Clothing1M is read batch by batch: --image_size 10^20 crops (MemoryError, or an overflow, at the first batch)
+    are refused once the lists are read, before the run folder exists. The largest batch counts (the recipe's
+    --eval_batch_size 128), up to the size of the largest set (41 training images)."""
+    out = tmp_path / "out"
+    assert_refused(capsys, lambda: run_cli(owners_root, out, "--model", "wrn-16-1", "--image_size", str(10**20)),
+                   f"--image_size {10**20} with batches of 41 images would take 4.6e+33 GiB, more than the ", out)
+    assert_refused(capsys, lambda: run_cli(owners_root, out, "--model", "wrn-16-1", "--image_size", str(10**18),
+                                           "--batch_size", "2", "--eval_batch_size", "4"),
+                   f"--image_size {10**18} with batches of 4 images would take 4.5e+28 GiB", out)
+
+
 def test_the_authors_recipe_is_the_default_and_given_flags_win():
     p = train_real.build_parser()
     args = p.parse_args(["--dataset_name", "clothing1m"])

@@ -14,6 +14,7 @@ from PIL import Image
 
 import folder_data
 import plot
+import sources
 import train_real
 from conftest import assert_refused, variant_flags
 from noise import DataError
@@ -203,6 +204,20 @@ def test_bad_input_one_line_nothing_written(tmp_path, capsys, case):
 ])
 def test_bad_flags(tmp_path, capsys, flags, message):
     assert_refused(capsys, lambda: run_cli(tmp_path / "data", tmp_path / "out", *flags), message, tmp_path / "out")
+
+
+def test_an_image_size_whose_images_cannot_fit_in_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    """--image_size 10^20 (or 20000 on a small machine) made numpy raise MemoryError or OverflowError when the first
+    image was resized: the images' size is checked against the memory available before any is decoded, and the
+    images' own size (no --image_size) before their array is made."""
+    root = make_tree(tmp_path / "data")
+    assert_refused(capsys, lambda: run_cli(root, tmp_path / "out", "--image_size", str(10**20)),
+                   f"--image_size {10**20}: the 18 images of {root} would take 5e+32 GiB, more than the ", tmp_path / "out")
+    monkeypatch.setattr(sources, "available_memory", lambda: 2**30)        # a machine with 1 GiB free
+    assert_refused(capsys, lambda: run_cli(root, tmp_path / "out", "--image_size", "8192"),
+                   "the 18 images of", tmp_path / "out")
+    monkeypatch.setattr(sources, "available_memory", lambda: 12 * 3 * 10 * 10 - 1)    # 12 training images of 10x10
+    assert_refused(capsys, lambda: run_cli(root, tmp_path / "out"), "12 images of 10x10 pixels (as ", tmp_path / "out")
 
 
 def test_defaults_for_folder():

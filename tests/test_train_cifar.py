@@ -116,6 +116,9 @@ def test_subsets_are_stratified_and_recorded(fake_root, paper_sums, tmp_path):
     (["--lr", "inf"], "--lr must be a finite number, got inf"),
     (["--n_epochs", "1", "--lr_milestones", "1"], r"epochs below n_epochs \(1, too few: use 2 or more\), got 1"),
     (["--method", "GCE", "--gce_q", "nan"], "--gce_q must be a finite number"),
+    # a count no machine can give: a million DataLoader processes forked at the first batch
+    (["--workers", str(10**6)], r"--workers 1000000 is more than this machine can run: it has \d+ CPU cores?; "
+                                r"give at most \d+"),
 ])
 def test_bad_flags_give_one_line_and_write_nothing(fake_root, paper_sums, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exc:

@@ -1,6 +1,7 @@
 """tune.py: real Ray Tune sweeps on CPU over tiny fake CIFAR, their tables checked against the runs' files."""
 import contextlib
 import csv
+import ipaddress
 import json
 import logging
 import os
@@ -530,6 +531,65 @@ def test_local_sweep_ignores_a_cluster_left_behind(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert re.search(r"nodes 1 cpus \d", done.stdout)
+
+
+def listening_sockets(pids: set[int]) -> list[tuple[str, str, int]]:
+    """(process name, IP, port) of every TCP socket that the processes `pids` listen on."""
+    import psutil   # ships inside Ray (ray/thirdparty_files), importable once ray is
+    found = []
+    for pid in sorted(pids):
+        try:
+            proc = psutil.Process(pid)
+            found += [(proc.name(), c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="tcp")
+                      if c.status == psutil.CONN_LISTEN]
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def on_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)      # ::ffff:127.0.0.1: a v6 socket bound to 127.0.0.1
+    return (mapped or address).is_loopback
+
+
+def test_a_local_sweep_listens_on_loopback_only_with_token_auth_on(fake_root, tmp_path):
+    """A real local sweep (its own Ray, as tune.py without --address starts it), listed while a trial trains: every
+    port that the driver, Ray's GCS, raylet, agents and trial workers listen on is bound to 127.0.0.1, none to all
+    interfaces (docs/tune-and-plots.md), and Ray's token authentication is on. Its own HOME keeps Ray's new token
+    out of the user's ~/.ray; only the processes of this sweep are stopped, by PID."""
+    command, env, ray_tmp = driver_sweep(fake_root, tmp_path, n_epochs=8)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}   # Ray's default for a new local Ray
+    env["HOME"] = str(home)
+    with open(tmp_path / "driver.log", "wb") as log:
+        driver = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+    started: set[int] = set()
+    try:
+        deadline = time.time() + 300
+        while not list(tmp_path.glob("hp/hp_*/runs/*/config.yaml")):     # a trial trains: its worker is up
+            assert driver.poll() is None and time.time() < deadline, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.1)
+        import psutil   # ships inside Ray (ray/thirdparty_files), importable once ray is
+        started = {driver.pid, *processes_under(ray_tmp),
+                   *(child.pid for child in psutil.Process(driver.pid).children(recursive=True))}
+        sockets = listening_sockets(started)
+        auth = {}                       # the authentication mode that Ray's GCS and raylet were started with
+        for pid in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if (name := psutil.Process(pid).name()) in ("gcs_server", "raylet"):
+                    auth[name] = psutil.Process(pid).environ().get("RAY_AUTH_MODE")
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+        kill_pids(sorted(started | set(processes_under(ray_tmp))))
+    names = {name for name, _, _ in sockets}
+    assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::") for n in names), sockets
+    assert [s for s in sockets if not on_loopback(s[1])] == [], sockets
+    assert auth == {"gcs_server": "token", "raylet": "token"}, auth
+    assert (home / ".ray" / "auth_token").read_text().strip()
 
 
 def driver_sweep(fake_root, tmp_path, n_epochs: int) -> tuple[list[str], dict, Path]:
