@@ -223,7 +223,8 @@ def test_authors_lists_ce_run_then_curves_and_table(tmp_path, capsys):
     curves = list(csv.reader(open(assets / run_dir.name / "curves.csv")))
     assert curves[0] == ["epoch", "test/acc", "test/acc_ema", "val/acc", "train/loss"] and len(curves) == 3
     plot.main(["--table", "--runs_dir", runs_dir, "--assets_dir", str(assets), "--name", "table"])
-    (row,) = list(csv.DictReader(open(assets / "table.csv")))
+    row, mo = list(csv.DictReader(open(assets / "table.csv")))      # CE, and CE-MO read off the same run
+    assert (row["variant"], mo["variant"], mo["exp_ids"]) == ("CE", "CE-MO", row["exp_ids"])
     assert row["dataset_name"] == "clothing1m" and row["variant"] == "CE" and row["noise"] == "-"
     assert float(row["at_best_val_mean"]) == pytest.approx(100 * summary["test_acc_at_best_val"], abs=1e-4)
     assert float(row["last_mean"]) == pytest.approx(100 * summary["last_test_acc"], abs=1e-4)

@@ -239,8 +239,10 @@ def test_experiments_grid_table_is_mean_and_sample_std_over_seeds(ray_session, f
         assert float(rows[-1]["coteach/forget_rate"]) == pytest.approx(rate * 2 / 9, abs=1e-6)
 
     table = read_csv(hp_dir / "table.csv")
-    assert [r["variant"] for r in table] == ["CE", "SLN-MO-LC", "Co-teaching", "GCE"]   # the paper's rows first
-    assert table[3]["gce_q"] == "0.5" and table[0]["gce_q"] == ""
+    # the paper's rows first, then CE-MO (CE's runs, their momentum network), then the baselines
+    assert [r["variant"] for r in table] == ["CE", "SLN-MO-LC", "CE-MO", "Co-teaching", "GCE"]
+    assert table[4]["gce_q"] == "0.5" and table[0]["gce_q"] == ""
+    assert table[2]["exp_ids"] == table[0]["exp_ids"]
     (ce, lc) = table[:2]
     for row, variant in ((ce, "CE"), (lc, "SLN-MO-LC")):
         assert (row["variant"], row["noise"], row["n_seeds"]) == (variant, "sym", "2")
@@ -678,8 +680,9 @@ def test_one_table_pools_sweep_runs_and_loose_runs(ray_session, fake_root, paper
     assert len(list((hp_dir / "runs").iterdir())) == 2
     # the sweep folder itself: plot.py reads its runs/
     plot.main(["--table", "--runs_dir", str(hp_dir), "--assets_dir", str(tmp_path / "assets")])
-    (row,) = read_csv(tmp_path / "assets" / "table.csv")
+    row, mo = read_csv(tmp_path / "assets" / "table.csv")           # CE, and CE-MO of the same runs
     assert (row["method"], row["noise"], row["n_seeds"], sorted(row["seeds"].split())) == ("CE", "sym", "2", ["1", "2"])
+    assert (mo["method"], mo["exp_ids"]) == ("CE-MO", row["exp_ids"])
 
 
 def test_mini_experiments_file_and_its_search_agree():
@@ -801,7 +804,8 @@ def test_baselines_experiments_file_matches_the_mini_setting():
     root = tune.runs.CODE_DIR
     mini, mini_argv = tune.read_experiments(root / "configs" / "mini_cifar10.yaml")
     grid, argv = tune.read_experiments(root / "configs" / "mini_cifar10_baselines.yaml")
-    assert set(grid["variants"]) == {n for n, m in methods.METHODS.items() if not m.by_flags}
+    # every baseline; CE-MO is no baseline but CE's own momentum network, read off the CE runs
+    assert set(grid["variants"]) == {n for n, m in methods.METHODS.items() if not m.by_flags and not m.same_training_as}
     assert grid["seeds"] == mini["seeds"] and all(grid["sigma"][m] == mini["sigma"][m] for m in grid["noise_modes"])
     a, b = tune.build_parser().parse_args(mini_argv), tune.build_parser().parse_args(argv)
     for name in ("dataset_name", "p", "model", "train_subset", "n_epochs", "lr", "batch_size", "ema_alpha",
@@ -832,8 +836,8 @@ def test_cifar10n_sigma_search_and_grid_over_its_label_sets(ray_session, cifarn_
         ("aggre", "CE", 0.0), ("aggre", "SLN", 0.2), ("worst", "CE", 0.0), ("worst", "SLN", 0.5)]
     assert all(c["noise_mode"] is None and c["p"] is None for c in configs)
     table = read_csv(hp_dir / "table.csv")             # the label sets are the table's columns
-    assert sorted((r["variant"], r["noise"]) for r in table) == [("CE", "aggre"), ("CE", "worst"), ("SLN", "aggre"),
-                                                                 ("SLN", "worst")]
+    assert sorted((r["variant"], r["noise"]) for r in table) == [("CE", "aggre"), ("CE", "worst"), ("CE-MO", "aggre"),
+                                                                 ("CE-MO", "worst"), ("SLN", "aggre"), ("SLN", "worst")]
 
 
 @pytest.mark.parametrize("text, message", [
