@@ -29,10 +29,27 @@ from runs import resolve_resume
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that answers a bad flag with one line (no usage dump) and exit status 2."""
+    """argparse that answers a bad flag with one line (no usage dump) and exit status 2, and takes every name from a
+    list of choices in any case (--noise_mode Sym, --dataset_name CIFAR10, --plot_type Curves), as --method does: the
+    value becomes the declared spelling, so that configs, --filter and resume compare one name."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def _get_value(self, action: argparse.Action, arg_string: str):
+        if action.type is None and action.choices is not None and isinstance(arg_string, str):
+            arg_string = canonical_name(arg_string, action.choices)
+        return super()._get_value(action, arg_string)
+
+
+def canonical_name(text: str, names) -> str:
+    """`text` as it is spelled in `names` when it is one of them in another case; else `text` unchanged (for the
+    caller's own refusal). The project's one rule for every name a user types: methods, datasets, noise modes, CIFAR-N
+    label sets, networks, plot types, --filter values."""
+    for name in names:
+        if isinstance(name, str) and name.lower() == text.lower():
+            return name
+    return text
 
 
 FAIL_CONTEXT: list[str] = []     # where the values being checked came from (failing_in), said before the error

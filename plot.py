@@ -90,12 +90,22 @@ def parse_filter(text: str) -> dict[str, list[str]]:
 
 
 def value_matches(actual, wanted: str) -> bool:
-    """A config value against filter text, read as YAML reads it (0.40 == 0.4, 1 == 1.0, false, null) or as text."""
+    """A config value against filter text, read as YAML reads it (0.40 == 0.4, 1 == 1.0, false, null) or as text,
+    names in any case (method=gce, noise_mode=Sym), as the scripts take them."""
     try:
         parsed = yaml.safe_load(wanted)
     except yaml.YAMLError:
         parsed = wanted
-    return actual == parsed or str(actual) == wanted
+    return actual == parsed or str(actual).lower() == wanted.lower()
+
+
+FILTER_BY_METHOD = ("method", "variant")    # both mean the run's method, also where --sigma/--mo chose it
+
+
+def filter_value(run: Run, key: str):
+    """What --filter compares for `key`: the config's value; for method and variant, the method the run trained (a
+    run started with --sigma 0.5 has no --method in its config, yet it trained SLN)."""
+    return run_method(run).name if key in FILTER_BY_METHOD else run.config.get(key)
 
 
 def select_runs(runs_dir: Path, exp_ids: list[str] | None, filter_text: str | None) -> list[Run]:
@@ -104,11 +114,18 @@ def select_runs(runs_dir: Path, exp_ids: list[str] | None, filter_text: str | No
     if filter_text:
         wanted = parse_filter(filter_text)
         known = set().union(*(r.config for r in runs)) if runs else set()
-        unknown = sorted(set(wanted) - known)
+        unknown = sorted(set(wanted) - known - set(FILTER_BY_METHOD))
         if unknown:
             raise DataError(f"--filter key {unknown[0]!r} is in no run's config; keys are: {', '.join(sorted(known))}")
-        runs = [r for r in runs if all(k in r.config and any(value_matches(r.config[k], v) for v in vals)
+        finished = [r for r in runs if r.summary is not None]
+        runs = [r for r in runs if all((k in r.config or k in FILTER_BY_METHOD)
+                                       and any(value_matches(filter_value(r, k), v) for v in vals)
                                        for k, vals in wanted.items())]
+        if finished and not any(r.summary is not None for r in runs):
+            present = "; ".join(f"{k}: " + ", ".join(sorted({str(filter_value(r, k)) for r in finished}))
+                                for k in wanted)
+            raise DataError(f"no finished run in {runs_dir} matches --filter {filter_text}; the finished runs have "
+                            f"{present}")
     unfinished = [r.exp_id for r in runs if r.summary is None]
     if unfinished:
         print(f"note: skipping {len(unfinished)} unfinished run(s) (no summary.json): {', '.join(unfinished)}",

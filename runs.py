@@ -520,6 +520,13 @@ def find_run(runs: Path, exp_id: str) -> Path:
     raise DataError(f"no run {exp_id!r} in {runs}; closest: {', '.join(near)}")
 
 
+def shown(value) -> str:
+    """A flag's value as a user types it (a list as its items)."""
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "(none)"
+    return str(value)
+
+
 def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace) -> argparse.Namespace:
     """For --resume: the run's saved flags, after checking that no flag given now contradicts them."""
     defaults = vars(parser.parse_args([]))       # every flag's name, from a parse of no arguments
@@ -550,9 +557,18 @@ def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args
     for key, value in given.items():
         if key in allowed_to_differ | moved:
             continue
+        if key == "method":       # what the flags resolve to: --method gce is GCE, --method SLN is --sigma 0.5
+            try:
+                typed, trained = methods.get(value).name, methods.of(saved).name
+            except ValueError as e:
+                raise DataError(f"--method: {e}") from None
+            if typed != trained:
+                diffs.append(f"--method {typed} (run trained {trained})")
+            continue
         new = str(Path(value).resolve()) if isinstance(value, Path) else value
         if new != saved.get(key):
-            diffs.append(f"--{key} {new} (run has {saved.get(key)})")
+            old = saved.get(key)
+            diffs.append(f"--{key} {shown(new)} ({'the run has none' if old is None else f'run has {shown(old)}'})")
     if given.get("make_new_custom_noise"):
         raise DataError("--make_new_custom_noise cannot be used with --resume: a resumed run keeps its labels")
     if diffs:

@@ -258,9 +258,8 @@ def read_experiments(path: Path) -> tuple[dict, list[str]]:
     for key, allowed in (("variants", list(methods.METHODS)),
                          (axis, cli.NOISE_MODES if axis == "noise_modes" else cli.NOISE_LABELS)):
         values = raw.get(key)
-        if key == "variants" and isinstance(values, list):   # method names in any case, as --method takes them
-            by_lower = {m.lower(): m for m in allowed}
-            values = raw[key] = [by_lower.get(str(v).lower(), v) for v in values]
+        if isinstance(values, list):      # names in any case, as the command line takes them (cli.canonical_name)
+            values = raw[key] = [cli.canonical_name(v, allowed) if isinstance(v, str) else v for v in values]
         if not isinstance(values, list) or not values or len(set(map(str, values))) != len(values):
             cli.fail(f"{path}: {key} must be a non-empty list without repeats, from {', '.join(allowed)}")
         for v in values:
@@ -271,6 +270,8 @@ def read_experiments(path: Path) -> tuple[dict, list[str]]:
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds)):
         cli.fail(f"{path}: seeds must be a non-empty list of distinct integers, e.g. [1, 2, 3, 4, 5]")
     sigma = raw.get("sigma")
+    if isinstance(sigma, dict):
+        sigma = {cli.canonical_name(k, raw[axis]) if isinstance(k, str) else k: v for k, v in sigma.items()}
     if sigma is not None:
         if not isinstance(sigma, dict) or not all(m in raw[axis] for m in sigma):
             cli.fail(f"{path}: sigma must map the {axis} to sigma, e.g. {{sym: 1.0, asym: 0.5}}")

@@ -288,4 +288,4 @@ def test_resume_after_an_interrupted_epoch(tmp_path, capsys):
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(run_dir / "metrics.csv"))] == metrics
     with pytest.raises(SystemExit) as exc:                  # a resumed run keeps its image size
         train_real.main(["--resume", run_dir.name, "--out_dir", str(tmp_path / "out"), "--image_size", "16"])
-    assert exc.value.code == 2 and "--image_size 16 (run has None)" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--image_size 16 (the run has none)" in capsys.readouterr().err

@@ -225,6 +225,16 @@ def test_filter_selects_runs(runs, tmp_path, capsys):
     assert "'colour'" in err and "noise_mode" in err
 
 
+def test_filter_takes_names_in_any_case_and_the_method_a_run_trained(runs, tmp_path, capsys):
+    """method= is the method each run trained (these were started with --sigma, no --method in their configs);
+    names match in any case; a filter that matches nothing lists the values the runs have."""
+    out, ids = runs
+    run_plot(out, tmp_path, "--table", "--filter", "method=sln,noise_mode=SYM", "--name", "t")
+    assert [r["exp_ids"] for r in read_csv(tmp_path / "t.csv")] == [ids["sln"]]
+    err = fails(capsys, out, tmp_path / "x", "--table", "--filter", "method=gce,noise_mode=sym")
+    assert err.endswith("the finished runs have method: CE, SLN, SLN-MO-LC; noise_mode: asym, sym"), err
+
+
 def test_ablation_is_accuracy_vs_sigma(runs, tmp_path):
     out, ids = runs
     written = run_plot(out, tmp_path, "--plot_type", "ablation", "--filter", "noise_mode=sym,mo=false")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import runs
 import train_cifar
@@ -210,7 +211,11 @@ def test_resume_problems_are_one_line(fake_root, tmp_path, capsys):
     (run_dir / "summary.json").unlink()     # as if cut off after its last checkpoint
     moved = tmp_path / "moved-data"         # the same data in another folder: --data_dir may change on resume
     shutil.copytree(fake_root, moved)
-    train_cifar.main(["--resume", exp_id, "--out_dir", str(tmp_path), "--data_dir", str(moved)])
+    # what the flags resolve to is compared, not their text: this run was started with --sigma/--mo/--lc_n_epoch
+    err = expect_exit(capsys, 2, r"--method SLN \(run trained SLN-MO-LC\); drop", train_cifar.main,
+                      ["--resume", exp_id, "--out_dir", str(tmp_path), "--method", "SLN", "--noise_mode", "OpenSet"])
+    assert "None" not in err and "noise_mode" not in err
+    train_cifar.main(["--resume", exp_id, "--out_dir", str(tmp_path), "--data_dir", str(moved), "--method", "sln-mo-lc"])
     assert (run_dir / "summary.json").is_file()
     (run_dir / "summary.json").unlink()
     for f in ("checkpoint.pt", "checkpoint.prev.pt"):
@@ -280,3 +285,21 @@ def test_a_run_still_training_is_not_resumed_beside_itself(fake_root, tmp_path, 
         proc.wait()
     with contextlib.ExitStack() as held:
         runs.lock_run(run_dir, held)          # a killed holder leaves no stale lock
+
+
+def test_resume_takes_a_method_name_in_any_case(fake_root, tmp_path, capsys):
+    """A run started with --method gce (recorded as GCE) resumes with --method gce, and a flag the run did not set is
+    named as such, never as "None"."""
+    gce = [f for f in FLAGS if f not in ("--mo", "--sigma", "1.0", "--lc_n_epoch", "1")]
+    gce += ["--method", "gce", "--data_dir", str(fake_root), "--out_dir", str(tmp_path), "--n_epochs", "2"]
+    train_cifar.main(gce)
+    (exp_id,) = run_ids(tmp_path)
+    run_dir = tmp_path / "runs" / exp_id
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["method"] == "GCE"
+    (run_dir / "summary.json").unlink()
+    capsys.readouterr()
+    err = expect_exit(capsys, 2, r"--train_subset 50 \(the run has none\)", train_cifar.main,
+                      ["--resume", exp_id, "--out_dir", str(tmp_path), "--method", "gce", "--train_subset", "50"])
+    assert "None" not in err and "--method" not in err
+    train_cifar.main(["--resume", exp_id, "--out_dir", str(tmp_path), "--method", "gce"])
+    assert (run_dir / "summary.json").is_file()

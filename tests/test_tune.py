@@ -274,6 +274,15 @@ def test_bad_experiments_file_gives_one_line_and_writes_nothing(fake_root, paper
     assert not (tmp_path / "hp").exists()
 
 
+def test_experiments_file_takes_names_in_any_case(tmp_path):
+    """An experiments file follows the command line's rule: every name in any case, recorded as declared."""
+    path = tmp_path / "e.yaml"
+    path.write_text("variants: [ce, Sln-Mo]\nnoise_modes: [Sym, ASYM]\nseeds: [1]\nsigma: {SYM: 1.0, asym: 0.5}\n")
+    grid, _ = tune.read_experiments(path)
+    assert (grid["variants"], grid["noise_modes"], grid["sigma"]) == (["CE", "SLN-MO"], ["sym", "asym"],
+                                                                       {"sym": 1.0, "asym": 0.5})
+
+
 PAPER_CIFAR10 = str(tune.runs.CODE_DIR / "configs" / "paper_cifar10.yaml")
 
 
