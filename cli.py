@@ -8,6 +8,7 @@ plot.py and viz.py all build data through it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from methods import Method
 from models import MODELS
 from noise import ASYM_VARIANTS, SYM_VARIANTS, DataError, check_rate
 from real_data import CIFARN
-from runs import resolve_resume
+from runs import lock_run, resolve_resume
 
 
 class Parser(argparse.ArgumentParser):
@@ -282,7 +283,26 @@ def check_training_args(args: argparse.Namespace) -> Method:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             fail(f"--{name} must be a positive number of images, got {getattr(args, name)}")
     check_out_dir(args.out_dir)
-    return check_method(args)
+    method = check_method(args)
+    check_method_fits_dataset(args, method)
+    return method
+
+
+def check_method_fits_dataset(args: argparse.Namespace, method: Method) -> None:
+    """What a method needs of the data that its dataset's declaration already rules out (a dataset without clean
+    labels: no true transition matrix, no noise rate to forget), refused before the data is loaded. A folder, whose
+    CSV may or may not have clean labels, is checked by engine.run once it is loaded."""
+    declared = datasets.DATASETS.get(getattr(args, "dataset_name", None))
+    if declared is None or declared.clean_labels != "no":
+        return
+    if method.needs_clean:
+        fail(f"--method {method.name} needs the clean labels of the training set, which {declared.name} does not "
+             "have; choose another method")
+    if method.prepare:
+        try:
+            method.prepare(argparse.Namespace(**vars(args)), {"noise_rate": None})   # a copy: engine.run prepares for real
+        except ValueError as e:
+            fail(str(e))
 
 
 def check_lr_schedule(args: argparse.Namespace) -> None:
@@ -487,6 +507,10 @@ def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None)
     if getattr(args, "resume", None):
         try:
             args = resolve_resume(parser, argv, args)
+            # a run another process trains is refused now, not after minutes of loading data; engine.run takes the
+            # lock for good once the data is there
+            with contextlib.ExitStack() as probe:
+                lock_run(args.out_dir.resolve() / "runs" / args.resume, probe)
         except DataError as e:
             fail(str(e))
     return args

@@ -20,6 +20,7 @@ import os
 import platform
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,14 @@ def create_run(out: Path, args: argparse.Namespace, data: NoisyData, variant: st
             (out / "runs" / exp_id).rmdir()
         raise
     return exp_id
+
+
+def remove_new_run(out: Path, exp_id: str) -> None:
+    """Delete what create_run and the first moments of training made (the run folder, created exclusively by this
+    process, and configs/<exp_id>.yaml), for a run stopped before its first epoch was checkpointed: nothing of value
+    is in it, and a folder left behind would only be one more to resume or delete."""
+    shutil.rmtree(out / "runs" / exp_id, ignore_errors=True)
+    (out / "configs" / f"{exp_id}.yaml").unlink(missing_ok=True)
 
 
 def pid_alive(pid: int) -> bool:
@@ -383,7 +392,7 @@ class on_sigterm:
             signal.signal(signal.SIGTERM, self.old)
 
 
-class _DeferSigint:
+class DeferSignals:
     """Hold Ctrl-C and SIGTERM back while a checkpoint is written, so an interrupt never leaves half a file
     behind; the one that came is raised afterwards."""
 
@@ -440,7 +449,7 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     checkpoint.prev.pt) until the new one is whole."""
     path, prev = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
     tmp = run_dir / ".checkpoint.pt.tmp"
-    with _DeferSigint():
+    with DeferSignals():
         try:
             torch.save({**state, "sha256": content_sha256(state)}, tmp)
         except (OSError, RuntimeError) as e:

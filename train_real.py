@@ -16,13 +16,15 @@ import sys
 
 from pathlib import Path
 
-import deps  # noqa: F401  (first: a Python without the packages gets one line, not a traceback)
+import deps  # (first: a Python without the packages gets one line, not a traceback)
 
-import cli
-import datasets
-import engine
-from folder_data import MIN_IMAGE_SIZE
-from models import IMAGENET_WEIGHTS, WeightsError, imagenet_state_dict, make_model
+deps.exit_on_sigterm()    # before the heavy imports: a SIGTERM in the first seconds gets its line too
+
+import cli  # noqa: E402
+import datasets  # noqa: E402
+import engine  # noqa: E402
+from folder_data import MIN_IMAGE_SIZE  # noqa: E402
+from models import IMAGENET_WEIGHTS, WeightsError, imagenet_state_dict, make_model  # noqa: E402
 
 DATASETS = datasets.of_script("train_real.py")      # animal-10n, cifar10n, cifar100n, clothing1m, folder
 

@@ -123,7 +123,7 @@ def test_sigterm_says_how_to_resume_and_resumes_bit_identically(fake_root, tmp_p
     assert_same_results(reference_run, tmp_path / "runs" / exp_id)
 
 
-def test_sigterm_before_the_first_checkpoint_says_nothing_can_be_resumed(fake_root, tmp_path):
+def test_sigterm_before_the_first_checkpoint_removes_what_the_run_made(fake_root, tmp_path):
     proc = subprocess.Popen(cli(fake_root, tmp_path, "--n_epochs", "300"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     wait_for(tmp_path / "runs", proc)
@@ -131,10 +131,76 @@ def test_sigterm_before_the_first_checkpoint_says_nothing_can_be_resumed(fake_ro
     wait_for(tmp_path / "runs" / exp_id / "config.yaml", proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    if (tmp_path / "runs" / exp_id / "checkpoint.pt").exists():
+    if "checkpointed" in err:
         pytest.skip("the first epoch ended before SIGTERM came")
     assert proc.returncode == 143, err
-    assert "nothing can be resumed" in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith(f"stopped by SIGTERM; no epoch was complete, so nothing of value was "
+                                                 f"kept: removed {tmp_path / 'runs' / exp_id} and configs/{exp_id}.yaml; "
+                                                 "start the run again"), err
+    assert "Traceback" not in err
+    assert run_ids(tmp_path) == [] and not (tmp_path / "configs" / f"{exp_id}.yaml").exists()
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (Linux: the SigCgt mask of /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc")
+def test_sigterm_in_the_first_seconds_gets_one_line(fake_root, tmp_path):
+    """A SIGTERM while Python still imports torch ends with one line and 143, not silently with -15."""
+    proc = subprocess.Popen(cli(fake_root, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    start = time.time()
+    while not catches_sigterm(proc.pid):
+        assert proc.poll() is None and time.time() - start < 60
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert len(err.strip().splitlines()) == 1 and "stopped by SIGTERM" in err and "Traceback" not in err, err
+    assert not (tmp_path / "runs").is_dir() or run_ids(tmp_path) == []
+
+
+def test_a_run_folder_without_a_checkpoint_resumes_from_epoch_1(fake_root, tmp_path, reference_run, capsys):
+    """A folder that a kill -9 left before the first checkpoint trains from the start when resumed, bit for bit as
+    a run never stopped."""
+    in_process(fake_root, tmp_path)
+    (exp_id,) = run_ids(tmp_path)
+    run_dir = tmp_path / "runs" / exp_id
+    for name in ("checkpoint.pt", "checkpoint.prev.pt", "summary.json", "model_final.pt", "ema_final.pt",
+                 "targets_final.pt"):
+        (run_dir / name).unlink()
+    capsys.readouterr()
+    in_process(fake_root, tmp_path, "--resume", exp_id)
+    assert "training it from epoch 1" in capsys.readouterr().out
+    assert_same_results(reference_run, run_dir)
+
+
+def test_checks_of_the_flags_and_the_run_folder_come_before_the_data(fake_root, tmp_path, capsys, monkeypatch):
+    """A resume of a run in use, and a method the dataset cannot serve, are refused without loading any data."""
+    in_process(fake_root, tmp_path, "--n_epochs", "2")
+    (exp_id,) = run_ids(tmp_path)
+    (tmp_path / "runs" / exp_id / "summary.json").unlink()
+    import cli as cli_module
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded")
+    monkeypatch.setattr(cli_module, "dataset_from_config", no_data)
+    with contextlib.ExitStack() as held:
+        runs.lock_run(tmp_path / "runs" / exp_id, held)    # as another process training it would
+        expect_exit(capsys, 2, rf"run {exp_id} is being trained by another process", train_cifar.main,
+                    ["--resume", exp_id, "--out_dir", str(tmp_path)])
+    expect_exit(capsys, 2, r"--method Forward-T needs the clean labels of the training set, which animal-10n does not",
+                train_real.main, ["--dataset_name", "animal-10n", "--method", "Forward-T", "--data_dir",
+                                  str(tmp_path / "no-data-here"), "--out_dir", str(tmp_path / "x")])
+    expect_exit(capsys, 2, r"Co-teaching needs --forget_rate", train_real.main,
+                ["--dataset_name", "animal-10n", "--method", "co-teaching", "--data_dir", str(tmp_path / "no-data-here"),
+                 "--out_dir", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
 
 
 # A training process that SIGKILLs itself just before its n-th rename of a checkpoint file. Renames: epoch 1's
