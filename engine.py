@@ -340,6 +340,11 @@ def start_epoch(s: TrainState, epoch: int) -> dict:
     return row
 
 
+def either(flags: list[str]) -> str:
+    """'--lr', '--lr or --sigma', '--lr, --sce_alpha or --sce_beta'."""
+    return flags[0] if len(flags) == 1 else f"{', '.join(flags[:-1])} or {flags[-1]}"
+
+
 def describe_epoch(row: dict, n_epochs: int, seconds_so_far: list[float] | None = None) -> str:
     """One epoch's line; with the seconds of the epochs this process trained, the time the run has left."""
     left = "" if seconds_so_far is None else f" ({files.time_left(seconds_so_far, n_epochs - row['epoch'])})"
@@ -381,7 +386,7 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         if sums[4] < n_steps:
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "nothing was checkpointed yet"
             raise runs.TrainingStopped(f"the loss became NaN/Inf at epoch {epoch}, step {int(sums[4]) + 1}; {kept}; "
-                                       "lower --lr or --sigma and start a new run")
+                                       f"lower {either(methods.divergence_flags(s.method))} and start a new run")
         row.update(epoch_metrics(s, sums, epoch % args.eval_every == 0 or epoch == args.n_epochs))
         row["seconds"] = time.time() - t0
         history.append(row)

@@ -316,6 +316,15 @@ def test_nan_loss_stops_with_epoch_and_step(fake_root, tmp_path, capsys):
     assert not (tmp_path / "runs" / exp_id / "checkpoint.pt").exists()
 
 
+def test_a_diverging_loss_names_the_flags_of_the_runs_method(fake_root, tmp_path, capsys):
+    """ELR blown up by its own weight is told to lower --lr or --elr_lambda, not SLN's --sigma, which it has not."""
+    elr = [f for f in FLAGS if f not in ("--mo", "--sigma", "1.0", "--lc_n_epoch", "1")]
+    err = expect_exit(capsys, 3, r"NaN/Inf at epoch 1, step \d+; .*; lower --lr or --elr_lambda and start a new run$",
+                      train_cifar.main, [*elr, "--method", "ELR", "--elr_lambda", "1e30", "--data_dir", str(fake_root),
+                                         "--out_dir", str(tmp_path)])
+    assert "--sigma" not in err
+
+
 def test_simultaneous_runs_get_different_ids(tmp_path):
     ids = []
     threads = [threading.Thread(target=lambda: ids.append(runs.new_exp_id(tmp_path))) for _ in range(16)]
