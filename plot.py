@@ -31,6 +31,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: works on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -47,7 +48,7 @@ from files import mean_std  # noqa: E402
 from models import make_model  # noqa: E402
 from noise import DataError  # noqa: E402
 from real_data import CIFARN  # noqa: E402
-from tables import (ACCURACY_COLUMN, COLUMN_ORDER, VARIANT_ORDER, Run, column_of, headline, load_run, make_table,  # noqa: E402
+from tables import (ACCURACY_COLUMN, COLUMN_ORDER, VARIANT_ORDER, Run, headline, load_run, make_table,  # noqa: E402
                     one_run_per_seed, one_table, order_key, row_labels, run_ids, settings)
 
 SINGLE_RUN_PLOTS = ["pred_probs", "sample_dissect", "curves"]
@@ -265,15 +266,23 @@ def prob_histograms(probs: np.ndarray, noisy: np.ndarray, n_bins: int) -> tuple[
 # Figures
 
 CLEAN, NOISY = "#1f77b4", "#d62728"
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]     # a marker per method of a compare panel
 NETWORK_NAME = {"reported": "reported network", "net": "network", "ema": "EMA network"}
 
 
 def describe(config: dict) -> str:
-    noise = column_of(config)
-    custom = " custom" if config.get("custom_noise") else ""
-    p = f" p={config['p']}" if "p" in config else ""
-    return (f"{config.get('variant', '?')}, {config.get('dataset_name', '?')} {noise}{p}{custom}, "
-            f"{config.get('model', '?')}")
+    """A run in a title: 'SLN-MO-LC, cifar10 sym p=0.4, wrn-16-1', 'CE, cifar10n worst labels, wrn-28-2', 'CE, folder
+    my_images (labels as given), wrn-28-2'."""
+    dataset = config.get("dataset_name", "?")
+    if config.get("noise_mode"):
+        custom = " custom" if config.get("custom_noise") else ""
+        data = f"{dataset} {config['noise_mode']}" + (f" p={config['p']}" if "p" in config else "") + custom
+    elif config.get("noise_label"):
+        data = f"{dataset} {config['noise_label']} labels"
+    else:      # the dataset's own labels (Animal-10N, Clothing1M, a folder, named by its folder)
+        where = f" {Path(config['data_dir']).name}" if dataset == "folder" and config.get("data_dir") else ""
+        data = f"{dataset}{where} (labels as given)"
+    return f"{config.get('variant', '?')}, {data}, {config.get('model', '?')}"
 
 
 def figure_pred_probs(run: Run, network: str, logits: torch.Tensor, data: NoisyData,
@@ -410,6 +419,7 @@ def figure_curves(run: Run) -> tuple[plt.Figure, list[list]]:
         ax.set_xlabel("epoch")
         if lc_start is not None:
             ax.axvline(lc_start - 0.5, color="grey", ls=":", label="label correction from here")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(epochs) <= 12:
             ax.set_xticks(epochs)
         if ax.get_legend_handles_labels()[0]:
@@ -455,6 +465,9 @@ def figure_compare(rows: list[list], title: str, network: str = "reported") -> p
                              sharey=True, squeeze=False, layout="constrained")
     for ax, column in zip(axes[0], columns):
         methods = list(dict.fromkeys(r[1] for r in rows[1:] if r[0] == column))
+        # each line narrower than the one drawn before it and with its own marker, so that a method whose curve
+        # equals another's (SLN-MO and SLN-MO-LC up to the correction epoch) shows as a rim around it, not under it
+        widths = np.linspace(4.0, 1.6, len(methods)) if len(methods) > 1 else [2.0]
         for i, method in enumerate(methods):
             pts = [r for r in rows[1:] if r[0] == column and r[1] == method]
             epochs = np.array([r[2] for r in pts])
@@ -464,11 +477,13 @@ def figure_compare(rows: list[list], title: str, network: str = "reported") -> p
             colour = METHOD_COLOURS.get(name, f"C{i + 4}")
             n = pts[-1][3]
             last = f"{mean[-1]:.1f}" + (f" ± {std[-1]:.1f}" if pts[-1][5] != "" else "")
-            ax.plot(epochs, mean, color=colour, lw=2, marker="o" if len(epochs) <= 30 else None, ms=3.5,
-                    ls="--" if name in BASELINES else "-", label=f"{method}: last {last} (n={n})")
+            ax.plot(epochs, mean, color=colour, lw=widths[i], marker=MARKERS[i % len(MARKERS)] if len(epochs) <= 30
+                    else None, ms=2.5 + widths[i], ls="--" if name in BASELINES else "-",
+                    label=f"{method}: last {last} (n={n})")
             ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.18 if len(methods) <= 5 else 0.1, lw=0)
         ax.set_title(f"{column} labels" if column in cli.NOISE_LABELS else f"{column} noise")   # CIFAR-N: a label set
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))      # no epoch 1.5 on a short run
         if below:
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
         else:

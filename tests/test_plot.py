@@ -425,6 +425,32 @@ def test_compare_draws_the_papers_models_solid_and_the_baselines_dashed():
     assert styles == {"CE": "-", "SLN-MO-LC": "-", "GCE": "--", "Co-teaching-SLN": "--"}
 
 
+def test_compare_keeps_identical_curves_visible_and_epochs_whole():
+    """SLN-MO and SLN-MO-LC have the same curve up to the correction epoch: the one drawn over the other is narrower
+    and has its own marker, so both show; a 3-epoch run has no tick at epoch 1.5."""
+    rows = [["noise", "method", "epoch", "n_seeds", "mean", "std"]]
+    for method in ["SLN-MO", "SLN-MO-LC"]:
+        rows += [["sym", method, e, 2, 40.0 + e, 1.0] for e in (1, 2, 3)]
+    fig = plot.figure_compare(rows, "a title")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    under, over = ax.get_lines()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    plot.plt.close(fig)
+    assert np.array_equal(under.get_ydata(), over.get_ydata())
+    assert under.get_linewidth() > over.get_linewidth() and under.get_marker() != over.get_marker()
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_titles_say_what_a_run_trained_on():
+    assert plot.describe({"variant": "SLN-MO-LC", "dataset_name": "cifar10", "noise_mode": "sym", "p": 0.4,
+                          "model": "wrn-16-1"}) == "SLN-MO-LC, cifar10 sym p=0.4, wrn-16-1"
+    assert plot.describe({"variant": "CE", "dataset_name": "cifar10n", "noise_label": "worst", "noise_mode": None,
+                          "model": "wrn-28-2"}) == "CE, cifar10n worst labels, wrn-28-2"
+    assert plot.describe({"variant": "CE", "dataset_name": "folder", "noise_mode": None, "data_dir": "/x/my_images",
+                          "model": "wrn-28-2"}) == "CE, folder my_images (labels as given), wrn-28-2"
+
+
 def test_table_and_ablation_skip_unfinished_runs_of_a_running_sweep(sparse_runs, tmp_path, capsys):
     plot.main(["--runs_dir", str(sparse_runs), "--assets_dir", str(tmp_path / "a"), "--table", "--plot_type", "ablation"])
     err = capsys.readouterr().err
