@@ -156,6 +156,37 @@ def test_tensorboard_names_each_run_and_lists_its_hparams(fake_root, paper_sums,
         assert last.value == pytest.approx(summary["last_test_acc"])
 
 
+def hparams_columns(logdir):
+    """The columns of TensorBoard's HParams tab over the runs in `logdir`, as its hparams plugin computes them (its
+    backend over its own data provider, what `tensorboard --logdir` serves)."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    backend = backend_context.Context(base_plugin.TBContext(
+        logdir=str(logdir), multiplexer=mux, data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir))))
+    ctx = context.RequestContext()
+    experiment = backend.experiment_from_metadata(ctx, "", True, backend.hparams_metadata(ctx, ""),
+                                                  backend.hparams_from_data_provider(ctx, "", 0))
+    return {h.name for h in experiment.hparam_infos}, {m.name.tag for m in experiment.metric_infos}
+
+
+def test_hparams_columns_are_the_union_of_every_methods_settings(fake_root, paper_sums, tmp_path):
+    """TensorBoard takes the HParams tab's columns from one run's declaration: every run declares every setting, so
+    that a method's own flags (GCE's gce_q, ELR's elr_lambda) are columns whichever run comes first."""
+    flags = variant_flags("0.5", ["CE", "GCE", "ELR"])
+    for name in flags:
+        run_cli(fake_root, tmp_path, "--noise_mode", "sym", "--p", "0.4", *flags[name], "--n_epochs", "1",
+                "--test_subset", "50")
+    columns, metrics = hparams_columns(tmp_path / "runs")
+    assert {"gce_q", "elr_lambda", "elr_beta", "num_gradual", "forget_rate", "sce_alpha", "noise_label", "test_subset",
+            "variant", "sigma", "seed"} <= columns, columns
+    assert {"final/last_test_acc", "final/best_test_acc", "final/test_acc_at_best_val"} <= metrics
+
+
 def test_config_records_what_decides_the_numbers_and_equal_records_repeat_bit_for_bit(fake_root, paper_sums,
                                                                                        tmp_path):
     import torch
