@@ -283,6 +283,31 @@ def test_experiments_file_takes_names_in_any_case(tmp_path):
                                                                        {"sym": 1.0, "asym": 0.5})
 
 
+def test_dry_run_prints_every_trial_and_the_cost_and_starts_nothing(fake_root, paper_sums, tmp_path, capsys,
+                                                                    monkeypatch):
+    path = tmp_path / "e.yaml"
+    path.write_text("variants: [CE, SLN-MO-LC, GCE]\nnoise_modes: [sym, asym]\nseeds: [1, 2]\nsigma: {sym: 1.0, asym: 0.5}\n"
+                    "n_epochs: 10\nlc_n_epoch: 5\nmodel: wrn-16-1\ntrain_subset: 200\n")
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"device": "cpu", "threads": 1, "train_img_s": {"wrn-16-1": 250.0}}))
+    monkeypatch.setattr(tune, "start_ray", lambda address: pytest.fail("a dry run started Ray"))
+    assert tune.main(["--experiments", str(path), "--data_dir", str(fake_root), "--out_dir", str(tmp_path / "out"),
+                      "--dry_run", "--bench", str(bench)]) is None
+    out = capsys.readouterr().out.splitlines()
+    trials = [line.split() for line in out if re.match(r"\s+\d+\s", line)]
+    assert [t[0] for t in trials] == [str(n) for n in range(1, 13)]
+    assert [(t[1], t[-2]) for t in trials[:6]] == [("CE", "1"), ("CE", "2"), ("SLN-MO-LC", "1"), ("SLN-MO-LC", "2"),
+                                                   ("GCE", "1"), ("GCE", "2")]
+    assert "--noise_mode asym --sigma 0.5 --mo --lc_n_epoch 5" in next(line for line in out if " SLN-MO-LC " in line
+                                                                          and "asym" in line)
+    assert all(t[-1] == "200" for t in trials)
+    # 12 trials x 10 epochs x 200 images at 250 images/s: 96 s one trial at a time
+    assert any(line.startswith("cost: 12 trials x 10 epochs x 200 images = 24,000 training images") for line in out), out
+    assert any(line.startswith("time: at 250 training images/s (bench.py on cpu, 1 thread") and "about 1m36s" in line
+               for line in out), out
+    assert not (tmp_path / "out").exists()          # no sweep folder, no run
+
+
 PAPER_CIFAR10 = str(tune.runs.CODE_DIR / "configs" / "paper_cifar10.yaml")
 
 
@@ -672,12 +697,16 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_progress_is_shown(fake_root, t
     assert last.startswith("error: stopped by SIGTERM: ") and last.endswith(f"python tune.py --resume {hp_dir}"), last
     assert f"SIGTERM: stopping the sweep; continue the sweep with: python tune.py --resume {hp_dir}\n" in err
     assert "Traceback" not in err
+    # the project's resume line only: none of Ray Tune's own advice (Tuner.restore), which does not apply here
+    assert "Tuner.restore" not in out + err and "Stop signal received" not in out + err
     assert "sweep: 0 of 2 trials done, 2 left; time left known once a trial has finished" in out
     assert re.search(r"sweep: 1 of 2 trials done, 1 left; about (\d+s|\d+m\d\ds) left", out), out[-3000:]
     if to == "group":
         return          # stopped as for the driver alone; the "driver" case tests that the resume finishes it
     done = resume_driver(script, hp_dir, env, ray_tmp)
     assert "sweep: 1 of 2 trials done, 1 left" in done.stdout and "sweep: 2 of 2 trials done, 0 left; all done" in done.stdout
+    for text in ("Traceback", "Exception ignored", "SystemExit"):       # a sweep that went well ends without them
+        assert text not in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
     assert len(read_csv(hp_dir / "sigma_search.csv")) == 2
 
 
