@@ -65,8 +65,10 @@ NOT_TRAINING = {"data_dir", "out_dir", "device", "eval_batch_size", "tune_trial_
 
 def build_parser() -> cli.Parser:
     p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_cifar_args(p, human=True)                 # CIFAR-10/100 with label noise, or CIFAR-N's human labels
+    cli.add_cifar_args(p, human=True, given=True)     # CIFAR-10/100 with label noise, or a dataset's own labels
     cli.add_training_args(p, default_model="wrn-28-2", resumable=False)  # --resume here continues a sweep
+    # the dataset's default network and, for clothing1m, the authors' recipe where not given (cli.check_image_args)
+    p.set_defaults(model=None, **{k: None for k in cli.RECIPE_FLAGS})
     s = p.add_argument_group("sweep")
     s.add_argument("--sigmas", type=float, nargs="+", default=DEFAULT_SIGMAS,
                    help="the sigma grid of the search: SLN's, as in the paper, or that of --method (one that adds "
@@ -128,6 +130,15 @@ def trial_flags(config: dict, sweep: dict) -> dict:
     return {**flags, **{name: None for name in methods.all_flags() if name not in own}}
 
 
+def trial_args(sweep: dict, config: dict) -> argparse.Namespace:
+    """One trial's flags, as a training script has them (paths as Path)."""
+    args = argparse.Namespace(**{**sweep["base"], **trial_flags(config, sweep)})
+    for name in ("data_dir", "out_dir", "weights"):
+        if getattr(args, name, None) is not None:
+            setattr(args, name, Path(getattr(args, name)))
+    return args
+
+
 def trial_configs(sweep: dict) -> list[dict]:
     """Every trial's Tune config, in the order they start: the grid's first key varies slowest (for a table:
     noise mode, then model, then seed, so that one noise mode's table is complete before the next begins)."""
@@ -138,10 +149,7 @@ def trial_configs(sweep: dict) -> list[dict]:
 
 def base_flags(args: argparse.Namespace) -> dict:
     """The training flags shared by all trials, with absolute paths (Ray runs trials in other directories)."""
-    base = {k: v for k, v in vars(args).items() if k not in TUNE_ONLY}
-    base["data_dir"] = str(args.data_dir.resolve())
-    base["out_dir"] = str(args.out_dir.resolve())
-    return base
+    return {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in TUNE_ONLY}
 
 
 def preflight(sweep: dict) -> dict[tuple, dict[str, int]]:
@@ -150,13 +158,14 @@ def preflight(sweep: dict) -> dict[tuple, dict[str, int]]:
     noise label), the images a trial of it trains on and evaluates (train, test, val)."""
     loaded: dict[tuple, dict[str, int]] = {}
     for config in trial_configs(sweep):
-        args = argparse.Namespace(**{**sweep["base"], **trial_flags(config, sweep)})
-        args.data_dir = Path(args.data_dir)
+        args = trial_args(sweep, config)
         where = (f"{sweep['experiments_file']}, experiment {' '.join(f'{k}={v}' for k, v in config.items())}: "
                  if sweep["kind"] == "experiments" else "")
         with cli.failing_in(where):
             cli.check_noise_args(args, args.dataset_name)
             cli.check_training_args(args)
+            if not loaded:
+                cli.pretrained_weights(args)     # fetched once here (torch.hub's cache), not in every trial
         if (args.noise_mode, args.noise_label) not in loaded:
             try:
                 data, val = cli.split_data(vars(args))
@@ -316,6 +325,11 @@ def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[st
     except argparse.ArgumentError as e:
         cli.fail(f"{args.experiments}: {e}".replace("argument --", ""))
     args = parser.parse_args(file_argv + argv)        # the command line comes last, so it wins
+    if args.dataset_name not in cli.CIFAR and args.dataset_name not in cli.CIFARN:
+        cli.fail(f"{args.experiments}: a grid runs over CIFAR's noise modes or CIFAR-N's label sets; {args.dataset_name} "
+                 f"has one set of labels: search its sigma with tune.py --dataset_name {args.dataset_name} (no "
+                 "--experiments), then train each method with train_real.py")
+    cli.check_image_args(args)
     if "openset" in grid["noise_modes"] and args.dataset_name != "cifar10":
         cli.fail(f"{args.experiments}: open-set noise exists for CIFAR-10 only; remove openset from noise_modes")
     human = args.dataset_name in cli.CIFARN
@@ -760,8 +774,7 @@ def trial(config: dict, sweep: dict) -> None:
     Reports every epoch's metrics row, then the run's id and summary. A trial that finished before (in an
     interrupted sweep) is not trained again; one that was cut off continues from its last checkpoint."""
     config = config["trial"]
-    args = argparse.Namespace(**{**sweep["base"], **trial_flags(config, sweep)})
-    args.data_dir, args.out_dir = Path(args.data_dir), Path(args.out_dir)
+    args = trial_args(sweep, config)
     args.tune_config = config                                       # saved in config.yaml: finds the run again
     args.tune_trial_id = ray.tune.get_context().get_trial_id()
     cli.check_method(args)                                          # the method's own flags, filled in (preflight checked them)
@@ -781,7 +794,10 @@ def trial(config: dict, sweep: dict) -> None:
     if cut_off is not None:
         saved = yaml.safe_load((cut_off / "config.yaml").read_text())
         args.tune_trial_id = saved.get("tune_trial_id")            # the config on disk stays as it was
-    exp_id, summary = engine.run(args, data, lambda c: make_model(args.model, c), "tune.py",
+    if args.workers is None:      # image files decoded by DataLoader workers (clothing1m): the trial's own cores
+        args.workers = max(0, int(sweep["resources"]["cpu"]) - 1)
+    backbone = cli.pretrained_weights(args)
+    exp_id, summary = engine.run(args, data, lambda c: make_model(args.model, c, backbone), "tune.py",
                                  on_epoch=lambda row: ray.tune.report({k: v for k, v in row.items() if v is not None}),
                                  val=val, resume_id=None if cut_off is None else cut_off.name)
     ray.tune.report({"exp_id": exp_id, **summary})
@@ -945,7 +961,8 @@ def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[f
     files.write_csv(hp_dir / "sigma_search.csv",
                     [["sigma", "val_acc_last_pct", "val_acc_best_pct", "best_epoch", "exp_id"], *rows])
     b = sweep["base"]
-    noise = f"{b['noise_mode']} p={b['p']}" if b.get("noise_mode") else f"{b.get('noise_label')} labels"
+    noise = (f"{b['noise_mode']} p={b['p']}" if b.get("noise_mode") else f"{b['noise_label']} labels"
+             if b.get("noise_label") else "labels as given")
     m = methods.of({**b, "sigma": 1.0})          # the searched method: any sigma > 0 selects it from the base flags
     reference = methods.without_sln(m)
     lines = [f"Sigma search, {m.name}: {b['dataset_name']} {noise}, {b['model']}, {b['n_epochs']} epochs, "
@@ -1019,6 +1036,7 @@ def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path | None:
         sweep["base"]["out_dir"] = str(hp_dir)       # the folder may have moved since
     else:
         cli.check_noise_args(args, args.dataset_name)
+        cli.check_image_args(args)
         for folder in args.reuse_runs:
             if not folder.is_dir():
                 cli.fail(f"--reuse_runs {folder}: no such folder; give folders that hold finished run folders")

@@ -763,3 +763,32 @@ def test_bad_cifar_n_grids_are_one_line(tmp_path, capsys, text, message):
         tune.main(["--experiments", str(grid), "--out_dir", str(tmp_path / "out"), "--data_dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+from test_real import animal_root  # noqa: E402,F401  (a fixture: a small fake Animal-10N)
+
+
+def test_sigma_search_on_a_folder_and_animal10n(ray_session, tmp_path, animal_root, capsys):
+    """The sigma search of every dataset: a folder of the user's own images, on a split of its noisy training set,
+    as for CIFAR; Animal-10N's plan takes its default network; a grid over such a dataset says what to do instead."""
+    from test_folder import make_csv
+    folder = make_csv(tmp_path / "mine", clean=True, n_train=10, size=12)
+    hp_dir = tune.main(["--dataset_name", "FOLDER", "--data_dir", str(folder), "--lc_n_epoch", "-1", "--sigmas", "0.1",
+                        "1.0", "--n_epochs", "1", "--batch_size", "8", "--lr", "0.01", "--model", "wrn-16-1",
+                        "--device", "cpu", "--out_dir", str(tmp_path / "search")])
+    configs = [run_config(d) for d in (hp_dir / "runs").iterdir()]
+    assert sorted(c["sigma"] for c in configs) == [0.1, 1.0]
+    assert all((c["dataset_name"], c["val_size"], c["n_val"], c["n_train"], c["noise_mode"]) ==
+               ("folder", 0.1, 3, 27, None) for c in configs)
+    assert [float(r["sigma"]) for r in read_csv(hp_dir / "sigma_search.csv")] == [0.1, 1.0]
+    assert "folder labels as given" in (hp_dir / "sigma_search.md").read_text()
+    capsys.readouterr()
+    assert tune.main(["--dataset_name", "animal-10n", "--data_dir", str(animal_root), "--lc_n_epoch", "-1",
+                      "--n_epochs", "3", "--out_dir", str(tmp_path / "a"), "--dry_run"]) is None
+    out = capsys.readouterr().out
+    assert "--model vgg19-bn" in out and "cost: 4 trials x 3 epochs x 18 images" in out, out
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("dataset_name: animal-10n\nvariants: [CE]\nnoise_modes: [sym]\nseeds: [1]\n")
+    with pytest.raises(SystemExit) as exc:
+        tune.main(["--experiments", str(grid), "--data_dir", str(animal_root), "--out_dir", str(tmp_path / "g")])
+    assert exc.value.code == 2 and "search its sigma with tune.py --dataset_name animal-10n" in capsys.readouterr().err
