@@ -48,6 +48,7 @@ from files import mean_std  # noqa: E402
 from models import make_model  # noqa: E402
 from noise import DataError  # noqa: E402
 from real_data import CIFARN  # noqa: E402
+from sources import ImageFiles, image_source  # noqa: E402
 from tables import (ACCURACY_COLUMN, COLUMN_ORDER, VARIANT_ORDER, Run, headline, load_run, make_table,  # noqa: E402
                     one_run_per_seed, one_table, order_key, row_labels, run_ids, settings)
 
@@ -156,16 +157,18 @@ def has_clean_labels(run: Run) -> bool:
     return not np.all(np.isnan(run.metrics.get("train/loss_clean", np.array([np.nan]))))
 
 
-def rebuild_training_set(run: Run, data_dir: Path | None) -> NoisyData:
-    """The run's training set as it trained on it: noisy labels, clean labels, subset; checked against what it saved."""
+def rebuild_training_set(run: Run, data_dir: Path | None, need_clean: bool = True) -> NoisyData:
+    """The run's training set as it trained on it: noisy labels, clean labels, subset; checked against what it saved.
+    `need_clean`: for pred_probs and sample_dissect, which tell clean from noisy samples (--label_issues does not)."""
     cfg = run.config
     name = cfg.get("dataset_name")
     if not run.metrics:     # nothing to judge clean labels by, nor weights to pass the images through
         raise DataError(f"run {run.exp_id} has not finished an epoch yet; nothing to draw")
-    if not has_clean_labels(run):
+    if need_clean and not has_clean_labels(run):
         raise DataError(f"run {run.exp_id} ({name}) has no clean labels, and pred_probs and sample_dissect need "
-                        "clean labels to tell clean from noisy samples; use --plot_type curves for this run")
-    if name not in datasets.DATASETS or not datasets.DATASETS[name].rebuildable:
+                        "clean labels to tell clean from noisy samples; use --plot_type curves or --label_issues "
+                        "for this run")
+    if name not in datasets.DATASETS or (need_clean and not datasets.DATASETS[name].rebuildable):
         raise DataError(f"pred_probs and sample_dissect rebuild CIFAR-10/100, CIFAR-N and folder runs only; "
                         f"run {run.exp_id} trained on {name}")
     root = data_dir or Path(cfg.get("data_dir", "data"))
@@ -228,12 +231,11 @@ def training_set_logits(run: Run, data: NoisyData, network: str, device: torch.d
                         f"{str(e).splitlines()[0]}")
     model.to(device)
     mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
-    images = torch.from_numpy(data.images)
-    out = []
-    for i in tqdm(range(0, len(images), batch_size), desc=f"{network} network on {len(images)} training images",
-                  unit="batch", dynamic_ncols=True):
-        out.append(engine.predict(model, images[i:i + batch_size].to(device), mean, std, batch_size).cpu())
-    return torch.cat(out)
+    # the images as the run's evaluation saw them: arrays on the device, or image files (Clothing1M) read by workers
+    source = image_source(data.images, device, data.pad, data.flip, datasets.workers(run.config))
+    batches = tqdm(source.eval_batches(batch_size), total=-(-len(data.labels) // batch_size), unit="batch",
+                   desc=f"{network} network on {len(data.labels)} training images", dynamic_ncols=True)
+    return engine.logits_of(model, batches, mean, std).cpu()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -260,6 +262,71 @@ def prob_histograms(probs: np.ndarray, noisy: np.ndarray, n_bins: int) -> tuple[
     """(bin edges over [0, 1], counts of clean samples, counts of noisy samples)."""
     edges = np.linspace(0, 1, n_bins + 1)
     return edges, np.histogram(probs[~noisy], edges)[0], np.histogram(probs[noisy], edges)[0]
+
+
+def confident_label_issues(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which given labels are likely wrong, by confident learning (Northcutt, Jiang and Chuang, JAIR 2021; cleanlab's
+    find_label_issues with filter_by="confident_learning"): class j's threshold t_j is the mean probability of j over
+    the images labelled j; an image is likely mislabelled when the most probable class whose probability reaches its
+    threshold is not its given label. Returns (likely wrong, self-confidence: the probability of the given label, the
+    ranking score; lower is more likely wrong)."""
+    n, k = probs.shape
+    counts = np.bincount(given, minlength=k)
+    sums = np.zeros(k)
+    np.add.at(sums, given, probs[np.arange(n), given])
+    thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)    # no image labelled j: j is never confident
+    confident = np.where(probs >= thresholds, probs, -1.0)
+    best = confident.argmax(1)
+    wrong = (confident.max(1) >= 0) & (best != given)
+    return wrong, probs[np.arange(n), given]
+
+
+def image_keys(data: NoisyData) -> tuple[str, list]:
+    """What names each training image to its owner: its file (a folder, Animal-10N, Clothing1M; relative to the data
+    folder) or, for CIFAR's arrays, its index in the dataset's whole training set (before the run's subset)."""
+    positions = data.info.get("train_indices") or list(range(len(data.labels)))
+    if isinstance(data.images, ImageFiles):
+        return "path", [p.decode() if isinstance(p, bytes) else str(p) for p in data.images.paths]
+    if data.train_files is not None:
+        return "path", [data.train_files[i] for i in positions]
+    return "index", [int(i) for i in positions]
+
+
+def label_issue_rows(run: Run, data: NoisyData, logits: torch.Tensor, network: str) -> tuple[list[list], str]:
+    """The CSV of --label_issues, one row per training image, most likely wrong first, and its Markdown summary
+    (with precision and recall against the clean labels, where they are known)."""
+    probs = torch.softmax(logits.float(), 1).numpy()
+    given, names = data.labels, data.class_names
+    wrong, confidence = confident_label_issues(probs, given)
+    predicted = probs.argmax(1)
+    corrected = None
+    if run_method(run).lc and (run.folder / "targets_final.pt").is_file():
+        targets = runs.load_final(run.folder, "targets_final.pt", run.summary)
+        if targets.shape == probs.shape:
+            corrected = targets.argmax(1).numpy()
+    key, ids = image_keys(data)
+    order = np.lexsort((confidence, ~wrong))     # likely wrong first, each part by self-confidence, lowest first
+    header = [key, "given_label", "given_label_prob", "predicted_label", "predicted_prob", "corrected_label",
+              "likely_wrong", "rank"] + (["clean_label"] if data.clean_labels is not None else [])
+    rows = [header]
+    for rank, i in enumerate(order, 1):
+        rows.append([ids[i], names[given[i]], round(float(confidence[i]), 6), names[predicted[i]],
+                     round(float(probs[i, predicted[i]]), 6), "" if corrected is None else names[corrected[i]],
+                     int(wrong[i]), rank] + ([names[data.clean_labels[i]]] if data.clean_labels is not None else []))
+    lines = [f"# Label issues of run {run.exp_id} ({describe(run.config)})", "",
+             f"{NETWORK_NAME[network]} on the {len(given):,} training images it trained on, without augmentation; "
+             "likely wrong: confident learning's per-class thresholds (plot.confident_label_issues); rows ranked by "
+             "the probability of the given label, lowest first.", "",
+             f"- likely wrong: {int(wrong.sum()):,} of {len(given):,} ({wrong.mean():.2%})"]
+    if data.is_noisy is not None:
+        hits = int((wrong & data.is_noisy).sum())
+        precision = hits / wrong.sum() if wrong.any() else float("nan")
+        recall = hits / data.is_noisy.sum() if data.is_noisy.any() else float("nan")
+        lines += [f"- against the clean labels ({int(data.is_noisy.sum()):,} wrong, {data.is_noisy.mean():.2%}): "
+                  f"precision {precision:.4f}, recall {recall:.4f}"]
+    else:
+        lines += ["- no clean labels for this dataset: precision and recall cannot be measured"]
+    return rows, "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -706,6 +773,11 @@ def build_parser() -> cli.Parser:
                         "the models, mean ± std over seeds, a panel per noise mode; ablation: test accuracy vs "
                         "sigma; both over --exp_ids/--filter; dissect_compare: sample_dissect of 2-4 --exp_ids side "
                         "by side; hp: validation accuracy vs sigma of --hp_dir")
+    w.add_argument("--label_issues", action="store_true",
+                   help="label_issues.csv of --exp_id: per training image (its file, or its index for CIFAR) the "
+                        "given label, the network's prediction and probability, the corrected label where label "
+                        "correction ran, and whether the given label is likely wrong (confident learning), ranked; "
+                        "precision and recall against the clean labels where known (label_issues.md)")
     w.add_argument("--table", action="store_true",
                    help="Markdown and CSV tables of the runs of --exp_ids/--filter: mean ± std over seeds of the "
                         "last-epoch and best test accuracy, rows the models, columns the noise modes")
@@ -745,12 +817,14 @@ def build_parser() -> cli.Parser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if not args.plot_type and not args.table:
-        cli.fail(f"say what to make: --plot_type {' | '.join(PLOT_TYPES)} and/or --table")
+    if not args.plot_type and not args.table and not args.label_issues:
+        cli.fail(f"say what to make: --plot_type {' | '.join(PLOT_TYPES)}, --table and/or --label_issues")
     if set(args.plot_type) & set(SINGLE_RUN_PLOTS) and not args.exp_id:
         cli.fail(f"--plot_type {' '.join(t for t in args.plot_type if t in SINGLE_RUN_PLOTS)} needs --exp_id <id>")
-    if args.exp_id and not set(args.plot_type) & set(SINGLE_RUN_PLOTS):
-        cli.fail("--exp_id is for pred_probs, sample_dissect and curves; "
+    if args.label_issues and not args.exp_id:
+        cli.fail("--label_issues needs --exp_id <id> (the run whose network judges the labels)")
+    if args.exp_id and not set(args.plot_type) & set(SINGLE_RUN_PLOTS) and not args.label_issues:
+        cli.fail("--exp_id is for pred_probs, sample_dissect, curves and --label_issues; "
                     "--table and ablation take --exp_ids or --filter")
     if "dissect_compare" in args.plot_type and not (args.exp_ids and 2 <= len(args.exp_ids) <= 4):
         cli.fail("--plot_type dissect_compare draws 2 to 4 runs side by side: give them with --exp_ids A B ...")
@@ -795,6 +869,18 @@ def _main(argv: list[str] | None) -> list[Path]:
                 for kind in wanted:
                     fig, rows = figures[kind]()
                     written += save(folder, kind + suffix, fig, args, rows)
+            if args.label_issues:
+                if run.summary is None:
+                    raise DataError(f"run {run.exp_id} has not finished (no summary.json): its final networks, which "
+                                    "judge the labels, are not written yet")
+                data = rebuild_training_set(run, args.data_dir, need_clean=False)
+                # by default the momentum (EMA) network, which every method keeps: the paper's least noisy predictor
+                network = "ema" if args.network == "reported" else args.network
+                logits = training_set_logits(run, data, network, cli.pick_device(args.device), args.batch_size)
+                rows, markdown = label_issue_rows(run, data, logits, network)
+                print(markdown)
+                written += save(folder, "label_issues" + ("" if args.network == "reported" else f"_{network}"), None,
+                                args, rows, markdown)
             if "curves" in args.plot_type:
                 if run.summary is None and run.metrics:
                     print(f"note: run {run.exp_id} is unfinished (no summary.json); drawing its epochs so far",

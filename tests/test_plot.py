@@ -152,6 +152,51 @@ def test_pred_probs_and_sample_dissect_use_the_runs_ema_network(runs, fake_root,
                       int((d.is_noisy & pred_right).sum()), int((d.is_noisy & ~pred_right).sum())]
 
 
+def test_confident_label_issues_exact():
+    # class 0's threshold: mean p0 over images labelled 0 = (0.9 + 0.2) / 2 = 0.55; class 1's: (0.7 + 0.6) / 2 = 0.65
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.4, 0.6]])
+    given = np.array([0, 0, 1, 1])
+    wrong, confidence = plot.confident_label_issues(probs, given)
+    # image 1: labelled 0, but class 1 reaches its threshold (0.8 >= 0.65) and class 0 does not: likely wrong.
+    # image 3: labelled 1 with 0.6 < 0.65 and 0.4 < 0.55: no class is confident, so it is not flagged.
+    assert wrong.tolist() == [False, True, False, False]
+    assert confidence.tolist() == [0.9, 0.2, 0.7, 0.6]
+
+
+def test_label_issues_of_a_cifar_run(runs, fake_root, paper_sums, tmp_path, capsys):
+    """--label_issues: one row per training image, keyed by its index in CIFAR's training set, with the momentum
+    network's numbers recomputed here, the corrected labels of label correction, and precision and recall against the
+    clean labels as the CSV's own columns give them."""
+    out, ids = runs
+    exp_id = ids["lc1"]
+    written = run_plot(out, tmp_path, "--exp_id", exp_id, "--label_issues")
+    assert sorted(p.name for p in written) == ["label_issues.csv", "label_issues.md"]
+    rows = read_csv(tmp_path / exp_id / "label_issues.csv")
+    d = data.load_cifar_noisy("cifar10", fake_root, "sym", 0.4, 1).subset(100, None, 1)
+    names = d.class_names
+    assert sorted(int(r["index"]) for r in rows) == sorted(d.info["train_indices"])
+    assert [int(r["rank"]) for r in rows] == list(range(1, 101))
+    model = make_model("wrn-16-1", 10)
+    model.load_state_dict(torch.load(out / "runs" / exp_id / "ema_final.pt", weights_only=True))
+    probs = torch.softmax(engine.predict(model, torch.from_numpy(d.images), torch.tensor(d.mean), torch.tensor(d.std),
+                                         64), 1).numpy()
+    targets = torch.load(out / "runs" / exp_id / "targets_final.pt", weights_only=True).argmax(1).numpy()
+    where = {idx: i for i, idx in enumerate(d.info["train_indices"])}
+    for r in rows:
+        i = where[int(r["index"])]
+        assert r["given_label"] == names[d.labels[i]] and r["clean_label"] == names[d.clean_labels[i]]
+        assert float(r["given_label_prob"]) == pytest.approx(probs[i, d.labels[i]], abs=1e-5)
+        assert r["predicted_label"] == names[probs[i].argmax()] and r["corrected_label"] == names[targets[i]]
+    flagged = [r["likely_wrong"] == "1" for r in rows]
+    assert flagged == sorted(flagged, reverse=True)        # the likely wrong ones first
+    wrong_given = [r["given_label"] != r["clean_label"] for r in rows]
+    hits = sum(f and w for f, w in zip(flagged, wrong_given))
+    md = (tmp_path / exp_id / "label_issues.md").read_text()
+    assert f"likely wrong: {sum(flagged)} of 100" in md
+    if sum(flagged):
+        assert f"precision {hits / sum(flagged):.4f}, recall {hits / sum(wrong_given):.4f}" in md
+
+
 def test_outputs_are_never_silently_replaced(runs, tmp_path):
     out, ids = runs
     run_plot(out, tmp_path, "--exp_id", ids["ce"], "--plot_type", "curves")
