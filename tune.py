@@ -1047,6 +1047,8 @@ def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path | None:
         sweep["reuse_runs"] = [str(folder.resolve()) for folder in args.reuse_runs]
         if args.bench is not None and not args.dry_run:
             cli.fail("--bench is for --dry_run (the time a sweep would take); add --dry_run or drop --bench")
+        if args.bench is not None:
+            read_bench(args.bench, sweep["base"]["model"])      # a bad file is said before the data is loaded
         images = preflight(sweep)
         if args.dry_run:
             print("\n".join(dry_run(sweep, images, args)))
