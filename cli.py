@@ -8,6 +8,7 @@ plot.py and viz.py all build data through it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -22,18 +23,36 @@ from data import CIFAR, NoisyData, default_data_dir
 from datasets import MAX_DEFAULT_WORKERS, workers
 from files import check_writable
 from methods import Method
-from models import MODELS
+from folder_data import MIN_IMAGE_SIZE
+from models import IMAGENET_WEIGHTS, MODELS, WeightsError, imagenet_state_dict, make_model
 from noise import ASYM_VARIANTS, SYM_VARIANTS, DataError, check_rate
 from real_data import CIFARN
-from runs import resolve_resume
+from runs import lock_run, resolve_resume
 from sources import default_workers
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that answers a bad flag with one line (no usage dump) and exit status 2."""
+    """argparse that answers a bad flag with one line (no usage dump) and exit status 2, and takes every name from a
+    list of choices in any case (--noise_mode Sym, --dataset_name CIFAR10, --plot_type Curves), as --method does: the
+    value becomes the declared spelling, so that configs, --filter and resume compare one name."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def _get_value(self, action: argparse.Action, arg_string: str):
+        if action.type is None and action.choices is not None and isinstance(arg_string, str):
+            arg_string = canonical_name(arg_string, action.choices)
+        return super()._get_value(action, arg_string)
+
+
+def canonical_name(text: str, names) -> str:
+    """`text` as it is spelled in `names` when it is one of them in another case; else `text` unchanged (for the
+    caller's own refusal). The project's one rule for every name a user types: methods, datasets, noise modes, CIFAR-N
+    label sets, networks, plot types, --filter values."""
+    for name in names:
+        if isinstance(name, str) and name.lower() == text.lower():
+            return name
+    return text
 
 
 FAIL_CONTEXT: list[str] = []     # where the values being checked came from (failing_in), said before the error
@@ -274,7 +293,26 @@ def check_training_args(args: argparse.Namespace) -> Method:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             fail(f"--{name} must be a positive number of images, got {getattr(args, name)}")
     check_out_dir(args.out_dir)
-    return check_method(args)
+    method = check_method(args)
+    check_method_fits_dataset(args, method)
+    return method
+
+
+def check_method_fits_dataset(args: argparse.Namespace, method: Method) -> None:
+    """What a method needs of the data that its dataset's declaration already rules out (a dataset without clean
+    labels: no true transition matrix, no noise rate to forget), refused before the data is loaded. A folder, whose
+    CSV may or may not have clean labels, is checked by engine.run once it is loaded."""
+    declared = datasets.DATASETS.get(getattr(args, "dataset_name", None))
+    if declared is None or declared.clean_labels != "no":
+        return
+    if method.needs_clean:
+        fail(f"--method {method.name} needs the clean labels of the training set, which {declared.name} does not "
+             "have; choose another method")
+    if method.prepare:
+        try:
+            method.prepare(argparse.Namespace(**vars(args)), {"noise_rate": None})   # a copy: engine.run prepares for real
+        except ValueError as e:
+            fail(str(e))
 
 
 def check_lr_schedule(args: argparse.Namespace) -> None:
@@ -397,14 +435,22 @@ def add_noise_label_arg(p: argparse.ArgumentParser) -> None:
                         "random3 (17-18%%); cifar100n: noisy (40.2%%, the default)")
 
 
-def add_cifar_args(p: argparse.ArgumentParser, human: bool = False) -> None:
-    """The CIFAR dataset and its label noise; with `human` (tune.py), also CIFAR-N's human labels."""
+def add_cifar_args(p: argparse.ArgumentParser, human: bool = False, given: bool = False) -> None:
+    """The CIFAR dataset and its label noise; with `human` (tune.py), also CIFAR-N's human labels; with `given`
+    (tune.py), every dataset whose labels are given (CIFAR-N, Animal-10N, Clothing1M, a folder), with their image
+    flags (--image_size, --pretrained, --weights)."""
     d = p.add_argument_group("dataset")
-    d.add_argument("--dataset_name", choices=list(CIFAR) + (list(CIFARN) if human else []), default="cifar10",
+    names = list(CIFAR) + (list(CIFARN) if human else []) + ([n for n in datasets.DATASETS if n not in CIFAR and
+                                                              n not in CIFARN] if given else [])
+    d.add_argument("--dataset_name", choices=names, default="cifar10",
                    help="training dataset" + ("; cifar10n / cifar100n: the CIFAR images with the human labels of "
-                                              "--noise_label, instead of the label noise flags" if human else ""))
+                                              "--noise_label, instead of the label noise flags" if human else "")
+                   + ("; animal-10n, clothing1m, folder: their own labels, as train_real.py takes them "
+                      "(docs/real-world-data.md)" if given else ""))
     if human:
         add_noise_label_arg(d)
+    if given:
+        add_image_args(p, d)
     add_noise_args(p)
 
 
@@ -430,9 +476,10 @@ def check_noise_args(args: argparse.Namespace, dataset: str) -> None:
     (the paper ships no open-set file), for training and viz.py alike. CIFAR-N (tune.py) has human labels instead:
     its noise flags are unset, so that its runs' configs have no noise mode."""
     check_noise_label(args, dataset)
-    if dataset in CIFARN:
+    if dataset not in CIFAR:        # labels as given (tune.py): no noise mode or rate in the runs' configs
         if args.custom_noise or args.make_new_custom_noise:
-            fail(f"{dataset} has human labels (--noise_label); drop --custom_noise and --make_new_custom_noise")
+            fail(f"{dataset} has {'human labels (--noise_label)' if dataset in CIFARN else 'its labels as given'}; "
+                 "drop --custom_noise and --make_new_custom_noise")
         args.noise_mode = args.p = args.sym_variant = args.asym_variant = None
         return
     try:
@@ -479,6 +526,112 @@ def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None)
     if getattr(args, "resume", None):
         try:
             args = resolve_resume(parser, argv, args)
+            # a run another process trains is refused now, not after minutes of loading data; engine.run takes the
+            # lock for good once the data is there
+            with contextlib.ExitStack() as probe:
+                lock_run(args.out_dir.resolve() / "runs" / args.resume, probe)
         except DataError as e:
             fail(str(e))
     return args
+
+
+# ----------------------------------------------------------------------------------------------------
+# Datasets with their own images and labels: image size, the Clothing1M recipe, pretrained weights (train_real.py,
+# tune.py)
+
+# The authors' Clothing1M recipe (noise_clothing1m_train.py) where it differs from the shared defaults, which are
+# their CIFAR recipe: batch 32, 10 epochs, weight decay 1e-3, lr / 10 after epoch 5, a fresh balanced sample of
+# 18,976 images per class every epoch, soft label-correction targets, evaluation in batches of 4 x 32, 224-px
+# crops (after resizing the shorter side to 256), ImageNet weights. A value is used when its flag is not given.
+# (--lr_decay is the shared default, 0.1, as theirs.)
+CLOTHING1M_RECIPE = {"batch_size": 32, "n_epochs": 10, "weight_decay": 1e-3, "lr_milestones": [5],
+                     "num_per_class": 18976, "lc_soft": True, "eval_batch_size": 128, "image_size": 224}
+RECIPE_FLAGS = [k for k in CLOTHING1M_RECIPE if k != "image_size"]   # shared training flags the recipe sets
+
+
+def add_image_args(p: argparse.ArgumentParser, d) -> None:
+    """--image_size (into the dataset group `d`) and the pretrained-weights flags of train_real.py and tune.py."""
+    d.add_argument("--image_size", type=int, default=None, metavar="N",
+                   help="folder: resize every image to N x N (bilinear); default: the images' own size, which all "
+                        "must then share. clothing1m: crops of N x N after resizing the shorter side to N x 256/224 "
+                        "(default 224, the authors')")
+    d.add_argument("--allow_unshared_classes", action="store_true",
+                   help="folder: accept a class that only the training set or only the test set has (by default "
+                        "refused, naming the nearest class of the other set: often a typo in a label)")
+    w = p.add_argument_group("pretrained weights")
+    w.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"start {' / '.join(IMAGENET_WEIGHTS)} from ImageNet weights, downloaded once by torchvision "
+                        "(which checks their hash) into torch.hub's cache; default: on for clothing1m with resnet50, "
+                        "as the authors, off otherwise")
+    w.add_argument("--weights", type=Path, default=None, metavar="PATH",
+                   help="load the pretrained weights from this state-dict file instead (e.g. torchvision's "
+                        "resnet50-0676ba61.pth copied from another machine; loaded with weights_only=True; its final "
+                        "layer is replaced); implies --pretrained")
+
+
+def check_image_args(args: argparse.Namespace) -> None:
+    """--image_size, the dataset's default network, the Clothing1M recipe and the pretrained weights, before
+    anything is loaded (train_real.py, tune.py)."""
+    if args.image_size is not None and args.dataset_name not in ("folder", "clothing1m"):
+        fail(f"--image_size is for --dataset_name folder and clothing1m only; {args.dataset_name} has a fixed size "
+             "(drop the flag)")
+    if args.image_size is not None and args.image_size < MIN_IMAGE_SIZE:
+        fail(f"--image_size must be at least {MIN_IMAGE_SIZE}, got {args.image_size}")
+    if getattr(args, "allow_unshared_classes", False) and args.dataset_name != "folder":
+        fail(f"--allow_unshared_classes is for --dataset_name folder only; {args.dataset_name}'s classes are "
+             "fixed (drop the flag)")
+    if args.model is None:
+        args.model = datasets.DATASETS[args.dataset_name].default_model
+    apply_recipe(args)
+    check_pretrained(args)
+
+
+def apply_recipe(args: argparse.Namespace) -> None:
+    """Fill the flags not given with the dataset's recipe: the authors' Clothing1M one, or the shared defaults."""
+    recipe = CLOTHING1M_RECIPE if args.dataset_name == "clothing1m" else training_defaults()
+    taken = []
+    for key in (*RECIPE_FLAGS, "image_size"):
+        if getattr(args, key) is None and recipe.get(key) is not None:
+            setattr(args, key, recipe[key])
+            value = recipe[key]
+            shown = "" if value is True else " ".join(map(str, value)) if isinstance(value, list) else value
+            taken.append(f"--{key} {shown}".rstrip())
+    if args.dataset_name == "clothing1m" and taken:
+        print(f"clothing1m: the authors' recipe for the flags not given: {' '.join(taken)}")
+    recipe_milestones = any(t.startswith("--lr_milestones") for t in taken)
+    if recipe_milestones and args.n_epochs is not None:
+        # a recipe milestone past the run's end never applies (a short trial run); only typed ones are checked
+        past = [m for m in args.lr_milestones if m >= args.n_epochs]
+        if past:
+            args.lr_milestones = [m for m in args.lr_milestones if m < args.n_epochs] or None
+            print(f"note: the recipe's --lr_milestones {' '.join(map(str, past))} is past the run's end "
+                  f"(--n_epochs {args.n_epochs}), so the learning rate "
+                  + ("stays constant" if args.lr_milestones is None else "changes after epoch "
+                     + " ".join(map(str, args.lr_milestones)) + " only"))
+
+
+def check_pretrained(args: argparse.Namespace) -> None:
+    """--pretrained / --weights: ImageNet weights exist for IMAGENET_WEIGHTS' networks; on by default for clothing1m
+    with resnet50 (None, i.e. off, elsewhere, so that other datasets' configs stay as they were)."""
+    if args.weights is not None:
+        if args.pretrained is False:
+            fail("--weights loads pretrained weights, --no-pretrained asks for none; drop one of them")
+        args.pretrained = True
+    if args.pretrained is None and args.dataset_name == "clothing1m" and args.model in IMAGENET_WEIGHTS:
+        args.pretrained = True
+    if args.pretrained and args.model not in IMAGENET_WEIGHTS:
+        fail(f"--pretrained: {args.model} has no ImageNet weights here; use --model "
+                 f"{' | '.join(IMAGENET_WEIGHTS)} or --no-pretrained")
+
+
+def pretrained_weights(args: argparse.Namespace) -> dict | None:
+    """The state dict to start from, fetched and tried on the network before any data is read (a resumed run takes
+    its checkpoint's)."""
+    if not args.pretrained or getattr(args, "resume", None):
+        return None
+    try:
+        backbone = imagenet_state_dict(args.model, args.weights)
+        make_model(args.model, 1, backbone)
+    except WeightsError as e:
+        fail(str(e))
+    return backbone

@@ -480,6 +480,9 @@ class NoisyData:
     flip: bool = True             # random horizontal flips (not for digits or text)
     info: dict = field(default_factory=dict)  # noise description saved with the run
     val: tuple | None = None      # (images, clean labels) of the dataset's own validation set
+    # the image files of the whole training set (before subsets and splits, which info["train_indices"] maps into),
+    # relative to the data folder: what names an image to its owner (a folder, Animal-10N); None for CIFAR's arrays
+    train_files: list[str] | None = None
 
     def noise_rate(self) -> float | None:
         return None if self.is_noisy is None else float(self.is_noisy.mean())

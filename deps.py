@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -40,6 +41,17 @@ def check(script: str) -> None:
     if absent:
         print(message(script, absent), file=sys.stderr)
         sys.exit(2)
+
+
+def exit_on_sigterm() -> None:
+    """From now until a run takes SIGTERM over (engine.run), SIGTERM ends the script with one line and exit status 143,
+    as it does later, instead of no word and -15: it comes while Python imports torch or the data loads, before the
+    run folder exists (a training script calls this right after importing this module)."""
+    def stop(signum, frame):
+        print("error: stopped by SIGTERM while starting, before the run folder was made; nothing of the run was "
+              "written", file=sys.stderr, flush=True)
+        sys.exit(143)
+    signal.signal(signal.SIGTERM, stop)
 
 
 main = sys.modules.get("__main__")

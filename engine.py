@@ -360,6 +360,11 @@ def start_epoch(s: TrainState, epoch: int) -> dict:
     return row
 
 
+def either(flags: list[str]) -> str:
+    """'--lr', '--lr or --sigma', '--lr, --sce_alpha or --sce_beta'."""
+    return flags[0] if len(flags) == 1 else f"{', '.join(flags[:-1])} or {flags[-1]}"
+
+
 def describe_epoch(row: dict, n_epochs: int, seconds_so_far: list[float] | None = None) -> str:
     """One epoch's line; with the seconds of the epochs this process trained, the time the run has left."""
     left = "" if seconds_so_far is None else f" ({files.time_left(seconds_so_far, n_epochs - row['epoch'])})"
@@ -381,7 +386,10 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
     final summary. `val` (images, labels) is evaluated every epoch with the reported network; `on_epoch` gets every
     metrics row. With `resume`, everything continues from the run's last complete checkpoint."""
     s = setup(args, data, model, device, val, peers)
-    history = restore(s, run_dir) if resume else []
+    # a folder left without a checkpoint (killed before its first epoch ended) trains from epoch 1, as a new run would
+    history = restore(s, run_dir) if resume and has_checkpoint(run_dir) else []
+    if resume and not history:
+        print("no epoch was checkpointed before the run stopped: training it from epoch 1")
     settings = {**vars(args), "variant": s.method.name}      # what TensorBoard names the run by, and lists
     writer = runs.start_log(run_dir, s.fields(), history, settings)
     if not s.has_clean and not resume:
@@ -398,7 +406,7 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         if sums[5] < n_steps:
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "nothing was checkpointed yet"
             raise runs.TrainingStopped(f"the loss became NaN/Inf at epoch {epoch}, step {int(sums[5]) + 1}; {kept}; "
-                                       "lower --lr or --sigma and start a new run")
+                                       f"lower {either(methods.divergence_flags(s.method))} and start a new run")
         row.update(epoch_metrics(s, sums, epoch % args.eval_every == 0 or epoch == args.n_epochs))
         row["seconds"] = time.time() - t0
         history.append(row)
@@ -425,6 +433,16 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
                                                      for i, p in enumerate(s.peers)}}
     runs.finish(run_dir, finals, summary)
     return summary
+
+
+def create_run_folder(out: Path, args: argparse.Namespace, data: NoisyData, method: methods.Method,
+                      device: torch.device, val: tuple[np.ndarray, np.ndarray] | None) -> str:
+    """runs.create_run, or one line and exit 3 when the disk refuses it."""
+    try:
+        return runs.create_run(out, args, data, method.name, str(device), None if val is None else len(val[1]))
+    except OSError as e:
+        fail(f"cannot create a run folder in {out / 'runs'} ({runs.write_error(e)}); nothing was written: "
+             "free disk space (or pass another --out_dir), then start the run again", 3)
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -475,43 +493,48 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
             fail(str(e))
 
     out = args.out_dir.resolve()
-    with contextlib.ExitStack() as held:     # the run folder's lock, released however this ends
-        if resume_id:
-            try:
+    exp_id = resume_id
+
+    def how() -> str:
+        return f"python {script} --resume {exp_id}" + (f" --out_dir {shlex.quote(str(out))}" if out != Path.cwd() else "")
+    # the run folder's lock, released however this ends; SIGTERM is handled as Ctrl-C from before the folder is made
+    with contextlib.ExitStack() as held, runs.on_sigterm():
+        try:
+            if resume_id:
                 runs.lock_run(out / "runs" / resume_id, held)    # first: nothing below may touch a folder in use
                 runs.check_same_data(out / "runs" / resume_id, data)
-            except DataError as e:
-                fail(str(e))
-            stale = runs.remove_stale_temporaries(out / "runs" / resume_id)
-            if stale:
-                print(f"removed what an earlier, killed process left half-written: {', '.join(stale)}")
-        try:
-            exp_id = resume_id or runs.create_run(out, args, data, method.name, str(device),
-                                                  None if val is None else len(val[1]))
-        except OSError as e:
-            fail(f"cannot create a run folder in {out / 'runs'} ({runs.write_error(e)}); nothing was written: "
-                 "free disk space (or pass another --out_dir), then start the run again", 3)
-        run_dir = out / "runs" / exp_id
-        if not resume_id:
-            runs.lock_run(run_dir, held)     # a new folder: nobody else can hold it yet
-        rate = data.noise_rate()
-        print(f"{exp_id}: {method.name} on {data.name} ({len(data.labels)} train / {len(data.test_labels)} test images, "
-              f"{'unknown' if rate is None else f'{rate:.2%}'} noisy) with {args.model} on {device}")
-        how = f"python {script} --resume {exp_id}" + (f" --out_dir {shlex.quote(str(out))}" if out != Path.cwd() else "")
-        try:
-            with runs.on_sigterm():
-                summary = train(args, data, model, device, run_dir, on_epoch, bool(resume_id), val, peers)
+                stale = runs.remove_stale_temporaries(out / "runs" / resume_id)
+                if stale:
+                    print(f"removed what an earlier, killed process left half-written: {', '.join(stale)}")
+            else:
+                with runs.DeferSignals():     # a stop waits until the folder is whole, so that it goes whole
+                    exp_id = create_run_folder(out, args, data, method, device, val)
+                runs.lock_run(out / "runs" / exp_id, held)     # a new folder: nobody else can hold it yet
+            run_dir = out / "runs" / exp_id
+            rate = data.noise_rate()
+            print(f"{exp_id}: {method.name} on {data.name} ({len(data.labels)} train / {len(data.test_labels)} test "
+                  f"images, {'unknown' if rate is None else f'{rate:.2%}'} noisy) with {args.model} on {device}")
+            summary = train(args, data, model, device, run_dir, on_epoch, bool(resume_id), val, peers)
         except runs.TrainingStopped as e:
-            fail(f"{exp_id}: {e}" + (f": {how}" if e.resumable else ""), 3)
+            fail(f"{exp_id}: {e}" + (f": {how()}" if e.resumable else ""), 3)
         except UnreadableImage as e:
-            again = f"continue with: {how}" if (run_dir / "checkpoint.pt").is_file() else "then start the run again"
+            again = f"continue with: {how()}" if (run_dir / "checkpoint.pt").is_file() else "then start the run again"
             fail(f"{exp_id}: {e}, {again}", 3)
-        except DataError as e:   # an unusable checkpoint
+        except DataError as e:   # a run in use, other data, an unusable checkpoint
             fail(str(e))
         except KeyboardInterrupt as e:
             what, code = ("stopped by SIGTERM", 143) if isinstance(e, runs.Terminated) else ("interrupted", 130)
-            kept = ("the last complete epoch is checkpointed; continue with: " + how if has_checkpoint(run_dir) else
-                    f"no epoch was complete, so nothing can be resumed: delete {run_dir} and start the run again")
+            if exp_id is None:
+                fail(f"{what} before the run folder was made; nothing was written", code)
+            run_dir = out / "runs" / exp_id
+            if has_checkpoint(run_dir):
+                kept = f"the last complete epoch is checkpointed; continue with: {how()}"
+            elif resume_id:
+                kept = f"no epoch was complete; continue with: {how()} (it trains from epoch 1)"
+            else:     # nothing of value: what this run made goes, so that no folder is left to resume or delete
+                runs.remove_new_run(out, exp_id)
+                kept = (f"no epoch was complete, so nothing of value was kept: removed {run_dir} and "
+                        f"configs/{exp_id}.yaml; start the run again")
             fail(f"{exp_id}: {what}; {kept}", code)
         at_val = ("" if "test_acc_at_best_val" not in summary else
                   f", at the best validation epoch ({summary['best_val_epoch']}) {summary['test_acc_at_best_val']:.4f}")

@@ -262,4 +262,5 @@ def load_folder(root: Path, image_size: int | None = None, allow_unshared_classe
             "noise": "the user's labels" + (f", {rate:.2%} differ from clean_label" if rate is not None
                                             else "; no clean labels")}
     return NoisyData("folder", images, labels, clean, is_noisy, test_images, test_labels, len(classes), classes,
-                     mean, std, pad=FOLDER_PAD, info=info)
+                     mean, std, pad=FOLDER_PAD, info=info,
+                     train_files=[Path(os.path.relpath(path, root)).as_posix() for path in train.paths])

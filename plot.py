@@ -31,6 +31,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: works on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -47,8 +48,9 @@ from files import mean_std  # noqa: E402
 from models import make_model  # noqa: E402
 from noise import DataError  # noqa: E402
 from real_data import CIFARN  # noqa: E402
-from tables import (ACCURACY_COLUMN, COLUMN_ORDER, VARIANT_ORDER, Run, column_of, headline, load_run, make_table, whole_runs,  # noqa: E402
-                    one_run_per_seed, one_table, order_key, row_labels, run_ids, with_derived, settings)
+from sources import ImageFiles, image_source  # noqa: E402
+from tables import (ACCURACY_COLUMN, COLUMN_ORDER, VARIANT_ORDER, Run, headline, load_run, make_table,  # noqa: E402
+                    one_run_per_seed, one_table, order_key, row_labels, run_ids, settings, whole_runs, with_derived)
 
 SINGLE_RUN_PLOTS = ["pred_probs", "sample_dissect", "curves"]
 PLOT_TYPES = SINGLE_RUN_PLOTS + ["compare", "dissect_compare", "ablation", "hp"]
@@ -90,12 +92,22 @@ def parse_filter(text: str) -> dict[str, list[str]]:
 
 
 def value_matches(actual, wanted: str) -> bool:
-    """A config value against filter text, read as YAML reads it (0.40 == 0.4, 1 == 1.0, false, null) or as text."""
+    """A config value against filter text, read as YAML reads it (0.40 == 0.4, 1 == 1.0, false, null) or as text,
+    names in any case (method=gce, noise_mode=Sym), as the scripts take them."""
     try:
         parsed = yaml.safe_load(wanted)
     except yaml.YAMLError:
         parsed = wanted
-    return actual == parsed or str(actual) == wanted
+    return actual == parsed or str(actual).lower() == wanted.lower()
+
+
+FILTER_BY_METHOD = ("method", "variant")    # both mean the run's method, also where --sigma/--mo chose it
+
+
+def filter_value(run: Run, key: str):
+    """What --filter compares for `key`: the config's value; for method and variant, the method the run trained (a
+    run started with --sigma 0.5 has no --method in its config, yet it trained SLN)."""
+    return run_method(run).name if key in FILTER_BY_METHOD else run.config.get(key)
 
 
 def select_runs(runs_dir: Path, exp_ids: list[str] | None, filter_text: str | None) -> list[Run]:
@@ -105,11 +117,18 @@ def select_runs(runs_dir: Path, exp_ids: list[str] | None, filter_text: str | No
     if filter_text:
         wanted = parse_filter(filter_text)
         known = set().union(*(r.config for r in runs)) if runs else set()
-        unknown = sorted(set(wanted) - known)
+        unknown = sorted(set(wanted) - known - set(FILTER_BY_METHOD))
         if unknown:
             raise DataError(f"--filter key {unknown[0]!r} is in no run's config; keys are: {', '.join(sorted(known))}")
-        runs = [r for r in runs if all(k in r.config and any(value_matches(r.config[k], v) for v in vals)
+        finished = [r for r in runs if r.summary is not None]
+        runs = [r for r in runs if all((k in r.config or k in FILTER_BY_METHOD)
+                                       and any(value_matches(filter_value(r, k), v) for v in vals)
                                        for k, vals in wanted.items())]
+        if finished and not any(r.summary is not None for r in runs):
+            present = "; ".join(f"{k}: " + ", ".join(sorted({str(filter_value(r, k)) for r in finished}))
+                                for k in wanted)
+            raise DataError(f"no finished run in {runs_dir} matches --filter {filter_text}; the finished runs have "
+                            f"{present}")
     unfinished = [r.exp_id for r in runs if r.summary is None]
     if unfinished:
         print(f"note: skipping {len(unfinished)} unfinished run(s) (no summary.json): {', '.join(unfinished)}",
@@ -141,16 +160,18 @@ def has_clean_labels(run: Run) -> bool:
     return not np.all(np.isnan(run.metrics.get("train/loss_clean", np.array([np.nan]))))
 
 
-def rebuild_training_set(run: Run, data_dir: Path | None) -> NoisyData:
-    """The run's training set as it trained on it: noisy labels, clean labels, subset; checked against what it saved."""
+def rebuild_training_set(run: Run, data_dir: Path | None, need_clean: bool = True) -> NoisyData:
+    """The run's training set as it trained on it: noisy labels, clean labels, subset; checked against what it saved.
+    `need_clean`: for pred_probs and sample_dissect, which tell clean from noisy samples (--label_issues does not)."""
     cfg = run.config
     name = cfg.get("dataset_name")
     if not run.metrics:     # nothing to judge clean labels by, nor weights to pass the images through
         raise DataError(f"run {run.exp_id} has not finished an epoch yet; nothing to draw")
-    if not has_clean_labels(run):
+    if need_clean and not has_clean_labels(run):
         raise DataError(f"run {run.exp_id} ({name}) has no clean labels, and pred_probs and sample_dissect need "
-                        "clean labels to tell clean from noisy samples; use --plot_type curves for this run")
-    if name not in datasets.DATASETS or not datasets.DATASETS[name].rebuildable:
+                        "clean labels to tell clean from noisy samples; use --plot_type curves or --label_issues "
+                        "for this run")
+    if name not in datasets.DATASETS or (need_clean and not datasets.DATASETS[name].rebuildable):
         raise DataError(f"pred_probs and sample_dissect rebuild CIFAR-10/100, CIFAR-N and folder runs only; "
                         f"run {run.exp_id} trained on {name}")
     root = data_dir or Path(cfg.get("data_dir", "data"))
@@ -213,12 +234,11 @@ def training_set_logits(run: Run, data: NoisyData, network: str, device: torch.d
                         f"{str(e).splitlines()[0]}")
     model.to(device)
     mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
-    images = torch.from_numpy(data.images)
-    out = []
-    for i in tqdm(range(0, len(images), batch_size), desc=f"{network} network on {len(images)} training images",
-                  unit="batch", dynamic_ncols=True):
-        out.append(engine.predict(model, images[i:i + batch_size].to(device), mean, std, batch_size).cpu())
-    return torch.cat(out)
+    # the images as the run's evaluation saw them: arrays on the device, or image files (Clothing1M) read by workers
+    source = image_source(data.images, device, data.pad, data.flip, datasets.workers(run.config))
+    batches = tqdm(source.eval_batches(batch_size), total=-(-len(data.labels) // batch_size), unit="batch",
+                   desc=f"{network} network on {len(data.labels)} training images", dynamic_ncols=True)
+    return engine.logits_of(model, batches, mean, std).cpu()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -247,19 +267,92 @@ def prob_histograms(probs: np.ndarray, noisy: np.ndarray, n_bins: int) -> tuple[
     return edges, np.histogram(probs[~noisy], edges)[0], np.histogram(probs[noisy], edges)[0]
 
 
+def confident_label_issues(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which given labels are likely wrong, by confident learning (Northcutt, Jiang and Chuang, JAIR 2021; cleanlab's
+    find_label_issues with filter_by="confident_learning"): class j's threshold t_j is the mean probability of j over
+    the images labelled j; an image is likely mislabelled when the most probable class whose probability reaches its
+    threshold is not its given label. Returns (likely wrong, self-confidence: the probability of the given label, the
+    ranking score; lower is more likely wrong)."""
+    n, k = probs.shape
+    counts = np.bincount(given, minlength=k)
+    sums = np.zeros(k)
+    np.add.at(sums, given, probs[np.arange(n), given])
+    thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)    # no image labelled j: j is never confident
+    confident = np.where(probs >= thresholds, probs, -1.0)
+    best = confident.argmax(1)
+    wrong = (confident.max(1) >= 0) & (best != given)
+    return wrong, probs[np.arange(n), given]
+
+
+def image_keys(data: NoisyData) -> tuple[str, list]:
+    """What names each training image to its owner: its file (a folder, Animal-10N, Clothing1M; relative to the data
+    folder) or, for CIFAR's arrays, its index in the dataset's whole training set (before the run's subset)."""
+    positions = data.info.get("train_indices") or list(range(len(data.labels)))
+    if isinstance(data.images, ImageFiles):
+        return "path", [p.decode() if isinstance(p, bytes) else str(p) for p in data.images.paths]
+    if data.train_files is not None:
+        return "path", [data.train_files[i] for i in positions]
+    return "index", [int(i) for i in positions]
+
+
+def label_issue_rows(run: Run, data: NoisyData, logits: torch.Tensor, network: str) -> tuple[list[list], str]:
+    """The CSV of --label_issues, one row per training image, most likely wrong first, and its Markdown summary
+    (with precision and recall against the clean labels, where they are known)."""
+    probs = torch.softmax(logits.float(), 1).numpy()
+    given, names = data.labels, data.class_names
+    wrong, confidence = confident_label_issues(probs, given)
+    predicted = probs.argmax(1)
+    corrected = None
+    if run_method(run).lc and (run.folder / "targets_final.pt").is_file():
+        targets = runs.load_final(run.folder, "targets_final.pt", run.summary)
+        if targets.shape == probs.shape:
+            corrected = targets.argmax(1).numpy()
+    key, ids = image_keys(data)
+    order = np.lexsort((confidence, ~wrong))     # likely wrong first, each part by self-confidence, lowest first
+    header = [key, "given_label", "given_label_prob", "predicted_label", "predicted_prob", "corrected_label",
+              "likely_wrong", "rank"] + (["clean_label"] if data.clean_labels is not None else [])
+    rows = [header]
+    for rank, i in enumerate(order, 1):
+        rows.append([ids[i], names[given[i]], round(float(confidence[i]), 6), names[predicted[i]],
+                     round(float(probs[i, predicted[i]]), 6), "" if corrected is None else names[corrected[i]],
+                     int(wrong[i]), rank] + ([names[data.clean_labels[i]]] if data.clean_labels is not None else []))
+    lines = [f"# Label issues of run {run.exp_id} ({describe(run.config)})", "",
+             f"{NETWORK_NAME[network]} on the {len(given):,} training images it trained on, without augmentation; "
+             "likely wrong: confident learning's per-class thresholds (plot.confident_label_issues); rows ranked by "
+             "the probability of the given label, lowest first.", "",
+             f"- likely wrong: {int(wrong.sum()):,} of {len(given):,} ({wrong.mean():.2%})"]
+    if data.is_noisy is not None:
+        hits = int((wrong & data.is_noisy).sum())
+        precision = hits / wrong.sum() if wrong.any() else float("nan")
+        recall = hits / data.is_noisy.sum() if data.is_noisy.any() else float("nan")
+        lines += [f"- against the clean labels ({int(data.is_noisy.sum()):,} wrong, {data.is_noisy.mean():.2%}): "
+                  f"precision {precision:.4f}, recall {recall:.4f}"]
+    else:
+        lines += ["- no clean labels for this dataset: precision and recall cannot be measured"]
+    return rows, "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------------------------------
 # Figures
 
 CLEAN, NOISY = "#1f77b4", "#d62728"
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]     # a marker per method of a compare panel
 NETWORK_NAME = {"reported": "reported network", "net": "network", "ema": "EMA network"}
 
 
 def describe(config: dict) -> str:
-    noise = column_of(config)
-    custom = " custom" if config.get("custom_noise") else ""
-    p = f" p={config['p']}" if "p" in config else ""
-    return (f"{config.get('variant', '?')}, {config.get('dataset_name', '?')} {noise}{p}{custom}, "
-            f"{config.get('model', '?')}")
+    """A run in a title: 'SLN-MO-LC, cifar10 sym p=0.4, wrn-16-1', 'CE, cifar10n worst labels, wrn-28-2', 'CE, folder
+    my_images (labels as given), wrn-28-2'."""
+    dataset = config.get("dataset_name", "?")
+    if config.get("noise_mode"):
+        custom = " custom" if config.get("custom_noise") else ""
+        data = f"{dataset} {config['noise_mode']}" + (f" p={config['p']}" if "p" in config else "") + custom
+    elif config.get("noise_label"):
+        data = f"{dataset} {config['noise_label']} labels"
+    else:      # the dataset's own labels (Animal-10N, Clothing1M, a folder, named by its folder)
+        where = f" {Path(config['data_dir']).name}" if dataset == "folder" and config.get("data_dir") else ""
+        data = f"{dataset}{where} (labels as given)"
+    return f"{config.get('variant', '?')}, {data}, {config.get('model', '?')}"
 
 
 def figure_pred_probs(run: Run, network: str, logits: torch.Tensor, data: NoisyData,
@@ -396,6 +489,7 @@ def figure_curves(run: Run) -> tuple[plt.Figure, list[list]]:
         ax.set_xlabel("epoch")
         if lc_start is not None:
             ax.axvline(lc_start - 0.5, color="grey", ls=":", label="label correction from here")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(epochs) <= 12:
             ax.set_xticks(epochs)
         if ax.get_legend_handles_labels()[0]:
@@ -443,6 +537,9 @@ def figure_compare(rows: list[list], title: str, network: str = "reported") -> p
                              sharey=True, squeeze=False, layout="constrained")
     for ax, column in zip(axes[0], columns):
         methods = list(dict.fromkeys(r[1] for r in rows[1:] if r[0] == column))
+        # each line narrower than the one drawn before it and with its own marker, so that a method whose curve
+        # equals another's (SLN-MO and SLN-MO-LC up to the correction epoch) shows as a rim around it, not under it
+        widths = np.linspace(4.0, 1.6, len(methods)) if len(methods) > 1 else [2.0]
         for i, method in enumerate(methods):
             pts = [r for r in rows[1:] if r[0] == column and r[1] == method]
             epochs = np.array([r[2] for r in pts])
@@ -452,11 +549,13 @@ def figure_compare(rows: list[list], title: str, network: str = "reported") -> p
             colour = METHOD_COLOURS.get(name, f"C{i + 4}")
             n = pts[-1][3]
             last = f"{mean[-1]:.1f}" + (f" ± {std[-1]:.1f}" if pts[-1][5] != "" else "")
-            ax.plot(epochs, mean, color=colour, lw=2, marker="o" if len(epochs) <= 30 else None, ms=3.5,
-                    ls="--" if name in BASELINES else "-", label=f"{method}: last {last} (n={n})")
+            ax.plot(epochs, mean, color=colour, lw=widths[i], marker=MARKERS[i % len(MARKERS)] if len(epochs) <= 30
+                    else None, ms=2.5 + widths[i], ls="--" if name in BASELINES else "-",
+                    label=f"{method}: last {last} (n={n})")
             ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.18 if len(methods) <= 5 else 0.1, lw=0)
         ax.set_title(f"{column} labels" if column in cli.NOISE_LABELS else f"{column} noise")   # CIFAR-N: a label set
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))      # no epoch 1.5 on a short run
         if below:
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
         else:
@@ -680,6 +779,11 @@ def build_parser() -> cli.Parser:
                         "the models, mean ± std over seeds, a panel per noise mode; ablation: test accuracy vs "
                         "sigma; both over --exp_ids/--filter; dissect_compare: sample_dissect of 2-4 --exp_ids side "
                         "by side; hp: validation accuracy vs sigma of --hp_dir")
+    w.add_argument("--label_issues", action="store_true",
+                   help="label_issues.csv of --exp_id: per training image (its file, or its index for CIFAR) the "
+                        "given label, the network's prediction and probability, the corrected label where label "
+                        "correction ran, and whether the given label is likely wrong (confident learning), ranked; "
+                        "precision and recall against the clean labels where known (label_issues.md)")
     w.add_argument("--table", action="store_true",
                    help="Markdown and CSV tables of the runs of --exp_ids/--filter: mean ± std over seeds of the "
                         "last-epoch and best test accuracy, rows the models, columns the noise modes")
@@ -719,12 +823,14 @@ def build_parser() -> cli.Parser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if not args.plot_type and not args.table:
-        cli.fail(f"say what to make: --plot_type {' | '.join(PLOT_TYPES)} and/or --table")
+    if not args.plot_type and not args.table and not args.label_issues:
+        cli.fail(f"say what to make: --plot_type {' | '.join(PLOT_TYPES)}, --table and/or --label_issues")
     if set(args.plot_type) & set(SINGLE_RUN_PLOTS) and not args.exp_id:
         cli.fail(f"--plot_type {' '.join(t for t in args.plot_type if t in SINGLE_RUN_PLOTS)} needs --exp_id <id>")
-    if args.exp_id and not set(args.plot_type) & set(SINGLE_RUN_PLOTS):
-        cli.fail("--exp_id is for pred_probs, sample_dissect and curves; "
+    if args.label_issues and not args.exp_id:
+        cli.fail("--label_issues needs --exp_id <id> (the run whose network judges the labels)")
+    if args.exp_id and not set(args.plot_type) & set(SINGLE_RUN_PLOTS) and not args.label_issues:
+        cli.fail("--exp_id is for pred_probs, sample_dissect, curves and --label_issues; "
                     "--table and ablation take --exp_ids or --filter")
     if "dissect_compare" in args.plot_type and not (args.exp_ids and 2 <= len(args.exp_ids) <= 4):
         cli.fail("--plot_type dissect_compare draws 2 to 4 runs side by side: give them with --exp_ids A B ...")
@@ -769,6 +875,18 @@ def _main(argv: list[str] | None) -> list[Path]:
                 for kind in wanted:
                     fig, rows = figures[kind]()
                     written += save(folder, kind + suffix, fig, args, rows)
+            if args.label_issues:
+                if run.summary is None:
+                    raise DataError(f"run {run.exp_id} has not finished (no summary.json): its final networks, which "
+                                    "judge the labels, are not written yet")
+                data = rebuild_training_set(run, args.data_dir, need_clean=False)
+                # by default the momentum (EMA) network, which every method keeps: the paper's least noisy predictor
+                network = "ema" if args.network == "reported" else args.network
+                logits = training_set_logits(run, data, network, cli.pick_device(args.device), args.batch_size)
+                rows, markdown = label_issue_rows(run, data, logits, network)
+                print(markdown)
+                written += save(folder, "label_issues" + ("" if args.network == "reported" else f"_{network}"), None,
+                                args, rows, markdown)
             if "curves" in args.plot_type:
                 if run.summary is None and run.metrics:
                     print(f"note: run {run.exp_id} is unfinished (no summary.json); drawing its epochs so far",

@@ -266,7 +266,8 @@ def load_animal10n(root: Path) -> NoisyData:
             "cache": str(folder / "cache"), "noise_rate": None}
     return NoisyData("animal-10n", arrays["training_images"], arrays["training_labels"], None, None,
                      arrays["testing_images"], arrays["testing_labels"], len(ANIMAL10N_CLASSES),
-                     list(ANIMAL10N_CLASSES), arrays["mean"], arrays["std"], pad=ANIMAL10N_PAD, info=info)
+                     list(ANIMAL10N_CLASSES), arrays["mean"], arrays["std"], pad=ANIMAL10N_PAD, info=info,
+                     train_files=[Path(os.path.relpath(folder / rel, root)).as_posix() for rel in annotations["training"][0]])
 
 
 # ----------------------------------------------------------------------------------------------------

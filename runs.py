@@ -20,6 +20,7 @@ import os
 import platform
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -223,6 +224,14 @@ def create_run(out: Path, args: argparse.Namespace, data: NoisyData, variant: st
     return exp_id
 
 
+def remove_new_run(out: Path, exp_id: str) -> None:
+    """Delete what create_run and the first moments of training made (the run folder, created exclusively by this
+    process, and configs/<exp_id>.yaml), for a run stopped before its first epoch was checkpointed: nothing of value
+    is in it, and a folder left behind would only be one more to resume or delete."""
+    shutil.rmtree(out / "runs" / exp_id, ignore_errors=True)
+    (out / "configs" / f"{exp_id}.yaml").unlink(missing_ok=True)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -355,23 +364,49 @@ def start_log(run_dir: Path, fields: list[str], history: list[dict], config: dic
     return SummaryWriter(str(tensorboard_dir(run_dir, config)), purge_step=len(history) + 1)
 
 
-# the settings shown in TensorBoard's HParams tab, beside each run's final metrics
-HPARAMS = ["variant", *methods.all_flags(), "model", "dataset_name", "noise_mode", "noise_label", "p", "custom_noise", "sigma", "mo",
-           "lc_n_epoch", "seed", "lr", "batch_size", "n_epochs", "train_subset"]
+# The settings shown in TensorBoard's HParams tab beside each run's final metrics, with their types. The tab takes its
+# columns from one run's declaration, so every run declares all of them (and all the final metrics): the columns are
+# then the union over runs of every method, and a run shows an empty cell for a setting it has not.
+HPARAMS: dict[str, type] = {
+    "variant": str, **{name: f.type for name, f in methods.all_flags().items()}, "model": str, "dataset_name": str,
+    "noise_mode": str, "noise_label": str, "p": float, "custom_noise": bool, "sigma": float, "mo": bool,
+    "lc_n_epoch": int, "seed": int, "lr": float, "batch_size": int, "n_epochs": int, "train_subset": int,
+    "test_subset": int}
 HPARAM_METRICS = {"last_test_acc": "final/last_test_acc", "best_test_acc": "final/best_test_acc",
                   "test_acc_at_best_val": "final/test_acc_at_best_val"}
 
 
 def log_hparams(writer, config: dict, summary: dict) -> None:
-    """The run's settings and final metrics for TensorBoard's HParams tab, in the run's own event file."""
-    from torch.utils.tensorboard.summary import hparams
-    values = {k: config[k] if isinstance(config[k], (int, float, str, bool)) else str(config[k])
-              for k in HPARAMS if config.get(k) is not None}
-    metrics = {tag: float(summary[k]) for k, tag in HPARAM_METRICS.items() if summary.get(k) is not None}
-    for summ in hparams(values, metrics):
-        writer.file_writer.add_summary(summ)
-    for tag, value in metrics.items():
-        writer.add_scalar(tag, value, summary["epochs"])
+    """The run's settings and final metrics for TensorBoard's HParams tab, in the run's own event file: the full
+    declaration of every setting (HPARAMS), this run's values of those it has, and its final metrics."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+    kinds = {str: "DATA_TYPE_STRING", bool: "DATA_TYPE_BOOL", int: "DATA_TYPE_FLOAT64", float: "DATA_TYPE_FLOAT64"}
+    experiment = api_pb2.Experiment(
+        hparam_infos=[api_pb2.HParamInfo(name=k, type=api_pb2.DataType.Value(kinds[t])) for k, t in HPARAMS.items()],
+        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in HPARAM_METRICS.values()])
+    start = plugin_data_pb2.SessionStartInfo()
+    for key, kind in HPARAMS.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if kind is str:
+            start.hparams[key].string_value = str(value)
+        elif kind is bool:
+            start.hparams[key].bool_value = bool(value)
+        else:
+            start.hparams[key].number_value = float(value)
+    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value("STATUS_SUCCESS"))
+    for tag, part in ((metadata.EXPERIMENT_TAG, {"experiment": experiment}),
+                      (metadata.SESSION_START_INFO_TAG, {"session_start_info": start}),
+                      (metadata.SESSION_END_INFO_TAG, {"session_end_info": end})):
+        content = plugin_data_pb2.HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION, **part)
+        meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME,
+                                                                     content=content.SerializeToString()))
+        writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, metadata=meta)]))
+    for key, tag in HPARAM_METRICS.items():
+        if summary.get(key) is not None:
+            writer.add_scalar(tag, float(summary[key]), summary["epochs"])
     writer.flush()
 
 
@@ -458,7 +493,7 @@ class on_sigterm:
             signal.signal(signal.SIGTERM, self.old)
 
 
-class _DeferSigint:
+class DeferSignals:
     """Hold Ctrl-C and SIGTERM back while a checkpoint is written, so an interrupt never leaves half a file
     behind; the one that came is raised afterwards."""
 
@@ -515,7 +550,7 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     checkpoint.prev.pt) until the new one is whole."""
     path, prev = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
     tmp = run_dir / ".checkpoint.pt.tmp"
-    with _DeferSigint():
+    with DeferSignals():
         try:
             torch.save({**state, "sha256": content_sha256(state)}, tmp)
         except (OSError, RuntimeError) as e:
@@ -611,6 +646,13 @@ def find_run(runs: Path, exp_id: str) -> Path:
     raise DataError(f"no run {exp_id!r} in {runs}; closest: {', '.join(near)}")
 
 
+def shown(value) -> str:
+    """A flag's value as a user types it (a list as its items)."""
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "(none)"
+    return str(value)
+
+
 def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace) -> argparse.Namespace:
     """For --resume: the run's saved flags, after checking that no flag given now contradicts them."""
     defaults = vars(parser.parse_args([]))       # every flag's name, from a parse of no arguments
@@ -644,9 +686,18 @@ def resolve_resume(parser: argparse.ArgumentParser, argv: list[str] | None, args
     for key, value in given.items():
         if key in allowed_to_differ | moved:
             continue
+        if key == "method":       # what the flags resolve to: --method gce is GCE, --method SLN is --sigma 0.5
+            try:
+                typed, trained = methods.get(value).name, methods.of(saved).name
+            except ValueError as e:
+                raise DataError(f"--method: {e}") from None
+            if typed != trained:
+                diffs.append(f"--method {typed} (run trained {trained})")
+            continue
         new = str(Path(value).resolve()) if isinstance(value, Path) else value
         if new != saved.get(key):
-            diffs.append(f"--{key} {new} (run has {saved.get(key)})")
+            old = saved.get(key)
+            diffs.append(f"--{key} {shown(new)} ({'the run has none' if old is None else f'run has {shown(old)}'})")
     if given.get("make_new_custom_noise"):
         raise DataError("--make_new_custom_noise cannot be used with --resume: a resumed run keeps its labels")
     if diffs:

@@ -9,12 +9,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import deps  # noqa: F401  (first: a Python without the packages gets one line, not a traceback)
+import deps  # (first: a Python without the packages gets one line, not a traceback)
 
-import cli
-import engine
-from models import make_model
-from noise import format_noise_report
+deps.exit_on_sigterm()    # before the heavy imports: a SIGTERM in the first seconds gets its line too
+
+import cli  # noqa: E402
+import engine  # noqa: E402
+from models import make_model  # noqa: E402
+from noise import format_noise_report  # noqa: E402
 
 
 def build_parser() -> cli.Parser:

@@ -16,16 +16,17 @@ import sys
 
 from pathlib import Path
 
-import deps  # noqa: F401  (first: a Python without the packages gets one line, not a traceback)
+import deps  # (first: a Python without the packages gets one line, not a traceback)
 
-import cli
-import datasets
-import engine
-from data import NoisyData
-from folder_data import MIN_IMAGE_SIZE
-from models import IMAGENET_WEIGHTS, WeightsError, imagenet_state_dict, make_model
-from noise import DataError
-from sources import check_images_fit
+deps.exit_on_sigterm()    # before the heavy imports: a SIGTERM in the first seconds gets its line too
+
+import cli  # noqa: E402
+import datasets  # noqa: E402
+import engine  # noqa: E402
+from data import NoisyData  # noqa: E402
+from models import make_model  # noqa: E402
+from noise import DataError  # noqa: E402
+from sources import check_images_fit  # noqa: E402
 
 DATASETS = datasets.of_script("train_real.py")      # animal-10n, cifar10n, cifar100n, clothing1m, folder
 
@@ -34,16 +35,6 @@ DATASETS = datasets.of_script("train_real.py")      # animal-10n, cifar10n, cifa
 # well: it pools globally, so it takes any image size from 8 px on, where VGG-19's five max-pools need at least 32 px.
 DEFAULT_MODEL = {name: datasets.DATASETS[name].default_model for name in DATASETS}
 VGG_MIN_SIZE = 32
-
-# The authors' Clothing1M recipe (noise_clothing1m_train.py) where it differs from the shared defaults, which are
-# their CIFAR recipe: batch 32, 10 epochs, weight decay 1e-3, lr / 10 after epoch 5, a fresh balanced sample of
-# 18,976 images per class every epoch, soft label-correction targets, evaluation in batches of 4 x 32, 224-px
-# crops (after resizing the shorter side to 256), ImageNet weights. A value is used when its flag is not given.
-# (--lr_decay is the shared default, 0.1, as theirs.)
-CLOTHING1M_RECIPE = {"batch_size": 32, "n_epochs": 10, "weight_decay": 1e-3, "lr_milestones": [5],
-                     "num_per_class": 18976, "lc_soft": True, "eval_batch_size": 128, "image_size": 224}
-RECIPE_FLAGS = [k for k in CLOTHING1M_RECIPE if k != "image_size"]   # shared training flags the recipe sets
-
 
 
 def build_parser() -> cli.Parser:
@@ -57,96 +48,19 @@ def build_parser() -> cli.Parser:
                         "own images in --data_dir itself, as train/<class>/ and test/<class>/ folders or train.csv and "
                         "test.csv with columns path,label[,clean_label] (docs/real-world-data.md)")
     cli.add_noise_label_arg(d)
-    d.add_argument("--image_size", type=int, default=None, metavar="N",
-                   help="folder: resize every image to N x N (bilinear); default: the images' own size, which all "
-                        "must then share. clothing1m: crops of N x N after resizing the shorter side to N x 256/224 "
-                        "(default 224, the authors')")
-    d.add_argument("--allow_unshared_classes", action="store_true",
-                   help="folder: accept a class that only the training set or only the test set has (by default "
-                        "refused, naming the nearest class of the other set: often a typo in a label)")
-    w = p.add_argument_group("pretrained weights")
-    w.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"start {' / '.join(IMAGENET_WEIGHTS)} from ImageNet weights, downloaded once by torchvision "
-                        "(which checks their hash) into torch.hub's cache; default: on for clothing1m with resnet50, "
-                        "as the authors, off otherwise")
-    w.add_argument("--weights", type=Path, default=None, metavar="PATH",
-                   help="load the pretrained weights from this state-dict file instead (e.g. torchvision's "
-                        "resnet50-0676ba61.pth copied from another machine; loaded with weights_only=True; its final "
-                        "layer is replaced); implies --pretrained")
+    cli.add_image_args(p, d)
     cli.add_training_args(p, default_model=DEFAULT_MODEL["animal-10n"])
     # resolved per dataset in check_args
-    p.set_defaults(model=None, **{k: None for k in RECIPE_FLAGS})
+    p.set_defaults(model=None, **{k: None for k in cli.RECIPE_FLAGS})
     return p
-
-
-def apply_recipe(args: argparse.Namespace) -> None:
-    """Fill the flags not given with the dataset's recipe: the authors' Clothing1M one, or the shared defaults."""
-    recipe = CLOTHING1M_RECIPE if args.dataset_name == "clothing1m" else cli.training_defaults()
-    taken = []
-    for key in (*RECIPE_FLAGS, "image_size"):
-        if getattr(args, key) is None and recipe.get(key) is not None:
-            setattr(args, key, recipe[key])
-            value = recipe[key]
-            shown = "" if value is True else " ".join(map(str, value)) if isinstance(value, list) else value
-            taken.append(f"--{key} {shown}".rstrip())
-    if args.dataset_name == "clothing1m" and taken:
-        print(f"clothing1m: the authors' recipe for the flags not given: {' '.join(taken)}")
-    recipe_milestones = any(t.startswith("--lr_milestones") for t in taken)
-    if recipe_milestones and args.n_epochs is not None:
-        # a recipe milestone past the run's end never applies (a short trial run); only typed ones are checked
-        past = [m for m in args.lr_milestones if m >= args.n_epochs]
-        if past:
-            args.lr_milestones = [m for m in args.lr_milestones if m < args.n_epochs] or None
-            print(f"note: the recipe's --lr_milestones {' '.join(map(str, past))} is past the run's end "
-                  f"(--n_epochs {args.n_epochs}), so the learning rate "
-                  + ("stays constant" if args.lr_milestones is None else "changes after epoch "
-                     + " ".join(map(str, args.lr_milestones)) + " only"))
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Every flag check, before anything is loaded or written."""
-    if args.image_size is not None and args.dataset_name not in ("folder", "clothing1m"):
-        cli.fail(f"--image_size is for --dataset_name folder and clothing1m only; {args.dataset_name} has a fixed size "
-                 "(drop the flag)")
-    if args.allow_unshared_classes and args.dataset_name != "folder":
-        cli.fail(f"--allow_unshared_classes is for --dataset_name folder only; {args.dataset_name}'s classes are "
-                 "fixed (drop the flag)")
-    if args.image_size is not None and args.image_size < MIN_IMAGE_SIZE:
-        cli.fail(f"--image_size must be at least {MIN_IMAGE_SIZE}, got {args.image_size}")
     cli.check_noise_label(args)
-    if args.model is None:
-        args.model = DEFAULT_MODEL[args.dataset_name]
-    apply_recipe(args)
-    check_pretrained(args)
+    cli.check_image_args(args)
     cli.resolve_sigma(args)
     cli.check_training_args(args)
-
-
-def check_pretrained(args: argparse.Namespace) -> None:
-    """--pretrained / --weights: ImageNet weights exist for IMAGENET_WEIGHTS' networks; on by default for clothing1m
-    with resnet50 (None, i.e. off, elsewhere, so that other datasets' configs stay as they were)."""
-    if args.weights is not None:
-        if args.pretrained is False:
-            cli.fail("--weights loads pretrained weights, --no-pretrained asks for none; drop one of them")
-        args.pretrained = True
-    if args.pretrained is None and args.dataset_name == "clothing1m" and args.model in IMAGENET_WEIGHTS:
-        args.pretrained = True
-    if args.pretrained and args.model not in IMAGENET_WEIGHTS:
-        cli.fail(f"--pretrained: {args.model} has no ImageNet weights here; use --model "
-                 f"{' | '.join(IMAGENET_WEIGHTS)} or --no-pretrained")
-
-
-def pretrained_weights(args: argparse.Namespace) -> dict | None:
-    """The state dict to start from, fetched and tried on the network before any data is read (a resumed run takes
-    its checkpoint's)."""
-    if not args.pretrained or args.resume:
-        return None
-    try:
-        backbone = imagenet_state_dict(args.model, args.weights)
-        make_model(args.model, 1, backbone)
-    except WeightsError as e:
-        cli.fail(str(e))
-    return backbone
 
 
 def check_image_size(args: argparse.Namespace, size: tuple[int, ...]) -> None:
@@ -173,7 +87,7 @@ def check_batch_fits(args: argparse.Namespace, data: NoisyData) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_training_args(build_parser(), argv)
     check_args(args)
-    backbone = pretrained_weights(args)
+    backbone = cli.pretrained_weights(args)
     data = cli.training_data(args)
     check_image_size(args, data.images.shape[2:])
     check_batch_fits(args, data)

@@ -57,7 +57,8 @@ from noise import DataError
 from tables import load_run, make_table, with_derived
 
 DEFAULT_SIGMAS = [0.1, 0.2, 0.5, 1.0]                 # the paper's grid
-TUNE_ONLY = ["sigmas", "experiments", "resume", "reuse_runs", "address", "cpus_per_trial", "gpus_per_trial"]
+TUNE_ONLY = ["sigmas", "experiments", "resume", "reuse_runs", "address", "cpus_per_trial", "gpus_per_trial", "dry_run",
+             "bench"]
 # flags that do not change what a trial trains: a finished run may be reused whatever they were
 NOT_TRAINING = {"data_dir", "out_dir", "device", "eval_batch_size", "tune_trial_id", "tune_config",
                 "make_new_custom_noise"}
@@ -65,8 +66,10 @@ NOT_TRAINING = {"data_dir", "out_dir", "device", "eval_batch_size", "tune_trial_
 
 def build_parser() -> cli.Parser:
     p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_cifar_args(p, human=True)                 # CIFAR-10/100 with label noise, or CIFAR-N's human labels
+    cli.add_cifar_args(p, human=True, given=True)     # CIFAR-10/100 with label noise, or a dataset's own labels
     cli.add_training_args(p, default_model="wrn-28-2", resumable=False)  # --resume here continues a sweep
+    # the dataset's default network and, for clothing1m, the authors' recipe where not given (cli.check_image_args)
+    p.set_defaults(model=None, **{k: None for k in cli.RECIPE_FLAGS})
     s = p.add_argument_group("sweep")
     s.add_argument("--sigmas", type=float, nargs="+", default=DEFAULT_SIGMAS,
                    help="the sigma grid of the search: SLN's, as in the paper, or that of --method (one that adds "
@@ -84,6 +87,12 @@ def build_parser() -> cli.Parser:
     s.add_argument("--resume", default=None,
                    help="continue an interrupted sweep with its saved settings: its folder, or its id (hp_...) "
                         "under <out_dir>/hp/; finished trials are not run again")
+    s.add_argument("--dry_run", action="store_true",
+                   help="check everything and print every trial (method, flags, seed, where it would run) and what "
+                        "the sweep costs (trials x epochs x images), then stop: no Ray, no sweep folder, no training")
+    s.add_argument("--bench", type=Path, default=None, metavar="JSON",
+                   help="with --dry_run: the JSON that `python bench.py --json JSON` wrote on the machine that will "
+                        "train, whose images/s (train_img_s of the sweep's --model) turn the cost into hours")
     r = p.add_argument_group("Ray")
     r.add_argument("--cpus_per_trial", type=float, default=1, help="CPU cores reserved for each trial")
     r.add_argument("--gpus_per_trial", type=float, default=None,
@@ -123,6 +132,15 @@ def trial_flags(config: dict, sweep: dict) -> dict:
     return {**flags, **{name: None for name in methods.all_flags() if name not in own}}
 
 
+def trial_args(sweep: dict, config: dict) -> argparse.Namespace:
+    """One trial's flags, as a training script has them (paths as Path)."""
+    args = argparse.Namespace(**{**sweep["base"], **trial_flags(config, sweep)})
+    for name in ("data_dir", "out_dir", "weights"):
+        if getattr(args, name, None) is not None:
+            setattr(args, name, Path(getattr(args, name)))
+    return args
+
+
 def trial_configs(sweep: dict) -> list[dict]:
     """Every trial's Tune config, in the order they start: the grid's first key varies slowest (for a table:
     noise mode, then model, then seed, so that one noise mode's table is complete before the next begins)."""
@@ -133,31 +151,32 @@ def trial_configs(sweep: dict) -> list[dict]:
 
 def base_flags(args: argparse.Namespace) -> dict:
     """The training flags shared by all trials, with absolute paths (Ray runs trials in other directories)."""
-    base = {k: v for k, v in vars(args).items() if k not in TUNE_ONLY}
-    base["data_dir"] = str(args.data_dir.resolve())
-    base["out_dir"] = str(args.out_dir.resolve())
-    return base
+    return {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in TUNE_ONLY}
 
 
-def preflight(sweep: dict) -> None:
+def preflight(sweep: dict) -> dict[tuple, dict[str, int]]:
     """Check every trial's flags, and load the data of each noise mode once here rather than fail in every
-    trial (this also downloads missing files once, and makes custom noise once if asked)."""
-    loaded = set()
+    trial (this also downloads missing files once, and makes custom noise once if asked). Returns, per (noise mode,
+    noise label), the images a trial of it trains on and evaluates (train, test, val)."""
+    loaded: dict[tuple, dict[str, int]] = {}
     for config in trial_configs(sweep):
-        args = argparse.Namespace(**{**sweep["base"], **trial_flags(config, sweep)})
-        args.data_dir = Path(args.data_dir)
+        args = trial_args(sweep, config)
         where = (f"{sweep['experiments_file']}, experiment {' '.join(f'{k}={v}' for k, v in config.items())}: "
                  if sweep["kind"] == "experiments" else "")
         with cli.failing_in(where):
             cli.check_noise_args(args, args.dataset_name)
             cli.check_training_args(args)
+            if not loaded:
+                cli.pretrained_weights(args)     # fetched once here (torch.hub's cache), not in every trial
         if (args.noise_mode, args.noise_label) not in loaded:
             try:
-                cli.split_data(vars(args))
+                data, val = cli.split_data(vars(args))
             except DataError as e:
                 cli.fail(str(e))
-            loaded.add((args.noise_mode, args.noise_label))
+            loaded[args.noise_mode, args.noise_label] = {"train": len(data.labels), "test": len(data.test_labels),
+                                                         "val": 0 if val is None else len(val[1])}
     sweep["base"]["make_new_custom_noise"] = False   # made above; trials must not all rewrite the same file
+    return loaded
 
 
 def plan_sigma_search(parser: cli.Parser, args: argparse.Namespace) -> dict:
@@ -261,9 +280,8 @@ def read_experiments(path: Path) -> tuple[dict, list[str]]:
     for key, allowed in (("variants", list(methods.METHODS)),
                          (axis, cli.NOISE_MODES if axis == "noise_modes" else cli.NOISE_LABELS)):
         values = raw.get(key)
-        if key == "variants" and isinstance(values, list):   # method names in any case, as --method takes them
-            by_lower = {m.lower(): m for m in allowed}
-            values = raw[key] = [by_lower.get(str(v).lower(), v) for v in values]
+        if isinstance(values, list):      # names in any case, as the command line takes them (cli.canonical_name)
+            values = raw[key] = [cli.canonical_name(v, allowed) if isinstance(v, str) else v for v in values]
         if not isinstance(values, list) or not values or len(set(map(str, values))) != len(values):
             cli.fail(f"{path}: {key} must be a non-empty list without repeats, from {', '.join(allowed)}")
         for v in values:
@@ -274,6 +292,8 @@ def read_experiments(path: Path) -> tuple[dict, list[str]]:
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds)):
         cli.fail(f"{path}: seeds must be a non-empty list of distinct integers, e.g. [1, 2, 3, 4, 5]")
     sigma = raw.get("sigma")
+    if isinstance(sigma, dict):
+        sigma = {cli.canonical_name(k, raw[axis]) if isinstance(k, str) else k: v for k, v in sigma.items()}
     if sigma is not None:
         if not isinstance(sigma, dict) or not all(m in raw[axis] for m in sigma):
             cli.fail(f"{path}: sigma must map the {axis} to sigma, e.g. {{sym: 1.0, asym: 0.5}}")
@@ -313,6 +333,11 @@ def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[st
             cli.fail(f"{args.experiments}: {name} is a flag of {' and '.join(methods.owners(name))}, which variants "
                      f"({', '.join(grid['variants'])}) does not list, so no trial would use it; add "
                      f"{methods.owners(name)[0]} to variants, or drop {name}")
+    if args.dataset_name not in cli.CIFAR and args.dataset_name not in cli.CIFARN:
+        cli.fail(f"{args.experiments}: a grid runs over CIFAR's noise modes or CIFAR-N's label sets; {args.dataset_name} "
+                 f"has one set of labels: search its sigma with tune.py --dataset_name {args.dataset_name} (no "
+                 "--experiments), then train each method with train_real.py")
+    cli.check_image_args(args)
     if "openset" in grid["noise_modes"] and args.dataset_name != "cifar10":
         cli.fail(f"{args.experiments}: open-set noise exists for CIFAR-10 only; remove openset from noise_modes")
     human = args.dataset_name in cli.CIFARN
@@ -416,13 +441,130 @@ def read_sweep(hp_dir: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
+# --dry_run: the plan, nothing started
+
+def read_bench(path: Path, model: str) -> tuple[float, str]:
+    """The training images/s of `model` in a bench.py --json file, and where it was measured; one line if it has none."""
+    try:
+        bench = json.loads(path.read_text())
+        rate = float(bench["train_img_s"][model])
+    except OSError as e:
+        cli.fail(f"cannot read --bench {path} ({e.strerror}); give the JSON that `python bench.py --json FILE` wrote")
+    except (ValueError, TypeError):
+        cli.fail(f"--bench {path} is not the JSON of `python bench.py --json FILE`")
+    except KeyError:
+        measured = ", ".join(bench.get("train_img_s", {}) or ["none"]) if isinstance(bench, dict) else "none"
+        cli.fail(f"--bench {path} has no training rate of {model} (it measured: {measured}); measure it with "
+                 f"python bench.py --models {model} --json FILE")
+    threads = bench.get("threads")
+    return rate, f"bench.py on {bench.get('device', '?')}" + (f", {plural(threads, 'thread')}" if threads else "")
+
+
+def flags_text(flags: dict) -> str:
+    """Flags as they would be typed: --noise_mode sym --sigma 0.5 --mo (None and False left out)."""
+    words = []
+    for key, value in flags.items():
+        if value is None or value is False:
+            continue
+        words += [f"--{key}"] + ([] if value is True else [" ".join(map(str, value)) if isinstance(value, list) else str(value)])
+    return " ".join(words)
+
+
+def dry_run(sweep: dict, images: dict[tuple, dict[str, int]], args: argparse.Namespace) -> list[str]:
+    """The sweep's plan as lines: every trial with its method, flags and seed, where it would run, and what it costs
+    (trials x epochs x training images; with --bench, the time that bench.py's rate gives)."""
+    base, configs = sweep["base"], trial_configs(sweep)
+    defaults = build_parser().parse_args([])
+    per_trial_keys = {k for c in configs for k, v in trial_flags(c, sweep).items() if v is not None}
+    shared = {k: v for k, v in base.items() if k not in ("data_dir", "out_dir") and getattr(defaults, k, None) != v
+              and k not in PER_RUN | per_trial_keys}
+    what = f"{args.experiments}" if sweep["kind"] == "experiments" else "sigma search"
+    lines = [f"dry run of {what}: {plural(len(configs), 'trial')}; nothing is started",
+             f"every trial: {flags_text(shared) or '(the defaults)'} --data_dir {base['data_dir']}"]
+    rows, total, per_trial = [], 0, []
+    for n, config in enumerate(configs, 1):
+        flags = {k: v for k, v in trial_flags(config, sweep).items() if v is not None}
+        args_t = argparse.Namespace(**{**base, **flags})
+        method = methods.of(args_t).name
+        seed = flags.pop("seed", base["seed"])
+        flags.pop("method", None)
+        counts = images[args_t.noise_mode, args_t.noise_label]
+        total += counts["train"] * base["n_epochs"]
+        per_trial.append(counts)
+        rows.append([str(n), method, flags_text(flags), str(seed), f"{counts['train']:,}"])
+    widths = [max(len(r[i]) for r in rows + [["#", "method", "flags", "seed", "images"]]) for i in range(5)]
+    for row in [["#", "method", "flags", "seed", "images"], *rows]:
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    cpus = args.cpus_per_trial
+    if args.gpus_per_trial is not None:
+        gpus = plural(args.gpus_per_trial, "GPU")
+    elif args.address:
+        gpus = "1 GPU where the Ray cluster has GPUs, else none"
+    else:
+        gpus = "1 GPU" if torch.cuda.device_count() else "no GPU"
+    ray_where = f"the Ray cluster at --address {args.address}" if args.address else (
+        f"a Ray of its own on this machine ({plural(local_cpus(), 'CPU')}, {plural(torch.cuda.device_count(), 'GPU')})")
+    lines.append(f"where: {ray_where}; each trial reserves {plural(cpus, 'CPU')} and {gpus}, trains on --device "
+                 f"{base['device']}, and writes its run folder to {Path(base['out_dir']) / 'hp' / 'hp_<timestamp>' / 'runs'}/")
+    evaluated = {c["test"] for c in per_trial}, {c["val"] for c in per_trial}
+    every = base.get("eval_every") or 1
+    lines.append(f"cost: {plural(len(configs), 'trial')} x {plural(base['n_epochs'], 'epoch')} x "
+                 + (f"{per_trial[0]['train']:,} images" if len({c['train'] for c in per_trial}) == 1 else
+                    "their images") + f" = {total:,} training images"
+                 + f"; evaluation: {'/'.join(f'{t:,}' for t in sorted(evaluated[0]))} test images every "
+                 + (f"{every} epochs" if every > 1 else "epoch")
+                 + ("" if evaluated[1] == {0} else
+                    f" and {'/'.join(f'{v:,}' for v in sorted(evaluated[1]))} validation images every epoch"))
+    if args.bench is None:
+        lines.append(f"time: give --bench JSON (from `python bench.py --models {base['model']} --json JSON` on the "
+                     "machine that will train) for an estimate")
+    else:
+        rate, where = read_bench(args.bench, base["model"])
+        at_once = max(1, min(len(configs), int(local_cpus() // cpus))) if not args.address else 1
+        lines.append(f"time: at {rate:,.0f} training images/s ({where}, {args.bench}), about "
+                     f"{files.duration(total / rate)} of training one trial at a time"
+                     + (f", about {files.duration(total / rate / at_once)} with {at_once} at once on this machine's CPUs"
+                        if at_once > 1 and args.gpus_per_trial in (None, 0) and not torch.cuda.device_count() else "")
+                     + "; evaluation and start-up come on top")
+    return lines
+
+
+def local_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+# ----------------------------------------------------------------------------------------------------
 # Ray
 
 def worker_env() -> dict:
-    """What every Ray worker needs: this project importable (trials start in their own directories) and
-    no progress bars in the logs."""
+    """What every Ray worker needs: this project importable (trials start in their own directories), no progress
+    bars in the logs, and a quiet exit when Ray stops it (quiet_worker_exit)."""
     path = os.pathsep.join(filter(None, [str(runs.CODE_DIR), os.environ.get("PYTHONPATH")]))
-    return {"env_vars": {"PYTHONPATH": path, "TQDM_DISABLE": "1"}}
+    return {"env_vars": {"PYTHONPATH": path, "TQDM_DISABLE": "1"}, "worker_process_setup_hook": "tune.quiet_worker_exit"}
+
+
+def quiet_worker_exit() -> None:
+    """In every Ray worker, before it takes tasks: SIGTERM, which Ray sends its workers when a sweep ends, ends the
+    process at once. Ray's own handler raises SystemExit(1) wherever the worker's Python happens to be; inside a
+    finaliser that printed "Exception ignored ... Traceback ... SystemExit: 1" on the driver's console after a sweep
+    that went well. A trial's run folder loses nothing: its files are written whole or not at all."""
+    def exit_now(signum, frame):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(1)
+    # the worker's main loop installs its handler through this function, after this hook has run
+    ray._private.utils.set_sigterm_handler = lambda handler: signal.signal(signal.SIGTERM, exit_now)
+
+
+class TuneAdvice(logging.Filter):
+    """Drops Ray Tune's own words on a stop: "Stop signal received ..." and "Resume experiment with:
+    Tuner.restore(...)", which contradict the one way to continue a sweep here, `python tune.py --resume ...`,
+    that the driver prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not (text.startswith("Stop signal received") or "Resume experiment with" in text)
 
 
 TOKEN_HELP = ("copy the cluster's token (print it with `ray get-auth-token` on the head node) to ~/.ray/auth_token "
@@ -583,7 +725,7 @@ def start_ray(address: str | None) -> None:
     if address:
         join_ray(address)
         return
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = local_cpus()
     # address="local": always a fresh instance of our own, never a cluster that runs (or was left behind) here
     with ray_in_own_session(), ray_on_loopback():
         ray.init(address="local", num_cpus=cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False,
@@ -721,8 +863,7 @@ def trial(config: dict, sweep: dict) -> None:
     Reports every epoch's metrics row, then the run's id and summary. A trial that finished before (in an
     interrupted sweep) is not trained again; one that was cut off continues from its last checkpoint."""
     config = config["trial"]
-    args = argparse.Namespace(**{**sweep["base"], **trial_flags(config, sweep)})
-    args.data_dir, args.out_dir = Path(args.data_dir), Path(args.out_dir)
+    args = trial_args(sweep, config)
     args.tune_config = config                                       # saved in config.yaml: finds the run again
     args.tune_trial_id = ray.tune.get_context().get_trial_id()
     cli.check_method(args)                                          # the method's own flags, filled in (preflight checked them)
@@ -742,7 +883,10 @@ def trial(config: dict, sweep: dict) -> None:
     if cut_off is not None:
         saved = runs.read_run_config(cut_off)
         args.tune_trial_id = saved.get("tune_trial_id")            # the config on disk stays as it was
-    exp_id, summary = engine.run(args, data, lambda c: make_model(args.model, c), "tune.py",
+    if args.workers is None:      # image files decoded by DataLoader workers (clothing1m): the trial's own cores
+        args.workers = max(0, int(sweep["resources"]["cpu"]) - 1)
+    backbone = cli.pretrained_weights(args)
+    exp_id, summary = engine.run(args, data, lambda c: make_model(args.model, c, backbone), "tune.py",
                                  on_epoch=lambda row: ray.tune.report({k: v for k, v in row.items() if v is not None}),
                                  val=val, resume_id=None if cut_off is None else cut_off.name)
     ray.tune.report({"exp_id": exp_id, **summary})
@@ -861,6 +1005,8 @@ def fit(hp_dir: Path, sweep: dict) -> dict[str, dict]:
     again = f"continue the sweep with: python tune.py --resume {shlex.quote(str(hp_dir))}"
     term = forward_sigterm(lambda: f"stopped by SIGTERM: {len(list((hp_dir / 'runs').glob('*/summary.json')))} of "
                                    f"{total} trials finished; {again}", again)
+    advice, tune_log = TuneAdvice(), logging.getLogger("ray.tune.tune")
+    tune_log.addFilter(advice)
     try:
         with term, SweepProgress(hp_dir, total):
             results = tuner.fit()
@@ -869,6 +1015,8 @@ def fit(hp_dir: Path, sweep: dict) -> dict[str, dict]:
         state = (hp_dir / "tune").is_dir()
         cli.fail(f"{what} {'while Tune was stopping' if state else 'before the first trial started'}; "
                  + (again if state else f"start it again, after deleting {hp_dir}"), code=code)
+    finally:
+        tune_log.removeFilter(advice)
     finished = {r.metrics["exp_id"]: r.config["trial"] for r in results
                 if r.error is None and "exp_id" in (r.metrics or {})}
     if term.received:
@@ -903,7 +1051,8 @@ def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[f
     files.write_csv(hp_dir / "sigma_search.csv",
                     [["sigma", "val_acc_last_pct", "val_acc_best_pct", "best_epoch", "exp_id"], *rows])
     b = sweep["base"]
-    noise = f"{b['noise_mode']} p={b['p']}" if b.get("noise_mode") else f"{b.get('noise_label')} labels"
+    noise = (f"{b['noise_mode']} p={b['p']}" if b.get("noise_mode") else f"{b['noise_label']} labels"
+             if b.get("noise_label") else "labels as given")
     m = methods.of({**b, "sigma": 1.0})          # the searched method: any sigma > 0 selects it from the base flags
     reference = methods.without_sln(m)
     lines = [f"Sigma search, {m.name}: {b['dataset_name']} {noise}, {b['model']}, {b['n_epochs']} epochs, "
@@ -953,8 +1102,8 @@ def new_hp_dir(out_dir: Path) -> Path:
             continue
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Run or resume a sweep; return its folder."""
+def main(argv: list[str] | None = None) -> Path | None:
+    """Run or resume a sweep; return its folder (None for --dry_run, which makes none)."""
     argv = sys.argv[1:] if argv is None else argv
     with contextlib.ExitStack() as held:      # the sweep folder's lock, held until the sweep ends
         return run_sweep(argv, held)
@@ -969,7 +1118,7 @@ def lock_sweep(hp_dir: Path, held: contextlib.ExitStack) -> None:
         cli.fail(str(e))
 
 
-def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path:
+def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path | None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cpus_per_trial <= 0:
@@ -985,6 +1134,7 @@ def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path:
         preflight(sweep)                             # sweep.yaml may have been edited: every trial's flags again
     else:
         cli.check_noise_args(args, args.dataset_name)
+        cli.check_image_args(args)
         for folder in args.reuse_runs:
             if not folder.is_dir():
                 cli.fail(f"--reuse_runs {folder}: no such folder; give folders that hold finished run folders")
@@ -993,7 +1143,14 @@ def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path:
         else:
             sweep = plan_sigma_search(parser, args)
         sweep["reuse_runs"] = [str(folder.resolve()) for folder in args.reuse_runs]
-        preflight(sweep)
+        if args.bench is not None and not args.dry_run:
+            cli.fail("--bench is for --dry_run (the time a sweep would take); add --dry_run or drop --bench")
+        if args.bench is not None:
+            read_bench(args.bench, sweep["base"]["model"])      # a bad file is said before the data is loaded
+        images = preflight(sweep)
+        if args.dry_run:
+            print("\n".join(dry_run(sweep, images, args)))
+            return None
     if not ray.is_initialized():
         start_ray(args.address)
     if args.resume:

@@ -3,10 +3,13 @@
 
     python viz.py cifar10 --noise_mode asym --custom_noise --p 0.4 --seed 123
     python viz.py cifar100 --noise_mode sym --p 0.4 --seed 123
+    python viz.py cifar10n --noise_label worst --seed 123              # CIFAR-10N's human labels against the clean ones
     python viz.py animal-10n --seed 123
+    python viz.py folder --data_dir my_images --image_size 32          # your own images (and their clean_label column)
 
-Writes viz/<dataset>_<mode>_p_<p>_<paper|custom|seed<N>>.png (viz/animal-10n.png). An existing figure with other
-content is never replaced unless --overwrite is given: the new one gets a -2, -3, ... suffix.
+Writes viz/<dataset>_<mode>_p_<p>_<paper|custom|seed<N>>.png (viz/cifar10n_worst.png, viz/animal-10n.png,
+viz/folder_<folder name>.png). An existing figure with other content is never replaced unless --overwrite is given:
+the new one gets a -2, -3, ... suffix.
 """
 from __future__ import annotations
 
@@ -30,8 +33,11 @@ import datasets  # noqa: E402
 import files  # noqa: E402
 import noise  # noqa: E402
 
-# the CIFARs with their label noise (datasets.py), and Animal-10N with its human labels; data comes from cli.dataset_from_config
-DATASETS = [*datasets.of_script("train_cifar.py"), "animal-10n"]
+# every dataset held in memory (datasets.py): the CIFARs with their label noise, and those with labels as given (CIFAR-N's
+# human labels, Animal-10N, a folder); Clothing1M's million files are read batch by batch and are not drawn here.
+# Data comes from cli.dataset_from_config, as in training.
+SYNTHETIC = datasets.of_script("train_cifar.py")
+DATASETS = [name for name in datasets.DATASETS if name != "clothing1m"]
 MAX_IMAGES = 256        # the largest grid viz.py draws: 32 rows
 COLUMNS = 8             # images per row of the grid
 CELL_IN = (1.5, 1.75)   # width, height of one image and its two-line title, in inches
@@ -42,8 +48,11 @@ NOISY_COLOUR = "#d62728"
 
 def build_parser() -> cli.Parser:
     p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", choices=DATASETS, help="which training set to show")
+    p.add_argument("dataset", choices=DATASETS, help="which training set to show (folder: --data_dir is the folder)")
     cli.add_noise_args(p)      # the same noise flags and checks as train_cifar.py and tune.py
+    cli.add_noise_label_arg(p)
+    p.add_argument("--image_size", type=int, default=None, metavar="N",
+                   help="folder: resize every image to N x N, as train_real.py --image_size does (default: their size)")
     p.add_argument("--seed", type=int, default=0, help="which images are drawn; also seeds generated noise")
     p.add_argument("--n_images", type=int, default=32, help=f"number of training images in the grid (1..{MAX_IMAGES})")
     cli.add_data_dir(p)
@@ -52,11 +61,12 @@ def build_parser() -> cli.Parser:
     return p
 
 
-def figure_name(dataset: str, mode: str, p: float, custom: bool, seed: int) -> str:
+def figure_name(dataset: str, mode: str, p: float, custom: bool, seed: int, labels: str | None = None) -> str:
     """viz/<dataset>_<mode>_p_<p>_<origin>.png: origin is custom (a generated file), paper (the authors' file) or
-    seed<N> (open-set noise drawn from the seed: the paper ships no open-set file)."""
-    if dataset == "animal-10n":
-        return "animal-10n.png"
+    seed<N> (open-set noise drawn from the seed: the paper ships no open-set file). A dataset with its labels as
+    given: viz/<dataset>[_<labels>].png, `labels` naming the label set (CIFAR-N) or the folder."""
+    if dataset not in SYNTHETIC:
+        return f"{dataset}{f'_{labels}' if labels else ''}.png"
     origin = "custom" if custom else f"seed{seed}" if mode == "openset" else "paper"
     return f"{dataset}_{mode}_p_{p}_{origin}.png"
 
@@ -160,10 +170,17 @@ def save_new(fig, path: Path, overwrite: bool) -> Path:
     return target
 
 
-def animal10n_figure(args):
-    d = cli.dataset_from_config({"dataset_name": "animal-10n", "data_dir": args.data_dir})
-    title = (f"Animal-10N training set (labels as given; about 8% are wrong), {args.n_images} random images, "
-             f"seed {args.seed}")
+def given_labels_figure(args):
+    """A dataset whose labels are given, not made: CIFAR-N's human labels against CIFAR's clean ones, Animal-10N (no
+    clean labels), or a folder (against its CSV's clean_label column, where it has one)."""
+    d = cli.dataset_from_config({"dataset_name": args.dataset, "data_dir": args.data_dir,
+                                 "noise_label": args.noise_label, "image_size": args.image_size})
+    what = {"animal-10n": "Animal-10N training set (labels as given; about 8% are wrong)",
+            "folder": f"folder {args.data_dir.resolve().name}: training images with their given labels"}.get(
+        args.dataset, f"{args.dataset} '{args.noise_label}' human labels")
+    rate = ("" if d.clean_labels is None else
+            f": {d.noise_rate():.1%} of {len(d.labels)} wrong against the clean labels;  red frame = wrong")
+    title = f"{what}{rate}, {min(args.n_images, len(d.labels))} random images, seed {args.seed}"
     return draw(d.images, d.labels, d.clean_labels, d.class_names, title, args.n_images, args.seed)
 
 
@@ -190,17 +207,22 @@ def cifar_figure(args):
 
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
-    if args.dataset != "animal-10n":
+    if args.dataset in SYNTHETIC:
         cli.check_noise_args(args, args.dataset)
+    else:
+        cli.check_noise_label(args, args.dataset)
+    if args.image_size is not None and args.dataset != "folder":
+        cli.fail(f"--image_size is for folder only; {args.dataset} has a fixed size (drop the flag)")
     if not 0 < args.n_images <= MAX_IMAGES:   # beyond it the figure is unreadable and takes minutes and GBs to draw
         cli.fail(f"--n_images must be in 1..{MAX_IMAGES}, got {args.n_images}")
     cli.check_out_dir(args.out_dir)
     try:
-        fig = animal10n_figure(args) if args.dataset == "animal-10n" else cifar_figure(args)
+        fig = cifar_figure(args) if args.dataset in SYNTHETIC else given_labels_figure(args)
     except noise.DataError as e:
         cli.fail(str(e))
-    path = save_new(fig, args.out_dir / figure_name(args.dataset, args.noise_mode, args.p, args.custom_noise, args.seed),
-                    args.overwrite)
+    labels = args.data_dir.resolve().name if args.dataset == "folder" else args.noise_label
+    name = figure_name(args.dataset, args.noise_mode, args.p, args.custom_noise, args.seed, labels)
+    path = save_new(fig, args.out_dir / name, args.overwrite)
     print(f"figure: {path}")
     return path
 

@@ -27,6 +27,7 @@ class Flag:
     default: Any = None                                   # a value, or (args) -> value; None: must be given
     valid: Callable[[Any], bool] = lambda v: True
     valid_text: str = ""                                  # says what `valid` accepts, e.g. "in (0, 1]"
+    weighs_loss: bool = False                             # weighs a loss term: a smaller value cures a diverging loss
 
     def default_for(self, args: argparse.Namespace):
         return self.default(args) if callable(self.default) else self.default
@@ -109,6 +110,12 @@ def get(name: str) -> Method:
 def all_flags() -> dict[str, Flag]:
     """Every method's own flags by name (two methods may share one)."""
     return {f.name: f for m in METHODS.values() for f in m.flags}
+
+
+def divergence_flags(method: Method) -> list[str]:
+    """The flags to lower when `method`'s loss becomes NaN/Inf: the learning rate, SLN's sigma for a method that adds
+    SLN noise, and the method's own loss weights (ELR's --elr_lambda, SCE's --sce_alpha and --sce_beta)."""
+    return ["--lr", *(["--sigma"] if method.sln else []), *(f"--{f.name}" for f in method.flags if f.weighs_loss)]
 
 
 def owners(flag: str) -> list[str]:

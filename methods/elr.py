@@ -38,7 +38,8 @@ def objective(b: Batch):
 
 METHODS = [Method("ELR", "early-learning regularisation, Liu et al. 2020 (--elr_lambda, --elr_beta)", objective, flags=(
     Flag("elr_lambda", float, "weight of ELR's regulariser (default: the authors', 3 on CIFAR-10, 7 on CIFAR-100)",
-         default=lambda a: 7.0 if hundred_classes(a) else 3.0, valid=lambda v: v >= 0, valid_text=">= 0"),
+         default=lambda a: 7.0 if hundred_classes(a) else 3.0, valid=lambda v: v >= 0, valid_text=">= 0",
+         weighs_loss=True),
     Flag("elr_beta", float, "momentum of ELR's per-image prediction average, in [0, 1) (default: the authors', 0.7 on "
          "CIFAR-10, 0.9 on CIFAR-100)", default=lambda a: 0.9 if hundred_classes(a) else 0.7,
          valid=lambda v: 0 <= v < 1, valid_text="in [0, 1)")),

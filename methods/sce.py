@@ -31,6 +31,6 @@ def objective(b: Batch):
 positive = dict(valid=lambda v: v >= 0, valid_text=">= 0")
 METHODS = [Method("SCE", "symmetric cross-entropy, Wang et al. 2019 (--sce_alpha, --sce_beta)", objective, flags=(
     Flag("sce_alpha", float, "weight of SCE's CE term (default: the authors', 0.1 on CIFAR-10, 6.0 on CIFAR-100)",
-         default=lambda a: 6.0 if hundred_classes(a) else 0.1, **positive),
+         default=lambda a: 6.0 if hundred_classes(a) else 0.1, weighs_loss=True, **positive),
     Flag("sce_beta", float, "weight of SCE's reverse-CE term (default: the authors', 1.0 on CIFAR-10, 0.1 on CIFAR-100)",
-         default=lambda a: 0.1 if hundred_classes(a) else 1.0, **positive)), colour="#8c564b")]
+         default=lambda a: 0.1 if hundred_classes(a) else 1.0, weighs_loss=True, **positive)), colour="#8c564b")]

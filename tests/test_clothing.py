@@ -19,6 +19,7 @@ import models
 import plot
 import sln
 import sources
+import cli
 import train_real
 from conftest import assert_refused, variant_flags
 from data import balanced_indices
@@ -422,7 +423,7 @@ def test_local_weights_file(tmp_path, capsys):
     args = train_real.build_parser().parse_args(["--dataset_name", "clothing1m", "--weights", str(path)])
     train_real.check_args(args)
     assert args.pretrained is True
-    net = models.make_model("resnet50", 14, train_real.pretrained_weights(args)).state_dict()
+    net = models.make_model("resnet50", 14, cli.pretrained_weights(args)).state_dict()
     assert all(torch.equal(net[k], saved[k]) for k in saved if not k.startswith("fc."))
     assert net["fc.weight"].shape == (14, 2048) and not torch.equal(net["fc.weight"], saved["fc.weight"])
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

@@ -71,13 +71,21 @@ def test_time_left_is_the_mean_epoch_times_the_epochs_left():
     ("assets/exp_2026-12-02_14-39-42_878785/curves.png", True),
     ("assets/table.csv", True),
     ("viz/cifar10_sym_p_0.4.png", True),
-    ("viz/cifar10_asym_p_0.4_custom.png", False),      # the one example the docs show
+    ("viz/cifar10_asym_p_0.4_custom.png", True),       # nothing viz.py writes is committed ...
+    ("docs/figures/viz_cifar10_asym_p_0.4_custom.png", False),   # ... the docs' example is a copy here
     ("runs/README.md", False),
     ("runs/exp_1/config.yaml", True),
 ])
 def test_what_the_scripts_write_is_git_ignored(path, ignored):
     done = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT)
     assert done.returncode == (0 if ignored else 1), path
+
+
+def test_no_output_of_the_scripts_is_tracked():
+    """The README says runs/, hp/, assets/ and viz/ are never committed: git tracks nothing there but their READMEs."""
+    tracked = subprocess.run(["git", "ls-files", "runs", "hp", "assets", "viz"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.split()
+    assert [p for p in tracked if not p.endswith("README.md")] == []
 
 
 def test_a_run_folder_path_is_accepted_where_an_id_is(fake_root, paper_sums, tmp_path, monkeypatch, capsys):
@@ -146,6 +154,37 @@ def test_tensorboard_names_each_run_and_lists_its_hparams(fake_root, paper_sums,
         summary = json.loads((tmp_path / "runs" / run_name.split("/")[0] / "summary.json").read_text())
         (last,) = mux.Scalars(run_name, "final/last_test_acc")
         assert last.value == pytest.approx(summary["last_test_acc"])
+
+
+def hparams_columns(logdir):
+    """The columns of TensorBoard's HParams tab over the runs in `logdir`, as its hparams plugin computes them (its
+    backend over its own data provider, what `tensorboard --logdir` serves)."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    backend = backend_context.Context(base_plugin.TBContext(
+        logdir=str(logdir), multiplexer=mux, data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir))))
+    ctx = context.RequestContext()
+    experiment = backend.experiment_from_metadata(ctx, "", True, backend.hparams_metadata(ctx, ""),
+                                                  backend.hparams_from_data_provider(ctx, "", 0))
+    return {h.name for h in experiment.hparam_infos}, {m.name.tag for m in experiment.metric_infos}
+
+
+def test_hparams_columns_are_the_union_of_every_methods_settings(fake_root, paper_sums, tmp_path):
+    """TensorBoard takes the HParams tab's columns from one run's declaration: every run declares every setting, so
+    that a method's own flags (GCE's gce_q, ELR's elr_lambda) are columns whichever run comes first."""
+    flags = variant_flags("0.5", ["CE", "GCE", "ELR"])
+    for name in flags:
+        run_cli(fake_root, tmp_path, "--noise_mode", "sym", "--p", "0.4", *flags[name], "--n_epochs", "1",
+                "--test_subset", "50")
+    columns, metrics = hparams_columns(tmp_path / "runs")
+    assert {"gce_q", "elr_lambda", "elr_beta", "num_gradual", "forget_rate", "sce_alpha", "noise_label", "test_subset",
+            "variant", "sigma", "seed"} <= columns, columns
+    assert {"final/last_test_acc", "final/best_test_acc", "final/test_acc_at_best_val"} <= metrics
 
 
 def test_config_records_what_decides_the_numbers_and_equal_records_repeat_bit_for_bit(fake_root, paper_sums,

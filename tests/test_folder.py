@@ -262,6 +262,14 @@ def test_ce_on_imagefolder_then_curves(tmp_path, capsys):
     plot.main(["--runs_dir", str(tmp_path / "out" / "runs"), "--assets_dir", str(assets), "--exp_id", run_dir.name,
                "--plot_type", "curves"])
     assert (assets / run_dir.name / "curves.png").is_file()
+    # which of my labels are wrong: keyed by the image files, with no clean labels to measure against
+    plot.main(["--runs_dir", str(tmp_path / "out" / "runs"), "--assets_dir", str(assets), "--exp_id", run_dir.name,
+               "--label_issues"])
+    issues = list(csv.DictReader(open(assets / run_dir.name / "label_issues.csv")))
+    assert sorted(r["path"] for r in issues) == sorted(p.relative_to(root).as_posix() for p in root.glob("train/*/*"))
+    assert all(r["given_label"] == r["path"].split("/")[1] for r in issues) and "clean_label" not in issues[0]
+    assert "precision and recall cannot be measured" in (assets / run_dir.name / "label_issues.md").read_text()
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         plot.main(["--runs_dir", str(tmp_path / "out" / "runs"), "--assets_dir", str(assets), "--exp_id", run_dir.name,
                    "--plot_type", "pred_probs"])
@@ -313,4 +321,4 @@ def test_resume_after_an_interrupted_epoch(tmp_path, capsys):
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(run_dir / "metrics.csv"))] == metrics
     with pytest.raises(SystemExit) as exc:                  # a resumed run keeps its image size
         train_real.main(["--resume", run_dir.name, "--out_dir", str(tmp_path / "out"), "--image_size", "16"])
-    assert exc.value.code == 2 and "--image_size 16 (run has None)" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--image_size 16 (the run has none)" in capsys.readouterr().err

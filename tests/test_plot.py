@@ -155,6 +155,51 @@ def test_pred_probs_and_sample_dissect_use_the_runs_ema_network(runs, fake_root,
                       int((d.is_noisy & pred_right).sum()), int((d.is_noisy & ~pred_right).sum())]
 
 
+def test_confident_label_issues_exact():
+    # class 0's threshold: mean p0 over images labelled 0 = (0.9 + 0.2) / 2 = 0.55; class 1's: (0.7 + 0.6) / 2 = 0.65
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.4, 0.6]])
+    given = np.array([0, 0, 1, 1])
+    wrong, confidence = plot.confident_label_issues(probs, given)
+    # image 1: labelled 0, but class 1 reaches its threshold (0.8 >= 0.65) and class 0 does not: likely wrong.
+    # image 3: labelled 1 with 0.6 < 0.65 and 0.4 < 0.55: no class is confident, so it is not flagged.
+    assert wrong.tolist() == [False, True, False, False]
+    assert confidence.tolist() == [0.9, 0.2, 0.7, 0.6]
+
+
+def test_label_issues_of_a_cifar_run(runs, fake_root, paper_sums, tmp_path, capsys):
+    """--label_issues: one row per training image, keyed by its index in CIFAR's training set, with the momentum
+    network's numbers recomputed here, the corrected labels of label correction, and precision and recall against the
+    clean labels as the CSV's own columns give them."""
+    out, ids = runs
+    exp_id = ids["lc1"]
+    written = run_plot(out, tmp_path, "--exp_id", exp_id, "--label_issues")
+    assert sorted(p.name for p in written) == ["label_issues.csv", "label_issues.md"]
+    rows = read_csv(tmp_path / exp_id / "label_issues.csv")
+    d = data.load_cifar_noisy("cifar10", fake_root, "sym", 0.4, 1).subset(100, None, 1)
+    names = d.class_names
+    assert sorted(int(r["index"]) for r in rows) == sorted(d.info["train_indices"])
+    assert [int(r["rank"]) for r in rows] == list(range(1, 101))
+    model = make_model("wrn-16-1", 10)
+    model.load_state_dict(torch.load(out / "runs" / exp_id / "ema_final.pt", weights_only=True))
+    probs = torch.softmax(engine.predict(model, torch.from_numpy(d.images), torch.tensor(d.mean), torch.tensor(d.std),
+                                         64), 1).numpy()
+    targets = torch.load(out / "runs" / exp_id / "targets_final.pt", weights_only=True).argmax(1).numpy()
+    where = {idx: i for i, idx in enumerate(d.info["train_indices"])}
+    for r in rows:
+        i = where[int(r["index"])]
+        assert r["given_label"] == names[d.labels[i]] and r["clean_label"] == names[d.clean_labels[i]]
+        assert float(r["given_label_prob"]) == pytest.approx(probs[i, d.labels[i]], abs=1e-5)
+        assert r["predicted_label"] == names[probs[i].argmax()] and r["corrected_label"] == names[targets[i]]
+    flagged = [r["likely_wrong"] == "1" for r in rows]
+    assert flagged == sorted(flagged, reverse=True)        # the likely wrong ones first
+    wrong_given = [r["given_label"] != r["clean_label"] for r in rows]
+    hits = sum(f and w for f, w in zip(flagged, wrong_given))
+    md = (tmp_path / exp_id / "label_issues.md").read_text()
+    assert f"likely wrong: {sum(flagged)} of 100" in md
+    if sum(flagged):
+        assert f"precision {hits / sum(flagged):.4f}, recall {hits / sum(wrong_given):.4f}" in md
+
+
 def test_outputs_are_never_silently_replaced(runs, tmp_path):
     out, ids = runs
     run_plot(out, tmp_path, "--exp_id", ids["ce"], "--plot_type", "curves")
@@ -276,6 +321,16 @@ def test_filter_selects_runs(runs, tmp_path, capsys):
     assert [(r["variant"], r["exp_ids"]) for r in read_csv(tmp_path / "mo" / "table.csv")] == [("CE-MO", ids["ce_asym"])]
     err = fails(capsys, out, tmp_path / "x", "--table", "--filter", "colour=red")
     assert "'colour'" in err and "noise_mode" in err
+
+
+def test_filter_takes_names_in_any_case_and_the_method_a_run_trained(runs, tmp_path, capsys):
+    """method= is the method each run trained (these were started with --sigma, no --method in their configs);
+    names match in any case; a filter that matches nothing lists the values the runs have."""
+    out, ids = runs
+    run_plot(out, tmp_path, "--table", "--filter", "method=sln,noise_mode=SYM", "--name", "t")
+    assert [r["exp_ids"] for r in read_csv(tmp_path / "t.csv")] == [ids["sln"]]
+    err = fails(capsys, out, tmp_path / "x", "--table", "--filter", "method=gce,noise_mode=sym")
+    assert err.endswith("the finished runs have method: CE, SLN, SLN-MO-LC; noise_mode: asym, sym"), err
 
 
 def test_ablation_is_accuracy_vs_sigma(runs, tmp_path):
@@ -467,6 +522,32 @@ def test_compare_draws_the_papers_models_solid_and_the_baselines_dashed():
     styles = {line.get_label().split(":")[0]: line.get_linestyle() for line in fig.axes[0].get_lines()}
     plot.plt.close(fig)
     assert styles == {"CE": "-", "SLN-MO-LC": "-", "GCE": "--", "Co-teaching-SLN": "--"}
+
+
+def test_compare_keeps_identical_curves_visible_and_epochs_whole():
+    """SLN-MO and SLN-MO-LC have the same curve up to the correction epoch: the one drawn over the other is narrower
+    and has its own marker, so both show; a 3-epoch run has no tick at epoch 1.5."""
+    rows = [["noise", "method", "epoch", "n_seeds", "mean", "std"]]
+    for method in ["SLN-MO", "SLN-MO-LC"]:
+        rows += [["sym", method, e, 2, 40.0 + e, 1.0] for e in (1, 2, 3)]
+    fig = plot.figure_compare(rows, "a title")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    under, over = ax.get_lines()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    plot.plt.close(fig)
+    assert np.array_equal(under.get_ydata(), over.get_ydata())
+    assert under.get_linewidth() > over.get_linewidth() and under.get_marker() != over.get_marker()
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_titles_say_what_a_run_trained_on():
+    assert plot.describe({"variant": "SLN-MO-LC", "dataset_name": "cifar10", "noise_mode": "sym", "p": 0.4,
+                          "model": "wrn-16-1"}) == "SLN-MO-LC, cifar10 sym p=0.4, wrn-16-1"
+    assert plot.describe({"variant": "CE", "dataset_name": "cifar10n", "noise_label": "worst", "noise_mode": None,
+                          "model": "wrn-28-2"}) == "CE, cifar10n worst labels, wrn-28-2"
+    assert plot.describe({"variant": "CE", "dataset_name": "folder", "noise_mode": None, "data_dir": "/x/my_images",
+                          "model": "wrn-28-2"}) == "CE, folder my_images (labels as given), wrn-28-2"
 
 
 def test_table_and_ablation_skip_unfinished_runs_of_a_running_sweep(sparse_runs, tmp_path, capsys):

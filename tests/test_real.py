@@ -110,6 +110,9 @@ def test_animal10n_extraction_annotation_and_arrays(tmp_path, animal_files, form
     assert d.images.shape == (40, 3, 64, 64) and d.images.dtype == np.uint8
     assert np.array_equal(d.images, np.stack([decoded(animal_files[n]) for n in train_names]))
     assert np.array_equal(d.test_images, np.stack([decoded(animal_files[n]) for n in test_names]))
+    # each training image's file, relative to the data folder, as plot.py --label_issues names it
+    assert [f.rsplit("/", 2)[-2:] for f in d.train_files] == [n.split("/") for n in train_names]
+    assert all((tmp_path / f).is_file() for f in d.train_files)
     assert d.labels.tolist() == [int(n.split("/")[1].split("_")[0]) for n in train_names]
     assert d.test_labels.tolist() == [int(n.split("/")[1].split("_")[0]) for n in test_names]
     assert d.clean_labels is None and d.is_noisy is None and d.noise_rate() is None

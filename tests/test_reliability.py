@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import runs
 import train_cifar
@@ -122,7 +123,7 @@ def test_sigterm_says_how_to_resume_and_resumes_bit_identically(fake_root, tmp_p
     assert_same_results(reference_run, tmp_path / "runs" / exp_id)
 
 
-def test_sigterm_before_the_first_checkpoint_says_nothing_can_be_resumed(fake_root, tmp_path):
+def test_sigterm_before_the_first_checkpoint_removes_what_the_run_made(fake_root, tmp_path):
     proc = subprocess.Popen(cli(fake_root, tmp_path, "--n_epochs", "300"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     wait_for(tmp_path / "runs", proc)
@@ -130,10 +131,76 @@ def test_sigterm_before_the_first_checkpoint_says_nothing_can_be_resumed(fake_ro
     wait_for(tmp_path / "runs" / exp_id / "config.yaml", proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    if (tmp_path / "runs" / exp_id / "checkpoint.pt").exists():
+    if "checkpointed" in err:
         pytest.skip("the first epoch ended before SIGTERM came")
     assert proc.returncode == 143, err
-    assert "nothing can be resumed" in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith(f"stopped by SIGTERM; no epoch was complete, so nothing of value was "
+                                                 f"kept: removed {tmp_path / 'runs' / exp_id} and configs/{exp_id}.yaml; "
+                                                 "start the run again"), err
+    assert "Traceback" not in err
+    assert run_ids(tmp_path) == [] and not (tmp_path / "configs" / f"{exp_id}.yaml").exists()
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (Linux: the SigCgt mask of /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc")
+def test_sigterm_in_the_first_seconds_gets_one_line(fake_root, tmp_path):
+    """A SIGTERM while Python still imports torch ends with one line and 143, not silently with -15."""
+    proc = subprocess.Popen(cli(fake_root, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    start = time.time()
+    while not catches_sigterm(proc.pid):
+        assert proc.poll() is None and time.time() - start < 60
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert len(err.strip().splitlines()) == 1 and "stopped by SIGTERM" in err and "Traceback" not in err, err
+    assert not (tmp_path / "runs").is_dir() or run_ids(tmp_path) == []
+
+
+def test_a_run_folder_without_a_checkpoint_resumes_from_epoch_1(fake_root, tmp_path, reference_run, capsys):
+    """A folder that a kill -9 left before the first checkpoint trains from the start when resumed, bit for bit as
+    a run never stopped."""
+    in_process(fake_root, tmp_path)
+    (exp_id,) = run_ids(tmp_path)
+    run_dir = tmp_path / "runs" / exp_id
+    for name in ("checkpoint.pt", "checkpoint.prev.pt", "summary.json", "model_final.pt", "ema_final.pt",
+                 "targets_final.pt"):
+        (run_dir / name).unlink()
+    capsys.readouterr()
+    in_process(fake_root, tmp_path, "--resume", exp_id)
+    assert "training it from epoch 1" in capsys.readouterr().out
+    assert_same_results(reference_run, run_dir)
+
+
+def test_checks_of_the_flags_and_the_run_folder_come_before_the_data(fake_root, tmp_path, capsys, monkeypatch):
+    """A resume of a run in use, and a method the dataset cannot serve, are refused without loading any data."""
+    in_process(fake_root, tmp_path, "--n_epochs", "2")
+    (exp_id,) = run_ids(tmp_path)
+    (tmp_path / "runs" / exp_id / "summary.json").unlink()
+    import cli as cli_module
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded")
+    monkeypatch.setattr(cli_module, "dataset_from_config", no_data)
+    with contextlib.ExitStack() as held:
+        runs.lock_run(tmp_path / "runs" / exp_id, held)    # as another process training it would
+        expect_exit(capsys, 2, rf"run {exp_id} is being trained by another process", train_cifar.main,
+                    ["--resume", exp_id, "--out_dir", str(tmp_path)])
+    expect_exit(capsys, 2, r"--method Forward-T needs the clean labels of the training set, which animal-10n does not",
+                train_real.main, ["--dataset_name", "animal-10n", "--method", "Forward-T", "--data_dir",
+                                  str(tmp_path / "no-data-here"), "--out_dir", str(tmp_path / "x")])
+    expect_exit(capsys, 2, r"Co-teaching needs --forget_rate", train_real.main,
+                ["--dataset_name", "animal-10n", "--method", "co-teaching", "--data_dir", str(tmp_path / "no-data-here"),
+                 "--out_dir", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
 
 
 # A training process that SIGKILLs itself just before its n-th rename of a checkpoint file. Renames: epoch 1's
@@ -210,7 +277,11 @@ def test_resume_problems_are_one_line(fake_root, tmp_path, capsys):
     (run_dir / "summary.json").unlink()     # as if cut off after its last checkpoint
     moved = tmp_path / "moved-data"         # the same data in another folder: --data_dir may change on resume
     shutil.copytree(fake_root, moved)
-    train_cifar.main(["--resume", exp_id, "--out_dir", str(tmp_path), "--data_dir", str(moved)])
+    # what the flags resolve to is compared, not their text: this run was started with --sigma/--mo/--lc_n_epoch
+    err = expect_exit(capsys, 2, r"--method SLN \(run trained SLN-MO-LC\); drop", train_cifar.main,
+                      ["--resume", exp_id, "--out_dir", str(tmp_path), "--method", "SLN", "--noise_mode", "OpenSet"])
+    assert "None" not in err and "noise_mode" not in err
+    train_cifar.main(["--resume", exp_id, "--out_dir", str(tmp_path), "--data_dir", str(moved), "--method", "sln-mo-lc"])
     assert (run_dir / "summary.json").is_file()
     (run_dir / "summary.json").unlink()
     for f in ("checkpoint.pt", "checkpoint.prev.pt"):
@@ -265,6 +336,15 @@ def test_nan_loss_stops_with_epoch_and_step(fake_root, tmp_path, capsys):
     assert not (tmp_path / "runs" / exp_id / "checkpoint.pt").exists()
 
 
+def test_a_diverging_loss_names_the_flags_of_the_runs_method(fake_root, tmp_path, capsys):
+    """ELR blown up by its own weight is told to lower --lr or --elr_lambda, not SLN's --sigma, which it has not."""
+    elr = [f for f in FLAGS if f not in ("--mo", "--sigma", "1.0", "--lc_n_epoch", "1")]
+    err = expect_exit(capsys, 3, r"NaN/Inf at epoch 1, step \d+; .*; lower --lr or --elr_lambda and start a new run$",
+                      train_cifar.main, [*elr, "--method", "ELR", "--elr_lambda", "1e30", "--data_dir", str(fake_root),
+                                         "--out_dir", str(tmp_path)])
+    assert "--sigma" not in err
+
+
 def test_simultaneous_runs_get_different_ids(tmp_path):
     ids = []
     threads = [threading.Thread(target=lambda: ids.append(runs.new_exp_id(tmp_path))) for _ in range(16)]
@@ -300,3 +380,21 @@ def test_a_run_still_training_is_not_resumed_beside_itself(fake_root, tmp_path, 
         proc.wait()
     with contextlib.ExitStack() as held:
         runs.lock_run(run_dir, held)          # a killed holder leaves no stale lock
+
+
+def test_resume_takes_a_method_name_in_any_case(fake_root, tmp_path, capsys):
+    """A run started with --method gce (recorded as GCE) resumes with --method gce, and a flag the run did not set is
+    named as such, never as "None"."""
+    gce = [f for f in FLAGS if f not in ("--mo", "--sigma", "1.0", "--lc_n_epoch", "1")]
+    gce += ["--method", "gce", "--data_dir", str(fake_root), "--out_dir", str(tmp_path), "--n_epochs", "2"]
+    train_cifar.main(gce)
+    (exp_id,) = run_ids(tmp_path)
+    run_dir = tmp_path / "runs" / exp_id
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["method"] == "GCE"
+    (run_dir / "summary.json").unlink()
+    capsys.readouterr()
+    err = expect_exit(capsys, 2, r"--train_subset 50 \(the run has none\)", train_cifar.main,
+                      ["--resume", exp_id, "--out_dir", str(tmp_path), "--method", "gce", "--train_subset", "50"])
+    assert "None" not in err and "--method" not in err
+    train_cifar.main(["--resume", exp_id, "--out_dir", str(tmp_path), "--method", "gce"])
+    assert (run_dir / "summary.json").is_file()

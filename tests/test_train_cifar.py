@@ -178,9 +178,25 @@ def test_run_records_which_copy_of_the_data_it_trained_on(fake_root, paper_sums,
 
 
 def test_a_method_typed_in_any_case_is_recorded_as_declared(fake_root, paper_sums, tmp_path):
-    """--method gce trains GCE and records "GCE": --filter method=GCE, tables and --resume compare the name."""
-    run_cli(fake_root, tmp_path, "--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4", "--n_epochs", "1",
+    """--method gce trains GCE and records "GCE", and every other name follows the same rule (--noise_mode Sym is
+    sym): --filter, tables and --resume compare the declared names."""
+    run_cli(fake_root, tmp_path, "--dataset_name", "CIFAR10", "--noise_mode", "Sym", "--p", "0.4", "--n_epochs", "1",
             "--method", "gce")
     _, run_dir = only_run(tmp_path)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert (config["method"], config["variant"]) == ("GCE", "GCE")
+    assert (config["method"], config["variant"], config["dataset_name"], config["noise_mode"]) == \
+        ("GCE", "GCE", "cifar10", "sym")
+
+
+def test_every_script_takes_names_in_any_case():
+    import plot
+    import train_real
+    import tune
+    import viz
+    assert viz.build_parser().parse_args(["CIFAR10", "--noise_mode", "ASYM"]).dataset == "cifar10"
+    assert plot.build_parser().parse_args(["--plot_type", "Curves", "--network", "EMA"]).plot_type == ["curves"]
+    real = train_real.build_parser().parse_args(["--dataset_name", "CIFAR10N", "--noise_label", "Worst"])
+    assert (real.dataset_name, real.noise_label) == ("cifar10n", "worst")
+    assert tune.build_parser().parse_args(["--model", "WRN-16-1"]).model == "wrn-16-1"
+    with pytest.raises(SystemExit):
+        train_cifar.build_parser().parse_args(["--noise_mode", "symmetric"])    # not a name in any case

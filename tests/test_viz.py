@@ -166,3 +166,45 @@ def test_openset_without_custom_noise_passes_the_same_checks_in_training(tmp_pat
     args = train_cifar.build_parser().parse_args(["--noise_mode", "openset", "--p", "0.4", "--out_dir", str(tmp_path)])
     train_cifar.check_args(args)       # no SystemExit
     assert args.sigma == cli.default_sigma("cifar10", "openset")
+
+
+from test_real import cifarn_root  # noqa: E402,F401  (a fixture: fake CIFAR-N files)
+
+
+def red_titles(fig) -> tuple[int, int]:
+    """(images drawn, images titled in red) of a viz.draw figure."""
+    titles = [ax.title for ax in fig.subfigs[0].axes if ax.title.get_text()]
+    return len(titles), sum(t.get_color() == viz.NOISY_COLOUR for t in titles)
+
+
+def test_cifar_n_shows_its_human_labels_against_the_clean_ones(cifarn_root, tmp_path, monkeypatch):
+    root, table10, _ = cifarn_root
+    drawn, real_draw = [], viz.draw
+    monkeypatch.setattr(viz, "draw", lambda *a, **k: drawn.append(a) or real_draw(*a, **k))
+    path = viz.main(["CIFAR10N", "--noise_label", "worst", "--seed", "1", "--data_dir", str(root), "--out_dir",
+                     str(tmp_path / "viz"), "--n_images", "16"])
+    assert path == tmp_path / "viz" / "cifar10n_worst.png"
+    images, given, clean, names, title = drawn[0][:5]
+    assert np.array_equal(given, table10["worse_label"]) and np.array_equal(clean, table10["clean_label"])
+    assert "'worst' human labels: 40.0% of 400 wrong" in title
+    with Image.open(path) as im:
+        im.load()
+        assert im.size == expected_pixels(16)
+
+
+
+def test_a_folder_is_shown_with_its_clean_label_column_or_without(tmp_path):
+    from test_folder import make_csv, make_tree
+    with_clean = make_csv(tmp_path / "mine", clean=True, n_train=4, size=12)
+    path = viz.main(["folder", "--data_dir", str(with_clean), "--out_dir", str(tmp_path / "viz"), "--n_images", "12"])
+    assert path == tmp_path / "viz" / "folder_mine.png"
+    d = cli.dataset_from_config({"dataset_name": "folder", "data_dir": with_clean})
+    fig = viz.draw(d.images, d.labels, d.clean_labels, d.class_names, "t", 12, seed=0)
+    assert red_titles(fig) == (12, 3)          # make_csv: one wrong label in four
+    plt.close(fig)
+    tree = make_tree(tmp_path / "tree", size=12)
+    path = viz.main(["folder", "--data_dir", str(tree), "--out_dir", str(tmp_path / "viz"), "--image_size", "16"])
+    assert path.name == "folder_tree.png"
+    with Image.open(path) as im:
+        im.load()
+        assert np.asarray(im.convert("RGB")).std() > 10
