@@ -555,7 +555,7 @@ def add_image_args(p: argparse.ArgumentParser, d) -> None:
                    help="folder: resize every image to N x N (bilinear); default: the images' own size, which all "
                         "must then share. clothing1m: crops of N x N after resizing the shorter side to N x 256/224 "
                         "(default 224, the authors')")
-    d.add_argument("--allow_unshared_classes", action="store_true",
+    d.add_argument("--allow_unshared_classes", action="store_true", default=None,   # None: absent from other datasets' tables
                    help="folder: accept a class that only the training set or only the test set has (by default "
                         "refused, naming the nearest class of the other set: often a typo in a label)")
     w = p.add_argument_group("pretrained weights")

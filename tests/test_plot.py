@@ -330,7 +330,7 @@ def test_filter_takes_names_in_any_case_and_the_method_a_run_trained(runs, tmp_p
     run_plot(out, tmp_path, "--table", "--filter", "method=sln,noise_mode=SYM", "--name", "t")
     assert [r["exp_ids"] for r in read_csv(tmp_path / "t.csv")] == [ids["sln"]]
     err = fails(capsys, out, tmp_path / "x", "--table", "--filter", "method=gce,noise_mode=sym")
-    assert err.endswith("the finished runs have method: CE, SLN, SLN-MO-LC; noise_mode: asym, sym"), err
+    assert err.endswith("the finished runs have method: CE, CE-MO, SLN, SLN-MO-LC; noise_mode: asym, sym"), err
 
 
 def test_ablation_is_accuracy_vs_sigma(runs, tmp_path):
