@@ -15,11 +15,9 @@ import io
 import json
 import logging
 import math
-import multiprocessing
 import os
 import pickle
 import platform
-import queue
 import re
 import shutil
 import signal
@@ -28,7 +26,6 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,19 +102,6 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"[:600] if text else type(error).__name__
 
 
-def finite(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def json_ready(obj):
-    """The summary with every non-finite float as None (JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {k: json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    return finite(obj) if isinstance(obj, float) else obj
-
-
 # ----------------------------------------------------------------------------------------------------
 # Phases and their parts, the log, and the commands the check starts
 
@@ -167,8 +151,8 @@ def part(check: Check, where: dict, name: str, fn, need_s: float = 1.0) -> dict 
     """where[name] = {"status", "seconds", **fn()}, or skipped with less than `need_s` of the phase left, or failed
     with its one-line error; the phase's other parts still run. The dict when ok, else None."""
     if check.left() < need_s:
-        where[name] = {"status": "skipped",
-                       "reason": f"{max(check.left(), 0):.0f} s of the phase's budget left, about {need_s:.0f} s needed"}
+        where[name] = {"status": "skipped", "reason": f"{max(check.left(), 0):.0f} s of the phase's budget left, "
+                                                      f"about {need_s:.0f} s needed"}
         check.skips.append(name)
         return None
     t0, check.last_error = time.monotonic(), ""
@@ -358,8 +342,7 @@ def differences(got: list[torch.Tensor], ref: list[torch.Tensor]) -> dict:
     over its largest |ref| (elementwise quotients blow up where values cross zero)."""
     diffs = [(g.double() - r.double()).abs().max() for g, r in zip(got, ref)]
     scales = [r.double().abs().max().clamp_min(1e-30) for r in ref]
-    return {"max_abs": finite(max(float(d) for d in diffs)),
-            "max_rel": finite(max(float(d / s) for d, s in zip(diffs, scales)))}
+    return {"max_abs": max(float(d) for d in diffs), "max_rel": max(float(d / s) for d, s in zip(diffs, scales))}
 
 
 def update_error(got: list[torch.Tensor], ref: list[torch.Tensor], initial: list[torch.Tensor]) -> float | None:
@@ -367,7 +350,7 @@ def update_error(got: list[torch.Tensor], ref: list[torch.Tensor], initial: list
     (the weights themselves barely move in three steps, so their own differences say little)."""
     num = sum(float((g.double() - r.double()).pow(2).sum()) for g, r in zip(got, ref))
     den = sum(float((r.double() - i.double()).pow(2).sum()) for r, i in zip(ref, initial))
-    return finite(math.sqrt(num / den)) if den > 0 else None
+    return math.sqrt(num / den) if den > 0 else None
 
 
 def compare(got: dict, ref: dict, precision: str) -> dict:
@@ -381,7 +364,7 @@ def compare(got: dict, ref: dict, precision: str) -> dict:
     out["eval_logits"] = differences(got["logits"], ref["logits"])
     out["lc_targets_max_abs"] = differences(got["targets"], ref["targets"])["max_abs"]
     out["lc_argmax_agreement"] = float((got["targets"][0].argmax(1) == ref["targets"][0].argmax(1)).float().mean())
-    out["loss_values"] = [finite(float(v)) for v in got["loss"]]
+    out["loss_values"] = [float(v) for v in got["loss"]]
     loss, update = TOLERANCE[precision]["loss"], TOLERANCE[precision]["update"]
     bounds = {f"loss max_rel <= {loss:g}": (out["loss"]["max_rel"], loss),
               f"weight update rel error <= {update:g}": (out["weight_update_rel_error"], update),
@@ -521,8 +504,8 @@ def phase_models(check: Check, res: dict) -> None:
         if ended:
             raise RuntimeError("the run ended before its first checkpoint could be interrupted: " + error_of(rc, lines))
         ckpt = torch.load(only_run(out) / "checkpoint.pt", map_location="cpu", weights_only=True)
-        return {"rc": rc, "checkpointed_epoch": ckpt["epoch"], "variant": "SLN-MO-LC",
-                **({} if rc == 143 else {"error": f"SIGTERM after the first checkpoint gave exit status {rc}, not 143"})}
+        wrong = {"error": f"SIGTERM after the first checkpoint gave exit status {rc}, not 143"} if rc != 143 else {}
+        return {"rc": rc, "checkpointed_epoch": ckpt["epoch"], "variant": "SLN-MO-LC", **wrong}
     if not part(check, res, "interrupted", interrupt, need_s=10):
         return
 
@@ -571,7 +554,7 @@ def phase_tune(check: Check, res: dict) -> None:
     # running can be told from anyone else's by it
     ray_tmp = Path(tempfile.mkdtemp(prefix="sln-ray-", dir="/tmp"))
     try:
-        rc, lines, ended = command(check, cmd, "tune", until=check.phase_end - GRACE_S, env={"RAY_TMPDIR": str(ray_tmp)})
+        rc, lines, ended = command(check, cmd, "tune", check.phase_end - GRACE_S, env={"RAY_TMPDIR": str(ray_tmp)})
     finally:
         killed = kill_processes_under(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -596,43 +579,6 @@ def phase_tune(check: Check, res: dict) -> None:
 # ----------------------------------------------------------------------------------------------------
 # (d) training and evaluation throughput
 
-def random_images(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(SEED)
-    return (torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8).to(device),
-            torch.randint(0, 10, (n,), generator=g).to(device))
-
-
-def step_counts(trainer: timing.Trainer, steps: int) -> dict:
-    """Per training step: host syncs (CUDA's sync debug mode warns at each) and the device kernels torch.profiler
-    records (memory copies and sets not counted); on a CPU, the top-level aten operations instead."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-    s = trainer.state
-    first = dataclasses.replace(s, members=torch.arange(steps * s.args.batch_size, device=s.labels.device))
-    cuda = s.labels.device.type == "cuda"
-    out: dict = {"host_syncs_per_step": None, "note": "host syncs and kernels are counted on CUDA only; "
-                                                      "cpu_ops_per_step counts top-level aten ops"}
-    if cuda:
-        torch.cuda.synchronize()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                sums = engine.train_epoch(first)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        sums.tolist()
-        out = {"host_syncs_per_step": sum("synchroniz" in str(w.message) for w in caught) / steps}
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-        engine.train_epoch(first).tolist()
-    events = prof.events()
-    if cuda:
-        out["cuda_kernels_per_step"] = sum(e.device_type == DeviceType.CUDA and not e.name.startswith(
-            ("Memcpy", "Memset")) for e in events) / steps
-    out["cpu_ops_per_step"] = sum(e.name.startswith("aten::") and e.cpu_parent is None for e in events) / steps
-    return out
-
-
 def time_setting(check: Check, setting: str, x: torch.Tensor, labels: torch.Tensor, flops: float) -> dict:
     """Images/s of engine.train_epoch (through timing.Trainer, which takes --amp for bf16) in one setting, best of
     `rounds` epochs of `steps` batches after a warm-up (which is where --compile compiles)."""
@@ -646,47 +592,17 @@ def time_setting(check: Check, setting: str, x: torch.Tensor, labels: torch.Tens
     return {"precision": precision, "flags": " ".join(["--precision", precision, *extra]),
             "train_img_s": round(img_s, 1), "ms_per_step": round(1000 * best / z.steps, 3),
             "warmup_s": round(warmup, 1), "achieved_tflop_s": round(img_s * flops / 1e12, 3),
-            **step_counts(trainer, z.profile_steps)}
-
-
-def throughput_worker(z: Sizes, device: str, barrier, results) -> None:
-    """One of phase d's concurrent training processes (tf32): warm up, wait for the others, train `steps` batches."""
-    torch.set_num_threads(1)
-    engine.set_precision("tf32")
-    torch.backends.cudnn.benchmark = True
-    n = z.steps * z.batch
-    trainer = timing.Trainer(z.model, *random_images(n, torch.device(device)), z.batch)
-    trainer.epoch(z.warmup_batches * z.batch)
-    barrier.wait()
-    start = time.time()
-    seconds = trainer.epoch(n)
-    results.put({"images": n, "start": start, "end": time.time(), "img_s": n / seconds})
+            **timing.step_counts(trainer, z.profile_steps)}
 
 
 def concurrent(check: Check, single_img_s: float | None) -> dict:
-    """Total images/s of `processes` training processes sharing the device, from the first start to the last end
-    once all are warmed up."""
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(check.sizes.processes), ctx.Queue()
-    workers = [ctx.Process(target=throughput_worker, args=(check.sizes, check.device.type, barrier, results),
-                           daemon=True) for _ in range(check.sizes.processes)]
-    got: list[dict] = []
-    try:
-        for w in workers:
-            w.start()
-        while len(got) < len(workers):
-            with contextlib.suppress(queue.Empty):
-                got.append(results.get(timeout=0.5))
-                check.note("result " + json.dumps(got[-1]), f"worker{len(got) - 1}")
-            failed = [(k, w.exitcode) for k, w in enumerate(workers) if w.exitcode not in (None, 0)]
-            if failed:
-                raise RuntimeError(f"worker{failed[0][0]} ended with exit status {failed[0][1]}")
-            if time.monotonic() > check.phase_end - STOP_S:
-                raise RuntimeError("the processes did not finish within the phase's budget")
-    finally:
-        for w in workers:
-            w.terminate()
-            w.join()
+    """Total images/s of `processes` training processes (tf32) sharing the device, from the first start to the
+    last end once all are warmed up."""
+    z = check.sizes
+    got = timing.concurrent_epochs(z.model, z.batch, z.steps, z.warmup_batches, check.device.type, z.processes,
+                                   until=check.phase_end - STOP_S)
+    for k, r in enumerate(got):
+        check.note("result " + json.dumps(r), f"worker{k}")
     total = sum(r["images"] for r in got) / (max(r["end"] for r in got) - min(r["start"] for r in got))
     return {"processes": len(got), "precision": "tf32", "total_img_s": round(total, 1),
             "per_process_img_s": [round(r["img_s"], 1) for r in got],
@@ -696,7 +612,9 @@ def concurrent(check: Check, single_img_s: float | None) -> dict:
 def phase_throughput(check: Check, res: dict) -> None:
     z = check.sizes
     torch.backends.cudnn.benchmark = True       # as engine.run sets it for every run without --deterministic
-    x, labels = random_images(z.steps * z.batch, check.device)
+    g = torch.Generator().manual_seed(SEED)
+    x = torch.randint(0, 256, (z.steps * z.batch, 3, 32, 32), generator=g, dtype=torch.uint8).to(check.device)
+    labels = torch.randint(0, 10, (len(x),), generator=g).to(check.device)
     flops = timing.train_flops_per_image(z.model)
     res.update(model=z.model, batch=z.batch, steps=z.steps, rounds=z.rounds, device=str(check.device),
                train_flops_per_image=flops, settings={})
@@ -905,7 +823,8 @@ def main(out_dir: Path, data_dir: Path, dry_run: bool, argv: list[str]) -> dict:
 
     def save() -> None:
         summary["total_s"] = round(time.monotonic() - start, 1)
-        text = json.dumps(json_ready(summary), indent=2, allow_nan=False)
+        # JSON has no NaN: a non-finite figure is written as null
+        text = json.dumps(json.loads(json.dumps(summary), parse_constant=lambda _: None), indent=2, allow_nan=False)
         files.write_atomic(out_dir / JSON_NAME, lambda tmp: tmp.write_text(text))
 
     handler = logging.FileHandler(out_dir / LOG_NAME, encoding="utf-8")

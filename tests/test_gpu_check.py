@@ -190,7 +190,8 @@ def test_a_part_without_time_is_not_started_and_one_that_fails_does_not_stop_the
     finally:
         gpu_check.LOG.removeHandler(handler)
         handler.close()
-    assert res["status"] == "ok" and res["budget_s"] == 6 and res["quick"] == {"status": "ok", "seconds": 0.0, "figure": 1}
+    assert res["status"] == "ok" and res["budget_s"] == 6
+    assert res["quick"] == {"status": "ok", "seconds": 0.0, "figure": 1}
     assert res["long"]["status"] == "skipped" and "budget left" in res["long"]["reason"]
     assert "long" in res["incomplete"]
     assert "[a_numerics] -- quick" in (tmp_path / "gpu_check.log").read_text()
@@ -214,7 +215,8 @@ def test_a_part_without_time_is_not_started_and_one_that_fails_does_not_stop_the
 
 def test_a_command_is_stopped_by_sigterm_and_its_output_logged(tmp_path):
     check = gpu_check.Check(tmp_path, torch.device("cpu"), True, gpu_check.DRY_SIZES, math.inf)
-    code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); print('up', flush=True); time.sleep(60)"
+    code = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); "
+            "print('up', flush=True); time.sleep(60)")
     t0 = time.monotonic()
     rc, lines, ended = gpu_check.command(check, [sys.executable, "-c", code], "sleeper",
                                          stop_when=lambda: time.monotonic() - t0 > 1)
