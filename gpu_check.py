@@ -146,6 +146,9 @@ class Tee(io.TextIOBase):
     def flush(self) -> None:
         self.stream.flush()
 
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
 
 def part(check: Check, where: dict, name: str, fn, need_s: float = 1.0) -> dict | None:
     """where[name] = {"status", "seconds", **fn()}, or skipped with less than `need_s` of the phase left, or failed

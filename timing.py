@@ -168,7 +168,9 @@ def concurrent_epochs(name: str, batch: int, steps: int, warmup_batches: int, de
             if time.monotonic() > until:
                 raise RuntimeError("the processes did not finish in the time given")
     finally:
-        for w in workers:
-            w.terminate()
-            w.join()
+        for w in workers:      # ended by now unless one failed; terminating a finished one would leak its semaphores
+            w.join(None if len(got) == processes else 0)
+            if w.is_alive():
+                w.terminate()
+                w.join()
     return got

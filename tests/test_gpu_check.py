@@ -124,7 +124,7 @@ def test_dry_run_sweep_throughput_and_full_run(dry_run):
         assert c["status"] == "skipped" and "Ray is not installed" in c["reason"]
     else:
         assert c["status"] == "ok", c
-        assert [t["sigma"] for t in c["trials"]] == [0.1, 0.5, 1.0]
+        assert [t["sigma"] for t in c["trials"]] == [0.0, 0.1, 0.5, 1.0]     # sigma 0: tune.py's reference trial
         assert all(t["device"] == "cpu" for t in c["trials"]) and c["gpus_per_trial"] == 0
     d = phases["d_throughput"]
     assert d["status"] == "ok", d
