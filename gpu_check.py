@@ -70,13 +70,27 @@ TOLERANCE = {"fp32": {"loss": 1e-4, "update": 1e-2}, "tf32": {"loss": 1e-2, "upd
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    model: str; batch: int; numerics_test: int           # phases a and d: network, batch, test images of a
-    synthetic: tuple[int, int]                           # training and test images written when there is no CIFAR-10
-    train_subset: int; test_subset: int; resume_subset: int; train_batch: int           # phase b (batch: b, c, e)
-    tune_subset: tuple[int, int]; tune_epochs: int; gpus_per_trial: float; cpus_per_trial: float   # phase c
-    steps: int; rounds: int; warmup_batches: int; profile_steps: int; eval_images: int  # phase d
-    processes: int; compile: bool                        # phase d: concurrent processes; time the compiled setting
-    full_model: str                                      # phase e
+    """How big each phase is: the GPU check's sizes, or the dry run's toy ones."""
+    model: str                  # network of phases a-d
+    batch: int                  # batch of phases a and d
+    numerics_test: int          # test images evaluated in phase a
+    synthetic: tuple[int, int]  # training and test images written when there is no CIFAR-10
+    train_subset: int           # phase b
+    test_subset: int
+    resume_subset: int          # phase b's interrupted run
+    train_batch: int            # batch of phases b, c and e
+    tune_subset: tuple[int, int]
+    tune_epochs: int
+    gpus_per_trial: float
+    cpus_per_trial: float
+    steps: int                  # phase d: timed steps per setting and round
+    rounds: int
+    warmup_batches: int
+    profile_steps: int
+    eval_images: int
+    processes: int              # concurrent training processes
+    compile: bool               # time the compiled setting (minutes of compiling on a CPU)
+    full_model: str             # phase e
 
 
 GPU_SIZES = Sizes(model="wrn-28-2", batch=128, numerics_test=512, synthetic=(50000, 10000), train_subset=5000,
