@@ -144,7 +144,7 @@ def build_parser() -> cli.Parser:
                         "GPU and a new or empty OUT_DIR; real CIFAR-10 is used when --data_dir has it")
     g.add_argument("--dry_run", action="store_true",
                    help="with --gpu_check: every phase at toy size on the CPU (synthetic data, wrn-16-1, a few steps; "
-                        "about a minute), to rehearse the check where there is no GPU")
+                        "no time budgets; about two minutes), to rehearse the check where there is no GPU")
     return p
 
 

@@ -1,10 +1,16 @@
 """Timing of the training step and of evaluation, shared by bench.py (the benchmarks) and gpu_check.py (the GPU
-check): a network set up exactly as a run sets it up, the device's clock, FLOP counts."""
+check): a network set up exactly as a run sets it up, the device's clock, FLOP counts, host syncs and kernels per
+step, and training processes sharing a device."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import math
+import multiprocessing
+import queue
 import time
+import warnings
 
 import torch
 
@@ -92,3 +98,79 @@ def time_eval(name: str, x: torch.Tensor, n: int, rounds: int = 2) -> dict:
     out = {k: len(images) / t for k, t in best.items()}
     first = out["batch 1024"]
     return {"eval_img_s": out, "eval_speedup": {k: v / first for k, v in out.items()}}
+
+
+def step_counts(trainer: Trainer, steps: int) -> dict:
+    """Per training step: host syncs (CUDA's sync debug mode warns at each) and the device kernels torch.profiler
+    records (memory copies and sets not counted); on a CPU, the top-level aten operations instead."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    s = trainer.state
+    first = dataclasses.replace(s, members=torch.arange(steps * s.args.batch_size, device=s.labels.device))
+    cuda = s.labels.device.type == "cuda"
+    out: dict = {"host_syncs_per_step": None, "note": "host syncs and kernels are counted on CUDA only; "
+                                                      "cpu_ops_per_step counts top-level aten ops"}
+    if cuda:
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                sums = engine.train_epoch(first)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        sums.tolist()
+        out = {"host_syncs_per_step": sum("synchroniz" in str(w.message) for w in caught) / steps}
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        engine.train_epoch(first).tolist()
+    events = prof.events()
+    if cuda:
+        out["cuda_kernels_per_step"] = sum(e.device_type == DeviceType.CUDA and not e.name.startswith(
+            ("Memcpy", "Memset")) for e in events) / steps
+    out["cpu_ops_per_step"] = sum(e.name.startswith("aten::") and e.cpu_parent is None for e in events) / steps
+    return out
+
+
+def concurrent_worker(name: str, batch: int, steps: int, warmup_batches: int, device: str, barrier, results) -> None:
+    """One of concurrent_epochs' processes: warm up, wait for the others, train `steps` batches of random images."""
+    torch.set_num_threads(1)
+    engine.set_precision("tf32")
+    torch.backends.cudnn.benchmark = True
+    g, n = torch.Generator().manual_seed(0), steps * batch
+    x = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8).to(device)
+    trainer = Trainer(name, x, torch.randint(0, 10, (n,), generator=g).to(device), batch)
+    trainer.epoch(warmup_batches * batch)
+    barrier.wait()
+    start = time.time()
+    seconds = trainer.epoch(n)
+    results.put({"images": n, "start": start, "end": time.time(), "img_s": n / seconds})
+
+
+def concurrent_epochs(name: str, batch: int, steps: int, warmup_batches: int, device: str, processes: int,
+                      until: float = math.inf) -> list[dict]:
+    """`processes` training processes (tf32, one CPU thread each) sharing `device`, started together once all are
+    warmed up: each one's images, wall-clock start and end, and images/s. Raises RuntimeError when one fails or
+    time.monotonic() passes `until`."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    workers = [ctx.Process(target=concurrent_worker, args=(name, batch, steps, warmup_batches, device, barrier,
+                                                           results), daemon=True) for _ in range(processes)]
+    got: list[dict] = []
+    try:
+        for w in workers:
+            w.start()
+        while len(got) < processes:
+            with contextlib.suppress(queue.Empty):
+                got.append(results.get(timeout=0.5))
+            failed = [(k, w.exitcode) for k, w in enumerate(workers) if w.exitcode not in (None, 0)]
+            if failed:
+                raise RuntimeError(f"process {failed[0][0]} ended with exit status {failed[0][1]}")
+            if time.monotonic() > until:
+                raise RuntimeError("the processes did not finish in the time given")
+    finally:
+        for w in workers:      # ended by now unless one failed; terminating a finished one would leak its semaphores
+            w.join(None if len(got) == processes else 0)
+            if w.is_alive():
+                w.terminate()
+                w.join()
+    return got
