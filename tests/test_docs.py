@@ -271,7 +271,7 @@ def test_help(script, help_runs):
 
 
 def test_readme_is_a_front_page_with_a_map_of_every_module():
-    """Issue 13: at most 300 lines; its sections in the agreed order; one row of the repository map per Python
+    """At most 300 lines; its sections in the agreed order; one row of the repository map per Python
     module at the top level; a link to every page in docs/."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(text.splitlines()) <= 300
@@ -289,7 +289,7 @@ def test_readme_is_a_front_page_with_a_map_of_every_module():
 
 def test_the_results_figures_quoted_are_the_runs_own():
     """Every figure README.md and results/mini_cifar10/README.md quote about the mini results is what
-    results/mini_cifar10/figures.py computes from the committed runs (issue 17: they had drifted)."""
+    results/mini_cifar10/figures.py computes from the committed runs (they had drifted once)."""
     spec = importlib.util.spec_from_file_location("figures", ROOT / "results" / "mini_cifar10" / "figures.py")
     figures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(figures)

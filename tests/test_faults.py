@@ -1,4 +1,4 @@
-"""Fault injection against the run folder's promises (issue 18): a resume never trains on other data, a damaged
+"""Fault injection against the run folder's promises: a resume never trains on other data, a damaged
 checkpoint or weight file is caught by its checksum, a full or read-only disk is one line, nothing half-written is
 read as data or left behind. Real faults where the machine gives them cheaply (a tiny tmpfs, when this machine
 lets a test mount one; real byte flips), else an OSError injected at the write."""

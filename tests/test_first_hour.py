@@ -1,4 +1,4 @@
-"""What a new user meets in the first hour (issue 17): the paper's sigma shown, errors that say what to change,
+"""What a new user meets in the first hour: the paper's sigma shown, errors that say what to change,
 an estimate of the time left, the next command after a run, outputs git does not list."""
 import json
 import re

@@ -1,4 +1,4 @@
-"""What the CUDA path needs that a CPU can test (issue 19): a checkpoint from another kind of device resumes with a
+"""What the CUDA path needs that a CPU can test: a checkpoint from another kind of device resumes with a
 note, the arithmetic is a recorded flag (--precision), and a CPU run is the same whatever TF32 says."""
 import csv
 

@@ -160,7 +160,7 @@ def test_noise_flags_are_refused_alike_by_viz_train_cifar_and_tune(tmp_path, cap
 
 
 def test_openset_without_custom_noise_passes_the_same_checks_in_training(tmp_path):
-    """The behaviour issue 13 picked: open-set noise without --custom_noise is drawn from --seed, in viz.py (above)
+    """The chosen behaviour: open-set noise without --custom_noise is drawn from --seed, in viz.py (above)
     and in train_cifar.py alike."""
     import train_cifar
     args = train_cifar.build_parser().parse_args(["--noise_mode", "openset", "--p", "0.4", "--out_dir", str(tmp_path)])
