@@ -1,4 +1,5 @@
-# make test  - create .venv if missing, then run the whole test suite (CPU, a few minutes)
+# make test  - create .venv if missing, then run the whole test suite (CPU, about 15 minutes on 2 cores)
+# make test-fast - the same without the tests marked slow (real training, Ray, kills): under ~2 minutes
 # make demo  - create .venv if missing, then a short real CIFAR-10 training run (data under DATA_DIR)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ DATA_DIR ?= $(or $(SLN_DATA_DIR),data)
 # faster (docs/performance.md); a value already in the environment wins
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: test demo env clean-venv
+.PHONY: test test-fast demo env clean-venv
 
 env: $(VENV)/.installed
 
@@ -19,6 +20,9 @@ $(VENV)/.installed: requirements.txt
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: $(VENV)/.installed
 	$(PY) train_cifar.py --dataset_name cifar10 --batch_size 128 --n_epochs 2 --lr 0.001 --noise_mode sym --p 0.4 \

@@ -118,3 +118,8 @@ def variant_flags(sigma: str, names: list[str] | None = None) -> dict[str, list[
     add SLN noise), for smoke runs."""
     names = names or [n for n, m in methods.METHODS.items() if m.by_flags]
     return {name: methods.argv(name, sigma) for name in names}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: real training, real Ray, subprocess kills or the GPU check's dry run; "
+                                       "`make test-fast` leaves these out (pytest -m 'not slow')")

@@ -18,6 +18,8 @@ import engine
 import methods
 import noise
 
+pytestmark = pytest.mark.slow     # training long enough to see an effect: not in make test-fast
+
 SEEDS = (0, 1, 2)
 
 

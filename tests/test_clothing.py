@@ -171,6 +171,7 @@ def test_file_batches_do_not_depend_on_the_worker_count(owners_root):
 # ----------------------------------------------------------------------------------------------------
 # Training runs
 
+@pytest.mark.slow
 def test_sln_mo_lc_run_with_resnet50(owners_root, tmp_path, capsys):
     """The authors' recipe on the fake data: resnet50 from scratch, soft LC before epoch 2 on that epoch's balanced
     sample, lr / 10 after epoch 1, the clean validation set picking the reported epoch."""
@@ -238,6 +239,7 @@ def final_state(run_dir: Path) -> list:
     return [torch.load(run_dir / f, weights_only=True) for f in ("model_final.pt", "ema_final.pt", "targets_final.pt")]
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical(owners_root, tmp_path, capsys):
     """The last checkpoint is torn, so --resume continues from the one before: the same run, bit for bit (the
     balanced sample is drawn from (seed, epoch), the crops from the checkpointed generator)."""

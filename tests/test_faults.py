@@ -22,6 +22,8 @@ import plot
 import runs
 import train_cifar
 
+pytestmark = pytest.mark.slow     # real runs damaged, killed and resumed: not in make test-fast
+
 FLAGS = ["--dataset_name", "cifar10", "--noise_mode", "openset", "--p", "0.4", "--batch_size", "64", "--n_epochs", "3",
          "--lr", "0.01", "--sigma", "1.0", "--mo", "--lc_n_epoch", "1", "--seed", "7", "--model", "wrn-16-1",
          "--device", "cpu", "--deterministic"]

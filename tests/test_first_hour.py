@@ -43,6 +43,7 @@ def test_the_paper_sigma_is_listed_and_announced(fake_root, paper_sums, tmp_path
     assert "sigma 0.5 (the paper's value for cifar10 asym; --sigma not given)" in out.splitlines()[0]
 
 
+@pytest.mark.slow
 def test_epoch_lines_estimate_the_time_left_and_the_end_names_the_next_step(fake_root, paper_sums, tmp_path, capsys):
     run_cli(fake_root, tmp_path, "--noise_mode", "sym", "--p", "0.4", *variant_flags("1.0")["CE"], "--n_epochs", "3")
     out = capsys.readouterr().out
@@ -127,6 +128,7 @@ def test_the_packages_list_is_what_requirements_pins():
     assert needed <= pinned, needed - pinned
 
 
+@pytest.mark.slow
 def test_tensorboard_names_each_run_and_lists_its_hparams(fake_root, paper_sums, tmp_path):
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
     from tensorboard.plugins.hparams import metadata, plugin_data_pb2
@@ -174,6 +176,7 @@ def hparams_columns(logdir):
     return {h.name for h in experiment.hparam_infos}, {m.name.tag for m in experiment.metric_infos}
 
 
+@pytest.mark.slow
 def test_hparams_columns_are_the_union_of_every_methods_settings(fake_root, paper_sums, tmp_path):
     """TensorBoard takes the HParams tab's columns from one run's declaration: every run declares every setting, so
     that a method's own flags (GCE's gce_q, ELR's elr_lambda) are columns whichever run comes first."""
@@ -187,6 +190,7 @@ def test_hparams_columns_are_the_union_of_every_methods_settings(fake_root, pape
     assert {"final/last_test_acc", "final/best_test_acc", "final/test_acc_at_best_val"} <= metrics
 
 
+@pytest.mark.slow
 def test_config_records_what_decides_the_numbers_and_equal_records_repeat_bit_for_bit(fake_root, paper_sums,
                                                                                        tmp_path):
     import torch

@@ -20,6 +20,8 @@ import torch
 import bench
 import gpu_check
 
+pytestmark = pytest.mark.slow     # the GPU check's dry run (about two minutes): not in make test-fast
+
 ROOT = Path(__file__).resolve().parent.parent
 DRY_RUN_TIMEOUT_S = 900      # a safety net only: the dry run has no budgets; it took 115 s here with a load of 5
 PHASES = ["a_numerics", "b_models", "c_tune", "d_throughput", "e_full_run"]

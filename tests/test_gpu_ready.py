@@ -28,6 +28,7 @@ def metric_rows(run_dir):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(run_dir / "metrics.csv"))]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_written_on_cuda_resumes_on_a_cpu_with_a_note(fake_root, tmp_path, capsys):
     train(fake_root, tmp_path)
     run_dir = only_run(tmp_path)
@@ -47,6 +48,7 @@ def test_a_checkpoint_written_on_cuda_resumes_on_a_cpu_with_a_note(fake_root, tm
     assert [r["epoch"] for r in metric_rows(run_dir)] == ["1", "2", "3"]
 
 
+@pytest.mark.slow
 def test_precision_is_recorded_and_a_cpu_run_ignores_tf32(fake_root, tmp_path):
     train(fake_root, tmp_path / "fp32", "--precision", "fp32")
     train(fake_root, tmp_path / "tf32")

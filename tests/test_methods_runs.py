@@ -17,6 +17,8 @@ import runs
 import train_cifar
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow     # every method trained for real, killed and resumed: not in make test-fast
+
 BASELINES = [name for name, m in methods.METHODS.items() if not m.by_flags]
 # open-set noise needs no checksummed file, so subprocesses can use the fake data root as it is
 FLAGS = ["--dataset_name", "cifar10", "--noise_mode", "openset", "--p", "0.4", "--batch_size", "64", "--n_epochs", "3",

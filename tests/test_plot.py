@@ -645,6 +645,7 @@ def test_committed_results_table_is_rebuilt_exactly_from_the_committed_runs(tmp_
     assert (tmp_path / f"{name}.csv").read_text() == (results / f"{name}.csv").read_text()
 
 
+@pytest.mark.slow
 def test_readme_results_table_shows_the_committed_table(tmp_path):
     """The README's Results block is what readme_table.py makes of results/mini_cifar10/table.csv, and a changed
     number in table.csv makes the check fail."""

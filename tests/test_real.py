@@ -426,6 +426,7 @@ def test_train_real_cifar10n_reports_rate_and_all_metrics(cifarn_root, tmp_path,
 BASELINES = [name for name, m in methods.METHODS.items() if not m.by_flags]
 
 
+@pytest.mark.slow
 def test_every_baseline_trains_from_train_real_on_cifar10n(cifarn_root, tmp_path):
     """CIFAR-N has clean labels: every baseline trains, Forward-T with the true T, Co-teaching with the noise rate."""
     root, _, _ = cifarn_root

@@ -21,6 +21,8 @@ import train_cifar
 import train_real
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow     # real training runs killed and resumed: not in make test-fast
+
 # open-set noise needs no checksummed file, so subprocesses can use the fake data root as it is
 FLAGS = ["--dataset_name", "cifar10", "--noise_mode", "openset", "--p", "0.4", "--batch_size", "64", "--n_epochs", "3",
          "--lr", "0.01", "--sigma", "1.0", "--mo", "--lc_n_epoch", "1", "--seed", "7", "--model", "wrn-16-1",

@@ -13,6 +13,8 @@ import yaml
 import runs
 import train_cifar
 
+pytestmark = pytest.mark.slow     # training runs repeated, one in a subprocess: not in make test-fast
+
 ROOT = runs.CODE_DIR
 COTEACHING = ["--method", "Co-teaching", "--num_gradual", "1"]   # its small-loss selection from the first epoch
 

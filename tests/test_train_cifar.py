@@ -33,6 +33,7 @@ PAPER_SETTINGS = [(d, m) for d in ("cifar10", "cifar100") for m in ("sym", "asym
 # product (25 runs, a minute more) would test nothing these miss
 @pytest.mark.parametrize("dataset, mode, name", [("cifar10", "sym", v) for v in VARIANTS if v != "SLN-MO-LC"]
                          + [(d, m, "SLN-MO-LC") for d, m in PAPER_SETTINGS] + [("cifar10", "openset", "SLN-MO-LC")])
+@pytest.mark.slow
 def test_every_model_and_noise_mode(fake_root, paper_sums, tmp_path, dataset, mode, name):
     summary = run_cli(fake_root, tmp_path, "--dataset_name", dataset, "--noise_mode", mode, "--p", "0.4",
                       *VARIANTS[name])
@@ -68,6 +69,7 @@ def test_every_model_and_noise_mode(fake_root, paper_sums, tmp_path, dataset, mo
         assert len(noise["openset_replaced"]) == 160
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars(fake_root, paper_sums, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     run_cli(fake_root, tmp_path, "--noise_mode", "sym", "--p", "0.4", *VARIANTS["SLN-MO-LC"])
@@ -129,6 +131,7 @@ def test_bad_flags_give_one_line_and_write_nothing(fake_root, paper_sums, tmp_pa
     assert not (tmp_path / "runs").exists() and not (tmp_path / "configs").exists()
 
 
+@pytest.mark.slow
 def test_eval_every_leaves_unevaluated_epochs_empty(fake_root, paper_sums, tmp_path):
     """--eval_every 2 over 3 epochs: the test set is evaluated at epochs 2 and 3 (the last); metrics.csv leaves
     epoch 1's test cells empty, TensorBoard has no test point there, and the summary's best is over 2 and 3."""

@@ -28,6 +28,8 @@ import tune
 from noise import DataError
 from test_real import cifarn_root  # noqa: F401  (a fixture: fake CIFAR-N files)
 
+pytestmark = pytest.mark.slow     # real Ray sweeps and training: not in make test-fast
+
 
 @pytest.fixture(scope="module")
 def ray_session(fake_root):
