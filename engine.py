@@ -237,9 +237,9 @@ def train_epoch(s: TrainState, desc: str = "") -> torch.Tensor:
         with torch.no_grad():
             out, noisy = outs[0], batch.noisy
             ce = torch.nn.functional.cross_entropy(out, batch.labels, reduction="none")
+            agree = out.argmax(1) == batch.labels
             totals += torch.stack([loss * len(idx), torch.where(noisy, 0.0, ce).sum(),
-                                   torch.where(noisy, ce, 0.0).sum(), (out.argmax(1) == batch.labels).sum(),
-                                   ((out.argmax(1) == batch.labels) & noisy).sum()])
+                                   torch.where(noisy, ce, 0.0).sum(), agree.sum(), (agree & noisy).sum()])
             own = own + sums if sums is not None else own
             first_bad = torch.where(torch.isfinite(loss) | (first_bad < n_steps), first_bad, steps[step])
     own = own if isinstance(own, torch.Tensor) else torch.zeros(0, device=device)

@@ -50,7 +50,7 @@ from noise import DataError  # noqa: E402
 from real_data import CIFARN  # noqa: E402
 from sources import ImageFiles, image_source  # noqa: E402
 from tables import (ACCURACY_COLUMN, COLUMN_ORDER, VARIANT_ORDER, Run, headline, load_run, make_table,  # noqa: E402
-                    one_run_per_seed, one_table, order_key, row_labels, run_ids, settings, whole_runs, with_derived)
+                    of_network, one_run_per_seed, one_table, order_key, row_labels, run_ids, settings, whole_runs, with_derived)
 
 SINGLE_RUN_PLOTS = ["pred_probs", "sample_dissect", "curves"]
 PLOT_TYPES = SINGLE_RUN_PLOTS + ["compare", "dissect_compare", "ablation", "hp"]
@@ -506,9 +506,7 @@ def compare_points(runs: list[Run], network: str = "reported") -> tuple[list[lis
     """Test accuracy (%) of `network` (tables.ACCURACY_COLUMN; by default the reported one) over epochs, mean and
     sample std (ddof=1) over seeds, per method and noise mode, at the epochs that every seed evaluated (see
     --eval_every). CSV rows (with header), title."""
-    if network != "reported":      # a derived row would repeat its source's: the same run, the same network
-        runs = [r for r in runs if not r.derived]
-    cells, shared = one_table(one_run_per_seed(runs)[0])
+    cells, shared = one_table(one_run_per_seed(of_network(runs, network))[0])
     labels = row_labels(cells)
     rows = [["noise", "method", "epoch", "n_seeds", "mean", "std"]]
     for cell in sorted(cells, key=lambda c: (order_key(c.column, COLUMN_ORDER), order_key(c.variant, VARIANT_ORDER),

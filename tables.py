@@ -147,6 +147,12 @@ def whole_runs(runs: list[Run]) -> tuple[list[Run], list[str]]:
     return kept, notes
 
 
+def of_network(runs: list[Run], network: str) -> list[Run]:
+    """The runs that a table or figure of `network` shows: a derived row only where each method's reported network
+    is shown (for another network it would repeat its run's own row)."""
+    return runs if network == "reported" else [r for r in runs if not r.derived]
+
+
 def run_ids(runs_dir: Path) -> list[str]:
     """Names of the run folders (those with a config.yaml) in runs_dir."""
     return sorted(d.name for d in runs_dir.iterdir() if (d / "config.yaml").is_file())
@@ -288,9 +294,7 @@ def make_table(runs: list[Run], network: str = "reported") -> tuple[str, list[li
     A seed with several runs of one experiment counts once (one_run_per_seed); a note names the runs left out.
     Returns (Markdown, CSV rows with a header row)."""
     column = ACCURACY_COLUMN[network]
-    if network != "reported":      # a derived row would repeat its source's: the same run, the same network
-        runs = [r for r in runs if not r.derived]
-    runs, repeated = one_run_per_seed(runs)
+    runs, repeated = one_run_per_seed(of_network(runs, network))
     cells = group_cells(runs)
     with_val = any(r.at_best_val(column) is not None for r in runs)
     tables = sorted({c.table for c in cells}, key=lambda t: headline(dict(t), []))

@@ -19,26 +19,22 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 from files import mean_std  # noqa: E402
 from run import LEVELS  # noqa: E402
+from tables import Run, load_run  # noqa: E402
 
 NETWORKS = {"CE": ("CE", "test/acc"), "CE-MO": ("CE", "test/acc_ema"), "SLN": ("SLN", "test/acc"),
             "SLN-MO": ("SLN", "test/acc_ema")}
 PAIRS = (("SLN", "CE"), ("SLN-MO", "CE-MO"), ("SLN-MO", "CE"), ("CE-MO", "CE"))
 
 
-def load(folder: Path) -> list[dict]:
-    found = []
-    for summary in sorted(folder.glob("*/summary.json")):
-        with open(summary.with_name("metrics.csv"), newline="") as f:
-            rows = [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in csv.DictReader(f)]
-        found.append({"id": summary.parent.name, "config": yaml.safe_load(summary.with_name("config.yaml").read_text()),
-                      "metrics": rows})
-    return found
+def load(folder: Path) -> list[Run]:
+    """The finished runs under folder, read as plot.py reads them."""
+    return [load_run(summary.parent) for summary in sorted(folder.glob("*/summary.json"))]
 
 
 def level_of(config: dict) -> str | None:
@@ -48,8 +44,8 @@ def level_of(config: dict) -> str | None:
     return None
 
 
-def last(run: dict, column: str) -> float:
-    return [r[column] for r in run["metrics"] if r.get(column) is not None][-1]
+def last(run: Run, column: str) -> float:
+    return run.last_and_best(column)[0]
 
 
 def pct(values: list[float], sign: str = "") -> str:
@@ -58,7 +54,7 @@ def pct(values: list[float], sign: str = "") -> str:
 
 
 def pilots_md() -> str:
-    runs = {level_of(r["config"]): r for r in load(HERE / "pilots")}
+    runs = {level_of(r.config): r for r in load(HERE / "pilots")}
     lines = ["# Pilots: how far CE memorises at each level (CE, seed 0, the full 2,000-image subset)", "",
              "`train/acc_noisy`: the share of wrongly labelled training images whose wrong label CE predicts, on the "
              "batches as trained. Training-set metrics only; test accuracy is shown, never used to choose.", "",
@@ -69,8 +65,8 @@ def pilots_md() -> str:
         if run is None:
             lines.append(f"| {level} | {planned} | not finished | | | |")
             continue
-        noisy = [r["train/acc_noisy"] for r in run["metrics"]]
-        tests = [(r["test/acc"], int(r["epoch"])) for r in run["metrics"] if r.get("test/acc") is not None]
+        noisy, test, epochs = (run.metrics[k] for k in ("train/acc_noisy", "test/acc", "epoch"))
+        tests = [(float(a), int(e)) for a, e in zip(test, epochs) if not np.isnan(a)]
         best = max(tests)
         lines.append(f"| {level} | {planned} | {len(noisy)} | {100 * noisy[planned - 1]:.1f} | {100 * noisy[-1]:.1f} | "
                      f"{100 * best[0]:.1f} ({best[1]}), {100 * tests[-1][0]:.1f} |")
@@ -85,7 +81,7 @@ def pilots_md() -> str:
 def table() -> tuple[str, list[list], dict]:
     by = {}      # (level, method) -> {seed: run}
     for run in load(HERE / "runs"):
-        c = run["config"]
+        c = run.config
         by.setdefault((level_of(c), c["variant"]), {})[c["seed"]] = run
     header = ["level", "lr", "batch_size", "lr_per_batch", "network", "n_seeds", "seeds", "last_mean", "last_std"]
     rows, points, lines = [header], {}, [
@@ -96,7 +92,7 @@ def table() -> tuple[str, list[list], dict]:
         if not seeds:
             lines.append(f"| {level} ({lr / batch:.3g}) | not finished | | | | | |")
             continue
-        acc = {name: [100 * last(by[(level, variant)][s], column) for s in seeds]
+        acc = {name: [last(by[(level, variant)][s], column) for s in seeds]
                for name, (variant, column) in NETWORKS.items()}
         points[level] = (lr / batch, acc, seeds)
         for name, values in acc.items():
