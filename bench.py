@@ -88,7 +88,7 @@ from augment import normalise, random_crop_flip
 from clothing_data import MEAN, RESIZE_PER_CROP, STD
 from data import CIFAR, default_data_dir, load_cifar
 from models import MODELS
-from noise import DataError
+from errors import DataError
 from sources import FileImages, ImageFiles, default_workers
 from timing import Trainer, sync, time_eval, train_flops_per_image
 

@@ -25,7 +25,8 @@ from files import check_writable
 from methods import Method
 from folder_data import MIN_IMAGE_SIZE
 from models import IMAGENET_WEIGHTS, MODELS, WeightsError, imagenet_state_dict, make_model
-from noise import ASYM_VARIANTS, SYM_VARIANTS, DataError, check_rate
+from errors import DataError
+from noise import ASYM_VARIANTS, SYM_VARIANTS, check_rate
 from real_data import CIFARN
 from runs import lock_run, resolve_resume
 from sources import default_workers

@@ -24,7 +24,7 @@ import numpy as np
 
 from data import NoisyData
 from folder_data import inside
-from noise import DataError
+from errors import DataError
 from sources import ImageFiles, check_readable
 
 NUM_CLASSES = 14

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from files import folders_kept_only_on_success, write_atomic, write_new
-from noise import DataError, check_noise_options, generate_noise, noise_report, noise_rules, openset_indices
+from errors import DataError
+from noise import check_noise_options, generate_noise, noise_report, noise_rules, openset_indices
 
 # ----------------------------------------------------------------------------------------------------
 # CIFAR on disk

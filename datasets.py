@@ -14,7 +14,7 @@ from typing import Callable
 from clothing_data import load_clothing1m
 from data import CIFAR, NoisyData, load_cifar_noisy
 from folder_data import load_folder
-from noise import DataError
+from errors import DataError
 from real_data import CIFARN, load_animal10n, load_cifar_n
 from sources import default_workers
 

@@ -34,7 +34,7 @@ from cli import fail, pick_device, resolve_precision
 from datasets import workers
 from data import NoisyData, balanced_indices
 from models import WeightsError
-from noise import DataError
+from errors import DataError
 from sources import DeviceImages, FileImages, UnreadableImage, image_source
 
 METRIC_FIELDS = ["epoch", "seconds", "sigma", "train/loss", "train/loss_clean", "train/loss_noisy", "train/acc",

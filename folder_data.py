@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from data import NoisyData
-from noise import DataError
+from errors import DataError
 from real_data import channel_mean_std, decode_image
 from sources import check_images_fit
 

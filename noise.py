@@ -5,17 +5,12 @@ any noise in use, generated or read from a file.
 Labels in, labels out: nothing here reads or writes a file. data.py reads what a generator needs from
 disk (CIFAR-100's superclasses, the images) and writes what it returns, so every function here can be
 tested on plain arrays and gives the same labels for the same seed on any machine.
-
-DataError lives here, at the bottom of the imports, because the generators raise it too: data.py and
-real_data.py import this module, and this module imports nothing of the project, so there is no cycle.
 """
 from __future__ import annotations
 
 import numpy as np
 
-
-class DataError(Exception):
-    """A problem with the user's data or flags; the scripts print its message on one line and exit."""
+from errors import DataError
 
 
 # ----------------------------------------------------------------------------------------------------

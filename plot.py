@@ -46,7 +46,7 @@ import runs  # noqa: E402
 from data import CIFAR, NoisyData  # noqa: E402
 from files import mean_std  # noqa: E402
 from models import make_model  # noqa: E402
-from noise import DataError  # noqa: E402
+from errors import DataError  # noqa: E402
 from real_data import CIFARN  # noqa: E402
 from sources import ImageFiles, image_source  # noqa: E402
 from tables import (ACCURACY_COLUMN, COLUMN_ORDER, VARIANT_ORDER, Run, headline, load_run, make_table,  # noqa: E402

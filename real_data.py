@@ -24,7 +24,7 @@ from PIL import Image
 from data import (CIFAR, ArrayUnpickler, NoisyData, cifar_class_names, cifar_files_official, data_dir_hint,
                   download_file, file_digest, load_array_pickle, load_cifar)
 from files import write_atomic
-from noise import DataError
+from errors import DataError
 
 # ----------------------------------------------------------------------------------------------------
 # Animal-10N (Song et al., "SELFIE", ICML 2019)

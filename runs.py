@@ -34,7 +34,7 @@ import yaml
 import methods
 from data import NoisyData
 from files import write_atomic, write_new
-from noise import DataError
+from errors import DataError
 
 CODE_DIR = Path(__file__).resolve().parent
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from augment import random_crop_flip
-from noise import DataError
+from errors import DataError
 
 # What Pillow raises for a file that is not a readable image: OSError (UnidentifiedImageError, truncation),
 # ValueError or, for some corrupt headers, SyntaxError.

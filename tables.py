@@ -15,7 +15,7 @@ import numpy as np
 
 import methods
 from files import mean_std
-from noise import DataError
+from errors import DataError
 from runs import read_metrics as read_metric_rows, read_run_config
 
 VARIANT_ORDER = list(methods.METHODS)     # the paper's models in its order, then the baselines

@@ -25,7 +25,7 @@ import datasets  # noqa: E402
 import engine  # noqa: E402
 from data import NoisyData  # noqa: E402
 from models import make_model  # noqa: E402
-from noise import DataError  # noqa: E402
+from errors import DataError  # noqa: E402
 from sources import check_images_fit  # noqa: E402
 
 DATASETS = datasets.of_script("train_real.py")      # animal-10n, cifar10n, cifar100n, clothing1m, folder

@@ -53,7 +53,7 @@ import files
 import methods
 import runs
 from models import make_model
-from noise import DataError
+from errors import DataError
 from tables import load_run, make_table, with_derived
 
 DEFAULT_SIGMAS = [0.1, 0.2, 0.5, 1.0]                 # the paper's grid

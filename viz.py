@@ -32,6 +32,7 @@ import data  # noqa: E402
 import datasets  # noqa: E402
 import files  # noqa: E402
 import noise  # noqa: E402
+from errors import DataError  # noqa: E402
 
 # every dataset held in memory (datasets.py): the CIFARs with their label noise, and those with labels as given (CIFAR-N's
 # human labels, Animal-10N, a folder); Clothing1M's million files are read batch by batch and are not drawn here.
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> Path:
     cli.check_out_dir(args.out_dir)
     try:
         fig = cifar_figure(args) if args.dataset in SYNTHETIC else given_labels_figure(args)
-    except noise.DataError as e:
+    except DataError as e:
         cli.fail(str(e))
     labels = args.data_dir.resolve().name if args.dataset == "folder" else args.noise_label
     name = figure_name(args.dataset, args.noise_mode, args.p, args.custom_noise, args.seed, labels)

@@ -7,7 +7,7 @@ import torchvision.datasets as tvd
 
 import data
 from conftest import write_cifar, write_label_csv
-from noise import DataError
+from errors import DataError
 
 
 def test_reads_pickle_layout(fake_root):

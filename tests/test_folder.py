@@ -17,7 +17,7 @@ import plot
 import sources
 import train_real
 from conftest import assert_refused, variant_flags
-from noise import DataError
+from errors import DataError
 
 CLASSES = ["cat", "dog", "owl"]
 

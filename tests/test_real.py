@@ -21,7 +21,7 @@ import real_data
 import runs
 import train_real
 from conftest import assert_refused, variant_flags
-from noise import DataError
+from errors import DataError
 
 # ----------------------------------------------------------------------------------------------------
 # A fake Animal-10N: raw_image_ver.zip > raw_image.zip > training/, testing/ of <label>_<name>.jpg

@@ -25,7 +25,7 @@ import data
 import methods
 import runs
 import tune
-from noise import DataError
+from errors import DataError
 from test_real import cifarn_root  # noqa: F401  (a fixture: fake CIFAR-N files)
 
 pytestmark = pytest.mark.slow     # real Ray sweeps and training: not in make test-fast
