@@ -1,16 +1,12 @@
-"""The GPU check that `python bench.py --gpu_check OUT_DIR` runs: five phases (a numerics against the CPU, b the four
-models with a resume across devices and plots, c a shared-GPU sweep, d throughput, e a full run cut off at the
-deadline) within 8 minutes on one GPU; `--dry_run` runs them at toy size on the CPU, without time budgets. OUT_DIR
-gets gpu_check.json and gpu_check.log. docs/performance.md ("The GPU check") says what each phase runs and reports.
-"""
+"""The GPU check that `python bench.py --gpu_check OUT_DIR` runs within 8 minutes on one GPU (`--dry_run`: the same
+phases at toy size on the CPU, without a clock): numerics against the CPU, the four models, a shared-GPU sweep,
+throughput, a full run cut off at the deadline. docs/performance.md ("The GPU check") says what each one reports."""
 from __future__ import annotations
 
 import contextlib
 import csv
 import dataclasses
-import datetime
 import importlib.metadata
-import importlib.util
 import io
 import json
 import logging
@@ -27,10 +23,10 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
-import yaml
 
 import cli
 import engine
@@ -39,23 +35,36 @@ import methods
 import runs
 import timing
 from augment import random_crop_flip
-from data import CIFAR, NoisyData, load_cifar_noisy
-from models import make_model
+from data import CIFAR, load_cifar_noisy
 
 CODE_DIR = Path(__file__).resolve().parent
 JSON_NAME, LOG_NAME = "gpu_check.json", "gpu_check.log"
 SEED = 1
-# On a GPU: seconds from the start by which every phase must be done (8 minutes less room for start-up, a last
-# SIGTERM's grace and the summary), and the most each phase may take (None: whatever is left). A dry run has none.
+# The clock of a GPU run (a dry run has none): seconds from the start by which every phase is done (8 minutes less
+# room for start-up, a last SIGTERM's grace and the summary), and the most each phase may take (None: what is left)
 DEADLINE_S = 440
 BUDGETS_S = {"a_numerics": 45, "b_models": 140, "c_tune": 75, "d_throughput": 130, "e_full_run": None}
 MIN_PHASE_S = 5          # a phase with less time than this is skipped
-GRACE_S = 15             # after SIGTERM, how long a process may take to stop before it is killed
-STOP_S = 5               # time kept for a run to stop on SIGTERM (its current step, its last lines) within a phase
+GRACE_S = 15             # after SIGTERM, how long a command may take to stop before it is killed
+STOP_S = 5               # time kept within a phase for a run to stop on SIGTERM (its current step, its last lines)
 DRY_RUN_EPOCHS = 2       # a dry run's phase e is stopped after this many epochs (on a GPU, at the deadline)
-POLL_S = 0.02
 LOG = logging.getLogger("gpu_check")
-
+# How big each phase is: (the GPU check's size, the dry run's toy size)
+SIZES = {"model": ("wrn-28-2", "wrn-16-1"),                  # network of phases a-d
+         "batch": (128, 16),                                 # batch of phases a and d
+         "numerics_test": (512, 32),                         # test images evaluated in phase a
+         "synthetic": ((50000, 10000), (400, 100)),          # training and test images written without CIFAR-10
+         "train_subset": (5000, 160), "test_subset": (1000, 60),     # phase b
+         "resume_subset": (2000, 160),                       # phase b's interrupted run
+         "train_batch": (128, 32),                           # batch of phases b, c and e
+         "tune_subset": ((1000, 500), (120, 60)), "tune_epochs": (2, 1),
+         "gpus_per_trial": (0.33, 0), "cpus_per_trial": (1, 0.5),
+         "steps": (100, 2), "rounds": (2, 1),                # phase d: timed steps per setting and round
+         "warmup_batches": (3, 1), "profile_steps": (5, 1), "eval_images": (10000, 64),
+         "processes": (4, 4),                                # concurrent training processes
+         "compile": (True, False),                           # time the compiled setting (minutes on a CPU)
+         "full_model": ("wrn-28-2", "wrn-16-1")}             # phase e
+GPU_SIZES, DRY_SIZES = (SimpleNamespace(**{k: v[dry] for k, v in SIZES.items()}) for dry in (False, True))
 VARIANT_FLAGS = {name: methods.argv(name) for name, m in methods.METHODS.items() if m.by_flags}  # the paper's four
 NOISE_FLAGS = ["--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4", "--custom_noise"]
 # phase d's settings: (precision, extra training flags)
@@ -66,54 +75,9 @@ SETTINGS = {"fp32": ("fp32", []), "tf32": ("tf32", []), "bf16+channels_last": ("
 # bf16's 7; strict float32 differs only by the order of its sums, which BatchNorm's backward lifts to ~1e-3.
 TOLERANCE = {"fp32": {"loss": 1e-4, "update": 1e-2}, "tf32": {"loss": 1e-2, "update": 0.1},
              "bf16": {"loss": 5e-2, "update": 0.3}}
-
-
-@dataclasses.dataclass(frozen=True)
-class Sizes:
-    """How big each phase is: the GPU check's sizes, or the dry run's toy ones."""
-    model: str                  # network of phases a-d
-    batch: int                  # batch of phases a and d
-    numerics_test: int          # test images evaluated in phase a
-    synthetic: tuple[int, int]  # training and test images written when there is no CIFAR-10
-    train_subset: int           # phase b
-    test_subset: int
-    resume_subset: int          # phase b's interrupted run
-    train_batch: int            # batch of phases b, c and e
-    tune_subset: tuple[int, int]
-    tune_epochs: int
-    gpus_per_trial: float
-    cpus_per_trial: float
-    steps: int                  # phase d: timed steps per setting and round
-    rounds: int
-    warmup_batches: int
-    profile_steps: int
-    eval_images: int
-    processes: int              # concurrent training processes
-    compile: bool               # time the compiled setting (minutes of compiling on a CPU)
-    full_model: str             # phase e
-
-
-GPU_SIZES = Sizes(model="wrn-28-2", batch=128, numerics_test=512, synthetic=(50000, 10000), train_subset=5000,
-                  test_subset=1000, resume_subset=2000, train_batch=128, tune_subset=(1000, 500), tune_epochs=2,
-                  gpus_per_trial=0.33, cpus_per_trial=1, steps=100, rounds=2, warmup_batches=3, profile_steps=5,
-                  eval_images=10000, processes=4, compile=True, full_model="wrn-28-2")
-DRY_SIZES = Sizes(model="wrn-16-1", batch=16, numerics_test=32, synthetic=(400, 100), train_subset=160,
-                  test_subset=60, resume_subset=160, train_batch=32, tune_subset=(120, 60), tune_epochs=1,
-                  gpus_per_trial=0, cpus_per_trial=0.5, steps=2, rounds=1, warmup_batches=1, profile_steps=1,
-                  eval_images=64, processes=4, compile=False, full_model="wrn-16-1")
-
-
-class Stopped(BaseException):
-    """The check got SIGTERM: the phase under way stops, the rest are skipped, the summary is written."""
-
-
-def raise_stopped(signum, frame):
-    raise Stopped
-
-
-def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}"[:600] if text else type(error).__name__
+DRY_RUN_MEANING = ("dry run: no GPU was used. 'ok' says a phase ran to the end at toy size; the CUDA-against-CPU "
+                   "differences compare the CPU with itself (0 by construction), and the speeds and the projected "
+                   "run time are this CPU's at toy size, not a GPU's")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -125,43 +89,33 @@ class Check:
     out: Path
     device: torch.device
     dry_run: bool
-    sizes: Sizes
-    deadline: float                                  # time.monotonic() by which all is done (inf in a dry run)
+    sizes: SimpleNamespace
+    deadline: float                                 # time.monotonic() by which all is done (inf in a dry run)
     child_env: dict = dataclasses.field(default_factory=dict)  # for the commands it starts (None: unset)
     data: dict = dataclasses.field(default_factory=dict)       # the data root and what it holds
     phases: dict = dataclasses.field(default_factory=dict)     # the JSON's phases so far (phase e reads a and d)
-    phase: str = "setup"                             # the phase under way, its end and the parts it lost
+    phase: str = "setup"                            # the phase under way, its end, and its parts not ok
     phase_end: float = math.inf
     failures: list = dataclasses.field(default_factory=list)
     skips: list = dataclasses.field(default_factory=list)
-    last_error: str = ""                             # the last "error: ..." line printed (cli.fail's one line)
 
-    def note(self, line: str, source: str = "") -> None:
-        LOG.info("[%s%s] %s", self.phase, f"/{source}" if source else "", line)
+    def note(self, text: str, source: str = "") -> None:
+        for line in filter(str.strip, re.split(r"[\r\n]", text)):
+            LOG.info("[%s%s] %s", self.phase, f"/{source}" if source else "", line)
+
+    def say(self, line: str) -> None:
+        print(line, flush=True)
+        self.note(line)
 
     def left(self) -> float:
         return self.phase_end - time.monotonic()
 
 
-class Tee(io.TextIOBase):
-    """sys.stdout or sys.stderr while the check runs: text still reaches the terminal, and each line the log."""
-
-    def __init__(self, stream, check: Check, source: str = ""):
-        self.stream, self.check, self.source = stream, check, source
-
-    def write(self, text: str) -> int:
-        self.stream.write(text)
-        for line in filter(str.strip, re.split(r"[\r\n]", text)):
-            self.check.note(line, self.source)
-            if line.startswith("error:"):
-                self.check.last_error = line
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def fileno(self) -> int:
-        return self.stream.fileno()
+def one_line(check: Check, e: BaseException) -> str:
+    """The error on one line for the JSON; its traceback goes to the log."""
+    check.note(traceback.format_exc())
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}"[:600] if text else type(e).__name__
 
 
 def part(check: Check, where: dict, name: str, fn, need_s: float = 1.0) -> dict | None:
@@ -172,21 +126,23 @@ def part(check: Check, where: dict, name: str, fn, need_s: float = 1.0) -> dict 
                                                       f"about {need_s:.0f} s needed"}
         check.skips.append(name)
         return None
-    t0, check.last_error = time.monotonic(), ""
+    t0, stderr = time.monotonic(), io.StringIO()
     check.note(f"-- {name}")
     try:
-        figures = fn()
-    except Stopped:
-        where[name] = {"status": "skipped", "reason": "cut off: the check was stopped by SIGTERM"}
-        raise
-    except SystemExit as e:         # a one-line refusal (cli.fail) of the code it called
-        where[name] = {"status": "failed", "error": check.last_error or f"exit status {e.code}"}
-    except Exception as e:
-        check.note(traceback.format_exc().rstrip().replace("\n", "\n    "))
-        where[name] = {"status": "failed", "error": one_line(e)}
-    else:
+        with contextlib.redirect_stderr(stderr):    # warnings, and the one line of a refusal (cli.fail), to the log
+            figures = fn()
         where[name] = {"status": "failed" if figures.get("error") else "ok",
                        "seconds": round(time.monotonic() - t0, 1), **figures}
+    except runs.Terminated:
+        where[name] = {"status": "skipped", "reason": "cut off: the check was stopped by SIGTERM"}
+        raise
+    except SystemExit as e:
+        said = [line for line in stderr.getvalue().splitlines() if line.startswith("error:")]
+        where[name] = {"status": "failed", "error": said[-1] if said else f"exit status {e.code}"}
+    except Exception as e:
+        where[name] = {"status": "failed", "error": one_line(check, e)}
+    finally:
+        check.note(stderr.getvalue(), "stderr")
     if where[name]["status"] == "failed":
         check.failures.append(f"{name}: {where[name]['error']}")
     return where[name] if where[name]["status"] == "ok" else None
@@ -196,62 +152,57 @@ def run_phase(check: Check, key: str, fn) -> dict:
     """Run one phase (on a GPU within its budget and the deadline); its dict for the JSON, also check.phases[key]
     from the start, so that a phase stopped by SIGTERM keeps what it had."""
     now, check.phase, check.failures, check.skips = time.monotonic(), key, [], []
-    budget = None if check.dry_run else min(BUDGETS_S[key] or math.inf, check.deadline - now)
-    res = check.phases[key] = {"status": "ok", "budget_s": None if budget is None else round(max(budget, 0), 1)}
+    budget = None if check.dry_run else max(min(BUDGETS_S[key] or math.inf, check.deadline - now), 0)
+    res = check.phases[key] = {"status": "ok", "budget_s": None if budget is None else round(budget, 1)}
     if budget is not None and budget < MIN_PHASE_S:
-        res.update(status="skipped", reason=f"{max(budget, 0):.0f} s left before the deadline, {MIN_PHASE_S} s "
-                                            "needed at least")
+        res.update(status="skipped", reason=f"{budget:.0f} s left before the deadline, {MIN_PHASE_S} s needed at least")
         check.note(f"skipped: {res['reason']}")
         return res
-    check.phase_end = math.inf if budget is None else now + budget
-    print(f"gpu check: phase {key}" + ("" if budget is None else f" (budget {budget:.0f} s)"), flush=True)
+    check.phase_end = now + (math.inf if budget is None else budget)
+    check.say(f"gpu check: phase {key}" + ("" if budget is None else f" (budget {budget:.0f} s)"))
     try:
         fn(check, res)
-    except Stopped:
+    except runs.Terminated:
         res.update(status="skipped", reason="cut off: the check was stopped by SIGTERM")
         raise
     except Exception as e:
-        check.note(traceback.format_exc().rstrip().replace("\n", "\n    "))
-        res.update(status="failed", error=one_line(e))
+        res.update(status="failed", error=one_line(check, e))
     finally:
         res["seconds"] = round(time.monotonic() - now, 1)
     if res["status"] == "ok" and check.failures:
         res.update(status="failed", error=check.failures[0])
     if check.skips:
         res["incomplete"] = f"not run for lack of time: {', '.join(check.skips)}"
-    print(f"gpu check: phase {key} {res['status']} in {res['seconds']:.0f} s"
-          + (f": {res.get('error') or res.get('reason')}" if res["status"] != "ok" else ""), flush=True)
+    check.say(f"gpu check: phase {key} {res['status']} in {res['seconds']:.0f} s"
+              + (f": {res.get('error') or res.get('reason')}" if res["status"] != "ok" else ""))
     return res
 
 
-def command(check: Check, cmd: list[str], name: str, until: float = math.inf, stop_when=None,
+def command(check: Check, cmd: list[str], name: str, until: float = math.inf, stop_when=lambda: False,
             env: dict | None = None) -> tuple[int, list[str], bool]:
     """Run `cmd` in a session of its own, as a user runs it, until it ends, the clock (time.monotonic) reaches
     `until` or `stop_when()` holds; then SIGTERM (a run keeps its last checkpoint and exits 143), and GRACE_S later
-    SIGKILL to its process group. Its output goes to the log. Returns (exit status, output lines, ended by itself)."""
+    SIGKILL. Its output goes to the log. Returns (exit status, output lines, whether it ended by itself)."""
     check.note("$ " + " ".join(cmd), name)
     env = {k: v for k, v in {**os.environ, "TQDM_DISABLE": "1", **check.child_env, **(env or {})}.items()
            if v is not None}
-    proc = subprocess.Popen(cmd, cwd=CODE_DIR, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    out, ended = "", False
-    try:
-        while time.monotonic() < until and not (stop_when and stop_when()):
-            wait = min(until - time.monotonic(), POLL_S if stop_when else math.inf)
-            with contextlib.suppress(subprocess.TimeoutExpired):     # a retried communicate loses no output
-                out, ended = proc.communicate(timeout=None if wait == math.inf else max(wait, 0))[0], True
-                break
-    finally:
-        if not ended:
-            proc.send_signal(signal.SIGTERM)
+    with tempfile.TemporaryFile() as output:
+        proc = subprocess.Popen(cmd, cwd=CODE_DIR, env=env, stdin=subprocess.DEVNULL, stdout=output,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while proc.poll() is None and time.monotonic() < until and not stop_when():
+                time.sleep(0.05)
+        finally:
+            ended = proc.returncode is not None
+            proc.terminate()
             try:
-                out = proc.communicate(timeout=GRACE_S)[0]
+                proc.wait(GRACE_S)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-                out = proc.communicate()[0]
-        lines = out.splitlines()
-        for line in lines:
-            check.note(line, name)
+                proc.wait()
+            output.seek(0)
+            lines = output.read().decode(errors="replace").splitlines()
+            check.note("\n".join(lines), name)
     return proc.returncode, lines, ended
 
 
@@ -261,18 +212,14 @@ def error_of(rc: int, lines: list[str]) -> str:
     return f"exit status {rc}: {errors[-1] if errors else (lines[-1] if lines else 'no output')}"[:600]
 
 
-def run_to_end(check: Check, cmd: list[str], name: str) -> list[str]:
-    """Run a command to its end (on a GPU, within the phase's budget); raises when it fails."""
-    rc, lines, ended = command(check, cmd, name, until=check.phase_end - STOP_S)
+def run_to_end(check: Check, script: str, args: list[str], name: str) -> list[str]:
+    """Run a script of this project to its end (on a GPU, within the phase's budget); raises when it fails."""
+    rc, lines, ended = command(check, [sys.executable, str(CODE_DIR / script), *args], name, check.phase_end - STOP_S)
     if not ended:
         raise RuntimeError(f"{name} did not finish within the phase's budget")
     if rc != 0:
         raise RuntimeError(error_of(rc, lines))
     return lines
-
-
-def script(name: str) -> list[str]:
-    return [sys.executable, str(CODE_DIR / name)]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -286,72 +233,48 @@ def draws(batch: int, n_test: int, steps: int = 3) -> dict:
     images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, 10, (n,), generator=g)
     batches = [(idx, random_crop_flip(images[idx], 4, g)) for idx in torch.arange(n).view(steps, batch)]
-    noise = torch.randn(n, 10, generator=g)
-    test_images = torch.randint(0, 256, (n_test, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return {"images": images, "labels": labels, "batches": batches, "noise": noise, "test_images": test_images,
-            "test_labels": torch.randint(0, 10, (n_test,), generator=g)}
+    return {"images": images, "labels": labels, "batches": batches, "noise": torch.randn(n, 10, generator=g),
+            "test_images": torch.randint(0, 256, (n_test, 3, 32, 32), generator=g, dtype=torch.uint8)}
 
 
-class FixedBatch:
-    """A batch source for engine.train_epoch that yields one batch made beforehand: the same crops and flips on
-    every device, where the device's own generator would draw different ones."""
-
-    def __init__(self, idx: torch.Tensor, xb: torch.Tensor):
-        self.idx, self.xb = idx, xb
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def train_batches(self, order: torch.Tensor, batch_size: int, gen: torch.Generator):
-        yield self.idx, self.xb
-
-
-def numerics_run(device: torch.device, precision: str, d: dict, model: str,
-                 deterministic: bool = False) -> dict[str, list[torch.Tensor]]:
-    """Three engine.train_epoch steps (SGD and EMA step each), one label correction (engine.correct_labels, on
+def numerics_run(device: torch.device, precision: str, d: dict, model: str, deterministic: bool = False) -> dict:
+    """Three engine.train_epoch steps of SLN-MO-LC (SGD and EMA step each) set up as a run sets them up
+    (timing.Trainer: engine.setup, weights made on the CPU), one label correction (engine.correct_labels, on
     un-augmented images so that no device draws) and one evaluation of both networks, all from the draws `d`.
 
     SLN noise is drawn in train_epoch from the device's generator, which differs between devices; here it is the
     CPU's draw, added to the targets beforehand, and train_epoch runs with sigma 0 (noisy_targets then returns the
     targets as they are): the loss is the same as with sigma 1 and that noise. Returns the tensors to compare, on
     the CPU. Sets torch's deterministic kernels and cudnn.benchmark as engine.run does for --deterministic or not."""
-    batch = len(d["batches"][0][0])
-    parser = cli.Parser()
-    cli.add_training_args(parser, default_model=model)
-    args = parser.parse_args(["--batch_size", str(batch), "--sigma", "1.0", "--mo", "--n_epochs", "2", "--lc_n_epoch",
-                              "1", "--no-lc_augment", "--eval_batch_size", str(batch), "--precision", precision,
-                              "--seed", str(SEED)])
-    cli.resolve_precision(args)
-    engine.set_precision(args.precision)
+    engine.set_precision(precision)
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
-    y, spec = d["labels"].numpy(), CIFAR["cifar10"]
-    data = NoisyData("gpu_check", d["images"].numpy(), y, y, np.zeros(len(y), dtype=bool), d["test_images"].numpy(),
-                     d["test_labels"].numpy(), 10, [str(c) for c in range(10)], spec.mean, spec.std)
-    torch.manual_seed(SEED)
-    s = engine.setup(args, data, make_model(model, 10), device)   # made on the CPU: the same weights everywhere
+    batch = str(len(d["batches"][0][0]))
+    flags = ["--no-lc_augment", "--eval_batch_size", batch, "--seed", str(SEED), "--precision", precision]
+    s = timing.Trainer(model, d["images"].to(device), d["labels"].to(device), int(batch),
+                       flags + (["--amp"] if precision == "bf16" else []), method="SLN-MO-LC").state
     initial = [t.detach().cpu().clone() for t in s.model_tensors]
-    images = s.x
-    s.targets, s.sigma = (s.given.cpu() + args.sigma * d["noise"]).to(device), 0.0
+    images, sigma, s.targets, s.sigma = s.x, s.sigma, (s.given.cpu() + s.sigma * d["noise"]).to(device), 0.0
     losses = []
     for idx, xb in d["batches"]:
-        s.x = FixedBatch(idx.to(device), xb.to(device))
-        losses.append(engine.train_epoch(s)[0] / len(idx))
-    s.x, s.targets, s.sigma = images, s.given.clone(), args.sigma
+        # an epoch of one batch made beforehand: the same crops and flips on every device
+        made = (idx.to(device), xb.to(device))
+        s.members, s.x = made[0], SimpleNamespace(train_batches=lambda *_, made=made: [made])
+        losses.append(engine.train_epoch(s)[0].cpu() / len(idx))
+    s.x, s.members, s.targets, s.sigma = images, None, s.given.clone(), sigma
     engine.correct_labels(s)
-    logits = [engine.logits_of(net, s.test_x.eval_batches(s.eval_bs), s.mean, s.std, args.amp)
+    logits = [engine.predict(net, d["test_images"].to(device), s.mean, s.std, s.eval_bs, amp=s.args.amp).cpu()
               for net in (s.model, s.ema)]
     # the state's float tensors (sln.ema_tensors) split into parameters and BatchNorm's running statistics
     params = dict(s.model.named_parameters())
     is_param = [k in params for k, v in s.model.state_dict().items() if v.is_floating_point()]
 
-    def split(tensors: list[torch.Tensor], want_params: bool) -> list[torch.Tensor]:
-        return [t.detach().float().cpu() for t, p in zip(tensors, is_param) if p == want_params]
-    return {"loss": [t.cpu() for t in losses], "weights": split(s.model_tensors, True),
-            "buffers": split(s.model_tensors, False), "ema": split(s.ema_tensors, True),
-            "ema_buffers": split(s.ema_tensors, False), "initial_weights": split(initial, True),
-            "initial_buffers": split(initial, False), "targets": [s.targets.cpu()],
-            "logits": [t.cpu() for t in logits]}
+    def split(tensors: list[torch.Tensor], want: bool) -> list[torch.Tensor]:
+        return [t.detach().float().cpu() for t, p in zip(tensors, is_param) if p == want]
+    return {"loss": losses, "weights": split(s.model_tensors, True), "buffers": split(s.model_tensors, False),
+            "ema": split(s.ema_tensors, True), "ema_buffers": split(s.ema_tensors, False),
+            "initial_weights": split(initial, True), "initial_buffers": split(initial, False),
+            "targets": [s.targets.cpu()], "logits": logits}
 
 
 def differences(got: list[torch.Tensor], ref: list[torch.Tensor]) -> dict:
@@ -378,10 +301,10 @@ def compare(got: dict, ref: dict, precision: str) -> dict:
     for name, key, initial in (("weight", "weights", "initial_weights"), ("ema", "ema", "initial_weights"),
                                ("buffer", "buffers", "initial_buffers")):
         out[f"{name}_update_rel_error"] = update_error(got[key], ref[key], ref[initial])
-    out["eval_logits"] = differences(got["logits"], ref["logits"])
-    out["lc_targets_max_abs"] = differences(got["targets"], ref["targets"])["max_abs"]
-    out["lc_argmax_agreement"] = float((got["targets"][0].argmax(1) == ref["targets"][0].argmax(1)).float().mean())
-    out["loss_values"] = [float(v) for v in got["loss"]]
+    out.update(eval_logits=differences(got["logits"], ref["logits"]),
+               lc_targets_max_abs=differences(got["targets"], ref["targets"])["max_abs"],
+               lc_argmax_agreement=float((got["targets"][0].argmax(1) == ref["targets"][0].argmax(1)).float().mean()),
+               loss_values=[float(v) for v in got["loss"]])
     loss, update = TOLERANCE[precision]["loss"], TOLERANCE[precision]["update"]
     bounds = {f"loss max_rel <= {loss:g}": (out["loss"]["max_rel"], loss),
               f"weight update rel error <= {update:g}": (out["weight_update_rel_error"], update),
@@ -426,21 +349,18 @@ def phase_numerics(check: Check, res: dict) -> None:
 def write_synthetic_cifar10(root: Path, n_train: int, n_test: int) -> None:
     """CIFAR-10's on-disk layout (five pickled training batches and test_batch) with images whose colour depends on
     their class, plus Gaussian noise: the networks have something to learn."""
-    spec = CIFAR["cifar10"]
-    rng = np.random.default_rng(SEED)
+    spec, rng = CIFAR["cifar10"], np.random.default_rng(SEED)
     palette = rng.integers(0, 256, (spec.num_classes, 3, 1, 1)).astype(np.float32)
-    folder = root / spec.folder
-    folder.mkdir(parents=True)
+    (root / spec.folder).mkdir(parents=True)
     y = rng.permutation(np.arange(n_train) % spec.num_classes)
     parts = list(zip(spec.train_files, np.array_split(y, len(spec.train_files))))
     for name, labels in [*parts, (spec.test_files[0], np.arange(n_test) % spec.num_classes)]:
         noise = rng.standard_normal((len(labels), 3, 32, 32), dtype=np.float32) * 50
         images = np.clip(palette[labels] + noise, 0, 255).astype(np.uint8).reshape(len(labels), -1)
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": images, spec.label_key: labels.tolist()}, f, protocol=2)
+        (root / spec.folder / name).write_bytes(pickle.dumps({"data": images, spec.label_key: labels.tolist()}, 2))
 
 
-def prepare_data(out: Path, data_dir: Path, sizes: Sizes, dry_run: bool) -> dict:
+def prepare_data(out: Path, data_dir: Path, sizes: SimpleNamespace, dry_run: bool) -> dict:
     """A data root below OUT_DIR: CIFAR-10 linked from `data_dir` when it is there (not in a dry run), else
     synthetic images; plus its label noise, generated once here (runs started side by side must not all write it)."""
     spec = CIFAR["cifar10"]
@@ -457,9 +377,8 @@ def prepare_data(out: Path, data_dir: Path, sizes: Sizes, dry_run: bool) -> dict
     else:
         root = out / "synthetic_data"
         write_synthetic_cifar10(root, *sizes.synthetic)
-        why = "--dry_run" if dry_run else f"no CIFAR-10 under {data_dir}"
         source = (f"synthetic: {sizes.synthetic[0]} training and {sizes.synthetic[1]} test images in CIFAR-10's "
-                  f"layout ({why})")
+                  f"layout ({'--dry_run' if dry_run else f'no CIFAR-10 under {data_dir}'})")
     data = load_cifar_noisy("cifar10", root, "sym", 0.4, SEED, custom_noise=True)
     return {"source": source, "root": str(root), "n_train": len(data.labels), "n_test": len(data.test_labels),
             "noise": f"sym p=0.4, generated from seed {SEED} (--custom_noise), {data.noise_rate():.1%} of the labels "
@@ -469,20 +388,63 @@ def prepare_data(out: Path, data_dir: Path, sizes: Sizes, dry_run: bool) -> dict
 # ----------------------------------------------------------------------------------------------------
 # (b) the four models, a run interrupted and resumed on either device, plot.py; (c) a sigma search sharing the GPU
 
-def only_run(out_dir: Path) -> Path:
-    found = sorted((out_dir / "runs").glob("*/config.yaml"))
+def only_run(out: Path) -> Path:
+    found = sorted((out / "runs").glob("*/config.yaml"))
     if len(found) != 1:
-        raise RuntimeError(f"expected one run folder in {out_dir / 'runs'}, found {len(found)}")
+        raise RuntimeError(f"expected one run folder in {out / 'runs'}, found {len(found)}")
     return found[0].parent
 
 
-def run_figures(run_dir: Path) -> dict:
-    """The final test accuracy and the epoch times of a finished run, from its summary.json and metrics.csv."""
+def epoch_seconds(out: Path) -> list[float]:
+    """The seconds of each epoch that the run below `out` has logged so far."""
+    found = list((out / "runs").glob("*/metrics.csv"))
+    return [r["seconds"] for r in runs.read_metrics(found[0])] if found else []
+
+
+def run_figures(out: Path) -> dict:
+    """The final test accuracy and the epoch times of the finished run below `out`."""
+    run_dir, seconds = only_run(out), epoch_seconds(out)
     summary = json.loads((run_dir / "summary.json").read_text())
-    seconds = [r["seconds"] for r in runs.read_metrics(run_dir / "metrics.csv")]
     steady = seconds[1:] or seconds          # the first epoch also pays for start-up (cudnn.benchmark, allocator)
     return {"exp_id": run_dir.name, "test_acc": summary["last_test_acc"], "best_test_acc": summary["best_test_acc"],
             "epoch_seconds": [round(s, 2) for s in seconds], "seconds_per_epoch": round(sum(steady) / len(steady), 2)}
+
+
+def plot_run(check: Check, base: Path, source: dict) -> dict:
+    if source["status"] != "ok":
+        raise RuntimeError("the SLN-MO-LC run of this phase did not finish, so there is no run to plot")
+    assets = base / "plots"
+    run_to_end(check, "plot.py", ["--exp_id", source["exp_id"], "--plot_type", "curves", "pred_probs", "--runs_dir",
+                                  str(base / "SLN-MO-LC" / "runs"), "--assets_dir", str(assets),
+                                  "--device", check.device.type], "plot")
+    written = sorted(str(p.relative_to(assets)) for p in assets.rglob("*") if p.is_file())
+    return {"exp_id": source["exp_id"], "files": written,
+            **({} if any(f.endswith(".png") for f in written) else {"error": "plot.py wrote no figure"})}
+
+
+def interrupt(check: Check, out: Path, flags: list[str]) -> dict:
+    """A run stopped by SIGTERM once its first checkpoint is written: it must exit with 143, keeping it."""
+    rc, lines, ended = command(check, [sys.executable, str(CODE_DIR / "train_cifar.py"), *flags, "--out_dir", str(out)],
+                               "interrupted", check.phase_end - STOP_S, lambda: any(out.glob("runs/*/checkpoint.pt")))
+    if ended:
+        raise RuntimeError("the run ended before its first checkpoint could be interrupted: " + error_of(rc, lines))
+    ckpt = torch.load(only_run(out) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    wrong = {"error": f"SIGTERM after the first checkpoint gave exit status {rc}, not 143"} if rc != 143 else {}
+    return {"rc": rc, "checkpointed_epoch": ckpt["epoch"], "variant": "SLN-MO-LC", **wrong}
+
+
+def resume(check: Check, base: Path, key: str, on: str) -> dict:
+    """A copy of the interrupted run resumed with --device `on`, with the note on another kind of device only."""
+    out = base / f"resumed_{key}"
+    shutil.copytree(base / "interrupted", out)
+    lines = run_to_end(check, "train_cifar.py", ["--resume", only_run(out).name, "--out_dir", str(out), "--device", on],
+                       f"resume_{key}")
+    note = any("note: the checkpoint was written on" in line for line in lines)
+    figures = {"device": on, "note_printed": note, **run_figures(out)}
+    if note != (on != check.device.type):
+        figures["error"] = ("resumed on another kind of device without the note that says so" if not note else
+                            "resumed on the same kind of device, yet a note says the random stream differs")
+    return figures
 
 
 def phase_models(check: Check, res: dict) -> None:
@@ -492,115 +454,62 @@ def phase_models(check: Check, res: dict) -> None:
     flags = [*common, "--train_subset", str(z.train_subset)]
     res.update(model=z.model, epochs=2, train_subset=z.train_subset, test_subset=z.test_subset, device=device,
                command="python train_cifar.py " + " ".join(flags) + " <variant flags> --device " + device, models={})
-    for name, variant in VARIANT_FLAGS.items():
-        def train(name=name, variant=variant) -> dict:
-            run_to_end(check, [*script("train_cifar.py"), *flags, *variant, "--device", device,
-                               "--out_dir", str(base / name)], name)
-            return {"flags": " ".join(variant), **run_figures(only_run(base / name))}
-        part(check, res["models"], name, train, need_s=10)
 
-    def plots() -> dict:
-        source = res["models"]["SLN-MO-LC"]
-        if source["status"] != "ok":
-            raise RuntimeError("the SLN-MO-LC run of this phase did not finish, so there is no run to plot")
-        assets = base / "plots"
-        run_to_end(check, [*script("plot.py"), "--exp_id", source["exp_id"], "--plot_type", "curves", "pred_probs",
-                           "--runs_dir", str(base / "SLN-MO-LC" / "runs"), "--assets_dir", str(assets),
-                           "--device", device], "plot")
-        written = sorted(str(p.relative_to(assets)) for p in assets.rglob("*") if p.is_file())
-        return {"exp_id": source["exp_id"], "files": written,
-                **({} if any(f.endswith(".png") for f in written) else {"error": "plot.py wrote no figure"})}
-    part(check, res, "plot", plots, need_s=5)
-
-    def interrupt() -> dict:       # a smaller run: its resume on the CPU trains an epoch of WRN-28-2 there
-        out = base / "interrupted"
-        rc, lines, ended = command(check, [*script("train_cifar.py"), *common, "--train_subset", str(z.resume_subset),
-                                           *VARIANT_FLAGS["SLN-MO-LC"], "--device", device, "--out_dir", str(out)],
-                                   "interrupted", until=check.phase_end - STOP_S,
-                                   stop_when=lambda: any((out / "runs").glob("*/checkpoint.pt")))
-        if ended:
-            raise RuntimeError("the run ended before its first checkpoint could be interrupted: " + error_of(rc, lines))
-        ckpt = torch.load(only_run(out) / "checkpoint.pt", map_location="cpu", weights_only=True)
-        wrong = {"error": f"SIGTERM after the first checkpoint gave exit status {rc}, not 143"} if rc != 143 else {}
-        return {"rc": rc, "checkpointed_epoch": ckpt["epoch"], "variant": "SLN-MO-LC", **wrong}
-    if not part(check, res, "interrupted", interrupt, need_s=10):
-        return
-
-    def resume(key: str, on: str) -> dict:
-        out = base / f"resumed_{key}"
-        shutil.copytree(base / "interrupted", out)
-        lines = run_to_end(check, [*script("train_cifar.py"), "--resume", only_run(out).name, "--out_dir", str(out),
-                                   "--device", on], f"resume_{key}")
-        note = any("note: the checkpoint was written on" in line for line in lines)
-        figures = {"device": on, "note_printed": note, **run_figures(only_run(out))}
-        if note != (on != device):
-            figures["error"] = ("resumed on another kind of device without the note that says so" if not note else
-                                "resumed on the same kind of device, yet a note says the random stream differs")
-        return figures
-    # a dry run resumes twice on the CPU: the second resume then stands for the one on the CPU of a GPU machine
-    res["resumed"] = {}
-    for key, on in (("on_gpu", device), ("on_cpu", "cpu")):
-        part(check, res["resumed"], key, lambda key=key, on=on: resume(key, on), need_s=10)
-
-
-def kill_processes_under(folder: Path) -> int:
-    """SIGKILL, by PID, the processes whose command line names `folder` (Ray's, of phase c's own temp folder)."""
-    killed = 0
-    for proc in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if proc.name.isdigit() and int(proc.name) != os.getpid() and \
-                    str(folder).encode() in (proc / "cmdline").read_bytes():
-                os.kill(int(proc.name), signal.SIGKILL)
-                killed += 1
-    return killed
+    def train(name: str) -> dict:
+        run_to_end(check, "train_cifar.py", [*flags, *VARIANT_FLAGS[name], "--device", device, "--out_dir",
+                                             str(base / name)], name)
+        return {"flags": " ".join(VARIANT_FLAGS[name]), **run_figures(base / name)}
+    for name in VARIANT_FLAGS:
+        part(check, res["models"], name, lambda name=name: train(name), need_s=10)
+    part(check, res, "plot", lambda: plot_run(check, base, res["models"]["SLN-MO-LC"]), need_s=5)
+    # a smaller run: its resume on the CPU trains an epoch of WRN-28-2 there
+    interrupted = [*common, "--train_subset", str(z.resume_subset), *VARIANT_FLAGS["SLN-MO-LC"], "--device", device]
+    if part(check, res, "interrupted", lambda: interrupt(check, base / "interrupted", interrupted), need_s=10):
+        # a dry run resumes twice on the CPU: the second resume then stands for the one on the CPU of a GPU machine
+        res["resumed"] = {}
+        for key, on in (("on_gpu", device), ("on_cpu", "cpu")):
+            part(check, res["resumed"], key, lambda key=key, on=on: resume(check, base, key, on), need_s=10)
 
 
 def phase_tune(check: Check, res: dict) -> None:
     z, out = check.sizes, check.out / "c_tune"
-    if importlib.util.find_spec("ray") is None:
+    try:
+        res.update(ray=importlib.metadata.version("ray"), gpus_per_trial=z.gpus_per_trial)
+    except importlib.metadata.PackageNotFoundError:
         res.update(status="skipped", reason="Ray is not installed in this Python (requirements.txt pins it): no sweep")
         return
-    cmd = [*script("tune.py"), *NOISE_FLAGS, "--lc_n_epoch", "-1", "--sigmas", "0.1", "0.5", "1.0",
-           "--n_epochs", str(z.tune_epochs), "--train_subset", str(z.tune_subset[0]), "--test_subset",
-           str(z.tune_subset[1]), "--model", z.model, "--batch_size", str(z.train_batch), "--seed", str(SEED),
-           "--gpus_per_trial", f"{z.gpus_per_trial:g}", "--cpus_per_trial", f"{z.cpus_per_trial:g}",
-           "--data_dir", check.data["root"], "--out_dir", str(out), *(["--device", "cpu"] if check.dry_run else [])]
-    res.update(ray=importlib.metadata.version("ray"), gpus_per_trial=z.gpus_per_trial,
-               command=" ".join(["python", "tune.py", *cmd[2:]]))
-    # a short private temp folder: Ray's socket paths must stay below 107 characters, and whatever Ray leaves
-    # running can be told from anyone else's by it
-    ray_tmp = Path(tempfile.mkdtemp(prefix="sln-ray-", dir="/tmp"))
-    try:
-        rc, lines, ended = command(check, cmd, "tune", check.phase_end - GRACE_S, env={"RAY_TMPDIR": str(ray_tmp)})
-    finally:
-        killed = kill_processes_under(ray_tmp)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    res.update(rc=rc, **({"ray_processes_killed": killed} if killed else {}))
-    if not ended:
-        res.update(status="skipped",
-                   reason=f"cut off: the sweep did not finish within the phase's budget ({error_of(rc, lines)})")
-        return
-    if rc != 0:
-        res.update(status="failed", error=error_of(rc, lines))
+    args = [*NOISE_FLAGS, "--lc_n_epoch", "-1", "--sigmas", "0.1", "0.5", "1.0", "--n_epochs", str(z.tune_epochs),
+            "--train_subset", str(z.tune_subset[0]), "--test_subset", str(z.tune_subset[1]), "--model", z.model,
+            "--batch_size", str(z.train_batch), "--seed", str(SEED), "--gpus_per_trial", f"{z.gpus_per_trial:g}",
+            "--cpus_per_trial", f"{z.cpus_per_trial:g}", "--data_dir", check.data["root"], "--out_dir", str(out),
+            *(["--device", "cpu"] if check.dry_run else [])]
+    res["command"] = " ".join(["python", "tune.py", *args])
+    # Ray's own temp folder, short (its socket paths must stay below 107 characters) and apart from any other Ray's;
+    # its processes end with tune.py (tune.ray_in_own_session)
+    with tempfile.TemporaryDirectory(prefix="sln-ray-", dir="/tmp") as ray_tmp:
+        rc, lines, ended = command(check, [sys.executable, str(CODE_DIR / "tune.py"), *args], "tune",
+                                   check.phase_end - GRACE_S, env={"RAY_TMPDIR": ray_tmp})
+    res["rc"] = rc
+    if not ended or rc != 0:
+        res.update(status="failed", error=error_of(rc, lines)) if ended else res.update(
+            status="skipped", reason=f"cut off: the sweep did not finish within the phase's budget ({error_of(rc, lines)})")
         return
     (sweep,) = (out / "hp").glob("hp_*")
     with open(sweep / "sigma_search.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    trials = [{"sigma": float(row["sigma"]), "val_acc_last_pct": float(row["val_acc_last_pct"]),
-               "exp_id": row["exp_id"], "device": yaml.safe_load(
-                   (sweep / "runs" / row["exp_id"] / "config.yaml").read_text()).get("device_used")} for row in rows]
-    res.update(sweep=sweep.name, trials=trials,
+        res["trials"] = [{"sigma": float(row["sigma"]), "val_acc_last_pct": float(row["val_acc_last_pct"]),
+                          "exp_id": row["exp_id"], "device": runs.read_run_config(
+                              sweep / "runs" / row["exp_id"]).get("device_used")} for row in csv.DictReader(f)]
+    res.update(sweep=sweep.name,
                best_sigma=re.search(r"best sigma: (\S+)", (sweep / "sigma_search.md").read_text()).group(1))
 
 
 # ----------------------------------------------------------------------------------------------------
-# (d) training and evaluation throughput
+# (d) training and evaluation throughput; (e) a full-scale run, cut off at the deadline
 
 def time_setting(check: Check, setting: str, x: torch.Tensor, labels: torch.Tensor, flops: float) -> dict:
     """Images/s of engine.train_epoch (through timing.Trainer, which takes --amp for bf16) in one setting, best of
     `rounds` epochs of `steps` batches after a warm-up (which is where --compile compiles)."""
-    z = check.sizes
-    precision, extra = SETTINGS[setting]
+    z, (precision, extra) = check.sizes, SETTINGS[setting]
     engine.set_precision(precision)
     trainer = timing.Trainer(z.model, x, labels, z.batch, (["--amp"] if precision == "bf16" else []) + extra)
     warmup = trainer.epoch(z.warmup_batches * z.batch)
@@ -635,7 +544,7 @@ def phase_throughput(check: Check, res: dict) -> None:
     flops = timing.train_flops_per_image(z.model)
     res.update(model=z.model, batch=z.batch, steps=z.steps, rounds=z.rounds, device=str(check.device),
                train_flops_per_image=flops, settings={})
-    for setting in [k for k in SETTINGS if "compile" not in k]:   # the compiled setting last: compiling takes long
+    for setting in list(SETTINGS)[:3]:      # the compiled setting last: compiling takes long
         part(check, res["settings"], setting, lambda k=setting: time_setting(check, k, x, labels, flops), 2)
     engine.set_precision("tf32")
     n = min(z.eval_images, len(x))
@@ -650,9 +559,6 @@ def phase_throughput(check: Check, res: dict) -> None:
                                                                     "the GPU check times it"}
     engine.set_precision("tf32")
 
-
-# ----------------------------------------------------------------------------------------------------
-# (e) a full-scale run, cut off at the deadline
 
 def choose_setting(check: Check) -> tuple[str, str]:
     """The fastest setting of phase d whose precision phase a found correct (without bf16 on a CPU, where the
@@ -678,30 +584,23 @@ def choose_setting(check: Check) -> tuple[str, str]:
 def phase_full_run(check: Check, res: dict) -> None:
     z, out = check.sizes, check.out / "e_full_run"
     setting, why = choose_setting(check)
-    precision, extra = SETTINGS[setting]
     n_epochs, lc_n_epoch = 300, 250
     flags = [*NOISE_FLAGS, "--sigma", "1.0", "--mo", "--lc_n_epoch", str(lc_n_epoch), "--n_epochs", str(n_epochs),
              "--model", z.full_model, "--batch_size", str(128 if not check.dry_run else z.train_batch), "--lr", "0.001",
-             "--seed", str(SEED), "--precision", precision, *extra, "--data_dir", check.data["root"],
-             "--device", check.device.type]
+             "--seed", str(SEED), "--precision", SETTINGS[setting][0], *SETTINGS[setting][1], "--data_dir",
+             check.data["root"], "--device", check.device.type]
     res.update(setting=setting, why=why, command="python train_cifar.py " + " ".join(flags), data=check.data["source"])
-
-    def epochs() -> list[float]:
-        found = list((out / "runs").glob("*/metrics.csv"))
-        return [r["seconds"] for r in runs.read_metrics(found[0])] if found else []
     # on a GPU it runs until the deadline; a dry run has none, and stops it after a few epochs instead
-    rc, lines, ended = command(check, [*script("train_cifar.py"), *flags, "--out_dir", str(out)], "full_run",
-                               until=check.phase_end - STOP_S,
-                               stop_when=(lambda: len(epochs()) >= DRY_RUN_EPOCHS) if check.dry_run else None)
+    rc, lines, ended = command(check, [sys.executable, str(CODE_DIR / "train_cifar.py"), *flags, "--out_dir", str(out)],
+                               "full_run", check.phase_end - STOP_S,
+                               lambda: check.dry_run and len(epoch_seconds(out)) >= DRY_RUN_EPOCHS)
+    seconds = epoch_seconds(out)
     res.update(rc=rc, stopped_at_deadline=not ended)
     if ended and rc != 0:
-        res.update(status="failed", error=error_of(rc, lines))
-        return
-    seconds = epochs()
+        return res.update(status="failed", error=error_of(rc, lines))
     res.update(epochs_done=len(seconds), epoch_seconds=[round(s, 2) for s in seconds])
     if not seconds:
-        res.update(status="skipped", reason=f"no epoch was complete in the {res['budget_s']:.0f} s left")
-        return
+        return res.update(status="skipped", reason=f"no epoch was complete in the {res['budget_s']:.0f} s left")
     steady = seconds[1:] or seconds      # the first epoch pays for start-up, cudnn.benchmark and compiling
     mean = sum(steady) / len(steady)
     # label correction adds, to each of the last n_epochs - lc_n_epoch epochs, one pass of the EMA network over the
@@ -723,9 +622,6 @@ def phase_full_run(check: Check, res: dict) -> None:
 PHASES = {"a_numerics": phase_numerics, "b_models": phase_models, "c_tune": phase_tune,
           "d_throughput": phase_throughput, "e_full_run": phase_full_run}
 NEEDS_DATA = {"b_models", "c_tune", "e_full_run"}
-DRY_RUN_MEANING = ("dry run: no GPU was used. 'ok' says a phase ran to the end at toy size; the CUDA-against-CPU "
-                   "differences compare the CPU with itself (0 by construction), and the speeds and the projected "
-                   "run time are this CPU's at toy size, not a GPU's")
 
 
 def driver_version() -> dict:
@@ -747,94 +643,80 @@ def driver_version() -> dict:
         err, version = driver.cuDriverGetVersion()
         out["cuda_driver_api"] = f"{version // 1000}.{version % 1000 // 10}" if int(err) == 0 else f"unknown ({err})"
     except Exception as e:     # a probe only: whatever a machine without the driver library raises
-        out["cuda_driver_api"] = f"unknown ({one_line(e)[:120]})"
+        out["cuda_driver_api"] = f"unknown ({type(e).__name__}: {' '.join(str(e).split())}"[:128] + ")"
     return out
 
 
 def environment(argv: list[str], device: torch.device, dry_run: bool) -> dict:
-    env = {"python": platform.python_version(), "torch": str(torch.__version__), "torch_cuda": torch.version.cuda,
-           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-           "cuda_available": torch.cuda.is_available(), "device": str(device), "gpu": None}
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        env["gpu"] = {"name": props.name, "count": torch.cuda.device_count(),
-                      "memory_gib": round(props.total_memory / 2 ** 30, 1),
-                      "compute_capability": f"{props.major}.{props.minor}"}
-    env.update(driver=driver_version(),
-               ray=importlib.metadata.version("ray") if importlib.util.find_spec("ray") else "not installed",
-               command=" ".join(["python", "bench.py", *argv]),
-               started=datetime.datetime.now().isoformat(timespec="seconds"), host=platform.node(),
-               cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), code=runs.code_version(),
-               dry_run=dry_run, **({"dry_run_meaning": DRY_RUN_MEANING} if dry_run else {}),
-               # a dry run has no deadline and no budgets: on a busy machine it takes what it takes
-               deadline_s=None if dry_run else DEADLINE_S, budget_s={k: None if dry_run else v for k, v in
-                                                                     BUDGETS_S.items()},
-               sizes=dataclasses.asdict(DRY_SIZES if dry_run else GPU_SIZES))
-    return env
+    gpu = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
+    try:
+        ray = importlib.metadata.version("ray")
+    except importlib.metadata.PackageNotFoundError:
+        ray = "not installed"
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "torch_cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "cuda_available": gpu is not None, "device": str(device),
+            "gpu": gpu and {"name": gpu.name, "count": torch.cuda.device_count(), "compute_capability":
+                            f"{gpu.major}.{gpu.minor}", "memory_gib": round(gpu.total_memory / 2 ** 30, 1)},
+            "driver": driver_version(), "ray": ray, "command": " ".join(["python", "bench.py", *argv]),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "code": runs.code_version(), "dry_run": dry_run,
+            **({"dry_run_meaning": DRY_RUN_MEANING} if dry_run else {}),
+            # a dry run has no deadline and no budgets: on a busy machine it takes what it takes
+            "deadline_s": None if dry_run else DEADLINE_S,
+            "budget_s": {k: None if dry_run else v for k, v in BUDGETS_S.items()},
+            "sizes": vars(DRY_SIZES if dry_run else GPU_SIZES)}
 
 
-def refusal(out_dir: Path, dry_run: bool) -> str | None:
-    """Why the check cannot start, in one line, or None."""
+def refuse(out_dir: Path, dry_run: bool) -> None:
+    """One line and exit status 2 when the check cannot start."""
     if (out_dir / JSON_NAME).exists():
-        return f"{out_dir / JSON_NAME} already holds a GPU check, which is never overwritten; give another OUT_DIR"
+        cli.fail(f"{out_dir / JSON_NAME} already holds a GPU check, which is never overwritten; give another OUT_DIR")
     if out_dir.exists() and not out_dir.is_dir():
-        return f"--gpu_check {out_dir} is a file; give a folder"
+        cli.fail(f"--gpu_check {out_dir} is a file; give a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        return f"--gpu_check {out_dir} is not empty; give a new or empty folder (nothing there is overwritten)"
+        cli.fail(f"--gpu_check {out_dir} is not empty; give a new or empty folder (nothing there is overwritten)")
     if not dry_run and not torch.cuda.is_available():
         build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
-        return (f"--gpu_check needs a CUDA GPU, and torch {torch.__version__} ({build}) sees none here; run it on "
-                "the GPU machine, or add --dry_run to rehearse every phase at toy size on this CPU")
+        cli.fail(f"--gpu_check needs a CUDA GPU, and torch {torch.__version__} ({build}) sees none here; run it on "
+                 "the GPU machine, or add --dry_run to rehearse every phase at toy size on this CPU")
     try:
         files.check_writable(out_dir, "--gpu_check")
     except ValueError as e:
-        return str(e)
-    return None
+        cli.fail(str(e))
 
 
 def failed(summary: dict) -> bool:
     return not summary.get("finished") or any(p.get("status") == "failed" for p in summary["phases"].values())
 
 
-def run_all(check: Check, summary: dict, data_dir: Path, save) -> bool:
-    """The data, then every phase in turn, saving the summary after each; True when SIGTERM stopped the check."""
-    stopped = False
+def run_all(check: Check, summary: dict, data_dir: Path, save) -> None:
+    """The data, then every phase in turn, saving the summary after each."""
     try:
         check.data = summary["data"] = prepare_data(check.out, data_dir, check.sizes, check.dry_run)
-        print(f"gpu check: data: {check.data['source']}", flush=True)
+        check.say(f"gpu check: data: {check.data['source']}")
     except Exception as e:
-        check.note(traceback.format_exc().rstrip().replace("\n", "\n    "))
-        summary["data"] = {"error": one_line(e)}
-    except Stopped:
-        stopped = True
+        summary["data"] = {"error": one_line(check, e)}
     for key, fn in PHASES.items():
-        if stopped:
-            check.phases[key] = {"status": "skipped", "reason": "the check was stopped by SIGTERM"}
-        elif key in NEEDS_DATA and not check.data:
+        if key in NEEDS_DATA and not check.data:
             check.phases[key] = {"status": "skipped", "reason": f"no data: {summary['data'].get('error')}"}
         else:
-            try:
-                run_phase(check, key, fn)
-            except Stopped:
-                stopped = True
+            run_phase(check, key, fn)
         save()
-    return stopped
 
 
 def main(out_dir: Path, data_dir: Path, dry_run: bool, argv: list[str]) -> dict:
-    """Run the check into `out_dir` (bench.py --gpu_check); return the summary written to gpu_check.json."""
-    problem = refusal(out_dir, dry_run)
-    if problem:
-        cli.fail(problem)
+    """Run the check into `out_dir` (bench.py --gpu_check); return the summary written to gpu_check.json. A SIGTERM
+    stops the phase under way and the commands it started, skips the rest, writes the summary and exits 143."""
+    refuse(out_dir, dry_run)
     # before the first cuBLAS call (which fixes its workspace): phase a's --deterministic steps need it; the
     # commands the check starts do not get it, so that their timings are those of ordinary runs
-    ours = "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    child_env = {} if "CUBLAS_WORKSPACE_CONFIG" in os.environ else {"CUBLAS_WORKSPACE_CONFIG": None}
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    device = torch.device("cpu" if dry_run else "cuda")
+    device, start = torch.device("cpu" if dry_run else "cuda"), time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
     check = Check(out_dir, device, dry_run, DRY_SIZES if dry_run else GPU_SIZES,
-                  math.inf if dry_run else start + DEADLINE_S, {"CUBLAS_WORKSPACE_CONFIG": None} if ours else {})
+                  math.inf if dry_run else start + DEADLINE_S, child_env)
     summary = {"finished": False, "environment": environment(argv, device, dry_run), "data": None,
                "phases": check.phases, "total_s": None}
 
@@ -843,24 +725,23 @@ def main(out_dir: Path, data_dir: Path, dry_run: bool, argv: list[str]) -> dict:
         # JSON has no NaN: a non-finite figure is written as null
         text = json.dumps(json.loads(json.dumps(summary), parse_constant=lambda _: None), indent=2, allow_nan=False)
         files.write_atomic(out_dir / JSON_NAME, lambda tmp: tmp.write_text(text))
-
     handler = logging.FileHandler(out_dir / LOG_NAME, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     LOG.addHandler(handler)
     LOG.setLevel(logging.INFO)
     LOG.propagate = False
-    old_term = signal.signal(signal.SIGTERM, raise_stopped)
     try:
-        with contextlib.redirect_stdout(Tee(sys.stdout, check)), contextlib.redirect_stderr(Tee(sys.stderr, check,
-                                                                                                 "stderr")):
-            print(f"gpu check{' (dry run)' if dry_run else ''} on {device}: writing {out_dir / JSON_NAME} and "
-                  f"{out_dir / LOG_NAME}" + ("" if dry_run else f"; done within {DEADLINE_S} s"), flush=True)
+        with runs.on_sigterm():
+            check.say(f"gpu check{' (dry run)' if dry_run else ''} on {device}: writing {out_dir / JSON_NAME} and "
+                      f"{out_dir / LOG_NAME}" + ("" if dry_run else f"; done within {DEADLINE_S} s"))
             save()
-            stopped = run_all(check, summary, data_dir, save)
-            summary["finished"] = not stopped
-            save()
+            run_all(check, summary, data_dir, save)
+            summary["finished"] = True
+    except runs.Terminated:
+        for key in PHASES:
+            check.phases.setdefault(key, {"status": "skipped", "reason": "the check was stopped by SIGTERM"})
     finally:
-        signal.signal(signal.SIGTERM, old_term)
+        save()
         LOG.removeHandler(handler)
         handler.close()
     for key, p in check.phases.items():
@@ -868,8 +749,7 @@ def main(out_dir: Path, data_dir: Path, dry_run: bool, argv: list[str]) -> dict:
         print(f"  {key:<13} {p['status']:<8} {p.get('seconds', 0):6.1f} s  {why}")
     if dry_run:
         print(f"gpu check: {DRY_RUN_MEANING}")
-    print(f"gpu check: {summary['total_s']:.0f} s in all; summary in {out_dir / JSON_NAME}, "
-          f"log in {out_dir / LOG_NAME}")
-    if stopped:
+    print(f"gpu check: {summary['total_s']:.0f} s in all; summary in {out_dir / JSON_NAME}, log in {out_dir / LOG_NAME}")
+    if not summary["finished"]:
         sys.exit(143)
     return summary
