@@ -110,12 +110,11 @@ class Check:
     def left(self) -> float:
         return self.phase_end - time.monotonic()
 
-
-def one_line(check: Check, e: BaseException) -> str:
-    """The error on one line for the JSON; its traceback goes to the log."""
-    check.note(traceback.format_exc())
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text}"[:600] if text else type(e).__name__
+    def error(self, e: BaseException) -> str:
+        """The error on one line, for the JSON; its traceback goes to the log."""
+        self.note(traceback.format_exc())
+        text = " ".join(str(e).split())
+        return f"{type(e).__name__}: {text}"[:600] if text else type(e).__name__
 
 
 def part(check: Check, where: dict, name: str, fn, need_s: float = 1.0) -> dict | None:
@@ -136,11 +135,9 @@ def part(check: Check, where: dict, name: str, fn, need_s: float = 1.0) -> dict 
     except runs.Terminated:
         where[name] = {"status": "skipped", "reason": "cut off: the check was stopped by SIGTERM"}
         raise
-    except SystemExit as e:
+    except (Exception, SystemExit) as e:
         said = [line for line in stderr.getvalue().splitlines() if line.startswith("error:")]
-        where[name] = {"status": "failed", "error": said[-1] if said else f"exit status {e.code}"}
-    except Exception as e:
-        where[name] = {"status": "failed", "error": one_line(check, e)}
+        where[name] = {"status": "failed", "error": said[-1] if said else check.error(e)}
     finally:
         check.note(stderr.getvalue(), "stderr")
     if where[name]["status"] == "failed":
@@ -166,7 +163,7 @@ def run_phase(check: Check, key: str, fn) -> dict:
         res.update(status="skipped", reason="cut off: the check was stopped by SIGTERM")
         raise
     except Exception as e:
-        res.update(status="failed", error=one_line(check, e))
+        res.update(status="failed", error=check.error(e))
     finally:
         res["seconds"] = round(time.monotonic() - now, 1)
     if res["status"] == "ok" and check.failures:
@@ -182,7 +179,7 @@ def command(check: Check, cmd: list[str], name: str, until: float = math.inf, st
             env: dict | None = None) -> tuple[int, list[str], bool]:
     """Run `cmd` in a session of its own, as a user runs it, until it ends, the clock (time.monotonic) reaches
     `until` or `stop_when()` holds; then SIGTERM (a run keeps its last checkpoint and exits 143), and GRACE_S later
-    SIGKILL. Its output goes to the log. Returns (exit status, output lines, whether it ended by itself)."""
+    SIGKILL to its process group. Its output goes to the log. Returns (exit status, output lines, ended by itself)."""
     check.note("$ " + " ".join(cmd), name)
     env = {k: v for k, v in {**os.environ, "TQDM_DISABLE": "1", **check.child_env, **(env or {})}.items()
            if v is not None}
@@ -191,7 +188,7 @@ def command(check: Check, cmd: list[str], name: str, until: float = math.inf, st
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             while proc.poll() is None and time.monotonic() < until and not stop_when():
-                time.sleep(0.05)
+                time.sleep(0.02)
         finally:
             ended = proc.returncode is not None
             proc.terminate()
@@ -212,9 +209,13 @@ def error_of(rc: int, lines: list[str]) -> str:
     return f"exit status {rc}: {errors[-1] if errors else (lines[-1] if lines else 'no output')}"[:600]
 
 
-def run_to_end(check: Check, script: str, args: list[str], name: str) -> list[str]:
-    """Run a script of this project to its end (on a GPU, within the phase's budget); raises when it fails."""
-    rc, lines, ended = command(check, [sys.executable, str(CODE_DIR / script), *args], name, check.phase_end - STOP_S)
+def script(name: str, *args: str) -> list[str]:
+    return [sys.executable, str(CODE_DIR / name), *args]
+
+
+def run_to_end(check: Check, cmd: list[str], name: str) -> list[str]:
+    """Run a command to its end (on a GPU, within the phase's budget); raises when it fails."""
+    rc, lines, ended = command(check, cmd, name, check.phase_end - STOP_S)
     if not ended:
         raise RuntimeError(f"{name} did not finish within the phase's budget")
     if rc != 0:
@@ -414,9 +415,9 @@ def plot_run(check: Check, base: Path, source: dict) -> dict:
     if source["status"] != "ok":
         raise RuntimeError("the SLN-MO-LC run of this phase did not finish, so there is no run to plot")
     assets = base / "plots"
-    run_to_end(check, "plot.py", ["--exp_id", source["exp_id"], "--plot_type", "curves", "pred_probs", "--runs_dir",
-                                  str(base / "SLN-MO-LC" / "runs"), "--assets_dir", str(assets),
-                                  "--device", check.device.type], "plot")
+    run_to_end(check, script("plot.py", "--exp_id", source["exp_id"], "--plot_type", "curves", "pred_probs",
+                             "--runs_dir", str(base / "SLN-MO-LC" / "runs"), "--assets_dir", str(assets),
+                             "--device", check.device.type), "plot")
     written = sorted(str(p.relative_to(assets)) for p in assets.rglob("*") if p.is_file())
     return {"exp_id": source["exp_id"], "files": written,
             **({} if any(f.endswith(".png") for f in written) else {"error": "plot.py wrote no figure"})}
@@ -424,8 +425,8 @@ def plot_run(check: Check, base: Path, source: dict) -> dict:
 
 def interrupt(check: Check, out: Path, flags: list[str]) -> dict:
     """A run stopped by SIGTERM once its first checkpoint is written: it must exit with 143, keeping it."""
-    rc, lines, ended = command(check, [sys.executable, str(CODE_DIR / "train_cifar.py"), *flags, "--out_dir", str(out)],
-                               "interrupted", check.phase_end - STOP_S, lambda: any(out.glob("runs/*/checkpoint.pt")))
+    rc, lines, ended = command(check, script("train_cifar.py", *flags, "--out_dir", str(out)), "interrupted",
+                               check.phase_end - STOP_S, lambda: any(out.glob("runs/*/checkpoint.pt")))
     if ended:
         raise RuntimeError("the run ended before its first checkpoint could be interrupted: " + error_of(rc, lines))
     ckpt = torch.load(only_run(out) / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -437,8 +438,8 @@ def resume(check: Check, base: Path, key: str, on: str) -> dict:
     """A copy of the interrupted run resumed with --device `on`, with the note on another kind of device only."""
     out = base / f"resumed_{key}"
     shutil.copytree(base / "interrupted", out)
-    lines = run_to_end(check, "train_cifar.py", ["--resume", only_run(out).name, "--out_dir", str(out), "--device", on],
-                       f"resume_{key}")
+    lines = run_to_end(check, script("train_cifar.py", "--resume", only_run(out).name, "--out_dir", str(out),
+                                     "--device", on), f"resume_{key}")
     note = any("note: the checkpoint was written on" in line for line in lines)
     figures = {"device": on, "note_printed": note, **run_figures(out)}
     if note != (on != check.device.type):
@@ -456,8 +457,8 @@ def phase_models(check: Check, res: dict) -> None:
                command="python train_cifar.py " + " ".join(flags) + " <variant flags> --device " + device, models={})
 
     def train(name: str) -> dict:
-        run_to_end(check, "train_cifar.py", [*flags, *VARIANT_FLAGS[name], "--device", device, "--out_dir",
-                                             str(base / name)], name)
+        run_to_end(check, script("train_cifar.py", *flags, *VARIANT_FLAGS[name], "--device", device, "--out_dir",
+                                 str(base / name)), name)
         return {"flags": " ".join(VARIANT_FLAGS[name]), **run_figures(base / name)}
     for name in VARIANT_FLAGS:
         part(check, res["models"], name, lambda name=name: train(name), need_s=10)
@@ -486,13 +487,16 @@ def phase_tune(check: Check, res: dict) -> None:
     res["command"] = " ".join(["python", "tune.py", *args])
     # Ray's own temp folder, short (its socket paths must stay below 107 characters) and apart from any other Ray's;
     # its processes end with tune.py (tune.ray_in_own_session)
-    with tempfile.TemporaryDirectory(prefix="sln-ray-", dir="/tmp") as ray_tmp:
-        rc, lines, ended = command(check, [sys.executable, str(CODE_DIR / "tune.py"), *args], "tune",
-                                   check.phase_end - GRACE_S, env={"RAY_TMPDIR": ray_tmp})
+    with tempfile.TemporaryDirectory(prefix="sln-ray-", dir="/tmp", ignore_cleanup_errors=True) as ray_tmp:
+        rc, lines, ended = command(check, script("tune.py", *args), "tune", check.phase_end - GRACE_S,
+                                   env={"RAY_TMPDIR": ray_tmp})
     res["rc"] = rc
+    if not ended:
+        res.update(status="skipped", reason=f"cut off: the sweep did not finish within the phase's budget "
+                                            f"({error_of(rc, lines)})")
+    elif rc != 0:
+        res.update(status="failed", error=error_of(rc, lines))
     if not ended or rc != 0:
-        res.update(status="failed", error=error_of(rc, lines)) if ended else res.update(
-            status="skipped", reason=f"cut off: the sweep did not finish within the phase's budget ({error_of(rc, lines)})")
         return
     (sweep,) = (out / "hp").glob("hp_*")
     with open(sweep / "sigma_search.csv", newline="") as f:
@@ -581,6 +585,23 @@ def choose_setting(check: Check) -> tuple[str, str]:
     return best, why
 
 
+def projection(check: Check, seconds: list[float], n_epochs: int, lc_n_epoch: int) -> dict:
+    """The time of the whole run from the epochs done: their mean (after the first, which pays for start-up,
+    cudnn.benchmark and compiling) times n_epochs, plus label correction's pass of the EMA network over the training
+    set before each of the last n_epochs - lc_n_epoch epochs, at phase d's evaluation rate and this device's batch."""
+    steady = seconds[1:] or seconds
+    mean = sum(steady) / len(steady)
+    rates = check.phases.get("d_throughput", {}).get("eval", {}).get("eval_img_s", {})
+    rate = rates.get(f"batch {engine.default_eval_batch_size(check.device)}")
+    lc_extra = check.data["n_train"] / rate if rate else None
+    return {"mean_epoch_s": round(mean, 2), "first_epoch_s": round(seconds[0], 2),
+            "lc_extra_s_per_epoch": None if lc_extra is None else round(lc_extra, 2),
+            "projected_run_s": round(mean * n_epochs + (n_epochs - lc_n_epoch) * (lc_extra or 0), 1),
+            "projection": (f"mean epoch seconds (after the first) x {n_epochs} + {n_epochs - lc_n_epoch} label-"
+                           "correction epochs x (training images / phase d's evaluation images/s)"
+                           + ("" if lc_extra else "; phase d gave no evaluation rate, so without label correction"))}
+
+
 def phase_full_run(check: Check, res: dict) -> None:
     z, out = check.sizes, check.out / "e_full_run"
     setting, why = choose_setting(check)
@@ -591,29 +612,19 @@ def phase_full_run(check: Check, res: dict) -> None:
              check.data["root"], "--device", check.device.type]
     res.update(setting=setting, why=why, command="python train_cifar.py " + " ".join(flags), data=check.data["source"])
     # on a GPU it runs until the deadline; a dry run has none, and stops it after a few epochs instead
-    rc, lines, ended = command(check, [sys.executable, str(CODE_DIR / "train_cifar.py"), *flags, "--out_dir", str(out)],
-                               "full_run", check.phase_end - STOP_S,
+    rc, lines, ended = command(check, script("train_cifar.py", *flags, "--out_dir", str(out)), "full_run",
+                               check.phase_end - STOP_S,
                                lambda: check.dry_run and len(epoch_seconds(out)) >= DRY_RUN_EPOCHS)
-    seconds = epoch_seconds(out)
     res.update(rc=rc, stopped_at_deadline=not ended)
+    seconds = epoch_seconds(out)
     if ended and rc != 0:
-        return res.update(status="failed", error=error_of(rc, lines))
-    res.update(epochs_done=len(seconds), epoch_seconds=[round(s, 2) for s in seconds])
-    if not seconds:
-        return res.update(status="skipped", reason=f"no epoch was complete in the {res['budget_s']:.0f} s left")
-    steady = seconds[1:] or seconds      # the first epoch pays for start-up, cudnn.benchmark and compiling
-    mean = sum(steady) / len(steady)
-    # label correction adds, to each of the last n_epochs - lc_n_epoch epochs, one pass of the EMA network over the
-    # training set: estimated from phase d's evaluation rate at this device's evaluation batch
-    rates = check.phases.get("d_throughput", {}).get("eval", {}).get("eval_img_s", {})
-    rate = rates.get(f"batch {engine.default_eval_batch_size(check.device)}")
-    lc_extra = check.data["n_train"] / rate if rate else None
-    res.update(mean_epoch_s=round(mean, 2), first_epoch_s=round(seconds[0], 2),
-               lc_extra_s_per_epoch=None if lc_extra is None else round(lc_extra, 2),
-               projected_run_s=round(mean * n_epochs + (n_epochs - lc_n_epoch) * (lc_extra or 0), 1),
-               projection=(f"mean epoch seconds (after the first) x {n_epochs} + {n_epochs - lc_n_epoch} label-"
-                           "correction epochs x (training images / phase d's evaluation images/s)"
-                           + ("" if lc_extra else "; phase d gave no evaluation rate, so without label correction")))
+        res.update(status="failed", error=error_of(rc, lines))
+    elif not seconds:
+        res.update(epochs_done=0, epoch_seconds=[], status="skipped",
+                   reason="no epoch was complete in the time left")
+    else:
+        res.update(epochs_done=len(seconds), epoch_seconds=[round(s, 2) for s in seconds],
+                   **projection(check, seconds, n_epochs, lc_n_epoch))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -643,7 +654,7 @@ def driver_version() -> dict:
         err, version = driver.cuDriverGetVersion()
         out["cuda_driver_api"] = f"{version // 1000}.{version % 1000 // 10}" if int(err) == 0 else f"unknown ({err})"
     except Exception as e:     # a probe only: whatever a machine without the driver library raises
-        out["cuda_driver_api"] = f"unknown ({type(e).__name__}: {' '.join(str(e).split())}"[:128] + ")"
+        out["cuda_driver_api"] = f"unknown ({type(e).__name__}: {' '.join(str(e).split())}"[:129] + ")"
     return out
 
 
@@ -693,10 +704,11 @@ def failed(summary: dict) -> bool:
 def run_all(check: Check, summary: dict, data_dir: Path, save) -> None:
     """The data, then every phase in turn, saving the summary after each."""
     try:
-        check.data = summary["data"] = prepare_data(check.out, data_dir, check.sizes, check.dry_run)
-        check.say(f"gpu check: data: {check.data['source']}")
+        with contextlib.redirect_stdout(io.StringIO()) as printed:     # the label noise it generates, in words
+            check.data = summary["data"] = prepare_data(check.out, data_dir, check.sizes, check.dry_run)
+        check.say(f"{printed.getvalue()}gpu check: data: {check.data['source']}")
     except Exception as e:
-        summary["data"] = {"error": one_line(check, e)}
+        summary["data"] = {"error": check.error(e)}
     for key, fn in PHASES.items():
         if key in NEEDS_DATA and not check.data:
             check.phases[key] = {"status": "skipped", "reason": f"no data: {summary['data'].get('error')}"}
@@ -749,7 +761,8 @@ def main(out_dir: Path, data_dir: Path, dry_run: bool, argv: list[str]) -> dict:
         print(f"  {key:<13} {p['status']:<8} {p.get('seconds', 0):6.1f} s  {why}")
     if dry_run:
         print(f"gpu check: {DRY_RUN_MEANING}")
-    print(f"gpu check: {summary['total_s']:.0f} s in all; summary in {out_dir / JSON_NAME}, log in {out_dir / LOG_NAME}")
+    print(f"gpu check: {summary['total_s']:.0f} s in all; summary in {out_dir / JSON_NAME}, "
+          f"log in {out_dir / LOG_NAME}")
     if not summary["finished"]:
         sys.exit(143)
     return summary

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import bench
+import cli
 import gpu_check
 
 pytestmark = pytest.mark.slow     # the GPU check's dry run (about two minutes): not in make test-fast
@@ -213,6 +214,52 @@ def test_a_part_without_time_is_not_started_and_one_that_fails_does_not_stop_the
     dry = gpu_check.Check(tmp_path, torch.device("cpu"), True, gpu_check.DRY_SIZES, math.inf)
     res = gpu_check.run_phase(dry, "b_models", lambda check, res: gpu_check.part(check, res, "x", lambda: {}, 1e9))
     assert res["status"] == "ok" and res["budget_s"] is None and res["x"]["status"] == "ok"
+
+
+def test_a_refusal_inside_a_part_is_its_one_line_error_and_its_stderr_is_logged(tmp_path):
+    check = gpu_check.Check(tmp_path, torch.device("cpu"), True, gpu_check.DRY_SIZES, math.inf)
+    handler = logging.FileHandler(tmp_path / "gpu_check.log")
+    gpu_check.LOG.addHandler(handler)
+    gpu_check.LOG.setLevel(logging.INFO)
+
+    def refuses():
+        print("a warning first", file=sys.stderr)
+        cli.fail("--x 3 is not a choice")
+    try:
+        res = gpu_check.run_phase(check, "d_throughput", lambda check, res: gpu_check.part(check, res, "bad", refuses))
+    finally:
+        gpu_check.LOG.removeHandler(handler)
+        handler.close()
+    assert res["bad"] == {"status": "failed", "error": "error: --x 3 is not a choice"}
+    assert res["status"] == "failed" and res["error"] == "bad: error: --x 3 is not a choice"
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert "[d_throughput/stderr] a warning first" in log and "[d_throughput/stderr] error: --x 3" in log
+
+
+def test_sigterm_stops_the_check_keeps_what_it_had_and_exits_143(tmp_path, monkeypatch, capsys):
+    def first(check, res):
+        res["figure"] = 1
+
+    def stopped(check, res):
+        res["figure"] = 2
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        pytest.fail("not stopped")
+    monkeypatch.setattr(gpu_check, "PHASES", dict.fromkeys(PHASES, first) | {"b_models": stopped})
+    monkeypatch.setattr(gpu_check, "prepare_data", lambda *args: {"source": "none", "root": str(tmp_path)})
+    out, before = tmp_path / "check", signal.getsignal(signal.SIGTERM)
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit) as exc:
+        gpu_check.main(out, tmp_path, True, ["--gpu_check", str(out), "--dry_run"])
+    assert exc.value.code == 143 and time.monotonic() - t0 < 30
+    assert signal.getsignal(signal.SIGTERM) == before       # the check's handler is gone
+    summary = json.loads((out / "gpu_check.json").read_text())
+    assert summary["finished"] is False and gpu_check.failed(summary)
+    a, b, *rest = summary["phases"].values()
+    assert a == {"status": "ok", "budget_s": None, "figure": 1, "seconds": a["seconds"]}
+    assert b["status"] == "skipped" and "stopped by SIGTERM" in b["reason"] and b["figure"] == 2
+    assert [p["status"] for p in rest] == ["skipped"] * 3 and list(summary["phases"]) == PHASES
+    assert "b_models      skipped" in capsys.readouterr().out
 
 
 def test_a_command_is_stopped_by_sigterm_and_its_output_logged(tmp_path):
