@@ -24,7 +24,7 @@ import gpu_check
 pytestmark = pytest.mark.slow     # the GPU check's dry run (about two minutes): not in make test-fast
 
 ROOT = Path(__file__).resolve().parent.parent
-DRY_RUN_TIMEOUT_S = 900      # a safety net only: the dry run has no budgets; it took 115 s here with a load of 5
+DRY_RUN_TIMEOUT_S = 900      # a safety net only: the dry run has no budgets; it took 237 s here with a load of 8
 PHASES = ["a_numerics", "b_models", "c_tune", "d_throughput", "e_full_run"]
 
 
