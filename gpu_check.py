@@ -667,8 +667,8 @@ def environment(argv: list[str], device: torch.device, dry_run: bool) -> dict:
     return {"python": platform.python_version(), "torch": str(torch.__version__), "torch_cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
             "cuda_available": gpu is not None, "device": str(device),
-            "gpu": gpu and {"name": gpu.name, "count": torch.cuda.device_count(), "compute_capability":
-                            f"{gpu.major}.{gpu.minor}", "memory_gib": round(gpu.total_memory / 2 ** 30, 1)},
+            "gpu": gpu and {"name": gpu.name, "count": torch.cuda.device_count(), "memory_gib":
+                            round(gpu.total_memory / 2 ** 30, 1), "compute_capability": f"{gpu.major}.{gpu.minor}"},
             "driver": driver_version(), "ray": ray, "command": " ".join(["python", "bench.py", *argv]),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "code": runs.code_version(), "dry_run": dry_run,
