@@ -38,8 +38,8 @@ import files
 import methods
 import runs
 import timing
-from augment import random_crop_flip
 from data import CIFAR, NoisyData, load_cifar_noisy
+from datasets.augment import random_crop_flip
 from models import make_model
 
 CODE_DIR = Path(__file__).resolve().parent

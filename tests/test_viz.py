@@ -9,7 +9,7 @@ from PIL import Image
 
 import cli
 import data
-import datasets
+import datasets.animal10n
 import viz
 from conftest import write_cifar
 
@@ -108,7 +108,7 @@ def test_animal10n_figure_from_loader(tmp_path, monkeypatch):
                           ["cat", "lynx", "wolf", "coyote", "cheetah", "jaguar", "chimpanzee", "orangutan",
                            "hamster", "guinea pig"], (0.5,) * 3, (0.25,) * 3)
     seen = []
-    monkeypatch.setattr(datasets, "load_animal10n", lambda root: seen.append(root) or fake)   # its declaration's loader
+    monkeypatch.setattr(datasets.animal10n, "load_animal10n", lambda root: seen.append(root) or fake)   # its declaration's loader
     path = viz.main(["animal-10n", "--seed", "123", "--data_dir", str(tmp_path), "--out_dir", str(tmp_path / "viz")])
     assert path == tmp_path / "viz" / "animal-10n.png" and seen == [tmp_path]
     with Image.open(path) as im:
