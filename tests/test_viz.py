@@ -198,7 +198,7 @@ def test_a_folder_is_shown_with_its_clean_label_column_or_without(tmp_path):
     with_clean = make_csv(tmp_path / "mine", clean=True, n_train=4, size=12)
     path = viz.main(["folder", "--data_dir", str(with_clean), "--out_dir", str(tmp_path / "viz"), "--n_images", "12"])
     assert path == tmp_path / "viz" / "folder_mine.png"
-    d = cli.dataset_from_config({"dataset_name": "folder", "data_dir": with_clean})
+    d = datasets.dataset_from_config({"dataset_name": "folder", "data_dir": with_clean})
     fig = viz.draw(d.images, d.labels, d.clean_labels, d.class_names, "t", 12, seed=0)
     assert red_titles(fig) == (12, 3)          # make_csv: one wrong label in four
     plt.close(fig)
