@@ -38,12 +38,12 @@ the absolute rates move with the machine's load. Rates are images per second on 
   default settings, and the speed-up of each over the default. `cpu_bf16_units`: whether the CPU has bf16
   instructions (AVX512_BF16, AMX, Arm BF16), where the training scripts accept --precision bf16 on the CPU;
   e.g. `--options channels_last,channels_last+amp --threads 1` measures float32 against bf16 side by side.
-- `clothing_pipeline_img_s`: the Clothing1M input pipeline as a run uses it (`sources.FileImages`): --file_images
-  synthetic JPEGs of --file_size px, each opened, resized (shorter side 256), randomly cropped (224) and flipped
-  in --workers DataLoader processes, batches of 32 moved to the device and normalised; timed after the first
-  batch. `clothing_train_img_s`: `engine.train_epoch` of resnet50 on 224-px images already on the device (the
-  training step alone, --clothing_steps batches of 32), so that the two show whether the pipeline keeps up.
-  With --quick: 32-px crops after a 37-px resize, batches of 4.
+- `clothing_pipeline_img_s`: the Clothing1M input pipeline as a run uses it (`datasets.images.FileImages`):
+  --file_images synthetic JPEGs of --file_size px, each opened, resized (shorter side 256), randomly cropped
+  (224) and flipped in --workers DataLoader processes, batches of 32 moved to the device and normalised; timed
+  after the first batch. `clothing_train_img_s`: `engine.train_epoch` of resnet50 on 224-px images already on
+  the device (the training step alone, --clothing_steps batches of 32), so that the two show whether the
+  pipeline keeps up. With --quick: 32-px crops after a 37-px resize, batches of 4.
 
 On CUDA, convolutions run in TF32 by default (cudnn.allow_tf32) while the reference matmul is strict
 float32, so utilisation there can read high; this was written and checked on a CPU.
@@ -84,12 +84,12 @@ import files
 import methods
 import runs
 import sln
-from augment import normalise, random_crop_flip
-from clothing_data import MEAN, RESIZE_PER_CROP, STD
 from data import CIFAR, default_data_dir, load_cifar
+from datasets.augment import normalise, random_crop_flip
+from datasets.clothing1m import MEAN, RESIZE_PER_CROP, STD
+from datasets.images import FileImages, ImageFiles, default_workers
 from models import MODELS
 from errors import DataError
-from sources import FileImages, ImageFiles, default_workers
 from timing import Trainer, sync, time_eval, train_flops_per_image
 
 TARGETS = {"pipeline_speedup": (">=", 10.0), "non_model_fraction/wrn-16-1": ("<=", 0.05),
@@ -279,7 +279,7 @@ def dataloader_img_s(images: np.ndarray, labels: np.ndarray, batch_size: int, ba
 
 def clothing_pipeline_img_s(folder: Path, n: int, side: int, crop: int, batch_size: int, workers: int,
                             device: torch.device) -> float:
-    """Images/s of sources.FileImages' training batches (decode, resize, crop, flip in workers; to the device;
+    """Images/s of datasets.images.FileImages' training batches (decode, resize, crop, flip in workers; to the device;
     normalise) over `n` synthetic side x side JPEGs written to `folder`, after the first batch."""
     rng = np.random.default_rng(0)
     names = []

@@ -2,8 +2,8 @@
 
 train_cifar.py, train_real.py and tune.py take the training flags (`add_training_args`); train_cifar.py, tune.py
 and viz.py the label-noise flags (`add_noise_args`). A bad value ends the script with one line (`fail`), never
-a traceback. `dataset_from_config` turns a run's flags (or its saved config) into its dataset: training,
-plot.py and viz.py all build data through it.
+a traceback. `training_data` builds a run's dataset from its flags through datasets.dataset_from_config, as
+plot.py, tune.py and viz.py do.
 """
 from __future__ import annotations
 
@@ -14,22 +14,21 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-import numpy as np
 import torch
 
 import datasets
 import methods
 from data import CIFAR, NoisyData, default_data_dir
-from datasets import MAX_DEFAULT_WORKERS, workers
+from datasets import MAX_DEFAULT_WORKERS
+from datasets.cifar_n import CIFARN
+from datasets.folder import MIN_IMAGE_SIZE
+from datasets.images import default_workers
 from files import check_writable
 from methods import Method
-from folder_data import MIN_IMAGE_SIZE
 from models import IMAGENET_WEIGHTS, MODELS, WeightsError, imagenet_state_dict, make_model
 from errors import DataError
 from noise import ASYM_VARIANTS, SYM_VARIANTS, check_rate
-from real_data import CIFARN
 from runs import lock_run, resolve_resume
-from sources import default_workers
 
 
 class Parser(argparse.ArgumentParser):
@@ -362,7 +361,7 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-# Sigma when --sigma is not given, by (dataset, noise mode): the declarations' (datasets.py says where each comes from)
+# Sigma when --sigma is not given, by (dataset, noise mode): the declarations' (datasets/ says where each comes from)
 DEFAULT_SIGMA = {(name, mode): sigma for name, d in datasets.DATASETS.items() for mode, sigma in d.default_sigma.items()}
 
 
@@ -496,27 +495,10 @@ def check_noise_args(args: argparse.Namespace, dataset: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 # From flags (or a saved run config) to the dataset
 
-def dataset_from_config(config: dict) -> NoisyData:
-    """The full dataset (before subsets) that a run's flags describe, by its declaration in datasets.py: CIFAR-10/100
-    with its label noise, CIFAR-N, Animal-10N, Clothing1M or the user's own folder. `config` is a run's config.yaml
-    or vars(args); noise is read from its files, never made anew unless the config asks for it
-    (make_new_custom_noise). Raises DataError."""
-    return datasets.get(config["dataset_name"]).load(config)
-
-
-def split_data(config: dict) -> tuple[NoisyData, tuple[np.ndarray, np.ndarray] | None]:
-    """What a run trained on: the dataset of its config with its subsets, and, for a tune.py sigma-search run
-    (val_size set), without its validation split, which is returned too (else None). Raises DataError."""
-    data = dataset_from_config(config).subset(config.get("train_subset"), config.get("test_subset"), config["seed"])
-    if not config.get("val_size"):
-        return data, None
-    return data.split_validation(config["val_size"], config["seed"])
-
-
 def training_data(args: argparse.Namespace) -> NoisyData:
     """The dataset of the flags with their subsets applied, or one line and exit on a data problem."""
     try:
-        return dataset_from_config(vars(args)).subset(args.train_subset, args.test_subset, args.seed)
+        return datasets.dataset_from_config(vars(args)).subset(args.train_subset, args.test_subset, args.seed)
     except DataError as e:
         fail(str(e))
 

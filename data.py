@@ -2,10 +2,11 @@
 ("custom") noise files, and NoisyData, the arrays a run trains on.
 
 Datasets are plain arrays: images as uint8 (N, 3, H, W), labels as int64; a set too large for memory
-(Clothing1M) holds a list of its image files instead (sources.ImageFiles), indexed the same way. Noise is decided by the pure
-functions of noise.py or read from files here, never inside a dataset object. Real-world noisy datasets
-(Animal-10N, CIFAR-N) live in real_data.py and the on-device augmentation in augment.py, so this module
-needs no torch (torchvision only fetches a missing CIFAR archive).
+(Clothing1M) holds a list of its image files instead (datasets/images.py's ImageFiles), indexed the same way. Noise
+is decided by the pure functions of noise.py or read from files here, never inside a dataset object. The dataset
+declarations, the real-world noisy datasets (Animal-10N, CIFAR-N, Clothing1M, a folder) and the on-device
+augmentation live in datasets/, which imports this module (never the other way round), so this module needs no
+torch (torchvision only fetches a missing CIFAR archive).
 """
 from __future__ import annotations
 
@@ -467,7 +468,7 @@ class NoisyData:
     for a dataset that comes with one (Clothing1M), a clean validation set."""
 
     name: str
-    images: np.ndarray            # uint8 (N, 3, H, W), or a sources.ImageFiles list of N image files
+    images: np.ndarray            # uint8 (N, 3, H, W), or a datasets.images.ImageFiles list of N image files
     labels: np.ndarray            # int64 (N,) labels used for training
     clean_labels: np.ndarray | None
     is_noisy: np.ndarray | None   # bool (N,): the label (or, for open-set noise, the image) is wrong

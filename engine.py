@@ -5,7 +5,7 @@ as a copy of it); SLN+MO and SLN+MO+LC report the EMA network; label correction 
 after `lc_n_epoch` and turns sigma off. The authors' Clothing1M script adds four options, each a flag that is
 off by default: a step learning-rate schedule (`lr_milestones`), a fresh class-balanced sample of the training
 set every epoch (`num_per_class`), soft correction targets (`lc_soft`) and a validation set that picks the
-epoch whose test accuracy is reported. Batches come from sources.py (the images on the device, or image files
+epoch whose test accuracy is reported. Batches come from datasets/images.py (the images on the device, or image files
 read by DataLoader workers). The run folder (config, metrics, checkpoints, resume) is runs.py's.
 """
 from __future__ import annotations
@@ -29,13 +29,13 @@ import files
 import methods
 import runs
 import sln
-from augment import normalise
 from cli import fail, pick_device, resolve_precision
 from datasets import workers
+from datasets.augment import normalise
 from data import NoisyData, balanced_indices
 from models import WeightsError
 from errors import DataError
-from sources import DeviceImages, FileImages, UnreadableImage, image_source
+from datasets.images import DeviceImages, FileImages, UnreadableImage, image_source
 
 METRIC_FIELDS = ["epoch", "seconds", "sigma", "train/loss", "train/loss_clean", "train/loss_noisy", "train/acc",
                  "train/acc_noisy",

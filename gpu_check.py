@@ -34,8 +34,8 @@ import files
 import methods
 import runs
 import timing
-from augment import random_crop_flip
 from data import CIFAR, load_cifar_noisy
+from datasets.augment import random_crop_flip
 
 CODE_DIR = Path(__file__).resolve().parent
 JSON_NAME, LOG_NAME = "gpu_check.json", "gpu_check.log"

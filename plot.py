@@ -44,11 +44,11 @@ import files  # noqa: E402
 import methods  # noqa: E402
 import runs  # noqa: E402
 from data import CIFAR, NoisyData  # noqa: E402
+from datasets.cifar_n import CIFARN  # noqa: E402
+from datasets.images import ImageFiles, image_source  # noqa: E402
 from files import mean_std  # noqa: E402
 from models import make_model  # noqa: E402
 from errors import DataError  # noqa: E402
-from real_data import CIFARN  # noqa: E402
-from sources import ImageFiles, image_source  # noqa: E402
 from tables import (ACCURACY_COLUMN, COLUMN_ORDER, VARIANT_ORDER, Run, headline, load_run, make_table,  # noqa: E402
                     of_network, one_run_per_seed, one_table, order_key, row_labels, run_ids, settings, whole_runs, with_derived)
 
@@ -180,7 +180,7 @@ def rebuild_training_set(run: Run, data_dir: Path | None, need_clean: bool = Tru
                    f"the CIFAR images and {'cifar-n/' if name in CIFARN else f'{name}/label_noisy/'}")
         raise DataError(f"data folder {root} does not exist here; pass --data_dir <folder holding {holding}>")
     # the noise files the run wrote are read back, never made anew
-    data, _ = cli.split_data({**cfg, "data_dir": root, "make_new_custom_noise": False})
+    data, _ = datasets.split_data({**cfg, "data_dir": root, "make_new_custom_noise": False})
     check_same_training_set(run, data, root)
     return data
 

@@ -48,6 +48,7 @@ import torch
 import yaml
 
 import cli
+import datasets
 import engine
 import files
 import methods
@@ -170,7 +171,7 @@ def preflight(sweep: dict) -> dict[tuple, dict[str, int]]:
                 cli.pretrained_weights(args)     # fetched once here (torch.hub's cache), not in every trial
         if (args.noise_mode, args.noise_label) not in loaded:
             try:
-                data, val = cli.split_data(vars(args))
+                data, val = datasets.split_data(vars(args))
             except DataError as e:
                 cli.fail(str(e))
             loaded[args.noise_mode, args.noise_label] = {"train": len(data.labels), "test": len(data.test_labels),
@@ -879,7 +880,7 @@ def trial(config: dict, sweep: dict) -> None:
         return
     # one CPU thread per reserved core: more would fight the other trials for the same cores
     torch.set_num_threads(max(1, int(sweep["resources"]["cpu"])))
-    data, val = cli.split_data(vars(args))
+    data, val = datasets.split_data(vars(args))
     if cut_off is not None:
         saved = runs.read_run_config(cut_off)
         args.tune_trial_id = saved.get("tune_trial_id")            # the config on disk stays as it was

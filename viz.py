@@ -34,9 +34,9 @@ import files  # noqa: E402
 import noise  # noqa: E402
 from errors import DataError  # noqa: E402
 
-# every dataset held in memory (datasets.py): the CIFARs with their label noise, and those with labels as given (CIFAR-N's
+# every dataset held in memory (datasets/): the CIFARs with their label noise, and those with labels as given (CIFAR-N's
 # human labels, Animal-10N, a folder); Clothing1M's million files are read batch by batch and are not drawn here.
-# Data comes from cli.dataset_from_config, as in training.
+# Data comes from datasets.dataset_from_config, as in training.
 SYNTHETIC = datasets.of_script("train_cifar.py")
 DATASETS = [name for name in datasets.DATASETS if name != "clothing1m"]
 MAX_IMAGES = 256        # the largest grid viz.py draws: 32 rows
@@ -174,7 +174,7 @@ def save_new(fig, path: Path, overwrite: bool) -> Path:
 def given_labels_figure(args):
     """A dataset whose labels are given, not made: CIFAR-N's human labels against CIFAR's clean ones, Animal-10N (no
     clean labels), or a folder (against its CSV's clean_label column, where it has one)."""
-    d = cli.dataset_from_config({"dataset_name": args.dataset, "data_dir": args.data_dir,
+    d = datasets.dataset_from_config({"dataset_name": args.dataset, "data_dir": args.data_dir,
                                  "noise_label": args.noise_label, "image_size": args.image_size})
     what = {"animal-10n": "Animal-10N training set (labels as given; about 8% are wrong)",
             "folder": f"folder {args.data_dir.resolve().name}: training images with their given labels"}.get(
@@ -186,7 +186,7 @@ def given_labels_figure(args):
 
 
 def cifar_figure(args):
-    d = cli.dataset_from_config({**vars(args), "dataset_name": args.dataset})
+    d = datasets.dataset_from_config({**vars(args), "dataset_name": args.dataset})
     kind = "custom" if args.custom_noise else "paper"
     print(noise.format_noise_report(d.info["report"], d.class_names, f"{args.noise_mode} p={args.p}, {kind}"))
     replaced, replaced_names = None, None

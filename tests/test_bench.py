@@ -12,8 +12,8 @@ import yaml
 import torchvision.transforms.functional as TF
 from torch import nn
 
-import augment
 import bench
+import datasets.augment
 import engine
 import train_cifar
 from models import make_model
@@ -104,7 +104,7 @@ def test_crop_flip_matches_torchvision_on_non_square_images():
     images = torch.randint(0, 256, (5, 2, 6, 9), generator=g, dtype=torch.uint8)
     offsets = torch.randint(0, 7, (5, 2), generator=g)
     flips = torch.tensor([True, False, True, True, False])
-    out = augment.random_crop_flip(images, 3, offsets=offsets, flips=flips)
+    out = datasets.augment.random_crop_flip(images, 3, offsets=offsets, flips=flips)
     for i in range(5):
         ref = TF.crop(TF.pad(images[i], [3]), int(offsets[i, 0]), int(offsets[i, 1]), 6, 9)
         assert torch.equal(out[i], TF.hflip(ref) if flips[i] else ref)

@@ -13,13 +13,13 @@ import torchvision.transforms as T
 import yaml
 from PIL import Image
 
-import clothing_data
 import engine
 import models
 import plot
 import sln
-import sources
 import cli
+import datasets.clothing1m
+import datasets.images
 import train_real
 from conftest import assert_refused, variant_flags
 from data import balanced_indices
@@ -94,15 +94,15 @@ def owners_root(tmp_path_factory) -> Path:
 
 
 def test_both_layouts_give_the_same_dataset(owners_root, tmp_path):
-    a = clothing_data.load_clothing1m(owners_root, 16, workers=0)
-    b = clothing_data.load_clothing1m(make_clothing(tmp_path, "authors", names=False), 16, workers=0)
+    a = datasets.clothing1m.load_clothing1m(owners_root, 16, workers=0)
+    b = datasets.clothing1m.load_clothing1m(make_clothing(tmp_path, "authors", names=False), 16, workers=0)
     assert (a.info["layout"], b.info["layout"]) == ("owners", "authors")
     assert a.class_names == NAMES and b.class_names == [str(k) for k in range(14)] and a.num_classes == 14
     for x, y in ((a.images, b.images), (a.test_images, b.test_images), (a.val[0], b.val[0])):
         assert x.paths.tolist() == y.paths.tolist() and x.shape[1:] == (3, 16, 16) and (x.resize, x.crop) == (18, 16)
     assert a.labels.tolist() == b.labels.tolist() and len(a.labels) == sum(TRAIN_PER_CLASS) == 41
     assert a.test_labels.tolist() == a.val[1].tolist() == list(range(14))
-    assert a.clean_labels is None and a.noise_rate() is None and (a.mean, a.std) == (clothing_data.MEAN, clothing_data.STD)
+    assert a.clean_labels is None and a.noise_rate() is None and (a.mean, a.std) == (datasets.clothing1m.MEAN, datasets.clothing1m.STD)
     assert a.labels[0] == 1 and a.info["train_class_counts"] == np.bincount(a.labels, minlength=14).tolist()
     assert not a.info["val_test_lines_match_published"]
 
@@ -142,23 +142,23 @@ def test_step_schedule():
 
 
 def test_worker_crops_are_the_authors_transforms(owners_root):
-    files = clothing_data.load_clothing1m(owners_root, 16, workers=0).images
+    files = datasets.clothing1m.load_clothing1m(owners_root, 16, workers=0).images
     img = Image.open(files.path(3)).convert("RGB")
     centre = T.Compose([T.Resize(18), T.CenterCrop(16)])(img)
-    assert np.array_equal(sources.load_crop(files.path(3), 18, 16, None), np.asarray(centre).transpose(2, 0, 1))
+    assert np.array_equal(datasets.images.load_crop(files.path(3), 18, 16, None), np.asarray(centre).transpose(2, 0, 1))
     resized = T.Resize(18)(img)                                   # 24x20 -> 21x18: crops at top 0..2, left 0..5
     assert resized.size == (21, 18)
-    crop = sources.load_crop(files.path(3), 18, 16, (0.99, 0.5, 0.2))    # top 2, left 3, flipped
+    crop = datasets.images.load_crop(files.path(3), 18, 16, (0.99, 0.5, 0.2))    # top 2, left 3, flipped
     expected = np.asarray(T.functional.hflip(T.functional.crop(resized, 2, 3, 16, 16))).transpose(2, 0, 1)
     assert np.array_equal(crop, expected)
 
 
 def test_file_batches_do_not_depend_on_the_worker_count(owners_root):
-    files = clothing_data.load_clothing1m(owners_root, 16, workers=0).images
+    files = datasets.clothing1m.load_clothing1m(owners_root, 16, workers=0).images
     order = torch.randperm(len(files), generator=torch.Generator().manual_seed(0))
 
     def batches(workers):
-        source = sources.FileImages(files, torch.device("cpu"), workers)
+        source = datasets.images.FileImages(files, torch.device("cpu"), workers)
         train = [(i, x) for i, x in source.train_batches(order, 8, torch.Generator().manual_seed(1))]
         return train + list(source.eval_batches(16, augment=True, gen=torch.Generator().manual_seed(2)))
     one, two = batches(0), batches(2)
@@ -187,7 +187,7 @@ def test_sln_mo_lc_run_with_resnet50(owners_root, tmp_path, capsys):
                                           "Resize(18), CenterCrop(16)")
     assert config["noise"]["normalise"] == "mean (0.6959, 0.6537, 0.6371), std (0.3113, 0.3192, 0.3214)"
     assert config["noise"]["layout"] == "owners" and config["data_provenance"]["train_images_sha256"] == \
-        clothing_data.load_clothing1m(owners_root, 16, 0).images.digest()
+        datasets.clothing1m.load_clothing1m(owners_root, 16, 0).images.digest()
     rows = metrics(run_dir)
     assert [float(r["lr"]) for r in rows] == [1e-3, 1e-3 * 0.1]
     assert rows[0]["lc/changed_fraction"] == "" and rows[1]["lc/changed_fraction"] != ""
@@ -199,7 +199,7 @@ def test_sln_mo_lc_run_with_resnet50(owners_root, tmp_path, capsys):
     assert summary["test_acc_at_best_val"] == float(rows[chosen]["test/acc_reported"]) == float(rows[chosen]["test/acc_ema"])
     assert json.loads((run_dir / "summary.json").read_text())["test_acc_at_best_val"] == summary["test_acc_at_best_val"]
     # soft targets on epoch 2's balanced sample (2 per class), the given one-hot labels everywhere else
-    labels = clothing_data.load_clothing1m(owners_root, 16, 0).labels
+    labels = datasets.clothing1m.load_clothing1m(owners_root, 16, 0).labels
     sample = balanced_indices(labels, 2, [3, 2])
     assert len(sample) == 28 and np.bincount(labels[sample]).tolist() == [2] * 14
     targets = torch.load(run_dir / "targets_final.pt", weights_only=True)
@@ -269,7 +269,7 @@ def test_unreadable_image_mid_run_says_how_to_resume(owners_root, tmp_path, caps
     """A file whose header reads but whose pixels do not (e.g. truncated later) stops the run with one line."""
     def broken(path, resize, crop, params):
         raise OSError("image file is truncated")
-    monkeypatch.setattr(sources, "load_crop", broken)
+    monkeypatch.setattr(datasets.images, "load_crop", broken)
     with pytest.raises(SystemExit) as exc:
         run_cli(owners_root, tmp_path / "out", "--model", "wrn-16-1", *variant_flags("0.2")["CE"])
     assert exc.value.code == 3

@@ -82,14 +82,14 @@ def test_an_allowed_callable_used_badly_is_the_same_one_line(tmp_path, args, err
     path.write_bytes(pickle.dumps({"data": CallsEncode(*args)}, protocol=2))
     with pytest.raises(DataError, match=rf"crafted\.pkl is truncated or not a plain-array pickle \({error}: "):
         data.load_array_pickle(path)
-    import real_data
+    import datasets.cifar_n
     with pytest.raises(DataError, match=rf"crafted\.pkl is truncated or not a plain-array pickle \({error}: "):
-        real_data.read_cifarn_labels(path)
+        datasets.cifar_n.read_cifarn_labels(path)
     import zipfile                                           # a torch.save-style zip holding the same pickle
     with zipfile.ZipFile(tmp_path / "crafted.pt", "w") as zf:
         zf.writestr("archive/data.pkl", path.read_bytes())
     with pytest.raises(DataError, match=rf"crafted\.pt is not a plain-array pickle \({error}: "):
-        real_data.read_cifarn_labels(tmp_path / "crafted.pt")
+        datasets.cifar_n.read_cifarn_labels(tmp_path / "crafted.pt")
 
 
 def test_paper_noise_loads_and_marks_noisy(fake_root, paper_sums):

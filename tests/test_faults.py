@@ -241,7 +241,7 @@ def read_only_root(fake_root: Path, folder: Path):
 def test_a_data_root_that_cannot_take_a_missing_download(fake_root, tmp_path, capsys, blocked, script):
     """A root holding the CIFAR images but unable to take a missing paper noise file or CIFAR-N label file: one line
     naming the folder that cannot be written, the URL and where to put the file; nothing written."""
-    import real_data
+    import datasets.cifar_n
     import train_real
     sub = "cifar10" if script == "train_cifar" else "cifar-n"
     with contextlib.ExitStack() as stack:
@@ -257,7 +257,7 @@ def test_a_data_root_that_cannot_take_a_missing_download(fake_root, tmp_path, ca
         folder = root / sub / "label_noisy" if script == "train_cifar" else root / sub
         url, dest = ((data.PAPER_NOISE_URL.format(folder="CIFAR10", mode="sym", p=0.4), folder / "sym0.4.csv")
                      if script == "train_cifar" else
-                     (real_data.CIFARN_URL.format(file="CIFAR-10_human.pt"), folder / "CIFAR-10_human.pt"))
+                     (datasets.cifar_n.CIFARN_URL.format(file="CIFAR-10_human.pt"), folder / "CIFAR-10_human.pt"))
         before = sorted(p.relative_to(root) for p in root.rglob("*"))
         if script == "train_cifar":
             call = lambda: train(root, tmp_path / "out", "--noise_mode", "sym", "--p", "0.4")  # noqa: E731

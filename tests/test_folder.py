@@ -12,9 +12,9 @@ import torch
 import yaml
 from PIL import Image
 
-import folder_data
+import datasets.folder
+import datasets.images
 import plot
-import sources
 import train_real
 from conftest import assert_refused, variant_flags
 from errors import DataError
@@ -81,13 +81,13 @@ def test_imagefolder_layout(tmp_path):
     (tmp_path / "train" / "dog" / ".DS_Store").write_bytes(b"junk")
     with pytest.raises(DataError, match=r"class 'owl' is in .*train \(4 images\) but not in .*test; the nearest class "
                                         r"there is '.*'; fix the label, or pass --allow_unshared_classes"):
-        folder_data.load_folder(tmp_path)
-    d = folder_data.load_folder(tmp_path, allow_unshared_classes=True)     # ... when asked for
+        datasets.folder.load_folder(tmp_path)
+    d = datasets.folder.load_folder(tmp_path, allow_unshared_classes=True)     # ... when asked for
     assert d.name == "folder" and d.class_names == CLASSES and d.num_classes == 3
     assert d.images.shape == (12, 3, 10, 10) and d.images.dtype == np.uint8 and d.test_images.shape == (4, 3, 10, 10)
     assert d.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4 and d.test_labels.tolist() == [0, 0, 1, 1]
     assert d.clean_labels is None and d.is_noisy is None and d.info["noise_rate"] is None
-    assert d.pad == folder_data.FOLDER_PAD == 4 and d.flip
+    assert d.pad == datasets.folder.FOLDER_PAD == 4 and d.flip
     x = d.images.astype(np.float64) / 255
     assert d.mean == pytest.approx(x.mean(axis=(0, 2, 3)).tolist()) and d.std == pytest.approx(x.std(axis=(0, 2, 3)).tolist())
     gray = d.images[0]                                      # the grayscale file became RGB
@@ -98,7 +98,7 @@ def test_imagefolder_layout(tmp_path):
 @pytest.mark.parametrize("names", [False, True])
 def test_csv_layout_with_clean_labels(tmp_path, names):
     make_csv(tmp_path, names=names)
-    d = folder_data.load_folder(tmp_path)
+    d = datasets.folder.load_folder(tmp_path)
     assert d.class_names == (CLASSES if names else ["0", "1", "2"])
     assert d.clean_labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert d.is_noisy.tolist() == [True, False, False, False] * 3 and d.info["noise_rate"] == 0.25
@@ -111,7 +111,7 @@ def test_csv_without_clean_labels_and_padded_integers(tmp_path):
     rows = read_rows(tmp_path / "test.csv")
     rows[1][1] = "00"                                       # '00' is class 0
     write_rows(tmp_path / "test.csv", rows)
-    d = folder_data.load_folder(tmp_path)
+    d = datasets.folder.load_folder(tmp_path)
     assert d.clean_labels is None and d.is_noisy is None and d.test_labels[0] == 0
 
 
@@ -119,8 +119,8 @@ def test_image_size_resizes_mixed_sizes(tmp_path):
     make_tree(tmp_path, size=12)
     write_image(tmp_path / "train" / "dog" / "small.png", 1, size=8)
     with pytest.raises(DataError, match=r"small\.png is 8x8 pixels but .*train/cat/0\.png is 12x12; give --image_size"):
-        folder_data.load_folder(tmp_path)
-    d = folder_data.load_folder(tmp_path, image_size=9)
+        datasets.folder.load_folder(tmp_path)
+    d = datasets.folder.load_folder(tmp_path, image_size=9)
     assert d.images.shape == (13, 3, 9, 9) and d.test_images.shape == (6, 3, 9, 9) and d.info["resized_to"] == 9
 
 
@@ -213,10 +213,10 @@ def test_an_image_size_whose_images_cannot_fit_in_memory_is_one_line(tmp_path, c
     root = make_tree(tmp_path / "data")
     assert_refused(capsys, lambda: run_cli(root, tmp_path / "out", "--image_size", str(10**20)),
                    f"--image_size {10**20}: the 18 images of {root} would take 5e+32 GiB, more than the ", tmp_path / "out")
-    monkeypatch.setattr(sources, "available_memory", lambda: 2**30)        # a machine with 1 GiB free
+    monkeypatch.setattr(datasets.images, "available_memory", lambda: 2**30)        # a machine with 1 GiB free
     assert_refused(capsys, lambda: run_cli(root, tmp_path / "out", "--image_size", "8192"),
                    "the 18 images of", tmp_path / "out")
-    monkeypatch.setattr(sources, "available_memory", lambda: 12 * 3 * 10 * 10 - 1)    # 12 training images of 10x10
+    monkeypatch.setattr(datasets.images, "available_memory", lambda: 12 * 3 * 10 * 10 - 1)    # 12 training images of 10x10
     assert_refused(capsys, lambda: run_cli(root, tmp_path / "out"), "12 images of 10x10 pixels (as ", tmp_path / "out")
 
 

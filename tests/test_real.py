@@ -16,8 +16,9 @@ import yaml
 from PIL import Image
 
 import data
+import datasets.animal10n
+import datasets.cifar_n
 import methods
-import real_data
 import runs
 import train_real
 from conftest import assert_refused, variant_flags
@@ -46,7 +47,7 @@ def fake_animal10n_files(per_class_train: int = 4, per_class_test: int = 2, size
         for label in range(10):
             for i in range(k):
                 serial += 1
-                name = f"{label}_{serial:05d}.jpg" if i else f"{label}_{real_data.ANIMAL10N_CLASSES[label].replace(' ', '-')}_{serial:04d}.jpg"
+                name = f"{label}_{serial:05d}.jpg" if i else f"{label}_{datasets.animal10n.ANIMAL10N_CLASSES[label].replace(' ', '-')}_{serial:04d}.jpg"
                 files[f"{split}/{name}"] = jpeg(label, rng, size)
     return files
 
@@ -62,7 +63,7 @@ def zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED
 def write_animal10n(root: Path, files: dict[str, bytes], form: str = "ver") -> Path:
     """Put the fake dataset under root/animal-10n/ as downloaded ("ver"), as the nested zip ("inner")
     or extracted ("folders"). Junk a real archive may carry is added to the zips."""
-    folder = real_data.animal10n_dir(root)
+    folder = datasets.animal10n.animal10n_dir(root)
     folder.mkdir(parents=True)
     inner = zip_bytes({**files, "__MACOSX/training/._0_00001.jpg": b"\x00\x05\x16\x07", "training/Thumbs.db": b"junk"})
     if form == "ver":
@@ -91,16 +92,16 @@ def animal_root(tmp_path_factory):
     once, for the training runs."""
     root = tmp_path_factory.mktemp("animal")
     write_animal10n(root, fake_animal10n_files(per_class_train=2, per_class_test=1, size=32))
-    real_data.load_animal10n(root)
+    datasets.animal10n.load_animal10n(root)
     return root
 
 
 @pytest.mark.parametrize("form", ["ver", "inner", "folders"])
 def test_animal10n_extraction_annotation_and_arrays(tmp_path, animal_files, form):
     folder = write_animal10n(tmp_path, animal_files, form)
-    d = real_data.load_animal10n(tmp_path)
+    d = datasets.animal10n.load_animal10n(tmp_path)
 
-    for split in real_data.ANIMAL10N_SPLITS:
+    for split in datasets.animal10n.ANIMAL10N_SPLITS:
         expected = sorted(n for n in animal_files if n.startswith(split + "/"))
         assert sorted(f"{split}/{p.name}" for p in (folder / split).iterdir()) == expected   # junk not extracted
         rows = list(csv.reader(open(folder / f"{split}.csv", newline="")))
@@ -117,7 +118,7 @@ def test_animal10n_extraction_annotation_and_arrays(tmp_path, animal_files, form
     assert d.test_labels.tolist() == [int(n.split("/")[1].split("_")[0]) for n in test_names]
     assert d.clean_labels is None and d.is_noisy is None and d.noise_rate() is None
     assert d.num_classes == 10 and d.class_names[3] == "coyote" and d.class_names[9] == "guinea pig"
-    assert d.pad == real_data.ANIMAL10N_PAD == 4
+    assert d.pad == datasets.animal10n.ANIMAL10N_PAD == 4
     x = d.images.astype(np.float64) / 255
     assert d.mean == pytest.approx(x.mean(axis=(0, 2, 3)).tolist(), abs=1e-12)
     assert d.std == pytest.approx(x.std(axis=(0, 2, 3)).tolist(), abs=1e-12)
@@ -129,12 +130,12 @@ def test_animal10n_extraction_annotation_and_arrays(tmp_path, animal_files, form
 
 def test_animal10n_cache_is_reused_and_checksummed(tmp_path, animal_files, monkeypatch):
     folder = write_animal10n(tmp_path, animal_files, "folders")
-    first = real_data.load_animal10n(tmp_path)
+    first = datasets.animal10n.load_animal10n(tmp_path)
 
     def no_decoding(path):
         raise AssertionError(f"decoded {path} although the cache is valid")
-    monkeypatch.setattr(real_data, "decode_image", no_decoding)
-    again = real_data.load_animal10n(tmp_path)
+    monkeypatch.setattr(datasets.animal10n, "decode_image", no_decoding)
+    again = datasets.animal10n.load_animal10n(tmp_path)
     assert np.array_equal(again.images, first.images) and again.mean == pytest.approx(first.mean)
 
     cached = folder / "cache" / "training_images.npy"
@@ -142,9 +143,9 @@ def test_animal10n_cache_is_reused_and_checksummed(tmp_path, animal_files, monke
     raw[-1] ^= 0xFF                                             # one flipped pixel: the checksum must notice
     cached.write_bytes(bytes(raw))
     with pytest.raises(AssertionError, match="decoded"):
-        real_data.load_animal10n(tmp_path)
+        datasets.animal10n.load_animal10n(tmp_path)
     monkeypatch.undo()
-    assert np.array_equal(real_data.load_animal10n(tmp_path).images, first.images)
+    assert np.array_equal(datasets.animal10n.load_animal10n(tmp_path).images, first.images)
 
 
 def test_corrupt_animal10n_image_is_named(tmp_path, animal_files):
@@ -152,7 +153,7 @@ def test_corrupt_animal10n_image_is_named(tmp_path, animal_files):
     files["training/4_00099.jpg"] = b"\xff\xd8 this is not a JPEG"
     write_animal10n(tmp_path, files, "ver")
     with pytest.raises(DataError, match=r"training/4_00099\.jpg does not decode"):
-        real_data.load_animal10n(tmp_path)
+        datasets.animal10n.load_animal10n(tmp_path)
 
 
 @pytest.mark.parametrize("form", ["ver", "inner"])
@@ -161,27 +162,27 @@ def test_truncated_animal10n_zip(tmp_path, animal_files, form):
     (path,) = folder.glob("*.zip")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(DataError, match=rf"{path.name} is truncated"):
-        real_data.load_animal10n(tmp_path)
+        datasets.animal10n.load_animal10n(tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == [path.name]  # nothing half-extracted
 
 
 def test_truncated_nested_zip(tmp_path, animal_files):
-    folder = real_data.animal10n_dir(tmp_path)
+    folder = datasets.animal10n.animal10n_dir(tmp_path)
     folder.mkdir(parents=True)
     inner = zip_bytes(animal_files)
     (folder / "raw_image_ver.zip").write_bytes(zip_bytes({"raw_image.zip": inner[: len(inner) // 2]}))
     with pytest.raises(DataError, match=r"raw_image_ver\.zip:raw_image\.zip is truncated"):
-        real_data.load_animal10n(tmp_path)
+        datasets.animal10n.load_animal10n(tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == ["raw_image_ver.zip"]
 
 
 def test_animal10n_zip_cannot_write_outside(tmp_path, animal_files):
     evil = {"../../escape1.jpg": b"x", "training/../../escape2.jpg": b"x", "testing/..\\..\\escape3.jpg": b"x",
             "/abs/dir/training/0_escape4.jpg": b"x", **animal_files}
-    folder = real_data.animal10n_dir(tmp_path / "root")
+    folder = datasets.animal10n.animal10n_dir(tmp_path / "root")
     folder.mkdir(parents=True)
     (folder / "raw_image.zip").write_bytes(zip_bytes(evil))
-    real_data.load_animal10n(tmp_path / "root")
+    datasets.animal10n.load_animal10n(tmp_path / "root")
     assert not [p for p in tmp_path.rglob("*escape*")]
     extracted = sorted(str(p.relative_to(folder)) for p in folder.glob("*/*.jpg"))
     assert extracted == sorted(animal_files)
@@ -191,7 +192,7 @@ def test_animal10n_zip_cannot_write_outside(tmp_path, animal_files):
 def test_animal10n_file_name_without_label(tmp_path, animal_files, name):
     write_animal10n(tmp_path, {**animal_files, name: animal_files["training/1_00006.jpg"]}, "folders")
     with pytest.raises(DataError, match=re.escape(Path(name).name) + r": .*<label>_<name>\.jpg"):
-        real_data.load_animal10n(tmp_path)
+        datasets.animal10n.load_animal10n(tmp_path)
 
 
 def test_missing_animal10n_says_where_to_get_it(tmp_path, capsys):
@@ -325,8 +326,8 @@ def cifarn_root(tmp_path, fake_root, monkeypatch):
 
 def accept_checksums(root, monkeypatch):
     specs = {name: dataclasses.replace(spec, sha256=data.file_digest(root / "cifar-n" / spec.file))
-             for name, spec in real_data.CIFARN.items()}
-    monkeypatch.setattr(real_data, "CIFARN", specs)
+             for name, spec in datasets.cifar_n.CIFARN.items()}
+    monkeypatch.setattr(datasets.cifar_n, "CIFARN", specs)
 
 
 def test_fake_cifarn_has_the_published_layout(cifarn_root):
@@ -337,27 +338,27 @@ def test_fake_cifarn_has_the_published_layout(cifarn_root):
         assert "CIFAR-100_human/data.pkl" in zf.namelist()
 
 
-@pytest.mark.parametrize("label, key", list(real_data.CIFARN["cifar10n"].label_keys.items()))
+@pytest.mark.parametrize("label, key", list(datasets.cifar_n.CIFARN["cifar10n"].label_keys.items()))
 def test_cifar10n_labels_and_realised_noise_rate(cifarn_root, label, key):
     root, table, _ = cifarn_root
-    d = real_data.load_cifar_n("cifar10n", root, label)
+    d = datasets.cifar_n.load_cifar_n("cifar10n", root, label)
     assert np.array_equal(d.labels, table[key]) and np.array_equal(d.clean_labels, table["clean_label"])
     assert np.array_equal(d.is_noisy, table[key] != table["clean_label"])
     assert d.info["realised_noise_rate"] == CIFAR10N_FLIPS[key] / 400 == d.noise_rate()
     assert d.info["realised_noise_rates"] == {lab: CIFAR10N_FLIPS[k] / 400
-                                              for lab, k in real_data.CIFARN["cifar10n"].label_keys.items()}
+                                              for lab, k in datasets.cifar_n.CIFARN["cifar10n"].label_keys.items()}
     assert d.info["matches_published"] == (key == "aggre_label")
     assert d.mean == data.CIFAR["cifar10"].mean and d.class_names[0] == "airplane"
 
 
 def test_cifar100n_and_plain_pickle_files(cifarn_root):
     root, _, table100 = cifarn_root
-    d = real_data.load_cifar_n("cifar100n", root, "noisy")
+    d = datasets.cifar_n.load_cifar_n("cifar100n", root, "noisy")
     assert d.info["realised_noise_rate"] == 241 / 600 and d.num_classes == 100
     # the same dict as a plain pickle (no torch zip around it) reads the same
     with open(root / "cifar-n" / "CIFAR-100_human.pt", "wb") as f:
         pickle.dump(table100, f, protocol=2)
-    d2 = real_data.read_cifarn_labels(root / "cifar-n" / "CIFAR-100_human.pt")
+    d2 = datasets.cifar_n.read_cifarn_labels(root / "cifar-n" / "CIFAR-100_human.pt")
     assert np.array_equal(d2["noisy_label"], table100["noisy_label"])
     assert d2["clean_coarse_label"] == table100["clean_coarse_label"]
 
@@ -381,7 +382,7 @@ def test_cifarn_file_with_non_array_objects_is_refused(cifarn_root, monkeypatch,
     torch.save({**table, "worse_label": bad}, root / "cifar-n" / "CIFAR-10_human.pt")
     accept_checksums(root, monkeypatch)
     with pytest.raises(DataError, match="not a plain-array pickle"):
-        real_data.load_cifar_n("cifar10n", root, "worst")
+        datasets.cifar_n.load_cifar_n("cifar10n", root, "worst")
     assert not marker.exists()
 
 
@@ -389,11 +390,11 @@ def test_cifarn_checksum_and_missing_file(cifarn_root, monkeypatch):
     root, _, _ = cifarn_root
     monkeypatch.undo()                                            # the real checksums again
     with pytest.raises(DataError, match=r"CIFAR-10_human\.pt fails its SHA-256 check"):
-        real_data.load_cifar_n("cifar10n", root, "aggre")
+        datasets.cifar_n.load_cifar_n("cifar10n", root, "aggre")
     (root / "cifar-n" / "CIFAR-10_human.pt").unlink()
     url = "https://raw.githubusercontent.com/UCSC-REAL/cifar-10-100n/main/data/CIFAR-10_human.pt"
     with pytest.raises(DataError, match=re.escape(url)):    # the network is off in tests
-        real_data.load_cifar_n("cifar10n", root, "aggre")
+        datasets.cifar_n.load_cifar_n("cifar10n", root, "aggre")
     assert sorted(p.name for p in (root / "cifar-n").iterdir()) == ["CIFAR-100_human.pt"]
 
 
@@ -402,7 +403,7 @@ def test_cifarn_in_another_image_order_is_refused(cifarn_root, monkeypatch):
     torch.save({k: v[::-1].copy() for k, v in table.items()}, root / "cifar-n" / "CIFAR-10_human.pt")
     accept_checksums(root, monkeypatch)
     with pytest.raises(DataError, match="different order"):
-        real_data.load_cifar_n("cifar10n", root, "aggre")
+        datasets.cifar_n.load_cifar_n("cifar10n", root, "aggre")
 
 
 def test_train_real_cifar10n_reports_rate_and_all_metrics(cifarn_root, tmp_path, capsys):

@@ -187,11 +187,11 @@ def test_checks_of_the_flags_and_the_run_folder_come_before_the_data(fake_root, 
     in_process(fake_root, tmp_path, "--n_epochs", "2")
     (exp_id,) = run_ids(tmp_path)
     (tmp_path / "runs" / exp_id / "summary.json").unlink()
-    import cli as cli_module
+    import datasets
 
     def no_data(*args, **kwargs):
         raise AssertionError("the data was loaded")
-    monkeypatch.setattr(cli_module, "dataset_from_config", no_data)
+    monkeypatch.setattr(datasets, "dataset_from_config", no_data)
     with contextlib.ExitStack() as held:
         runs.lock_run(tmp_path / "runs" / exp_id, held)    # as another process training it would
         expect_exit(capsys, 2, rf"run {exp_id} is being trained by another process", train_cifar.main,

@@ -40,11 +40,11 @@ def ray_session(fake_root):
 
     def accept_fake_noise_files():
         import data as worker_data
-        import real_data as worker_real_data
+        import datasets.cifar_n as worker_cifar_n
         worker_data.PAPER_NOISE_SHA256.update(sums)
         # the fake CIFAR-N files of cifarn_root (made per test, after this Ray started) are taken as they are
-        worker_real_data.cifarn_label_file = lambda root, name, download=True: \
-            Path(root) / "cifar-n" / worker_real_data.CIFARN[name].file
+        worker_cifar_n.cifarn_label_file = lambda root, name, download=True: \
+            Path(root) / "cifar-n" / worker_cifar_n.CIFARN[name].file
 
     # address="local": a Ray of its own, never a cluster that runs (or was left behind) on this machine
     ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,

@@ -9,7 +9,7 @@ from PIL import Image
 
 import cli
 import data
-import datasets
+import datasets.animal10n
 import viz
 from conftest import write_cifar
 
@@ -108,7 +108,7 @@ def test_animal10n_figure_from_loader(tmp_path, monkeypatch):
                           ["cat", "lynx", "wolf", "coyote", "cheetah", "jaguar", "chimpanzee", "orangutan",
                            "hamster", "guinea pig"], (0.5,) * 3, (0.25,) * 3)
     seen = []
-    monkeypatch.setattr(datasets, "load_animal10n", lambda root: seen.append(root) or fake)   # its declaration's loader
+    monkeypatch.setattr(datasets.animal10n, "load_animal10n", lambda root: seen.append(root) or fake)   # its declaration's loader
     path = viz.main(["animal-10n", "--seed", "123", "--data_dir", str(tmp_path), "--out_dir", str(tmp_path / "viz")])
     assert path == tmp_path / "viz" / "animal-10n.png" and seen == [tmp_path]
     with Image.open(path) as im:
@@ -198,7 +198,7 @@ def test_a_folder_is_shown_with_its_clean_label_column_or_without(tmp_path):
     with_clean = make_csv(tmp_path / "mine", clean=True, n_train=4, size=12)
     path = viz.main(["folder", "--data_dir", str(with_clean), "--out_dir", str(tmp_path / "viz"), "--n_images", "12"])
     assert path == tmp_path / "viz" / "folder_mine.png"
-    d = cli.dataset_from_config({"dataset_name": "folder", "data_dir": with_clean})
+    d = datasets.dataset_from_config({"dataset_name": "folder", "data_dir": with_clean})
     fig = viz.draw(d.images, d.labels, d.clean_labels, d.class_names, "t", 12, seed=0)
     assert red_titles(fig) == (12, 3)          # make_csv: one wrong label in four
     plt.close(fig)

@@ -11,7 +11,7 @@ Read from `<data_dir>/clothing1m/`, in either of two layouts:
   `clean_test.txt` (`<image path> <label>` per line; 14,313 and 10,526 lines for val and test).
 
 Image paths are relative to `clothing1m/`. Only the lists are read into memory; the images stay files
-(sources.ImageFiles), opened batch by batch while training. Every line is checked as it is read, so that an
+(images.ImageFiles), opened batch by batch while training. Every line is checked as it is read, so that an
 error names its file and line, and every listed image's header is read once before training starts.
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Iterator
 import numpy as np
 
 from data import NoisyData
-from folder_data import inside
+from datasets import Dataset, workers
+from datasets.images import ImageFiles, check_readable, inside
 from errors import DataError
-from sources import ImageFiles, check_readable
 
 NUM_CLASSES = 14
 # normalisation of the authors' noise_clothing1m_train.py (Clothing1M images, not ImageNet)
@@ -70,7 +70,7 @@ def relative_path(folder: Path, path: str, where: str) -> str:
     """A listed image path, normalised and relative to `folder`; a DataError when it leaves the folder."""
     rel = os.path.normpath(path)
     if os.path.isabs(rel) or rel == os.pardir or rel.startswith(os.pardir + os.sep):
-        # the rare case goes through folder_data's rule (it accepts an absolute path that stays inside)
+        # the rare case goes through images.inside (it accepts an absolute path that stays inside)
         rel = os.path.relpath(inside(folder, path, where), Path(os.path.normpath(folder.absolute())))
     return rel
 
@@ -182,3 +182,28 @@ def load_clothing1m(root: Path, crop: int, workers: int) -> NoisyData:
             "noise_rate": None}
     return NoisyData("clothing1m", files["train"], labels["train"], None, None, files["test"], labels["test"],
                      NUM_CLASSES, names, MEAN, STD, pad=0, info=info, val=(files["val"], labels["val"]))
+
+
+def summary(data: NoisyData, config: dict) -> str:
+    """The line train_real.py prints once the lists are read: the sizes of the three sets and the image sizes."""
+    info = data.info
+    return (f"clothing1m (the {info['layout']}' lists): {len(data.labels):,} noisy training, "
+            f"{len(data.val[1]):,} clean validation and {len(data.test_labels):,} clean test images, "
+            f"{info['resize']}-px resize, {info['crop']}-px crops"
+            + ("" if info["val_test_lines_match_published"] else " (val/test sizes differ from the authors' "
+               f"{PUBLISHED_LINES['val']:,} / {PUBLISHED_LINES['test']:,} lines)"))
+
+
+# default sigma 0.2: the authors' README command
+DATASETS = [
+    Dataset("clothing1m", lambda c: load_clothing1m(Path(c["data_dir"]), c["image_size"], workers(c)), "train_real.py",
+            NUM_CLASSES, "resnet50", {None: 0.2}, "the authors' README command", "no",
+            "1M noisy training images, clean validation and test sets of <data_dir>/clothing1m/", rebuildable=False,
+            help="clothing1m: <data_dir>/clothing1m/ (images/ and the owners' or the SLN authors' list files; the "
+                 "authors' recipe becomes the default)",
+            example="--dataset_name clothing1m --sigma 0.2 --mo --lc_n_epoch 1 --seed 123",
+            model_note=" (ImageNet weights)",
+            defaults_note="clothing1m also takes the rest of the authors' Clothing1M recipe as its defaults "
+                          "(CLOTHING1M_RECIPE)",
+            summary=summary),
+]

@@ -1,6 +1,8 @@
-"""Where a run's image batches come from: the whole set on the device, or image files decoded batch by batch.
+"""Images: where a run's batches come from (the whole set on the device, or image files decoded batch by batch), and
+the helpers the loaders share to read image files.
 
-Both kinds give the training loop (engine.py) uint8 (B, 3, H, W) batches on the device, which it normalises:
+Both kinds of source give the training loop (engine.py) uint8 (B, 3, H, W) batches on the device, which it
+normalises:
 
 - `DeviceImages`: one uint8 tensor on the device (CIFAR, Animal-10N, CIFAR-N, folder). Batches are gathered,
   cropped and flipped there (augment.py), with no per-sample Python between them.
@@ -9,6 +11,9 @@ Both kinds give the training loop (engine.py) uint8 (B, 3, H, W) batches on the 
   the authors' script does, and only the batches in flight are in memory. The crop positions and flips are
   drawn in the main process from the run's seeded generator and sent to the workers with each index, so a run
   is the same for any number of workers and resumes exactly.
+
+The loaders decode a file with `decode_image`, take the normalisation of a set from `channel_mean_std`, keep a
+listed path inside the data folder with `inside` and check that a set fits in memory with `check_images_fit`.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from augment import random_crop_flip
+from datasets.augment import random_crop_flip
 from errors import DataError
 
 # What Pillow raises for a file that is not a readable image: OSError (UnidentifiedImageError, truncation),
@@ -98,6 +103,48 @@ def check_images_fit(n: int, height: int, width: int, what: str, fix: str, bytes
     if need > have:
         shown = f"{need:,.1f}" if need < 1e6 else f"{need:.2g}"
         raise DataError(f"{what} would take {shown} GiB, more than the {have:,.1f} GiB of memory available; {fix}")
+
+
+EXTRACT_AGAIN = "delete it (and the archive it came from) and extract the dataset again"
+
+
+def decode_image(path: Path, size: int | None = None, fix: str = EXTRACT_AGAIN, where: str = "") -> np.ndarray:
+    """uint8 (3, H, W) RGB pixels of an image file, resized to size x size (bilinear) if a size is given,
+    or a DataError naming the file (after `where`, e.g. a CSV row) and what to do about it (`fix`)."""
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+            if size is not None:
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    except IMAGE_ERRORS as e:
+        raise DataError(f"{where}{path} does not decode as an image ({e}); {fix}")
+    return np.asarray(rgb).transpose(2, 0, 1)
+
+
+def channel_mean_std(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of uint8 (N, C, H, W) images scaled to [0, 1], as
+    Normalize(mean, std) after ToTensor() expects them."""
+    total = np.zeros(images.shape[1])
+    squares = np.zeros(images.shape[1])
+    chunk = min(chunk, max(1, 2**30 // (8 * images[0].size)))   # large images: float64 chunks of at most 1 GiB
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk].astype(np.float64) / 255
+        total += x.sum(axis=(0, 2, 3))
+        squares += (x * x).sum(axis=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean ** 2, 0))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def inside(root: Path, relative: str, where: str) -> Path:
+    """`root / relative`, refused when the path leaves `root` (`..` or an absolute path elsewhere): a CSV
+    must not make a run read, and record as its data, files from anywhere on the machine."""
+    base = Path(os.path.normpath(root.absolute()))
+    path = Path(os.path.normpath(base / relative))
+    if not path.is_relative_to(base):
+        raise DataError(f"{where}path {relative!r} leaves the data folder {root}; use paths inside it")
+    return path
 
 
 def load_crop(path: Path, resize: int, crop: int, params: tuple[float, float, float] | None) -> np.ndarray:

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from data import NoisyData
+from datasets import Dataset
+from datasets.images import channel_mean_std, check_images_fit, decode_image, inside
 from errors import DataError
-from real_data import channel_mean_std, decode_image
-from sources import check_images_fit
 
 # Random-crop padding: 4 px, as for CIFAR and Animal-10N (the reference's augmentation unchanged).
 FOLDER_PAD = 4
@@ -81,16 +81,6 @@ def read_tree_split(root: Path, split: str) -> Split:
     if not paths:
         raise DataError(f"{top}/ holds no class folders; put each class's images in {top}/<class>/")
     return Split(paths, [""] * len(paths), labels, None)
-
-
-def inside(root: Path, relative: str, where: str) -> Path:
-    """`root / relative`, refused when the path leaves `root` (`..` or an absolute path elsewhere): a CSV
-    must not make a run read, and record as its data, files from anywhere on the machine."""
-    base = Path(os.path.normpath(root.absolute()))
-    path = Path(os.path.normpath(base / relative))
-    if not path.is_relative_to(base):
-        raise DataError(f"{where}path {relative!r} leaves the data folder {root}; use paths inside it")
-    return path
 
 
 def read_csv_split(root: Path, split: str) -> Split:
@@ -264,3 +254,25 @@ def load_folder(root: Path, image_size: int | None = None, allow_unshared_classe
     return NoisyData("folder", images, labels, clean, is_noisy, test_images, test_labels, len(classes), classes,
                      mean, std, pad=FOLDER_PAD, info=info,
                      train_files=[Path(os.path.relpath(path, root)).as_posix() for path in train.paths])
+
+
+def summary(data: NoisyData, config: dict) -> str:
+    """The line train_real.py prints once the set is loaded: its layout, sizes, classes and noise rate, if known."""
+    return (f"folder ({data.info['layout']} layout): {len(data.labels):,} training and {len(data.test_labels):,} test "
+            f"images of {data.images.shape[3]}x{data.images.shape[2]}, {data.num_classes} classes; "
+            + ("clean labels: none" if data.noise_rate() is None else f"noise rate {data.noise_rate():.2%} "
+               "(label != clean_label)"))
+
+
+# wrn-28-2 pools globally, so it takes any image size from 8 px on, where VGG-19's five max-pools need at least
+# 32 px. Default sigma 0.5, as for Animal-10N.
+DATASETS = [
+    Dataset("folder",
+            lambda c: load_folder(Path(c["data_dir"]), c.get("image_size"), bool(c.get("allow_unshared_classes"))),
+            "train_real.py", None, "wrn-28-2", {None: 0.5}, "this project's default", "optional",
+            "your own images in --data_dir: train/<class>/ and test/<class>/, or train.csv and test.csv",
+            help="folder: your own images in --data_dir itself, as train/<class>/ and test/<class>/ folders or "
+                 "train.csv and test.csv with columns path,label[,clean_label]",
+            example="--dataset_name folder --data_dir my_images --image_size 32 --sigma 0.5 --mo --lc_n_epoch 250",
+            summary=summary),
+]
