@@ -57,11 +57,6 @@ from errors import DataError
 from tables import load_run, make_table, with_derived
 
 DEFAULT_SIGMAS = [0.1, 0.2, 0.5, 1.0]                 # the paper's grid
-TUNE_ONLY = ["sigmas", "experiments", "resume", "reuse_runs", "address", "cpus_per_trial", "gpus_per_trial", "dry_run",
-             "bench"]
-# flags that do not change what a trial trains: a finished run may be reused whatever they were
-NOT_TRAINING = {"data_dir", "out_dir", "device", "eval_batch_size", "tune_trial_id", "tune_config",
-                "make_new_custom_noise"}
 
 
 def build_parser() -> cli.Parser:
@@ -71,38 +66,54 @@ def build_parser() -> cli.Parser:
     # the dataset's default network and, for clothing1m, the authors' recipe where not given (cli.check_image_args)
     p.set_defaults(model=None, **{k: None for k in cli.RECIPE_FLAGS})
     s = p.add_argument_group("sweep")
-    s.add_argument("--sigmas", type=float, nargs="+", default=DEFAULT_SIGMAS,
-                   help="the sigma grid of the search: SLN's, as in the paper, or that of --method (one that adds "
-                        "SLN noise, e.g. Co-teaching-SLN); a reference trial at sigma 0, the method without SLN "
-                        "noise, always runs beside it: never chosen, and the report says when it scores higher")
+    cli.add_flag(s, "--sigmas", type=float, nargs="+", default=DEFAULT_SIGMAS, roles={cli.TUNE_ONLY},
+                 help="the sigma grid of the search: SLN's, as in the paper, or that of --method (one that adds "
+                      "SLN noise, e.g. Co-teaching-SLN); a reference trial at sigma 0, the method without SLN "
+                      "noise, always runs beside it: never chosen, and the report says when it scores higher")
     s.add_argument("--val_size", type=float, default=0.1,
                    help="share of the noisy training set held out, with its noisy labels, to choose sigma on")
-    s.add_argument("--experiments", type=Path, default=None,
-                   help="YAML file of a grid of runs (variants, i.e. methods, x noise modes x seeds) to run instead of a sigma "
-                        "search, e.g. configs/paper_cifar10.yaml; flags given here override the file's values")
-    s.add_argument("--reuse_runs", type=Path, nargs="+", default=[], metavar="DIR",
-                   help="folders of finished runs (e.g. committed results/<name>/runs) to take instead of training "
-                        "again: a trial whose settings equal such a run's is reported from it (its small files are "
-                        "copied into the sweep), so a sweep whose own folder was lost need not start over")
-    s.add_argument("--resume", default=None,
-                   help="continue an interrupted sweep with its saved settings: its folder, or its id (hp_...) "
-                        "under <out_dir>/hp/; finished trials are not run again")
-    s.add_argument("--dry_run", action="store_true",
-                   help="check everything and print every trial (method, flags, seed, where it would run) and what "
-                        "the sweep costs (trials x epochs x images), then stop: no Ray, no sweep folder, no training")
-    s.add_argument("--bench", type=Path, default=None, metavar="JSON",
-                   help="with --dry_run: the JSON that `python bench.py --json JSON` wrote on the machine that will "
-                        "train, whose images/s (train_img_s of the sweep's --model) turn the cost into hours")
+    cli.add_flag(s, "--experiments", type=Path, default=None, roles={cli.TUNE_ONLY},
+                 help="YAML file of a grid of runs (variants, i.e. methods, x noise modes x seeds) to run instead of a "
+                      "sigma search, e.g. configs/paper_cifar10.yaml; flags given here override the file's values")
+    cli.add_flag(s, "--reuse_runs", type=Path, nargs="+", default=[], metavar="DIR", roles={cli.TUNE_ONLY},
+                 help="folders of finished runs (e.g. committed results/<name>/runs) to take instead of training "
+                      "again: a trial whose settings equal such a run's is reported from it (its small files are "
+                      "copied into the sweep), so a sweep whose own folder was lost need not start over")
+    cli.add_flag(s, "--resume", default=None, roles={cli.TUNE_ONLY},
+                 help="continue an interrupted sweep with its saved settings: its folder, or its id (hp_...) "
+                      "under <out_dir>/hp/; finished trials are not run again")
+    cli.add_flag(s, "--dry_run", action="store_true", roles={cli.TUNE_ONLY},
+                 help="check everything and print every trial (method, flags, seed, where it would run) and what "
+                      "the sweep costs (trials x epochs x images), then stop: no Ray, no sweep folder, no training")
+    cli.add_flag(s, "--bench", type=Path, default=None, metavar="JSON", roles={cli.TUNE_ONLY},
+                 help="with --dry_run: the JSON that `python bench.py --json JSON` wrote on the machine that will "
+                      "train, whose images/s (train_img_s of the sweep's --model) turn the cost into hours")
     r = p.add_argument_group("Ray")
-    r.add_argument("--cpus_per_trial", type=float, default=1, help="CPU cores reserved for each trial")
-    r.add_argument("--gpus_per_trial", type=float, default=None,
-                   help="GPUs per trial; fractions share a GPU (0.5: two trials per GPU). Default: 1 if the Ray "
-                        "cluster has GPUs, else 0")
-    r.add_argument("--address", default=None,
-                   help="join a running Ray cluster (its head node's host:port, or auto), showing it the token of "
-                        "Ray's authentication from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; "
-                        "default: start Ray on this machine")
+    cli.add_flag(r, "--cpus_per_trial", type=float, default=1, roles={cli.TUNE_ONLY},
+                 help="CPU cores reserved for each trial")
+    cli.add_flag(r, "--gpus_per_trial", type=float, default=None, roles={cli.TUNE_ONLY},
+                 help="GPUs per trial; fractions share a GPU (0.5: two trials per GPU). Default: 1 if the Ray "
+                      "cluster has GPUs, else 0")
+    cli.add_flag(r, "--address", default=None, roles={cli.TUNE_ONLY},
+                 help="join a running Ray cluster (its head node's host:port, or auto), showing it the token of "
+                      "Ray's authentication from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; "
+                      "default: start Ray on this machine")
     return p
+
+
+# what trial() adds to a trial's flags: its Tune config (by which a resumed sweep finds its run again) and Tune's id
+TRIAL_KEYS = ("tune_config", "tune_trial_id")
+
+
+def flags_of(role: str) -> list[str]:
+    """tune.py's flags declared with `role` (cli.add_flag), in the order of their declaration."""
+    return cli.flags_with(build_parser(), role)
+
+
+TUNE_ONLY = set(flags_of(cli.TUNE_ONLY))
+# a finished run may be reused whatever these were
+NOT_TRAINING = set(flags_of(cli.NOT_TRAINING)) | set(TRIAL_KEYS)
+PER_RUN = cli.per_run(build_parser())      # {flag: the experiments file's key that sets it per trial}
 
 
 def changed_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
@@ -219,18 +230,19 @@ def search_method(args: argparse.Namespace) -> methods.Method:
     return m
 
 
-GRID_KEYS = ["variants", "noise_modes", "noise_labels", "seeds", "sigma"]   # noise_labels: CIFAR-N's, instead of noise_modes
-PER_RUN = {"sigma", "mo", "seed", "noise_mode", "noise_label", "method"}       # set by the grid, per trial
-NOT_IN_FILES = {"data_dir", "out_dir", "device", "make_new_custom_noise"}   # this machine's, or one-off
+# the grid's keys (noise_labels: CIFAR-N's, instead of noise_modes), each the key of the flags it sets per trial
+GRID_KEYS = list(dict.fromkeys(PER_RUN.values()))
 
 
 def file_flags() -> dict:
     """The training flags an experiments file may set, with their defaults: every flag of the training parser
-    (train_cifar.py's dataset, noise and training flags) but the per-run ones and this machine's paths."""
+    (train_cifar.py's dataset, noise and training flags) but those the grid sets per trial and those declared
+    NOT_IN_FILES (this machine's paths, one-off actions)."""
     p = cli.Parser()
     cli.add_cifar_args(p, human=True)
     cli.add_training_args(p, default_model="wrn-28-2", resumable=False)
-    return {k: v for k, v in vars(p.parse_args([])).items() if k not in PER_RUN | NOT_IN_FILES}
+    return {a.dest: a.default for a in cli.declared(p)
+            if not getattr(a, "grid_key", None) and cli.NOT_IN_FILES not in getattr(a, "roles", ())}
 
 
 def flag_argv(key: str, value, default) -> list[str]:
@@ -317,7 +329,7 @@ def read_experiments(path: Path) -> tuple[dict, list[str]]:
 
 def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[str]) -> tuple[dict, argparse.Namespace]:
     """Settings of an --experiments sweep: defaults, then the file's values, then the flags given here."""
-    for name in ("sigma", "mo", "seed", "noise_mode", "noise_label", "method", "sigmas", "val_size"):
+    for name in (*PER_RUN, "sigmas", "val_size"):
         if name in changed_flags(parser, args):
             cli.fail(f"--{name} is set per run by {args.experiments} (variants, noise_modes, seeds, sigma); drop it")
     grid, file_argv = read_experiments(args.experiments)
@@ -477,7 +489,7 @@ def dry_run(sweep: dict, images: dict[tuple, dict[str, int]], args: argparse.Nam
     defaults = build_parser().parse_args([])
     per_trial_keys = {k for c in configs for k, v in trial_flags(c, sweep).items() if v is not None}
     shared = {k: v for k, v in base.items() if k not in ("data_dir", "out_dir") and getattr(defaults, k, None) != v
-              and k not in PER_RUN | per_trial_keys}
+              and k not in PER_RUN and k not in per_trial_keys}
     what = f"{args.experiments}" if sweep["kind"] == "experiments" else "sigma search"
     lines = [f"dry run of {what}: {plural(len(configs), 'trial')}; nothing is started",
              f"every trial: {flags_text(shared) or '(the defaults)'} --data_dir {base['data_dir']}"]
