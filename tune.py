@@ -49,6 +49,7 @@ import yaml
 
 import cli
 import engine
+import experiments
 import files
 import methods
 import runs
@@ -230,109 +231,12 @@ def search_method(args: argparse.Namespace) -> methods.Method:
     return m
 
 
-# the grid's keys (noise_labels: CIFAR-N's, instead of noise_modes), each the key of the flags it sets per trial
-GRID_KEYS = list(dict.fromkeys(PER_RUN.values()))
-
-
-def file_flags() -> dict:
-    """The training flags an experiments file may set, with their defaults: every flag of the training parser
-    (train_cifar.py's dataset, noise and training flags) but those the grid sets per trial and those declared
-    NOT_IN_FILES (this machine's paths, one-off actions)."""
-    p = cli.Parser()
-    cli.add_cifar_args(p, human=True)
-    cli.add_training_args(p, default_model="wrn-28-2", resumable=False)
-    return {a.dest: a.default for a in cli.declared(p)
-            if not getattr(a, "grid_key", None) and cli.NOT_IN_FILES not in getattr(a, "roles", ())}
-
-
-def flag_argv(key: str, value, default) -> list[str]:
-    """A file's value as command-line arguments. A boolean flag that defaults to True is an --x/--no-x pair
-    (argparse.BooleanOptionalAction); one that defaults to False is an on-switch."""
-    if isinstance(default, bool):
-        return [f"--{key}"] if value else ([f"--no-{key}"] if default else [])
-    return [f"--{key}", str(value)]
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error: the plain loader keeps the
-    last value without a word, so a file that says `lr: 0.02` and, further down, `lr: 0.2` would train with 0.2."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"{key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
-                    "keep one", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep)
-
-
-def read_experiments(path: Path) -> tuple[dict, list[str]]:
-    """The grid part of an experiments file, and its flag part as command-line arguments; one-line errors."""
-    try:
-        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)
-    except OSError as e:
-        cli.fail(f"cannot read --experiments {path}: {e.strerror}")
-    except yaml.constructor.ConstructorError as e:     # a key given twice (UniqueKeyLoader)
-        cli.fail(f"{path}: {e.problem}")
-    except yaml.YAMLError as e:
-        where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
-        cli.fail(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}")
-    if not isinstance(raw, dict):
-        cli.fail(f"{path} must be a mapping of keys to values (see configs/paper_cifar10.yaml)")
-    flags = file_flags()
-    for key in raw:
-        if key not in GRID_KEYS and key not in flags:
-            cli.fail(f"{path}: unknown key {key!r}; known keys: {', '.join(GRID_KEYS + list(flags))}")
-    axis = "noise_labels" if "noise_labels" in raw else "noise_modes"
-    if "noise_labels" in raw and "noise_modes" in raw:
-        cli.fail(f"{path}: give noise_modes (CIFAR's label noise) or noise_labels (CIFAR-N's label sets), not both")
-    for key, allowed in (("variants", list(methods.METHODS)),
-                         (axis, cli.NOISE_MODES if axis == "noise_modes" else cli.NOISE_LABELS)):
-        values = raw.get(key)
-        if isinstance(values, list):      # names in any case, as the command line takes them (cli.canonical_name)
-            values = raw[key] = [cli.canonical_name(v, allowed) if isinstance(v, str) else v for v in values]
-        if not isinstance(values, list) or not values or len(set(map(str, values))) != len(values):
-            cli.fail(f"{path}: {key} must be a non-empty list without repeats, from {', '.join(allowed)}")
-        for v in values:
-            if v not in allowed:
-                cli.fail(f"{path}: {key}: unknown {v!r}; choose from {', '.join(allowed)}")
-    seeds = raw.get("seeds")
-    if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds)):
-        cli.fail(f"{path}: seeds must be a non-empty list of distinct integers, e.g. [1, 2, 3, 4, 5]")
-    sigma = raw.get("sigma")
-    if isinstance(sigma, dict):
-        sigma = {cli.canonical_name(k, raw[axis]) if isinstance(k, str) else k: v for k, v in sigma.items()}
-    if sigma is not None:
-        if not isinstance(sigma, dict) or not all(m in raw[axis] for m in sigma):
-            cli.fail(f"{path}: sigma must map the {axis} to sigma, e.g. {{sym: 1.0, asym: 0.5}}")
-        for m, s in sigma.items():
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0:
-                cli.fail(f"{path}: sigma for {m} must be a number > 0, got {s!r}")
-    argv = []
-    for key, default in flags.items():
-        if key not in raw:
-            continue
-        value = raw[key]
-        if isinstance(default, bool) and not isinstance(value, bool):
-            cli.fail(f"{path}: {key} must be true or false, got {value!r}")
-        if not isinstance(default, bool) and (isinstance(value, (bool, list, dict)) or value is None):
-            cli.fail(f"{path}: {key} must be a single value, got {value!r}")
-        argv += flag_argv(key, value, default)
-    grid = {"variants": raw["variants"], "noise_modes": raw[axis], "seeds": seeds, "sigma": sigma,
-            "axis": axis[:-1]}
-    return grid, argv
-
-
 def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[str]) -> tuple[dict, argparse.Namespace]:
     """Settings of an --experiments sweep: defaults, then the file's values, then the flags given here."""
     for name in (*PER_RUN, "sigmas", "val_size"):
         if name in changed_flags(parser, args):
             cli.fail(f"--{name} is set per run by {args.experiments} (variants, noise_modes, seeds, sigma); drop it")
-    grid, file_argv = read_experiments(args.experiments)
+    grid, file_argv = experiments.read_experiments(args.experiments)
     strict = build_parser()
     strict.exit_on_error = False      # a bad value in the file is reported against the file, not the command line
     try:
@@ -368,9 +272,9 @@ def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[st
         cli.fail(f"{args.experiments}: {', '.join(correcting)} needs lc_n_epoch {cli.epochs_before_the_last(args.n_epochs)} "
                  f"(the paper: 250 of 300 epochs), got lc_n_epoch {args.lc_n_epoch} with n_epochs {args.n_epochs}")
     args.val_size = None                               # tables are test accuracy on the full training set
-    experiments = args.experiments.resolve()
-    sweep = {"kind": "experiments", "base": base_flags(args), "experiments_file": str(experiments),
-             "experiments_yaml": experiments.read_text(),
+    file = args.experiments.resolve()
+    sweep = {"kind": "experiments", "base": base_flags(args), "experiments_file": str(file),
+             "experiments_yaml": file.read_text(),
              "grid": {"variant": grid["variants"], "noise_mode": grid["noise_modes"], "seed": grid["seeds"]},
              "sigma": {m: sigma.get(m) for m in grid["noise_modes"]}, "lc_n_epoch": args.lc_n_epoch,
              "axis": grid["axis"]}
@@ -1118,7 +1022,10 @@ def main(argv: list[str] | None = None) -> Path | None:
     """Run or resume a sweep; return its folder (None for --dry_run, which makes none)."""
     argv = sys.argv[1:] if argv is None else argv
     with contextlib.ExitStack() as held:      # the sweep folder's lock, held until the sweep ends
-        return run_sweep(argv, held)
+        try:
+            return run_sweep(argv, held)
+        except DataError as e:
+            cli.fail(str(e))
 
 
 def lock_sweep(hp_dir: Path, held: contextlib.ExitStack) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cli
+import experiments
 import methods
 import tune
 
@@ -27,13 +28,13 @@ def test_the_derived_lists_are_the_hand_made_ones():
     assert tune.TUNE_ONLY == TUNE_ONLY
     assert tune.NOT_TRAINING == NOT_TRAINING
     assert set(tune.PER_RUN) == PER_RUN
-    assert set(tune.GRID_KEYS) == GRID_KEYS and len(tune.GRID_KEYS) == len(GRID_KEYS)
+    assert set(experiments.grid_keys()) == GRID_KEYS and len(experiments.grid_keys()) == len(GRID_KEYS)
     assert cli.hparams() == HPARAMS
     p = cli.Parser()
     cli.add_cifar_args(p, human=True)
     cli.add_training_args(p, default_model="wrn-28-2", resumable=False)
     every = vars(p.parse_args([]))
-    assert tune.file_flags() == {k: v for k, v in every.items() if k not in PER_RUN | NOT_IN_FILES}
+    assert experiments.file_flags() == {k: v for k, v in every.items() if k not in PER_RUN | NOT_IN_FILES}
 
 
 def add_new_flags(p, default_model, resumable=True, add=cli.add_training_args):
@@ -52,7 +53,8 @@ def test_a_new_flag_lands_in_the_derived_lists_by_its_declaration(monkeypatch):
     monkeypatch.setattr(cli, "add_training_args", add_new_flags)
     assert set(tune.flags_of(cli.NOT_TRAINING)) == NOT_TRAINING - set(tune.TRIAL_KEYS) | {"new_cache", "new_log_every"}
     assert cli.per_run(tune.build_parser()) == {**tune.PER_RUN, "new_schedule": "new_schedules"}
-    files = tune.file_flags()
+    assert set(experiments.grid_keys()) == GRID_KEYS | {"new_schedules"}
+    files = experiments.file_flags()
     assert {"new_log_every", "new_rate"} <= set(files) and not {"new_cache", "new_schedule"} & set(files)
     assert cli.hparams() == {**HPARAMS, "new_rate": float, "new_schedule": str}
     assert set(tune.flags_of(cli.TUNE_ONLY)) == TUNE_ONLY

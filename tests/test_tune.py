@@ -22,6 +22,7 @@ import ray
 import yaml
 
 import data
+import experiments
 import methods
 import runs
 import tune
@@ -315,7 +316,7 @@ def test_experiments_file_takes_names_in_any_case(tmp_path):
     """An experiments file follows the command line's rule: every name in any case, recorded as declared."""
     path = tmp_path / "e.yaml"
     path.write_text("variants: [ce, Sln-Mo]\nnoise_modes: [Sym, ASYM]\nseeds: [1]\nsigma: {SYM: 1.0, asym: 0.5}\n")
-    grid, _ = tune.read_experiments(path)
+    grid, _ = experiments.read_experiments(path)
     assert (grid["variants"], grid["noise_modes"], grid["sigma"]) == (["CE", "SLN-MO"], ["sym", "asym"],
                                                                        {"sym": 1.0, "asym": 0.5})
 
@@ -401,7 +402,7 @@ def test_more_resources_than_the_cluster_has(ray_session, fake_root, paper_sums,
 
 @pytest.mark.parametrize("name", ["paper_cifar10.yaml", "paper_cifar100.yaml"])
 def test_shipped_paper_configs(name):
-    grid, argv = tune.read_experiments(tune.runs.CODE_DIR / "configs" / name)
+    grid, argv = experiments.read_experiments(tune.runs.CODE_DIR / "configs" / name)
     dataset = "cifar10" if name == "paper_cifar10.yaml" else "cifar100"
     assert grid["variants"] == PAPER_MODELS and grid["seeds"] == [1, 2, 3, 4, 5]
     assert grid["sigma"] == {m: tune.cli.default_sigma(dataset, m) for m in grid["noise_modes"]}
@@ -726,7 +727,7 @@ def test_mini_experiments_file_and_its_search_agree():
     results/mini_cifar10/reproduce.sh trains with the same settings, so the sigma it picks suits the grid."""
     import shlex
     root = tune.runs.CODE_DIR
-    grid, argv = tune.read_experiments(root / "configs" / "mini_cifar10.yaml")
+    grid, argv = experiments.read_experiments(root / "configs" / "mini_cifar10.yaml")
     assert grid["variants"] == PAPER_MODELS and grid["noise_modes"] == ["sym", "asym", "dependent"]
     assert grid["seeds"] == [1, 2, 3]
     assert set(grid["sigma"]) == {"sym", "asym", "dependent"} and all(s > 0 for s in grid["sigma"].values())
@@ -739,7 +740,7 @@ def test_mini_experiments_file_and_its_search_agree():
     # the search's label flags: a noise file's (cifar10, --p) or CIFAR-10N's (cifar10n, --noise_label worst)
     labels = {name: shlex.split(script[script.index(f"labels=(--dataset_name {name} "):].split(")")[0][len("labels=("):])
               for name in ("cifar10", "cifar10n")}
-    human_grid, human_argv = tune.read_experiments(root / "configs" / "mini_cifar10n.yaml")
+    human_grid, human_argv = experiments.read_experiments(root / "configs" / "mini_cifar10n.yaml")
     human = tune.build_parser().parse_args(human_argv)
     assert human_grid["variants"] == PAPER_MODELS and human_grid["noise_modes"] == ["worst"]
     assert labels["cifar10n"] == ["--dataset_name", "cifar10n", "--noise_label", "worst"]
@@ -754,7 +755,7 @@ def test_mini_experiments_file_and_its_search_agree():
     cot = script[script.index("sweep sigma_search/Co-teaching-SLN"):]
     cot = shlex.split(cot[:cot.index(")")].replace("\\\n", " "))
     cot_flags = dict(zip(cot, cot[1:]))
-    baselines = tune.build_parser().parse_args(tune.read_experiments(root / "configs" / "mini_cifar10_baselines.yaml")[1])
+    baselines = tune.build_parser().parse_args(experiments.read_experiments(root / "configs" / "mini_cifar10_baselines.yaml")[1])
     assert cot_flags["--method"] == "Co-teaching-SLN" and cot_flags["--dataset_name"] == baselines.dataset_name
     for name in ("model", "train_subset", "n_epochs", "lr", "batch_size", "ema_alpha", "p"):
         assert str(getattr(baselines, name)) == cot_flags[f"--{name}"], name
@@ -842,8 +843,8 @@ def test_baselines_experiments_file_matches_the_mini_setting():
     """configs/mini_cifar10_baselines.yaml trains the baselines in exactly the setting of configs/mini_cifar10.yaml,
     with SLN's searched sigma for Co-teaching-SLN."""
     root = tune.runs.CODE_DIR
-    mini, mini_argv = tune.read_experiments(root / "configs" / "mini_cifar10.yaml")
-    grid, argv = tune.read_experiments(root / "configs" / "mini_cifar10_baselines.yaml")
+    mini, mini_argv = experiments.read_experiments(root / "configs" / "mini_cifar10.yaml")
+    grid, argv = experiments.read_experiments(root / "configs" / "mini_cifar10_baselines.yaml")
     # every baseline; CE-MO is no baseline but CE's own momentum network, read off the CE runs
     assert set(grid["variants"]) == {n for n, m in methods.METHODS.items() if not m.by_flags and not m.same_training_as}
     assert grid["seeds"] == mini["seeds"] and all(grid["sigma"][m] == mini["sigma"][m] for m in grid["noise_modes"])
