@@ -85,7 +85,8 @@ class failing_in:
 # declaration alone.
 
 TUNE_ONLY = "tune only"          # configures a tune.py sweep, not its trials: not among a trial's flags
-NOT_TRAINING = "not training"    # changes nothing a run learns (paths, device, ...): a finished run is reused whatever it was
+NOT_TRAINING = "not training"    # changes nothing a run learns (paths, device, ...): a finished run is reused whatever
+                                 # it was
 NOT_IN_FILES = "not in files"    # this machine's, or one-off: not a setting of a tune.py experiments file
 HPARAM = "hparam"                # a column of TensorBoard's HParams tab, of the flag's type (hparam_type)
 

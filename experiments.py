@@ -31,7 +31,8 @@ def training_parser() -> cli.Parser:
 
 
 def grid_keys() -> list[str]:
-    """The grid's keys (noise_labels: CIFAR-N's, instead of noise_modes), each the key of the flags it sets per trial."""
+    """The grid's keys (noise_labels: CIFAR-N's, instead of noise_modes), each the grid_key of the flags it sets per
+    trial."""
     return list(dict.fromkeys(cli.per_run(training_parser()).values()))
 
 

@@ -36,7 +36,6 @@ from typing import Callable
 
 import deps  # noqa: F401  (first: a Python without the packages gets one line, not a traceback)
 
-import numpy as np
 import ray
 import ray._private.ray_constants
 import ray._private.services
@@ -53,9 +52,9 @@ import experiments
 import files
 import methods
 import runs
+import sweeps
 from models import make_model
 from errors import DataError
-from tables import load_run, make_table, with_derived
 
 DEFAULT_SIGMAS = [0.1, 0.2, 0.5, 1.0]                 # the paper's grid
 
@@ -293,67 +292,6 @@ def find_sweep(parser: cli.Parser, args: argparse.Namespace) -> Path:
         cli.fail(f"--resume {args.resume}: no sweep there (no {hp_dir / 'sweep.yaml'}); give the "
                  "folder of a sweep, or its id hp_... under <out_dir>/hp/")
     return hp_dir
-
-
-def sweep_problem(sweep) -> str | None:
-    """What makes a sweep.yaml unusable by --resume (a wrong shape, an unknown method, a flag of the wrong type),
-    or None. tune.py writes every key checked here; the values of the flags are checked by preflight."""
-    if not isinstance(sweep, dict):
-        return f"it holds {type(sweep).__name__ if sweep is not None else 'nothing'}, not a mapping of settings"
-    kind = sweep.get("kind")
-    if kind not in ("sigma_search", "experiments"):
-        return f"kind is {kind!r}, not sigma_search or experiments"
-    base, grid, res = sweep.get("base"), sweep.get("grid"), sweep.get("resources")
-    if not isinstance(base, dict) or not isinstance(grid, dict) or not isinstance(res, dict):
-        return "base, grid and resources must each be a mapping"
-    if not (runs.is_number(res.get("cpu")) and res["cpu"] > 0 and runs.is_number(res.get("gpu")) and res["gpu"] >= 0):
-        return f"resources must give cpu > 0 and gpu >= 0, got {res}"
-    wanted = {"sigma": runs.is_number} if kind == "sigma_search" else \
-        {"variant": lambda v: v in methods.METHODS, "seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
-         "noise_mode": lambda v: v in cli.NOISE_MODES + cli.NOISE_LABELS}
-    for key, valid in wanted.items():
-        values = grid.get(key)
-        if not isinstance(values, list) or not values or not all(valid(v) for v in values):
-            return f"grid: {key} must be a non-empty list of {'numbers' if key == 'sigma' else key + 's'}, got {values!r}"
-    if set(grid) != set(wanted):
-        return f"grid must hold {', '.join(wanted)}, got {', '.join(map(str, grid))}"
-    if not isinstance(sweep.get("reuse_runs", []), list) or not all(isinstance(f, str) for f in sweep.get("reuse_runs", [])):
-        return "reuse_runs must be a list of folders"
-    if kind == "experiments":
-        sigma = sweep.get("sigma")
-        if not isinstance(sigma, dict) or not all(m in sigma and (s is None or runs.is_number(s))
-                                                  for m in grid["noise_mode"] for s in [sigma.get(m)]):
-            return f"sigma must map every noise mode of the grid to a number, got {sigma!r}"
-        if not isinstance(sweep.get("lc_n_epoch"), int) or sweep.get("axis", "noise_mode") not in ("noise_mode", "noise_label"):
-            return "lc_n_epoch must be an integer and axis noise_mode or noise_label"
-        if not isinstance(sweep.get("experiments_file"), str):
-            return "experiments_file must be the path of the experiments file"
-    # an --experiments sweep unsets val_size: its trials train on the full training set
-    flags = {k: v for k, v in base.items() if k not in TUNE_ONLY and not (k == "val_size" and v is None)}
-    problem = runs.flag_value_problem(build_parser(), flags)
-    return None if problem is None else f"base: {problem}"
-
-
-def read_sweep(hp_dir: Path) -> dict:
-    """A sweep's sweep.yaml, read as plain YAML (yaml.safe_load: tags that would build Python objects are refused)
-    and checked; one line and exit 2 when it is damaged. Flags a newer tune.py added are filled with their defaults,
-    as a reused run's are (reusable_run)."""
-    path = hp_dir / "sweep.yaml"
-    again = "restore it from a copy, or start the sweep again"
-    try:
-        sweep = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        cli.fail(f"cannot read {path} ({getattr(e, 'strerror', None) or e}); {again}")
-    except yaml.YAMLError as e:
-        where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
-        cli.fail(f"{path} is damaged: not plain YAML{where} ({getattr(e, 'problem', None) or e}); {again}")
-    problem = sweep_problem(sweep)
-    if problem:
-        cli.fail(f"{path} is damaged: {problem}; {again}")
-    defaults = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(build_parser().parse_args([])).items()
-                if k not in TUNE_ONLY}
-    sweep["base"] = {**defaults, **sweep["base"]}
-    return sweep
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -945,77 +883,10 @@ def fit(hp_dir: Path, sweep: dict) -> dict[str, dict]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Result tables, read from the runs' metrics.csv
-
-def metric_column(run_dir: Path, column: str) -> list[float]:
-    """The values of one metrics.csv column, over the epochs that computed it (see --eval_every)."""
-    return [row[column] for row in runs.read_metrics(run_dir / "metrics.csv") if row[column] is not None]
-
-
-def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[float, str]:
-    """Write sigma_search.csv/.md: per sigma the validation accuracy at the last epoch and at the best
-    epoch; the best sigma has the highest last-epoch validation accuracy (ties: the smaller sigma). A sigma of 0
-    (the method without SLN noise: CE for SLN) is shown for reference and never chosen; where it scores as high
-    as the chosen sigma or higher, a line says so."""
-    rows = []
-    for exp_id, config in finished.items():
-        acc = metric_column(hp_dir / "runs" / exp_id, "val/acc")
-        best = int(np.argmax(acc))
-        rows.append([config["sigma"], round(100 * acc[-1], 4), round(100 * acc[best], 4), best + 1, exp_id])
-    rows.sort(key=lambda r: r[0])
-    best_sigma = max((r for r in rows if r[0] > 0), key=lambda r: (r[1], -r[0]))[0]
-    files.write_csv(hp_dir / "sigma_search.csv",
-                    [["sigma", "val_acc_last_pct", "val_acc_best_pct", "best_epoch", "exp_id"], *rows])
-    b = sweep["base"]
-    noise = (f"{b['noise_mode']} p={b['p']}" if b.get("noise_mode") else f"{b['noise_label']} labels"
-             if b.get("noise_label") else "labels as given")
-    m = methods.of({**b, "sigma": 1.0})          # the searched method: any sigma > 0 selects it from the base flags
-    reference = methods.without_sln(m)
-    lines = [f"Sigma search, {m.name}: {b['dataset_name']} {noise}, {b['model']}, {b['n_epochs']} epochs, "
-             f"seed {b['seed']}; validation: {b['val_size']:.0%} of the noisy training set, noisy labels",
-             "", "| sigma | val acc, last epoch (%) | val acc, best epoch (%) | best epoch | run |", "|---|---|---|---|---|"]
-    lines += [f"| {s}{f' ({reference.name})' if s == 0 else ''} | {last:.2f} | {top:.2f} | {ep} | {exp_id} |"
-              for s, last, top, ep, exp_id in rows]
-    lines += ["", f"best sigma: {best_sigma} (highest last-epoch validation accuracy)"]
-    zero = next((r for r in rows if r[0] == 0), None)
-    chosen = next(r for r in rows if r[0] == best_sigma)
-    if zero is not None and zero[1] >= chosen[1]:
-        lines += ["", f"note: sigma 0 ({reference.name}, no SLN noise) scored {zero[1]:.2f} %, "
-                      f"{'as high as' if zero[1] == chosen[1] else 'above'} the chosen sigma {best_sigma}'s "
-                      f"{chosen[1]:.2f} %: on this split SLN noise did not help; sigma 0 is a reference, never "
-                      "chosen (the grid's best is, as in the paper)"]
-    text = "\n".join(lines) + "\n"
-    files.write_atomic(hp_dir / "sigma_search.md", lambda tmp: tmp.write_text(text))
-    return best_sigma, text
-
-
-def experiments_table(hp_dir: Path, finished: dict[str, dict]) -> str:
-    """Write table.md/.csv: the paper-layout table of the finished trials, the very one that
-    `plot.py --table --runs_dir <sweep>/runs` makes from the same runs (tables.make_table)."""
-    markdown, rows = make_table(with_derived([load_run(hp_dir / "runs" / exp_id) for exp_id in finished]))
-    files.write_atomic(hp_dir / "table.md", lambda tmp: tmp.write_text(markdown))
-    files.write_csv(hp_dir / "table.csv", rows)
-    return markdown
-
-
-# ----------------------------------------------------------------------------------------------------
 
 def plural(n: float, noun: str) -> str:
     """'1 CPU', '2 CPUs', '0.5 GPUs'."""
     return f"{n:g} {noun}{'' if n == 1 else 's'}"
-
-
-def new_hp_dir(out_dir: Path) -> Path:
-    root = out_dir.resolve() / "hp"
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = f"hp_{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
-    for suffix in itertools.count():
-        hp_dir = root / (stamp if suffix == 0 else f"{stamp}_{suffix}")
-        try:
-            hp_dir.mkdir()
-            return hp_dir
-        except FileExistsError:
-            continue
 
 
 def main(argv: list[str] | None = None) -> Path | None:
@@ -1028,15 +899,6 @@ def main(argv: list[str] | None = None) -> Path | None:
             cli.fail(str(e))
 
 
-def lock_sweep(hp_dir: Path, held: contextlib.ExitStack) -> None:
-    """One driver per sweep folder: a second (a --resume typed while the sweep still runs) would start every
-    unfinished trial again beside the live ones, and each would fail on its run's lock."""
-    try:
-        runs.lock_folder(hp_dir, held, f"sweep {hp_dir.name} is being run")
-    except DataError as e:
-        cli.fail(str(e))
-
-
 def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path | None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1047,8 +909,8 @@ def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path | None:
     cli.check_out_dir(args.out_dir)
     if args.resume:
         hp_dir = find_sweep(parser, args)
-        lock_sweep(hp_dir, held)                     # first: nothing below may touch a sweep in use
-        sweep = read_sweep(hp_dir)
+        sweeps.lock_sweep(hp_dir, held)              # first: nothing below may touch a sweep in use
+        sweep = sweeps.read_sweep(hp_dir, parser)
         sweep["base"]["out_dir"] = str(hp_dir)       # the folder may have moved since
         preflight(sweep)                             # sweep.yaml may have been edited: every trial's flags again
     else:
@@ -1078,8 +940,8 @@ def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path | None:
         sweep["resources"] = resources(args.cpus_per_trial, args.gpus_per_trial)
     check_trial_device(sweep["base"], sweep["resources"]["gpu"], resumed=bool(args.resume))
     if not args.resume:
-        hp_dir = new_hp_dir(args.out_dir)
-        lock_sweep(hp_dir, held)
+        hp_dir = sweeps.new_hp_dir(args.out_dir)
+        sweeps.lock_sweep(hp_dir, held)
         sweep["base"]["out_dir"] = str(hp_dir)
         sweep.update(command=["python", "tune.py", *argv], code=runs.code_version(),
                      versions={**runs.library_versions(), "ray": ray.__version__},
@@ -1089,10 +951,10 @@ def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path | None:
           f"{plural(sweep['resources']['cpu'], 'CPU')} and {plural(sweep['resources']['gpu'], 'GPU')}; outputs in {hp_dir} (tensorboard --logdir {shlex.quote(str(hp_dir / 'runs'))})", flush=True)
     finished = fit(hp_dir, sweep)
     if sweep["kind"] == "sigma_search":
-        _, text = sigma_table(hp_dir, finished, sweep)
+        _, text = sweeps.sigma_table(hp_dir, finished, sweep)
         print(f"\n{text}(table in {hp_dir / 'sigma_search.md'} and sigma_search.csv)")
     else:
-        text = experiments_table(hp_dir, finished)
+        text = sweeps.experiments_table(hp_dir, finished)
         print(f"\n{text}(table in {hp_dir / 'table.md'} and table.csv)")
     return hp_dir
 

@@ -25,6 +25,7 @@ import data
 import experiments
 import methods
 import runs
+import sweeps
 import tune
 from errors import DataError
 from test_real import cifarn_root  # noqa: F401  (a fixture: fake CIFAR-N files)
@@ -426,7 +427,7 @@ def test_sigma_table_shows_a_ce_reference_but_never_chooses_it(tmp_path):
         finished[exp_id] = {"sigma": sigma}
     sweep = {"base": {"dataset_name": "cifar10", "noise_mode": "sym", "p": 0.4, "model": "wrn-16-1", "n_epochs": 2,
                       "seed": 0, "val_size": 0.1}}
-    best, text = tune.sigma_table(hp_dir, finished, sweep)
+    best, text = sweeps.sigma_table(hp_dir, finished, sweep)
     assert best == 0.2          # CE (sigma 0) has the highest accuracy but is only a reference; 0.2 ties 0.5, smaller wins
     assert "| 0.0 (CE) | 90.00 | 90.00 | 2 | a |" in text
     assert [r["sigma"] for r in read_csv(hp_dir / "sigma_search.csv")] == ["0.0", "0.2", "0.5"]
@@ -435,7 +436,7 @@ def test_sigma_table_shows_a_ce_reference_but_never_chooses_it(tmp_path):
     # where the chosen sigma is ahead, no such line
     tune.runs.write_metrics(hp_dir / "runs" / "a" / "metrics.csv", ["epoch", "val/acc"],
                             [{"epoch": 1, "val/acc": 0.5}, {"epoch": 2, "val/acc": 0.55}])
-    assert tune.sigma_table(hp_dir, finished, sweep)[0] == 0.2 and "note: sigma 0" not in tune.sigma_table(hp_dir, finished, sweep)[1]
+    assert sweeps.sigma_table(hp_dir, finished, sweep)[0] == 0.2 and "note: sigma 0" not in sweeps.sigma_table(hp_dir, finished, sweep)[1]
 
 
 def test_a_method_with_sln_has_its_own_sigma_search(ray_session, fake_root, paper_sums, tmp_path):
@@ -486,7 +487,7 @@ def test_a_sweep_is_driven_by_one_process_at_a_time(tmp_path, capsys):
         holder.kill()
         holder.wait()
     with contextlib.ExitStack() as held:
-        tune.lock_sweep(hp_dir, held)          # the killed driver left no stale lock
+        sweeps.lock_sweep(hp_dir, held)          # the killed driver left no stale lock
 
 
 @pytest.mark.parametrize("text, message", [

@@ -132,8 +132,8 @@ def search_line(label: str, trials: list[dict], reference: str = "") -> str:
 
 def zero_note(label: str, trials: list[dict], reference: str) -> str:
     """Where a sigma search's sigma 0 (the method without SLN noise) scored as high as the chosen sigma or higher on
-    validation (tune.py's sigma_table: the highest last-epoch accuracy of sigma > 0, ties to the smaller sigma), a
-    phrase that says so; "" where it did not."""
+    validation (tune.py's choice, sweeps.sigma_table: the highest last-epoch accuracy of sigma > 0, ties to the
+    smaller sigma), a phrase that says so; "" where it did not."""
     val = {r["config"]["sigma"]: 100 * last(r, "val/acc") for r in trials}
     chosen = max((s for s in val if s > 0), key=lambda s: (val[s], -s))
     if 0 not in val or val[0] < val[chosen]:
