@@ -21,6 +21,7 @@ import pytest
 import ray
 import yaml
 
+import cluster
 import data
 import experiments
 import methods
@@ -51,7 +52,7 @@ def ray_session(fake_root):
     # address="local": a Ray of its own, never a cluster that runs (or was left behind) on this machine
     ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING,
-             runtime_env={**tune.worker_env(), "worker_process_setup_hook": accept_fake_noise_files})
+             runtime_env={**cluster.worker_env(), "worker_process_setup_hook": accept_fake_noise_files})
     yield
     ray.shutdown()
 
@@ -329,7 +330,7 @@ def test_dry_run_prints_every_trial_and_the_cost_and_starts_nothing(fake_root, p
                     "n_epochs: 10\nlc_n_epoch: 5\nmodel: wrn-16-1\ntrain_subset: 200\n")
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"device": "cpu", "threads": 1, "train_img_s": {"wrn-16-1": 250.0}}))
-    monkeypatch.setattr(tune, "start_ray", lambda address: pytest.fail("a dry run started Ray"))
+    monkeypatch.setattr(cluster, "start_ray", lambda address: pytest.fail("a dry run started Ray"))
     assert tune.main(["--experiments", str(path), "--data_dir", str(fake_root), "--out_dir", str(tmp_path / "out"),
                       "--dry_run", "--bench", str(bench)]) is None
     out = capsys.readouterr().out.splitlines()
@@ -561,7 +562,7 @@ def test_local_sweep_ignores_a_cluster_left_behind(tmp_path):
     ray_tmp = short_tmp_dir()
     (ray_tmp / "ray").mkdir()
     (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")   # nothing listens on port 9
-    code = ("import ray, tune; tune.start_ray(None); "
+    code = ("import ray, cluster; cluster.start_ray(None); "
             "print('nodes', len(ray.nodes()), 'cpus', ray.cluster_resources().get('CPU')); ray.shutdown()")
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONPATH": str(tune.runs.CODE_DIR)}
     try:
