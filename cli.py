@@ -4,6 +4,11 @@ train_cifar.py, train_real.py and tune.py take the training flags (`add_training
 and viz.py the label-noise flags (`add_noise_args`). A bad value ends the script with one line (`fail`), never
 a traceback. `dataset_from_config` turns a run's flags (or its saved config) into its dataset: training,
 plot.py and viz.py all build data through it.
+
+A flag says what it is where it is declared (`add_flag`): tune.py-only, not a training setting, not in experiments
+files, set per trial by an experiments grid, a column of TensorBoard's HParams tab. The lists of flags that tune.py
+and its experiments files need, and the HParams columns, are read off these declarations (`flags_with`, `per_run`,
+`hparams`), so that a new flag needs its declaration only.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import contextlib
 import math
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Iterable, NoReturn
 
 import numpy as np
 import torch
@@ -80,18 +85,15 @@ class failing_in:
 
 
 # ----------------------------------------------------------------------------------------------------
-# What a flag is, said where it is declared (add_flag). The lists of flags that tune.py needs and the columns of
-# TensorBoard's HParams tab are read off the declarations (flags_with, hparams): a new flag lands in them by its
-# declaration alone.
+# What a flag is, said where it is declared (add_flag), and the lists of flags read off the declarations
 
 TUNE_ONLY = "tune only"          # configures a tune.py sweep, not its trials: not among a trial's flags
-NOT_TRAINING = "not training"    # changes nothing a run learns (paths, device, ...): a finished run is reused whatever
-                                 # it was
+NOT_TRAINING = "not training"    # changes nothing a run learns: a finished run is reused whatever it was
 NOT_IN_FILES = "not in files"    # this machine's, or one-off: not a setting of a tune.py experiments file
 HPARAM = "hparam"                # a column of TensorBoard's HParams tab, of the flag's type (hparam_type)
 
 
-def add_flag(group, *names: str, roles: set[str] = frozenset(), grid_key: str | None = None,
+def add_flag(group, *names: str, roles: Iterable[str] = (), grid_key: str | None = None,
              **kwargs) -> argparse.Action:
     """group.add_argument(*names, **kwargs), and what the flag is: its `roles` and, for a flag that a tune.py
     experiments grid sets per trial, the key of the experiments file that sets it (`grid_key`)."""

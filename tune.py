@@ -62,7 +62,7 @@ def build_parser() -> cli.Parser:
                  help="the sigma grid of the search: SLN's, as in the paper, or that of --method (one that adds "
                       "SLN noise, e.g. Co-teaching-SLN); a reference trial at sigma 0, the method without SLN "
                       "noise, always runs beside it: never chosen, and the report says when it scores higher")
-    s.add_argument("--val_size", type=float, default=0.1,
+    s.add_argument("--val_size", type=float, default=0.1,     # the trials' own: their validation split
                    help="share of the noisy training set held out, with its noisy labels, to choose sigma on")
     cli.add_flag(s, "--experiments", type=Path, default=None, roles={cli.TUNE_ONLY},
                  help="YAML file of a grid of runs (variants, i.e. methods, x noise modes x seeds) to run instead of a "
