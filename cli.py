@@ -4,6 +4,11 @@ train_cifar.py, train_real.py and tune.py take the training flags (`add_training
 and viz.py the label-noise flags (`add_noise_args`). A bad value ends the script with one line (`fail`), never
 a traceback. `training_data` builds a run's dataset from its flags through datasets.dataset_from_config, as
 plot.py, tune.py and viz.py do.
+
+A flag says what it is where it is declared (`add_flag`): tune.py-only, not a training setting, not in experiments
+files, set per trial by an experiments grid, a column of TensorBoard's HParams tab. The lists of flags that tune.py
+and its experiments files need, and the HParams columns, are read off these declarations (`flags_with`, `per_run`,
+`hparams`), so that a new flag needs its declaration only.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import contextlib
 import math
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Iterable, NoReturn
 
 import torch
 
@@ -78,9 +83,58 @@ class failing_in:
         FAIL_CONTEXT.pop()
 
 
+# ----------------------------------------------------------------------------------------------------
+# What a flag is, said where it is declared (add_flag), and the lists of flags read off the declarations
+
+TUNE_ONLY = "tune only"          # configures a tune.py sweep, not its trials: not among a trial's flags
+NOT_TRAINING = "not training"    # changes nothing a run learns: a finished run is reused whatever it was
+NOT_IN_FILES = "not in files"    # this machine's, or one-off: not a setting of a tune.py experiments file
+HPARAM = "hparam"                # a column of TensorBoard's HParams tab, of the flag's type (hparam_type)
+
+
+def add_flag(group, *names: str, roles: Iterable[str] = (), grid_key: str | None = None,
+             **kwargs) -> argparse.Action:
+    """group.add_argument(*names, **kwargs), and what the flag is: its `roles` and, for a flag that a tune.py
+    experiments grid sets per trial, the key of the experiments file that sets it (`grid_key`)."""
+    action = group.add_argument(*names, **kwargs)
+    action.roles, action.grid_key = frozenset(roles), grid_key
+    return action
+
+
+def declared(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The parser's flags in the order of their declaration (--help aside)."""
+    return [a for a in parser._actions if a.dest != "help"]
+
+
+def flags_with(parser: argparse.ArgumentParser, role: str) -> list[str]:
+    """The flags of `parser` declared with `role` (add_flag), in the order of their declaration."""
+    return [a.dest for a in declared(parser) if role in getattr(a, "roles", ())]
+
+
+def per_run(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """{flag: the experiments file's key that sets it per trial} of the flags of `parser` that a grid sets."""
+    return {a.dest: a.grid_key for a in declared(parser) if getattr(a, "grid_key", None)}
+
+
+def hparam_type(action: argparse.Action) -> type:
+    """The type of a flag's HParams column: its declared type, bool for a switch, str for a choice of names."""
+    return action.type or (bool if action.nargs == 0 else str)
+
+
+def hparams() -> dict[str, type]:
+    """The settings that TensorBoard's HParams tab shows beside each run's final metrics, with their types: the run's
+    method (its config's variant) and every flag declared with HPARAM (each method's own flags among them). The tab
+    takes its columns from one run's declaration, so every run declares all of them (runs.log_hparams): the columns
+    are then the union over runs of every method, and a run shows an empty cell for a setting it has not."""
+    p = argparse.ArgumentParser()
+    add_cifar_args(p, human=True, given=True)
+    add_training_args(p, default_model=None)
+    return {"variant": str, **{a.dest: hparam_type(a) for a in declared(p) if HPARAM in getattr(a, "roles", ())}}
+
+
 def add_data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data_dir", type=Path, default=default_data_dir(),
-                   help="root of the datasets (default: $SLN_DATA_DIR or data/)")
+    add_flag(p, "--data_dir", type=Path, default=default_data_dir(), roles={NOT_TRAINING, NOT_IN_FILES},
+             help="root of the datasets (default: $SLN_DATA_DIR or data/)")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -96,9 +150,10 @@ DEFAULT_LR_DECAY = 0.1
 def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable: bool = True) -> None:
     """Flags of the method and the run, with the reference's defaults (SLN-REFERENCE.md)."""
     g = p.add_argument_group("training (defaults: the SLN reference code)")
-    g.add_argument("--batch_size", type=int, default=128, help="minibatch size in images")
-    g.add_argument("--n_epochs", type=int, default=300, help="number of training epochs")
-    g.add_argument("--lr", type=float, default=0.001, help="SGD learning rate (constant unless --lr_milestones)")
+    add_flag(g, "--batch_size", type=int, default=128, roles={HPARAM}, help="minibatch size in images")
+    add_flag(g, "--n_epochs", type=int, default=300, roles={HPARAM}, help="number of training epochs")
+    add_flag(g, "--lr", type=float, default=0.001, roles={HPARAM},
+             help="SGD learning rate (constant unless --lr_milestones)")
     g.add_argument("--lr_milestones", type=int, nargs="*", default=None, metavar="EPOCH",
                    help="multiply the learning rate by --lr_decay after each of these epochs (the authors' Clothing1M "
                         "script: 5, i.e. epochs 6.. at a tenth); default, or given with no epochs: constant, as the "
@@ -107,14 +162,14 @@ def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable:
                    help=f"factor of the learning rate at each --lr_milestones epoch (default {DEFAULT_LR_DECAY})")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay (L2)")
-    g.add_argument("--sigma", type=float, default=None,
-                   help="std of the Gaussian noise added to one-hot targets; 0 = plain cross-entropy (CE). "
-                        "Default, by dataset and noise: " + sigma_table())
-    g.add_argument("--mo", action="store_true",
-                   help="SLN+MO: report the momentum (weight-EMA) model; needs sigma > 0")
+    add_flag(g, "--sigma", type=float, default=None, roles={HPARAM}, grid_key="sigma",
+             help="std of the Gaussian noise added to one-hot targets; 0 = plain cross-entropy (CE). "
+                  "Default, by dataset and noise: " + sigma_table())
+    add_flag(g, "--mo", action="store_true", roles={HPARAM}, grid_key="variants",
+             help="SLN+MO: report the momentum (weight-EMA) model; needs sigma > 0")
     g.add_argument("--ema_alpha", type=float, default=0.999, help="decay of the momentum model per optimiser step")
-    g.add_argument("--lc_n_epoch", type=int, default=-1,
-                   help="SLN+MO+LC: correct labels before every epoch after this one (reference 250); -1 = never")
+    add_flag(g, "--lc_n_epoch", type=int, default=-1, roles={HPARAM},
+             help="SLN+MO+LC: correct labels before every epoch after this one (reference 250); -1 = never")
     g.add_argument("--lc_augment", action=argparse.BooleanOptionalAction, default=True,
                    help="apply the training augmentation in the label-correction pass, as the reference does; "
                         "--no-lc_augment predicts on un-augmented images")
@@ -125,25 +180,27 @@ def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable:
                    help="every epoch, train on a fresh seeded class-balanced sample of N training images per class "
                         "(all of a smaller class), labelled afresh with the given labels, as the authors' Clothing1M "
                         "script (N 18976); default, or 0: the whole training set every epoch")
-    g.add_argument("--method", default=None, metavar="NAME",
-                   help="the training method: " + ", ".join(methods.METHODS) + " (docs/methods.md); default: the "
-                        "paper's model that --sigma, --mo and --lc_n_epoch select")
-    g.add_argument("--seed", type=int, default=0,
-                   help="seeds the model init, data order, augmentation, SLN noise and generated label noise")
-    g.add_argument("--model", choices=list(MODELS), default=default_model, help="network architecture")
+    # the HParams tab shows the method as the run's variant (hparams)
+    add_flag(g, "--method", default=None, metavar="NAME", grid_key="variants",
+             help="the training method: " + ", ".join(methods.METHODS) + " (docs/methods.md); default: the "
+                  "paper's model that --sigma, --mo and --lc_n_epoch select")
+    add_flag(g, "--seed", type=int, default=0, roles={HPARAM}, grid_key="seeds",
+             help="seeds the model init, data order, augmentation, SLN noise and generated label noise")
+    add_flag(g, "--model", choices=list(MODELS), default=default_model, roles={HPARAM}, help="network architecture")
     add_method_flags(p)
     r = p.add_argument_group("data, device and output")
     add_data_dir(r)
-    r.add_argument("--train_subset", type=int, default=None,
-                   help="train on a stratified, seeded subset of this many training images (quick runs)")
-    r.add_argument("--test_subset", type=int, default=None,
-                   help="evaluate on a stratified, seeded subset of this many test images")
-    r.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, mps ... (default: cuda if available)")
+    add_flag(r, "--train_subset", type=int, default=None, roles={HPARAM},
+             help="train on a stratified, seeded subset of this many training images (quick runs)")
+    add_flag(r, "--test_subset", type=int, default=None, roles={HPARAM},
+             help="evaluate on a stratified, seeded subset of this many test images")
+    add_flag(r, "--device", default="auto", roles={NOT_TRAINING, NOT_IN_FILES},
+             help="cuda, cuda:1, cpu, mps ... (default: cuda if available)")
     r.add_argument("--deterministic", action="store_true",
                    help="bit-reproducible kernels (slower on GPU)")
-    r.add_argument("--eval_batch_size", type=int, default=None,
-                   help="batch size of evaluation and label-correction passes (no autograd); default 1024 on a GPU, "
-                        "128 on a CPU (large batches measured 2-3x slower there: docs/performance.md)")
+    add_flag(r, "--eval_batch_size", type=int, default=None, roles={NOT_TRAINING},
+             help="batch size of evaluation and label-correction passes (no autograd); default 1024 on a GPU, "
+                  "128 on a CPU (large batches measured 2-3x slower there: docs/performance.md)")
     r.add_argument("--workers", type=int, default=None,
                    help="DataLoader worker processes that decode and crop the images of a dataset read from its "
                         "files batch by batch (clothing1m); 0 = in the main process; default: the CPU cores, at most "
@@ -151,8 +208,8 @@ def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable:
     r.add_argument("--eval_every", type=int, default=1,
                    help="evaluate on the test set every this many epochs and at the last one (other epochs leave "
                         "the test columns empty); a validation split, if any, is evaluated every epoch")
-    r.add_argument("--out_dir", type=Path, default=Path("."),
-                   help="where configs/ and runs/ are written (default: current directory)")
+    add_flag(r, "--out_dir", type=Path, default=Path("."), roles={NOT_TRAINING, NOT_IN_FILES},
+             help="where configs/ and runs/ are written (default: current directory)")
     if resumable:
         r.add_argument("--resume", metavar="EXP_ID", default=None,
                        help="continue run EXP_ID (under --out_dir) from its last complete checkpoint, with its saved flags")
@@ -197,7 +254,7 @@ def add_method_flags(p: argparse.ArgumentParser) -> None:
             continue
         g = p.add_argument_group(f"--method {' / '.join(methods.owners(own[0].name))} only ({m.summary})")
         for f in own:
-            g.add_argument(f"--{f.name}", type=f.type, default=None, help=f.help)
+            add_flag(g, f"--{f.name}", type=f.type, default=None, roles={HPARAM}, help=f.help)
             added.add(f.name)
 
 
@@ -409,15 +466,15 @@ NOISE_MODES = ["sym", "asym", "dependent", "openset"]
 def add_noise_args(p: argparse.ArgumentParser) -> None:
     """Flags that choose the label noise of a CIFAR training set."""
     d = p.add_argument_group("label noise")
-    d.add_argument("--noise_mode", choices=NOISE_MODES, default="sym",
-                   help="sym/asym/dependent: label noise; openset: CIFAR-100 images inside CIFAR-10 (CIFAR-10 only)")
-    d.add_argument("--p", type=float, default=0.4, help="noise rate, in [0, 1)")
-    d.add_argument("--custom_noise", action="store_true",
-                   help="use generated noise (<data_dir>/<dataset>/label_noisy/<mode><p>_custom.csv, made from --seed "
-                        "when missing) instead of the paper's files")
-    d.add_argument("--make_new_custom_noise", action="store_true",
-                   help="regenerate the custom noise file from --seed (needs --custom_noise); a file with other "
-                        "content is kept aside as <name>.old-<hash>.csv, never overwritten")
+    add_flag(d, "--noise_mode", choices=NOISE_MODES, default="sym", roles={HPARAM}, grid_key="noise_modes",
+             help="sym/asym/dependent: label noise; openset: CIFAR-100 images inside CIFAR-10 (CIFAR-10 only)")
+    add_flag(d, "--p", type=float, default=0.4, roles={HPARAM}, help="noise rate, in [0, 1)")
+    add_flag(d, "--custom_noise", action="store_true", roles={HPARAM},
+             help="use generated noise (<data_dir>/<dataset>/label_noisy/<mode><p>_custom.csv, made from --seed "
+                  "when missing) instead of the paper's files")
+    add_flag(d, "--make_new_custom_noise", action="store_true", roles={NOT_TRAINING, NOT_IN_FILES},
+             help="regenerate the custom noise file from --seed (needs --custom_noise); a file with other "
+                  "content is kept aside as <name>.old-<hash>.csv, never overwritten")
     d.add_argument("--sym_variant", choices=list(SYM_VARIANTS), default=None,
                    help="custom sym noise: " + "; ".join(f"{k}: {v}" for k, v in SYM_VARIANTS.items())
                         + " (default other, or what the existing file was made with)")
@@ -430,9 +487,9 @@ NOISE_LABELS = [label for spec in CIFARN.values() for label in spec.label_keys] 
 
 
 def add_noise_label_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--noise_label", choices=NOISE_LABELS, default=None,
-                   help="CIFAR-N label set; cifar10n (required): aggre (9.0%% noisy), worst (40.2%%), random1, random2, "
-                        "random3 (17-18%%); cifar100n: noisy (40.2%%, the default)")
+    add_flag(p, "--noise_label", choices=NOISE_LABELS, default=None, roles={HPARAM}, grid_key="noise_labels",
+             help="CIFAR-N label set; cifar10n (required): aggre (9.0%% noisy), worst (40.2%%), random1, random2, "
+                  "random3 (17-18%%); cifar100n: noisy (40.2%%, the default)")
 
 
 def add_cifar_args(p: argparse.ArgumentParser, human: bool = False, given: bool = False) -> None:
@@ -442,11 +499,11 @@ def add_cifar_args(p: argparse.ArgumentParser, human: bool = False, given: bool 
     d = p.add_argument_group("dataset")
     names = list(CIFAR) + (list(CIFARN) if human else []) + ([n for n in datasets.DATASETS if n not in CIFAR and
                                                               n not in CIFARN] if given else [])
-    d.add_argument("--dataset_name", choices=names, default="cifar10",
-                   help="training dataset" + ("; cifar10n / cifar100n: the CIFAR images with the human labels of "
-                                              "--noise_label, instead of the label noise flags" if human else "")
-                   + ("; animal-10n, clothing1m, folder: their own labels, as train_real.py takes them "
-                      "(docs/real-world-data.md)" if given else ""))
+    add_flag(d, "--dataset_name", choices=names, default="cifar10", roles={HPARAM},
+             help="training dataset" + ("; cifar10n / cifar100n: the CIFAR images with the human labels of "
+                                        "--noise_label, instead of the label noise flags" if human else "")
+             + ("; animal-10n, clothing1m, folder: their own labels, as train_real.py takes them "
+                "(docs/real-world-data.md)" if given else ""))
     if human:
         add_noise_label_arg(d)
     if given:

@@ -29,7 +29,7 @@ import files
 import methods
 import runs
 import sln
-from cli import fail, pick_device, resolve_precision
+from cli import fail, hparams, pick_device, resolve_precision
 from datasets import workers
 from datasets.augment import normalise
 from data import NoisyData, balanced_indices
@@ -426,7 +426,7 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         chosen = max(tested, key=lambda r: r["val/acc"])
         summary.update(best_val_acc=chosen["val/acc"], best_val_epoch=chosen["epoch"],
                        test_acc_at_best_val=chosen["test/acc_reported"])
-    runs.log_hparams(writer, settings, summary)
+    runs.log_hparams(writer, settings, summary, hparams())
     writer.close()
     finals = {"model_final.pt": s.model.state_dict(), "ema_final.pt": s.ema.state_dict(),
               "targets_final.pt": s.targets.cpu(), **{f"model{i + 2}_final.pt": p.state_dict()

@@ -16,7 +16,6 @@ an existing file is never replaced without --overwrite (the new one is called na
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import math
@@ -43,6 +42,7 @@ import engine  # noqa: E402
 import files  # noqa: E402
 import methods  # noqa: E402
 import runs  # noqa: E402
+import sweeps  # noqa: E402
 from data import CIFAR, NoisyData  # noqa: E402
 from datasets.cifar_n import CIFARN  # noqa: E402
 from datasets.images import ImageFiles, image_source  # noqa: E402
@@ -623,78 +623,7 @@ def figure_ablation(rows: list[list], title: str) -> plt.Figure:
 
 
 # ----------------------------------------------------------------------------------------------------
-# tune.py sweeps
-
-HP_SIGMA_COLUMNS = ("sigma", "config/sigma")
-
-
-def _hp_columns(header: list[str]) -> tuple[str | None, str | None, str | None]:
-    """(sigma, last, best) column names of a sigma table, tolerant of naming: the accuracy columns are the
-    ones whose names contain 'val', 'acc' and 'last' or 'best'."""
-    low = {h: h.lower() for h in header}
-    sigma = next((h for h in header if low[h] in HP_SIGMA_COLUMNS), None)
-    last = next((h for h in header if all(w in low[h] for w in ("val", "acc", "last"))), None)
-    best = next((h for h in header if all(w in low[h] for w in ("val", "acc", "best"))), None)
-    return sigma, last, best
-
-
-def read_hp_table(hp_dir: Path) -> tuple[Path, dict[float, tuple[list[float], list[float]]]]:
-    """The sigma table of a tune.py sweep folder: {sigma: (last-epoch val acc %, best-epoch val acc %)}, one entry
-    per trial. Reads the first CSV in the folder (sigma_search.csv first) with a sigma column ('sigma' or
-    'config/sigma') and a last-epoch validation accuracy column (e.g. last_val_acc, val_acc_last_pct); the
-    best-epoch column is optional. Accuracies may be fractions or percent (a name with 'pct' or '%', or any value
-    above 1, means percent)."""
-    csvs = sorted(hp_dir.glob("*.csv"), key=lambda p: (p.name != "sigma_search.csv", p.name))
-    seen = []
-    for path in csvs:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        header = list(rows[0]) if rows else []
-        sigma, last, best = _hp_columns(header)
-        seen.append(f"{path.name} ({','.join(header) or 'empty'})")
-        if not (sigma and last):
-            continue
-        try:
-            table = {c: [float(r[c]) for r in rows] for c in (sigma, last, best) if c}
-        except (TypeError, ValueError):
-            raise DataError(f"{path} has a non-number in {sigma}/{last}/{best}; is the sweep finished?")
-
-        def percent(c: str) -> list[float]:
-            scale = 1 if ("pct" in c.lower() or "%" in c or max(table[c]) > 1) else 100
-            return [scale * v for v in table[c]]
-        out: dict[float, tuple[list[float], list[float]]] = {}
-        lasts, bests = percent(last), (percent(best) if best else [math.nan] * len(rows))
-        for s, lv, bv in zip(table[sigma], lasts, bests):
-            out.setdefault(s, ([], []))[0].append(lv)
-            out[s][1].append(bv)
-        return path, out
-    raise DataError(f"{hp_dir} has no sigma table: expected a CSV with columns sigma,last_val_acc[,best_val_acc] "
-                    f"(tune.py writes it when the sweep ends); found: {'; '.join(seen) or 'no CSV file'}")
-
-
-def hp_folder(text: Path, runs_dir: Path) -> Path:
-    """--hp_dir as a path, or a bare sweep id hp_<timestamp> looked up in hp/ beside the runs folder."""
-    for candidate in (text, runs_dir.parent / "hp" / text):
-        if candidate.is_dir():
-            return candidate
-    raise DataError(f"--hp_dir {text}: no such folder (nor {runs_dir.parent / 'hp' / text}); give a tune.py sweep "
-                    "folder hp/hp_<timestamp>/")
-
-
-def sweep_names(folders: list[Path]) -> list[str]:
-    """A legend name per sweep folder: its noise setting from sweep.yaml ('sym p=0.4') where that tells the sweeps
-    apart, else the folder's name."""
-    def setting(folder: Path) -> str | None:
-        try:
-            base = yaml.safe_load((folder / "sweep.yaml").read_text())["base"]
-            if base.get("noise_label"):         # CIFAR-N: a label set, no noise mode or rate
-                return f"{base['dataset_name']} {base['noise_label']} labels"
-            return f"{base['noise_mode']} p={base['p']:g}"
-        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
-            return None
-    names = [setting(f) for f in folders]
-    return names if None not in names and len(set(names)) == len(names) else [f.name for f in folders]
-
+# tune.py sweeps (read by sweeps.read_hp_table)
 
 def figure_hp(tables: list[tuple[Path, dict]]) -> tuple[plt.Figure, list[list]]:
     """Validation accuracy against sigma (log axis) per sweep, the chosen sigma starred; a CE reference trial
@@ -702,7 +631,7 @@ def figure_hp(tables: list[tuple[Path, dict]]) -> tuple[plt.Figure, list[list]]:
     legend does, so that a search run again (a new folder) writes the same file."""
     fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
     rows = [["sweep", "sigma", "n_trials", "last_mean", "last_std", "best_mean", "best_std"]]
-    names = sweep_names([hp_dir for hp_dir, _ in tables])
+    names = sweeps.sweep_names([hp_dir for hp_dir, _ in tables])
     for i, (hp_dir, table) in enumerate(tables):
         colour = f"C{i}"
         name = names[i] + ": " if len(tables) > 1 else ""
@@ -918,7 +847,7 @@ def _main(argv: list[str] | None) -> list[Path]:
             fig, rows = figure_dissect_compare(panels, args.bins)
             written += save(args.assets_dir, args.name or "dissect_compare", fig, args, rows)
         if "hp" in args.plot_type:
-            tables = [read_hp_table(hp_folder(d, args.runs_dir)) for d in args.hp_dir]
+            tables = [sweeps.read_hp_table(sweeps.hp_folder(d, args.runs_dir)) for d in args.hp_dir]
             tables = [(path.parent, table) for path, table in tables]
             fig, rows = figure_hp(tables)
             default = tables[0][0].name if len(tables) == 1 else "hp"

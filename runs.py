@@ -364,29 +364,22 @@ def start_log(run_dir: Path, fields: list[str], history: list[dict], config: dic
     return SummaryWriter(str(tensorboard_dir(run_dir, config)), purge_step=len(history) + 1)
 
 
-# The settings shown in TensorBoard's HParams tab beside each run's final metrics, with their types. The tab takes its
-# columns from one run's declaration, so every run declares all of them (and all the final metrics): the columns are
-# then the union over runs of every method, and a run shows an empty cell for a setting it has not.
-HPARAMS: dict[str, type] = {
-    "variant": str, **{name: f.type for name, f in methods.all_flags().items()}, "model": str, "dataset_name": str,
-    "noise_mode": str, "noise_label": str, "p": float, "custom_noise": bool, "sigma": float, "mo": bool,
-    "lc_n_epoch": int, "seed": int, "lr": float, "batch_size": int, "n_epochs": int, "train_subset": int,
-    "test_subset": int}
 HPARAM_METRICS = {"last_test_acc": "final/last_test_acc", "best_test_acc": "final/best_test_acc",
                   "test_acc_at_best_val": "final/test_acc_at_best_val"}
 
 
-def log_hparams(writer, config: dict, summary: dict) -> None:
+def log_hparams(writer, config: dict, summary: dict, hparams: dict[str, type]) -> None:
     """The run's settings and final metrics for TensorBoard's HParams tab, in the run's own event file: the full
-    declaration of every setting (HPARAMS), this run's values of those it has, and its final metrics."""
+    declaration of every setting (`hparams`: name -> type, cli.hparams), this run's values of those it has, and its
+    final metrics (every one of them declared, as every setting is)."""
     from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
     kinds = {str: "DATA_TYPE_STRING", bool: "DATA_TYPE_BOOL", int: "DATA_TYPE_FLOAT64", float: "DATA_TYPE_FLOAT64"}
     experiment = api_pb2.Experiment(
-        hparam_infos=[api_pb2.HParamInfo(name=k, type=api_pb2.DataType.Value(kinds[t])) for k, t in HPARAMS.items()],
+        hparam_infos=[api_pb2.HParamInfo(name=k, type=api_pb2.DataType.Value(kinds[t])) for k, t in hparams.items()],
         metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in HPARAM_METRICS.values()])
     start = plugin_data_pb2.SessionStartInfo()
-    for key, kind in HPARAMS.items():
+    for key, kind in hparams.items():
         value = config.get(key)
         if value is None:
             continue

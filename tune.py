@@ -17,18 +17,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import functools
 import itertools
 import json
 import logging
 import math
 import os
-import re
 import shlex
 import signal
-import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,33 +32,24 @@ from typing import Callable
 
 import deps  # noqa: F401  (first: a Python without the packages gets one line, not a traceback)
 
-import numpy as np
 import ray
-import ray._private.ray_constants
-import ray._private.services
-import ray._private.utils
-import ray._raylet
-import ray.exceptions
 import ray.tune
 import torch
 import yaml
 
 import cli
+import cluster
 import datasets
 import engine
+import experiments
 import files
 import methods
 import runs
+import sweeps
 from models import make_model
 from errors import DataError
-from tables import load_run, make_table, with_derived
 
 DEFAULT_SIGMAS = [0.1, 0.2, 0.5, 1.0]                 # the paper's grid
-TUNE_ONLY = ["sigmas", "experiments", "resume", "reuse_runs", "address", "cpus_per_trial", "gpus_per_trial", "dry_run",
-             "bench"]
-# flags that do not change what a trial trains: a finished run may be reused whatever they were
-NOT_TRAINING = {"data_dir", "out_dir", "device", "eval_batch_size", "tune_trial_id", "tune_config",
-                "make_new_custom_noise"}
 
 
 def build_parser() -> cli.Parser:
@@ -72,38 +59,54 @@ def build_parser() -> cli.Parser:
     # the dataset's default network and, for clothing1m, the authors' recipe where not given (cli.check_image_args)
     p.set_defaults(model=None, **{k: None for k in cli.RECIPE_FLAGS})
     s = p.add_argument_group("sweep")
-    s.add_argument("--sigmas", type=float, nargs="+", default=DEFAULT_SIGMAS,
-                   help="the sigma grid of the search: SLN's, as in the paper, or that of --method (one that adds "
-                        "SLN noise, e.g. Co-teaching-SLN); a reference trial at sigma 0, the method without SLN "
-                        "noise, always runs beside it: never chosen, and the report says when it scores higher")
-    s.add_argument("--val_size", type=float, default=0.1,
+    cli.add_flag(s, "--sigmas", type=float, nargs="+", default=DEFAULT_SIGMAS, roles={cli.TUNE_ONLY},
+                 help="the sigma grid of the search: SLN's, as in the paper, or that of --method (one that adds "
+                      "SLN noise, e.g. Co-teaching-SLN); a reference trial at sigma 0, the method without SLN "
+                      "noise, always runs beside it: never chosen, and the report says when it scores higher")
+    s.add_argument("--val_size", type=float, default=0.1,     # the trials' own: their validation split
                    help="share of the noisy training set held out, with its noisy labels, to choose sigma on")
-    s.add_argument("--experiments", type=Path, default=None,
-                   help="YAML file of a grid of runs (variants, i.e. methods, x noise modes x seeds) to run instead of a sigma "
-                        "search, e.g. configs/paper_cifar10.yaml; flags given here override the file's values")
-    s.add_argument("--reuse_runs", type=Path, nargs="+", default=[], metavar="DIR",
-                   help="folders of finished runs (e.g. committed results/<name>/runs) to take instead of training "
-                        "again: a trial whose settings equal such a run's is reported from it (its small files are "
-                        "copied into the sweep), so a sweep whose own folder was lost need not start over")
-    s.add_argument("--resume", default=None,
-                   help="continue an interrupted sweep with its saved settings: its folder, or its id (hp_...) "
-                        "under <out_dir>/hp/; finished trials are not run again")
-    s.add_argument("--dry_run", action="store_true",
-                   help="check everything and print every trial (method, flags, seed, where it would run) and what "
-                        "the sweep costs (trials x epochs x images), then stop: no Ray, no sweep folder, no training")
-    s.add_argument("--bench", type=Path, default=None, metavar="JSON",
-                   help="with --dry_run: the JSON that `python bench.py --json JSON` wrote on the machine that will "
-                        "train, whose images/s (train_img_s of the sweep's --model) turn the cost into hours")
+    cli.add_flag(s, "--experiments", type=Path, default=None, roles={cli.TUNE_ONLY},
+                 help="YAML file of a grid of runs (variants, i.e. methods, x noise modes x seeds) to run instead of a "
+                      "sigma search, e.g. configs/paper_cifar10.yaml; flags given here override the file's values")
+    cli.add_flag(s, "--reuse_runs", type=Path, nargs="+", default=[], metavar="DIR", roles={cli.TUNE_ONLY},
+                 help="folders of finished runs (e.g. committed results/<name>/runs) to take instead of training "
+                      "again: a trial whose settings equal such a run's is reported from it (its small files are "
+                      "copied into the sweep), so a sweep whose own folder was lost need not start over")
+    cli.add_flag(s, "--resume", default=None, roles={cli.TUNE_ONLY},
+                 help="continue an interrupted sweep with its saved settings: its folder, or its id (hp_...) "
+                      "under <out_dir>/hp/; finished trials are not run again")
+    cli.add_flag(s, "--dry_run", action="store_true", roles={cli.TUNE_ONLY},
+                 help="check everything and print every trial (method, flags, seed, where it would run) and what "
+                      "the sweep costs (trials x epochs x images), then stop: no Ray, no sweep folder, no training")
+    cli.add_flag(s, "--bench", type=Path, default=None, metavar="JSON", roles={cli.TUNE_ONLY},
+                 help="with --dry_run: the JSON that `python bench.py --json JSON` wrote on the machine that will "
+                      "train, whose images/s (train_img_s of the sweep's --model) turn the cost into hours")
     r = p.add_argument_group("Ray")
-    r.add_argument("--cpus_per_trial", type=float, default=1, help="CPU cores reserved for each trial")
-    r.add_argument("--gpus_per_trial", type=float, default=None,
-                   help="GPUs per trial; fractions share a GPU (0.5: two trials per GPU). Default: 1 if the Ray "
-                        "cluster has GPUs, else 0")
-    r.add_argument("--address", default=None,
-                   help="join a running Ray cluster (its head node's host:port, or auto), showing it the token of "
-                        "Ray's authentication from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; "
-                        "default: start Ray on this machine")
+    cli.add_flag(r, "--cpus_per_trial", type=float, default=1, roles={cli.TUNE_ONLY},
+                 help="CPU cores reserved for each trial")
+    cli.add_flag(r, "--gpus_per_trial", type=float, default=None, roles={cli.TUNE_ONLY},
+                 help="GPUs per trial; fractions share a GPU (0.5: two trials per GPU). Default: 1 if the Ray "
+                      "cluster has GPUs, else 0")
+    cli.add_flag(r, "--address", default=None, roles={cli.TUNE_ONLY},
+                 help="join a running Ray cluster (its head node's host:port, or auto), showing it the token of "
+                      "Ray's authentication from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; "
+                      "default: start Ray on this machine")
     return p
+
+
+# what trial() adds to a trial's flags: its Tune config (by which a resumed sweep finds its run again) and Tune's id
+TRIAL_KEYS = ("tune_config", "tune_trial_id")
+
+
+def flags_of(role: str) -> list[str]:
+    """tune.py's flags declared with `role` (cli.add_flag), in the order of their declaration."""
+    return cli.flags_with(build_parser(), role)
+
+
+TUNE_ONLY = set(flags_of(cli.TUNE_ONLY))
+# a finished run may be reused whatever these were
+NOT_TRAINING = set(flags_of(cli.NOT_TRAINING)) | set(TRIAL_KEYS)
+PER_RUN = cli.per_run(build_parser())      # {flag: the experiments file's key that sets it per trial}
 
 
 def changed_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
@@ -220,108 +223,12 @@ def search_method(args: argparse.Namespace) -> methods.Method:
     return m
 
 
-GRID_KEYS = ["variants", "noise_modes", "noise_labels", "seeds", "sigma"]   # noise_labels: CIFAR-N's, instead of noise_modes
-PER_RUN = {"sigma", "mo", "seed", "noise_mode", "noise_label", "method"}       # set by the grid, per trial
-NOT_IN_FILES = {"data_dir", "out_dir", "device", "make_new_custom_noise"}   # this machine's, or one-off
-
-
-def file_flags() -> dict:
-    """The training flags an experiments file may set, with their defaults: every flag of the training parser
-    (train_cifar.py's dataset, noise and training flags) but the per-run ones and this machine's paths."""
-    p = cli.Parser()
-    cli.add_cifar_args(p, human=True)
-    cli.add_training_args(p, default_model="wrn-28-2", resumable=False)
-    return {k: v for k, v in vars(p.parse_args([])).items() if k not in PER_RUN | NOT_IN_FILES}
-
-
-def flag_argv(key: str, value, default) -> list[str]:
-    """A file's value as command-line arguments. A boolean flag that defaults to True is an --x/--no-x pair
-    (argparse.BooleanOptionalAction); one that defaults to False is an on-switch."""
-    if isinstance(default, bool):
-        return [f"--{key}"] if value else ([f"--no-{key}"] if default else [])
-    return [f"--{key}", str(value)]
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error: the plain loader keeps the
-    last value without a word, so a file that says `lr: 0.02` and, further down, `lr: 0.2` would train with 0.2."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"{key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
-                    "keep one", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep)
-
-
-def read_experiments(path: Path) -> tuple[dict, list[str]]:
-    """The grid part of an experiments file, and its flag part as command-line arguments; one-line errors."""
-    try:
-        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)
-    except OSError as e:
-        cli.fail(f"cannot read --experiments {path}: {e.strerror}")
-    except yaml.constructor.ConstructorError as e:     # a key given twice (UniqueKeyLoader)
-        cli.fail(f"{path}: {e.problem}")
-    except yaml.YAMLError as e:
-        where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
-        cli.fail(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}")
-    if not isinstance(raw, dict):
-        cli.fail(f"{path} must be a mapping of keys to values (see configs/paper_cifar10.yaml)")
-    flags = file_flags()
-    for key in raw:
-        if key not in GRID_KEYS and key not in flags:
-            cli.fail(f"{path}: unknown key {key!r}; known keys: {', '.join(GRID_KEYS + list(flags))}")
-    axis = "noise_labels" if "noise_labels" in raw else "noise_modes"
-    if "noise_labels" in raw and "noise_modes" in raw:
-        cli.fail(f"{path}: give noise_modes (CIFAR's label noise) or noise_labels (CIFAR-N's label sets), not both")
-    for key, allowed in (("variants", list(methods.METHODS)),
-                         (axis, cli.NOISE_MODES if axis == "noise_modes" else cli.NOISE_LABELS)):
-        values = raw.get(key)
-        if isinstance(values, list):      # names in any case, as the command line takes them (cli.canonical_name)
-            values = raw[key] = [cli.canonical_name(v, allowed) if isinstance(v, str) else v for v in values]
-        if not isinstance(values, list) or not values or len(set(map(str, values))) != len(values):
-            cli.fail(f"{path}: {key} must be a non-empty list without repeats, from {', '.join(allowed)}")
-        for v in values:
-            if v not in allowed:
-                cli.fail(f"{path}: {key}: unknown {v!r}; choose from {', '.join(allowed)}")
-    seeds = raw.get("seeds")
-    if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds)):
-        cli.fail(f"{path}: seeds must be a non-empty list of distinct integers, e.g. [1, 2, 3, 4, 5]")
-    sigma = raw.get("sigma")
-    if isinstance(sigma, dict):
-        sigma = {cli.canonical_name(k, raw[axis]) if isinstance(k, str) else k: v for k, v in sigma.items()}
-    if sigma is not None:
-        if not isinstance(sigma, dict) or not all(m in raw[axis] for m in sigma):
-            cli.fail(f"{path}: sigma must map the {axis} to sigma, e.g. {{sym: 1.0, asym: 0.5}}")
-        for m, s in sigma.items():
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0:
-                cli.fail(f"{path}: sigma for {m} must be a number > 0, got {s!r}")
-    argv = []
-    for key, default in flags.items():
-        if key not in raw:
-            continue
-        value = raw[key]
-        if isinstance(default, bool) and not isinstance(value, bool):
-            cli.fail(f"{path}: {key} must be true or false, got {value!r}")
-        if not isinstance(default, bool) and (isinstance(value, (bool, list, dict)) or value is None):
-            cli.fail(f"{path}: {key} must be a single value, got {value!r}")
-        argv += flag_argv(key, value, default)
-    grid = {"variants": raw["variants"], "noise_modes": raw[axis], "seeds": seeds, "sigma": sigma,
-            "axis": axis[:-1]}
-    return grid, argv
-
-
 def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[str]) -> tuple[dict, argparse.Namespace]:
     """Settings of an --experiments sweep: defaults, then the file's values, then the flags given here."""
-    for name in ("sigma", "mo", "seed", "noise_mode", "noise_label", "method", "sigmas", "val_size"):
+    for name in (*PER_RUN, "sigmas", "val_size"):
         if name in changed_flags(parser, args):
             cli.fail(f"--{name} is set per run by {args.experiments} (variants, noise_modes, seeds, sigma); drop it")
-    grid, file_argv = read_experiments(args.experiments)
+    grid, file_argv = experiments.read_experiments(args.experiments)
     strict = build_parser()
     strict.exit_on_error = False      # a bad value in the file is reported against the file, not the command line
     try:
@@ -357,9 +264,9 @@ def plan_experiments(parser: cli.Parser, args: argparse.Namespace, argv: list[st
         cli.fail(f"{args.experiments}: {', '.join(correcting)} needs lc_n_epoch {cli.epochs_before_the_last(args.n_epochs)} "
                  f"(the paper: 250 of 300 epochs), got lc_n_epoch {args.lc_n_epoch} with n_epochs {args.n_epochs}")
     args.val_size = None                               # tables are test accuracy on the full training set
-    experiments = args.experiments.resolve()
-    sweep = {"kind": "experiments", "base": base_flags(args), "experiments_file": str(experiments),
-             "experiments_yaml": experiments.read_text(),
+    file = args.experiments.resolve()
+    sweep = {"kind": "experiments", "base": base_flags(args), "experiments_file": str(file),
+             "experiments_yaml": file.read_text(),
              "grid": {"variant": grid["variants"], "noise_mode": grid["noise_modes"], "seed": grid["seeds"]},
              "sigma": {m: sigma.get(m) for m in grid["noise_modes"]}, "lc_n_epoch": args.lc_n_epoch,
              "axis": grid["axis"]}
@@ -378,67 +285,6 @@ def find_sweep(parser: cli.Parser, args: argparse.Namespace) -> Path:
         cli.fail(f"--resume {args.resume}: no sweep there (no {hp_dir / 'sweep.yaml'}); give the "
                  "folder of a sweep, or its id hp_... under <out_dir>/hp/")
     return hp_dir
-
-
-def sweep_problem(sweep) -> str | None:
-    """What makes a sweep.yaml unusable by --resume (a wrong shape, an unknown method, a flag of the wrong type),
-    or None. tune.py writes every key checked here; the values of the flags are checked by preflight."""
-    if not isinstance(sweep, dict):
-        return f"it holds {type(sweep).__name__ if sweep is not None else 'nothing'}, not a mapping of settings"
-    kind = sweep.get("kind")
-    if kind not in ("sigma_search", "experiments"):
-        return f"kind is {kind!r}, not sigma_search or experiments"
-    base, grid, res = sweep.get("base"), sweep.get("grid"), sweep.get("resources")
-    if not isinstance(base, dict) or not isinstance(grid, dict) or not isinstance(res, dict):
-        return "base, grid and resources must each be a mapping"
-    if not (runs.is_number(res.get("cpu")) and res["cpu"] > 0 and runs.is_number(res.get("gpu")) and res["gpu"] >= 0):
-        return f"resources must give cpu > 0 and gpu >= 0, got {res}"
-    wanted = {"sigma": runs.is_number} if kind == "sigma_search" else \
-        {"variant": lambda v: v in methods.METHODS, "seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
-         "noise_mode": lambda v: v in cli.NOISE_MODES + cli.NOISE_LABELS}
-    for key, valid in wanted.items():
-        values = grid.get(key)
-        if not isinstance(values, list) or not values or not all(valid(v) for v in values):
-            return f"grid: {key} must be a non-empty list of {'numbers' if key == 'sigma' else key + 's'}, got {values!r}"
-    if set(grid) != set(wanted):
-        return f"grid must hold {', '.join(wanted)}, got {', '.join(map(str, grid))}"
-    if not isinstance(sweep.get("reuse_runs", []), list) or not all(isinstance(f, str) for f in sweep.get("reuse_runs", [])):
-        return "reuse_runs must be a list of folders"
-    if kind == "experiments":
-        sigma = sweep.get("sigma")
-        if not isinstance(sigma, dict) or not all(m in sigma and (s is None or runs.is_number(s))
-                                                  for m in grid["noise_mode"] for s in [sigma.get(m)]):
-            return f"sigma must map every noise mode of the grid to a number, got {sigma!r}"
-        if not isinstance(sweep.get("lc_n_epoch"), int) or sweep.get("axis", "noise_mode") not in ("noise_mode", "noise_label"):
-            return "lc_n_epoch must be an integer and axis noise_mode or noise_label"
-        if not isinstance(sweep.get("experiments_file"), str):
-            return "experiments_file must be the path of the experiments file"
-    # an --experiments sweep unsets val_size: its trials train on the full training set
-    flags = {k: v for k, v in base.items() if k not in TUNE_ONLY and not (k == "val_size" and v is None)}
-    problem = runs.flag_value_problem(build_parser(), flags)
-    return None if problem is None else f"base: {problem}"
-
-
-def read_sweep(hp_dir: Path) -> dict:
-    """A sweep's sweep.yaml, read as plain YAML (yaml.safe_load: tags that would build Python objects are refused)
-    and checked; one line and exit 2 when it is damaged. Flags a newer tune.py added are filled with their defaults,
-    as a reused run's are (reusable_run)."""
-    path = hp_dir / "sweep.yaml"
-    again = "restore it from a copy, or start the sweep again"
-    try:
-        sweep = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        cli.fail(f"cannot read {path} ({getattr(e, 'strerror', None) or e}); {again}")
-    except yaml.YAMLError as e:
-        where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
-        cli.fail(f"{path} is damaged: not plain YAML{where} ({getattr(e, 'problem', None) or e}); {again}")
-    problem = sweep_problem(sweep)
-    if problem:
-        cli.fail(f"{path} is damaged: {problem}; {again}")
-    defaults = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(build_parser().parse_args([])).items()
-                if k not in TUNE_ONLY}
-    sweep["base"] = {**defaults, **sweep["base"]}
-    return sweep
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -478,7 +324,7 @@ def dry_run(sweep: dict, images: dict[tuple, dict[str, int]], args: argparse.Nam
     defaults = build_parser().parse_args([])
     per_trial_keys = {k for c in configs for k, v in trial_flags(c, sweep).items() if v is not None}
     shared = {k: v for k, v in base.items() if k not in ("data_dir", "out_dir") and getattr(defaults, k, None) != v
-              and k not in PER_RUN | per_trial_keys}
+              and k not in PER_RUN and k not in per_trial_keys}
     what = f"{args.experiments}" if sweep["kind"] == "experiments" else "sigma search"
     lines = [f"dry run of {what}: {plural(len(configs), 'trial')}; nothing is started",
              f"every trial: {flags_text(shared) or '(the defaults)'} --data_dir {base['data_dir']}"]
@@ -504,7 +350,7 @@ def dry_run(sweep: dict, images: dict[tuple, dict[str, int]], args: argparse.Nam
     else:
         gpus = "1 GPU" if torch.cuda.device_count() else "no GPU"
     ray_where = f"the Ray cluster at --address {args.address}" if args.address else (
-        f"a Ray of its own on this machine ({plural(local_cpus(), 'CPU')}, {plural(torch.cuda.device_count(), 'GPU')})")
+        f"a Ray of its own on this machine ({plural(cluster.local_cpus(), 'CPU')}, {plural(torch.cuda.device_count(), 'GPU')})")
     lines.append(f"where: {ray_where}; each trial reserves {plural(cpus, 'CPU')} and {gpus}, trains on --device "
                  f"{base['device']}, and writes its run folder to {Path(base['out_dir']) / 'hp' / 'hp_<timestamp>' / 'runs'}/")
     evaluated = {c["test"] for c in per_trial}, {c["val"] for c in per_trial}
@@ -521,7 +367,7 @@ def dry_run(sweep: dict, images: dict[tuple, dict[str, int]], args: argparse.Nam
                      "machine that will train) for an estimate")
     else:
         rate, where = read_bench(args.bench, base["model"])
-        at_once = max(1, min(len(configs), int(local_cpus() // cpus))) if not args.address else 1
+        at_once = max(1, min(len(configs), int(cluster.local_cpus() // cpus))) if not args.address else 1
         lines.append(f"time: at {rate:,.0f} training images/s ({where}, {args.bench}), about "
                      f"{files.duration(total / rate)} of training one trial at a time"
                      + (f", about {files.duration(total / rate / at_once)} with {at_once} at once on this machine's CPUs"
@@ -530,33 +376,8 @@ def dry_run(sweep: dict, images: dict[tuple, dict[str, int]], args: argparse.Nam
     return lines
 
 
-def local_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 # ----------------------------------------------------------------------------------------------------
-# Ray
-
-def worker_env() -> dict:
-    """What every Ray worker needs: this project importable (trials start in their own directories), no progress
-    bars in the logs, and a quiet exit when Ray stops it (quiet_worker_exit)."""
-    path = os.pathsep.join(filter(None, [str(runs.CODE_DIR), os.environ.get("PYTHONPATH")]))
-    return {"env_vars": {"PYTHONPATH": path, "TQDM_DISABLE": "1"}, "worker_process_setup_hook": "tune.quiet_worker_exit"}
-
-
-def quiet_worker_exit() -> None:
-    """In every Ray worker, before it takes tasks: SIGTERM, which Ray sends its workers when a sweep ends, ends the
-    process at once. Ray's own handler raises SystemExit(1) wherever the worker's Python happens to be; inside a
-    finaliser that printed "Exception ignored ... Traceback ... SystemExit: 1" on the driver's console after a sweep
-    that went well. A trial's run folder loses nothing: its files are written whole or not at all."""
-    def exit_now(signum, frame):
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(1)
-    # the worker's main loop installs its handler through this function, after this hook has run
-    ray._private.utils.set_sigterm_handler = lambda handler: signal.signal(signal.SIGTERM, exit_now)
-
+# The trials on Ray (cluster.py starts or joins it): their resources, their run folders, the sweep's run
 
 class TuneAdvice(logging.Filter):
     """Drops Ray Tune's own words on a stop: "Stop signal received ..." and "Resume experiment with:
@@ -566,211 +387,6 @@ class TuneAdvice(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         text = str(record.msg)
         return not (text.startswith("Stop signal received") or "Resume experiment with" in text)
-
-
-TOKEN_HELP = ("copy the cluster's token (print it with `ray get-auth-token` on the head node) to ~/.ray/auth_token "
-              "here, or set RAY_AUTH_TOKEN=<token> or RAY_AUTH_TOKEN_PATH=<file with the token>")
-JOIN_TRIES = "5"     # Ray's default: 20 tries a second apart, i.e. 20 s to report a refused token
-
-
-def token_source() -> str | None:
-    """Where Ray would read its authentication token from, in Ray's own order, or None without one
-    (RAY_AUTH_TOKEN, then the file RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token)."""
-    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
-        return "RAY_AUTH_TOKEN"
-    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        return f"RAY_AUTH_TOKEN_PATH={os.environ['RAY_AUTH_TOKEN_PATH']}"
-    default = Path.home() / ".ray" / "auth_token"
-    return str(default) if default.is_file() and default.read_text().strip() else None
-
-
-def use_auth_token() -> None:
-    """Send the token to the cluster whenever one is at hand. Ray 2.60 does this by itself for
-    address="auto" only: with host:port and RAY_AUTH_MODE unset, the driver sends no token and a cluster with
-    authentication on refuses it. A cluster without authentication ignores the token, so sending it is safe;
-    an explicit RAY_AUTH_MODE (token or disabled) is left as the user set it."""
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if path and not os.environ.get("RAY_AUTH_TOKEN", "").strip():
-        try:
-            empty = not Path(path).read_text().strip()
-        except OSError as e:
-            cli.fail(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the Ray token there ({e.strerror}); {TOKEN_HELP}")
-        if empty:   # Ray's C++ core aborts the whole process on an empty token file: say it here instead
-            cli.fail(f"RAY_AUTH_TOKEN_PATH={path} is empty; {TOKEN_HELP}")
-    if "RAY_AUTH_MODE" in os.environ or token_source() is None:
-        return
-    os.environ["RAY_AUTH_MODE"] = "token"
-    ray._raylet.Config.initialize("")     # Ray caches its config: make it read RAY_AUTH_MODE again (as Ray does)
-
-
-def auto_address() -> tuple[str, str]:
-    """The host:port that Ray's address="auto" joins, and where Ray found it, in Ray's own order (RAY_ADDRESS,
-    then the cluster that `ray start` last recorded in <Ray temp dir>/ray_current_cluster, then any Ray
-    running here); a one-line error when there is none."""
-    from ray._private import services, utils
-    if os.environ.get("RAY_ADDRESS"):
-        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
-    quiet = logging.getLogger(services.__name__)
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)      # Ray's ray.init repeats its "multiple Ray instances" warning anyway
-    try:
-        found = services.get_ray_address_from_environment("auto", None)
-    except ConnectionError:
-        cli.fail("cannot join a Ray cluster at --address auto: no Ray cluster runs on this machine; start one with "
-                 "`ray start --head`, or give the head node's host:port, or drop --address to run here")
-    finally:
-        quiet.setLevel(level)
-    if found == utils.read_ray_address(None):
-        return found, utils.get_ray_address_file(None)
-    return found, "a Ray running on this machine"
-
-
-def probe(address: str) -> str:
-    """Fail at once when nothing listens at host:port (for "auto": at the address Ray would pick): Ray itself
-    retries for minutes before it gives up (about 36 s per try for an address that does not answer, see
-    docs/tune-and-plots.md). Returns how to name the address in a later error, for "auto" with where it led."""
-    where, hint = f"--address {address}", "start the head node with `ray start --head --port 6379` and give its address"
-    if address == "auto":
-        address, source = auto_address()
-        where = f"--address auto ({address}, from {source})"
-        if source.endswith("ray_current_cluster"):
-            hint = (f"that file is left behind by a `ray start` stopped without `ray stop`: start the head node "
-                    f"again, or give the running head node's host:port")
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or "://" in address:
-        return where               # an address form that Ray resolves itself
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except ConnectionRefusedError:
-        cli.fail(f"cannot join a Ray cluster at {where}: nothing is listening there; {hint}, or drop --address "
-                 "to run here")
-    except socket.gaierror as e:
-        cli.fail(f"cannot join a Ray cluster at {where}: unknown host {host} ({e.strerror}); "
-                    "give the head node's IP address and port (host:port)")
-    except OSError as e:
-        cli.fail(f"cannot join a Ray cluster at {where}: no answer there "
-                    f"({e.strerror or 'timed out'}); check the address, and that the port is open to this machine")
-    return where
-
-
-def join_error(where: str, error: BaseException, log: Path) -> str:
-    """One line on why ray.init could not join the cluster at `where` (what probe returned): Ray wraps the
-    cause (refused token, version mismatch, no GCS) in a generic ConnectionError whose text only names the
-    address."""
-    text, cause = "", error
-    while cause is not None:
-        text += f"{type(cause).__name__}: {cause}\n"
-        cause = cause.__cause__ or cause.__context__
-    head = f"cannot join the Ray cluster at {where}"
-    if "InvalidAuthToken" in text or "AuthenticationError" in text or "authentication token" in text:
-        source = token_source() if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else None
-        if source is None:
-            return f"{head}: it requires an authentication token and this machine has none; {TOKEN_HELP} (Ray's log: {log})"
-        return f"{head}: it refused the authentication token from {source}; {TOKEN_HELP} (Ray's log: {log})"
-    mismatch = re.search(r"Version mismatch: The cluster was started with:\s*Ray: (\S+)\s*Python: (\S+)\s*"
-                         r"This process .*? was started with:\s*Ray: (\S+)\s*Python: (\S+)", text, re.S)
-    if mismatch:
-        ray_c, py_c, ray_d, py_d = mismatch.groups()
-        return (f"{head}: Ray version mismatch, the cluster runs Ray {ray_c} on Python {py_c} and this driver Ray "
-                f"{ray_d} on Python {py_d}; run the driver with the cluster's versions (pip install ray=={ray_c} "
-                f"under Python {py_c}) (Ray's log: {log})")
-    if "Could not find any running Ray instance" in text:
-        return (f"{head}: no Ray cluster runs on this machine; start one with `ray start --head`, or give the head "
-                f"node's host:port (Ray's log: {log})")
-    if "Timed out while waiting for GCS" in text:
-        return (f"{head}: something listens there but it is not a Ray head node's GCS port; give the port that "
-                f"`ray start --head` printed (default 6379) (Ray's log: {log})")
-    last = text.strip().splitlines()[-1] if text.strip() else repr(error)
-    return f"{head} ({last}); see Ray's log {log}"
-
-
-@contextlib.contextmanager
-def quiet_stderr(log: Path):
-    """Send everything written to this process's stderr, Ray's C++ core included (it writes to fd 2, beyond
-    Python's logging), to `log` while Ray joins: a failed join repeats the same warning once a second."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(log, "wb") as f:
-            os.dup2(f.fileno(), 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def join_ray(address: str) -> None:
-    """Join the cluster at `address` with Ray's log sent to a file; on failure say why on one line."""
-    use_auth_token()
-    where = probe(address)
-    fd, name = tempfile.mkstemp(prefix="tune-ray-join-", suffix=".log")
-    os.close(fd)
-    log = Path(name)
-    ours = "RAY_gcs_server_port_wait_time_s" not in os.environ     # a user's own setting is kept as it is
-    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", JOIN_TRIES)
-    try:
-        with quiet_stderr(log):
-            ray.init(address=address, runtime_env=worker_env(), logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
-        cli.fail(join_error(where, e, log))
-    finally:
-        if ours:
-            os.environ.pop("RAY_gcs_server_port_wait_time_s", None)
-    sys.stderr.write(log.read_text(errors="replace"))    # warnings of a join that worked are not hidden
-    log.unlink()
-
-
-def start_ray(address: str | None) -> None:
-    """Join the cluster at `address`, or start Ray sized to this machine."""
-    if address:
-        join_ray(address)
-        return
-    cpus = local_cpus()
-    # address="local": always a fresh instance of our own, never a cluster that runs (or was left behind) here
-    with ray_in_own_session(), ray_on_loopback():
-        ray.init(address="local", num_cpus=cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False,
-                 runtime_env=worker_env(), logging_level=logging.WARNING)
-
-
-@contextlib.contextmanager
-def ray_on_loopback():
-    """Make a local Ray listen on 127.0.0.1 only: nothing outside this machine needs to reach it.
-
-    Ray 2.60 binds the gRPC servers of its GCS, raylet and workers to loopback exactly when the node's IP is
-    127.0.0.1 (else to every interface), and its runtime-env agent to the node's IP. ray.init turns a given
-    `_node_ip_address="127.0.0.1"` back into the machine's address, and takes 127.0.0.1 only where it believes
-    multi-node clusters unsupported (macOS and Windows, Ray's ENABLE_RAY_CLUSTER). Saying so while it starts
-    gives this node 127.0.0.1, for which every port it opens is on loopback (docs/tune-and-plots.md lists them)."""
-    constants = ray._private.ray_constants
-    saved = constants.ENABLE_RAY_CLUSTER
-    constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        constants.ENABLE_RAY_CLUSTER = saved
-
-
-@contextlib.contextmanager
-def ray_in_own_session():
-    """Start a local Ray's processes in a session of their own, out of the driver's process group.
-
-    `timeout`, a shell's job control and job schedulers signal a whole process group. Had Ray's processes been in
-    ours, SIGTERM would stop the raylet too, and a driver whose raylet is gone exits at once with status 1 and no
-    word (Ray's core worker ends it), racing the orderly stop of forward_sigterm. Out of the group, only the driver
-    hears the signal and stops the sweep as Ctrl-C does. They still end with the driver: Ray's kernel fate-sharing
-    (Linux's parent-death signal) kills them even when the driver is killed; where that is missing, Ray's reaper
-    needs them in its group, so they are left there."""
-    services = ray._private.services
-    if not ray._private.utils.detect_fate_sharing_support() or sys.platform == "win32":
-        yield
-        return
-    popen = services.ConsolePopen
-    services.ConsolePopen = functools.partial(popen, start_new_session=True)
-    try:
-        yield
-    finally:
-        services.ConsolePopen = popen
 
 
 def resources(cpus: float, gpus: float | None) -> dict:
@@ -1030,93 +646,20 @@ def fit(hp_dir: Path, sweep: dict) -> dict[str, dict]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Result tables, read from the runs' metrics.csv
-
-def metric_column(run_dir: Path, column: str) -> list[float]:
-    """The values of one metrics.csv column, over the epochs that computed it (see --eval_every)."""
-    return [row[column] for row in runs.read_metrics(run_dir / "metrics.csv") if row[column] is not None]
-
-
-def sigma_table(hp_dir: Path, finished: dict[str, dict], sweep: dict) -> tuple[float, str]:
-    """Write sigma_search.csv/.md: per sigma the validation accuracy at the last epoch and at the best
-    epoch; the best sigma has the highest last-epoch validation accuracy (ties: the smaller sigma). A sigma of 0
-    (the method without SLN noise: CE for SLN) is shown for reference and never chosen; where it scores as high
-    as the chosen sigma or higher, a line says so."""
-    rows = []
-    for exp_id, config in finished.items():
-        acc = metric_column(hp_dir / "runs" / exp_id, "val/acc")
-        best = int(np.argmax(acc))
-        rows.append([config["sigma"], round(100 * acc[-1], 4), round(100 * acc[best], 4), best + 1, exp_id])
-    rows.sort(key=lambda r: r[0])
-    best_sigma = max((r for r in rows if r[0] > 0), key=lambda r: (r[1], -r[0]))[0]
-    files.write_csv(hp_dir / "sigma_search.csv",
-                    [["sigma", "val_acc_last_pct", "val_acc_best_pct", "best_epoch", "exp_id"], *rows])
-    b = sweep["base"]
-    noise = (f"{b['noise_mode']} p={b['p']}" if b.get("noise_mode") else f"{b['noise_label']} labels"
-             if b.get("noise_label") else "labels as given")
-    m = methods.of({**b, "sigma": 1.0})          # the searched method: any sigma > 0 selects it from the base flags
-    reference = methods.without_sln(m)
-    lines = [f"Sigma search, {m.name}: {b['dataset_name']} {noise}, {b['model']}, {b['n_epochs']} epochs, "
-             f"seed {b['seed']}; validation: {b['val_size']:.0%} of the noisy training set, noisy labels",
-             "", "| sigma | val acc, last epoch (%) | val acc, best epoch (%) | best epoch | run |", "|---|---|---|---|---|"]
-    lines += [f"| {s}{f' ({reference.name})' if s == 0 else ''} | {last:.2f} | {top:.2f} | {ep} | {exp_id} |"
-              for s, last, top, ep, exp_id in rows]
-    lines += ["", f"best sigma: {best_sigma} (highest last-epoch validation accuracy)"]
-    zero = next((r for r in rows if r[0] == 0), None)
-    chosen = next(r for r in rows if r[0] == best_sigma)
-    if zero is not None and zero[1] >= chosen[1]:
-        lines += ["", f"note: sigma 0 ({reference.name}, no SLN noise) scored {zero[1]:.2f} %, "
-                      f"{'as high as' if zero[1] == chosen[1] else 'above'} the chosen sigma {best_sigma}'s "
-                      f"{chosen[1]:.2f} %: on this split SLN noise did not help; sigma 0 is a reference, never "
-                      "chosen (the grid's best is, as in the paper)"]
-    text = "\n".join(lines) + "\n"
-    files.write_atomic(hp_dir / "sigma_search.md", lambda tmp: tmp.write_text(text))
-    return best_sigma, text
-
-
-def experiments_table(hp_dir: Path, finished: dict[str, dict]) -> str:
-    """Write table.md/.csv: the paper-layout table of the finished trials, the very one that
-    `plot.py --table --runs_dir <sweep>/runs` makes from the same runs (tables.make_table)."""
-    markdown, rows = make_table(with_derived([load_run(hp_dir / "runs" / exp_id) for exp_id in finished]))
-    files.write_atomic(hp_dir / "table.md", lambda tmp: tmp.write_text(markdown))
-    files.write_csv(hp_dir / "table.csv", rows)
-    return markdown
-
-
-# ----------------------------------------------------------------------------------------------------
 
 def plural(n: float, noun: str) -> str:
     """'1 CPU', '2 CPUs', '0.5 GPUs'."""
     return f"{n:g} {noun}{'' if n == 1 else 's'}"
 
 
-def new_hp_dir(out_dir: Path) -> Path:
-    root = out_dir.resolve() / "hp"
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = f"hp_{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
-    for suffix in itertools.count():
-        hp_dir = root / (stamp if suffix == 0 else f"{stamp}_{suffix}")
-        try:
-            hp_dir.mkdir()
-            return hp_dir
-        except FileExistsError:
-            continue
-
-
 def main(argv: list[str] | None = None) -> Path | None:
     """Run or resume a sweep; return its folder (None for --dry_run, which makes none)."""
     argv = sys.argv[1:] if argv is None else argv
     with contextlib.ExitStack() as held:      # the sweep folder's lock, held until the sweep ends
-        return run_sweep(argv, held)
-
-
-def lock_sweep(hp_dir: Path, held: contextlib.ExitStack) -> None:
-    """One driver per sweep folder: a second (a --resume typed while the sweep still runs) would start every
-    unfinished trial again beside the live ones, and each would fail on its run's lock."""
-    try:
-        runs.lock_folder(hp_dir, held, f"sweep {hp_dir.name} is being run")
-    except DataError as e:
-        cli.fail(str(e))
+        try:
+            return run_sweep(argv, held)
+        except DataError as e:
+            cli.fail(str(e))
 
 
 def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path | None:
@@ -1129,8 +672,8 @@ def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path | None:
     cli.check_out_dir(args.out_dir)
     if args.resume:
         hp_dir = find_sweep(parser, args)
-        lock_sweep(hp_dir, held)                     # first: nothing below may touch a sweep in use
-        sweep = read_sweep(hp_dir)
+        sweeps.lock_sweep(hp_dir, held)              # first: nothing below may touch a sweep in use
+        sweep = sweeps.read_sweep(hp_dir, parser)
         sweep["base"]["out_dir"] = str(hp_dir)       # the folder may have moved since
         preflight(sweep)                             # sweep.yaml may have been edited: every trial's flags again
     else:
@@ -1153,15 +696,15 @@ def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path | None:
             print("\n".join(dry_run(sweep, images, args)))
             return None
     if not ray.is_initialized():
-        start_ray(args.address)
+        cluster.start_ray(args.address)
     if args.resume:
         resources(sweep["resources"]["cpu"], sweep["resources"]["gpu"])
     else:
         sweep["resources"] = resources(args.cpus_per_trial, args.gpus_per_trial)
     check_trial_device(sweep["base"], sweep["resources"]["gpu"], resumed=bool(args.resume))
     if not args.resume:
-        hp_dir = new_hp_dir(args.out_dir)
-        lock_sweep(hp_dir, held)
+        hp_dir = sweeps.new_hp_dir(args.out_dir)
+        sweeps.lock_sweep(hp_dir, held)
         sweep["base"]["out_dir"] = str(hp_dir)
         sweep.update(command=["python", "tune.py", *argv], code=runs.code_version(),
                      versions={**runs.library_versions(), "ray": ray.__version__},
@@ -1171,10 +714,10 @@ def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path | None:
           f"{plural(sweep['resources']['cpu'], 'CPU')} and {plural(sweep['resources']['gpu'], 'GPU')}; outputs in {hp_dir} (tensorboard --logdir {shlex.quote(str(hp_dir / 'runs'))})", flush=True)
     finished = fit(hp_dir, sweep)
     if sweep["kind"] == "sigma_search":
-        _, text = sigma_table(hp_dir, finished, sweep)
+        _, text = sweeps.sigma_table(hp_dir, finished, sweep)
         print(f"\n{text}(table in {hp_dir / 'sigma_search.md'} and sigma_search.csv)")
     else:
-        text = experiments_table(hp_dir, finished)
+        text = sweeps.experiments_table(hp_dir, finished)
         print(f"\n{text}(table in {hp_dir / 'table.md'} and table.csv)")
     return hp_dir
 

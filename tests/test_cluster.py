@@ -198,7 +198,7 @@ def test_auto_joins_the_cluster_that_ray_start_recorded(cluster):
     """--address auto joins the cluster whose address `ray start --head` wrote to <Ray temp dir>/ray_current_cluster
     (the fixture's temp dir, made Ray's by RAY_TMPDIR), with the token from ~/.ray/auth_token."""
     address, home, temp_dir = cluster
-    code = ("import ray, tune; tune.start_ray('auto'); "
+    code = ("import ray, cluster; cluster.start_ray('auto'); "
             "print('joined', ray.get_runtime_context().gcs_address, len(ray.nodes()), ray.cluster_resources()['CPU'])")
     done = subprocess.run([sys.executable, "-c", code], env=clean_env(home, RAY_TMPDIR=str(temp_dir.parent)), cwd=ROOT,
                           capture_output=True, text=True, timeout=60)

@@ -15,6 +15,7 @@ from PIL import Image
 import data
 import engine
 import plot
+import sweeps
 import train_cifar
 from models import make_model
 from runs import write_metrics
@@ -357,10 +358,10 @@ def test_hp_reads_sigma_tables_of_either_style(tmp_path, capsys):
     write_hp_sweep(tmp_path / "hp" / "hp_b", "sigma_search.csv",
                    ["sigma", "val_acc_last_pct", "val_acc_best_pct", "best_epoch", "exp_id"],
                    [[0.2, 61.5, 62.0, 3, "exp_x"], [0.5, 66.0, 67.25, 2, "exp_y"]])
-    path, table = plot.read_hp_table(tmp_path / "hp" / "hp_a")
+    path, table = sweeps.read_hp_table(tmp_path / "hp" / "hp_a")
     assert path.name == "results.csv"
     assert table == {0.1: ([50.0], [60.0]), 1.0: ([70.0, 80.0], [75.0, 85.0])}
-    assert plot.read_hp_table(tmp_path / "hp" / "hp_b")[1] == {0.2: ([61.5], [62.0]), 0.5: ([66.0], [67.25])}
+    assert sweeps.read_hp_table(tmp_path / "hp" / "hp_b")[1] == {0.2: ([61.5], [62.0]), 0.5: ([66.0], [67.25])}
 
     assets = tmp_path / "assets"
     # a bare sweep id is looked up in hp/ beside the runs folder
@@ -733,13 +734,13 @@ def test_hp_legend_names_sweeps_by_their_noise_setting(tmp_path):
         (tmp_path / name / "sweep.yaml").write_text(yaml.safe_dump({"kind": "sigma_search",
                                                                     "base": {"noise_mode": mode, "p": 0.4}}))
         folders.append(tmp_path / name)
-    assert plot.sweep_names(folders[:2]) == ["sym p=0.4", "asym p=0.4"]
-    assert plot.sweep_names(folders) == ["hp_a", "hp_b", "hp_c"]                 # two sym searches: ambiguous
-    assert plot.sweep_names([folders[0], tmp_path / "elsewhere"]) == ["hp_a", "elsewhere"]
+    assert sweeps.sweep_names(folders[:2]) == ["sym p=0.4", "asym p=0.4"]
+    assert sweeps.sweep_names(folders) == ["hp_a", "hp_b", "hp_c"]                 # two sym searches: ambiguous
+    assert sweeps.sweep_names([folders[0], tmp_path / "elsewhere"]) == ["hp_a", "elsewhere"]
     (tmp_path / "hp_n").mkdir()          # a CIFAR-N search: a label set, no noise mode or rate
     (tmp_path / "hp_n" / "sweep.yaml").write_text(yaml.safe_dump({"kind": "sigma_search", "base": {
         "dataset_name": "cifar10n", "noise_label": "worst", "noise_mode": None, "p": None}}))
-    assert plot.sweep_names([folders[0], tmp_path / "hp_n"]) == ["sym p=0.4", "cifar10n worst labels"]
+    assert sweeps.sweep_names([folders[0], tmp_path / "hp_n"]) == ["sym p=0.4", "cifar10n worst labels"]
     table = {0.1: ([32.0], [33.0]), 0.2: ([35.0], [36.0])}
     fig, rows = plot.figure_hp([(folders[0], table), (folders[1], table)])
     assert [r[0] for r in rows] == ["sweep", "sym p=0.4", "sym p=0.4", "asym p=0.4", "asym p=0.4"]   # CSV as legend

@@ -21,9 +21,12 @@ import pytest
 import ray
 import yaml
 
+import cluster
 import data
+import experiments
 import methods
 import runs
+import sweeps
 import tune
 from errors import DataError
 from test_real import cifarn_root  # noqa: F401  (a fixture: fake CIFAR-N files)
@@ -49,7 +52,7 @@ def ray_session(fake_root):
     # address="local": a Ray of its own, never a cluster that runs (or was left behind) on this machine
     ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING,
-             runtime_env={**tune.worker_env(), "worker_process_setup_hook": accept_fake_noise_files})
+             runtime_env={**cluster.worker_env(), "worker_process_setup_hook": accept_fake_noise_files})
     yield
     ray.shutdown()
 
@@ -315,7 +318,7 @@ def test_experiments_file_takes_names_in_any_case(tmp_path):
     """An experiments file follows the command line's rule: every name in any case, recorded as declared."""
     path = tmp_path / "e.yaml"
     path.write_text("variants: [ce, Sln-Mo]\nnoise_modes: [Sym, ASYM]\nseeds: [1]\nsigma: {SYM: 1.0, asym: 0.5}\n")
-    grid, _ = tune.read_experiments(path)
+    grid, _ = experiments.read_experiments(path)
     assert (grid["variants"], grid["noise_modes"], grid["sigma"]) == (["CE", "SLN-MO"], ["sym", "asym"],
                                                                        {"sym": 1.0, "asym": 0.5})
 
@@ -327,7 +330,7 @@ def test_dry_run_prints_every_trial_and_the_cost_and_starts_nothing(fake_root, p
                     "n_epochs: 10\nlc_n_epoch: 5\nmodel: wrn-16-1\ntrain_subset: 200\n")
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"device": "cpu", "threads": 1, "train_img_s": {"wrn-16-1": 250.0}}))
-    monkeypatch.setattr(tune, "start_ray", lambda address: pytest.fail("a dry run started Ray"))
+    monkeypatch.setattr(cluster, "start_ray", lambda address: pytest.fail("a dry run started Ray"))
     assert tune.main(["--experiments", str(path), "--data_dir", str(fake_root), "--out_dir", str(tmp_path / "out"),
                       "--dry_run", "--bench", str(bench)]) is None
     out = capsys.readouterr().out.splitlines()
@@ -401,7 +404,7 @@ def test_more_resources_than_the_cluster_has(ray_session, fake_root, paper_sums,
 
 @pytest.mark.parametrize("name", ["paper_cifar10.yaml", "paper_cifar100.yaml"])
 def test_shipped_paper_configs(name):
-    grid, argv = tune.read_experiments(tune.runs.CODE_DIR / "configs" / name)
+    grid, argv = experiments.read_experiments(tune.runs.CODE_DIR / "configs" / name)
     dataset = "cifar10" if name == "paper_cifar10.yaml" else "cifar100"
     assert grid["variants"] == PAPER_MODELS and grid["seeds"] == [1, 2, 3, 4, 5]
     assert grid["sigma"] == {m: tune.cli.default_sigma(dataset, m) for m in grid["noise_modes"]}
@@ -425,7 +428,7 @@ def test_sigma_table_shows_a_ce_reference_but_never_chooses_it(tmp_path):
         finished[exp_id] = {"sigma": sigma}
     sweep = {"base": {"dataset_name": "cifar10", "noise_mode": "sym", "p": 0.4, "model": "wrn-16-1", "n_epochs": 2,
                       "seed": 0, "val_size": 0.1}}
-    best, text = tune.sigma_table(hp_dir, finished, sweep)
+    best, text = sweeps.sigma_table(hp_dir, finished, sweep)
     assert best == 0.2          # CE (sigma 0) has the highest accuracy but is only a reference; 0.2 ties 0.5, smaller wins
     assert "| 0.0 (CE) | 90.00 | 90.00 | 2 | a |" in text
     assert [r["sigma"] for r in read_csv(hp_dir / "sigma_search.csv")] == ["0.0", "0.2", "0.5"]
@@ -434,7 +437,7 @@ def test_sigma_table_shows_a_ce_reference_but_never_chooses_it(tmp_path):
     # where the chosen sigma is ahead, no such line
     tune.runs.write_metrics(hp_dir / "runs" / "a" / "metrics.csv", ["epoch", "val/acc"],
                             [{"epoch": 1, "val/acc": 0.5}, {"epoch": 2, "val/acc": 0.55}])
-    assert tune.sigma_table(hp_dir, finished, sweep)[0] == 0.2 and "note: sigma 0" not in tune.sigma_table(hp_dir, finished, sweep)[1]
+    assert sweeps.sigma_table(hp_dir, finished, sweep)[0] == 0.2 and "note: sigma 0" not in sweeps.sigma_table(hp_dir, finished, sweep)[1]
 
 
 def test_a_method_with_sln_has_its_own_sigma_search(ray_session, fake_root, paper_sums, tmp_path):
@@ -485,7 +488,7 @@ def test_a_sweep_is_driven_by_one_process_at_a_time(tmp_path, capsys):
         holder.kill()
         holder.wait()
     with contextlib.ExitStack() as held:
-        tune.lock_sweep(hp_dir, held)          # the killed driver left no stale lock
+        sweeps.lock_sweep(hp_dir, held)          # the killed driver left no stale lock
 
 
 @pytest.mark.parametrize("text, message", [
@@ -559,7 +562,7 @@ def test_local_sweep_ignores_a_cluster_left_behind(tmp_path):
     ray_tmp = short_tmp_dir()
     (ray_tmp / "ray").mkdir()
     (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")   # nothing listens on port 9
-    code = ("import ray, tune; tune.start_ray(None); "
+    code = ("import ray, cluster; cluster.start_ray(None); "
             "print('nodes', len(ray.nodes()), 'cpus', ray.cluster_resources().get('CPU')); ray.shutdown()")
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONPATH": str(tune.runs.CODE_DIR)}
     try:
@@ -726,7 +729,7 @@ def test_mini_experiments_file_and_its_search_agree():
     results/mini_cifar10/reproduce.sh trains with the same settings, so the sigma it picks suits the grid."""
     import shlex
     root = tune.runs.CODE_DIR
-    grid, argv = tune.read_experiments(root / "configs" / "mini_cifar10.yaml")
+    grid, argv = experiments.read_experiments(root / "configs" / "mini_cifar10.yaml")
     assert grid["variants"] == PAPER_MODELS and grid["noise_modes"] == ["sym", "asym", "dependent"]
     assert grid["seeds"] == [1, 2, 3]
     assert set(grid["sigma"]) == {"sym", "asym", "dependent"} and all(s > 0 for s in grid["sigma"].values())
@@ -739,7 +742,7 @@ def test_mini_experiments_file_and_its_search_agree():
     # the search's label flags: a noise file's (cifar10, --p) or CIFAR-10N's (cifar10n, --noise_label worst)
     labels = {name: shlex.split(script[script.index(f"labels=(--dataset_name {name} "):].split(")")[0][len("labels=("):])
               for name in ("cifar10", "cifar10n")}
-    human_grid, human_argv = tune.read_experiments(root / "configs" / "mini_cifar10n.yaml")
+    human_grid, human_argv = experiments.read_experiments(root / "configs" / "mini_cifar10n.yaml")
     human = tune.build_parser().parse_args(human_argv)
     assert human_grid["variants"] == PAPER_MODELS and human_grid["noise_modes"] == ["worst"]
     assert labels["cifar10n"] == ["--dataset_name", "cifar10n", "--noise_label", "worst"]
@@ -754,7 +757,7 @@ def test_mini_experiments_file_and_its_search_agree():
     cot = script[script.index("sweep sigma_search/Co-teaching-SLN"):]
     cot = shlex.split(cot[:cot.index(")")].replace("\\\n", " "))
     cot_flags = dict(zip(cot, cot[1:]))
-    baselines = tune.build_parser().parse_args(tune.read_experiments(root / "configs" / "mini_cifar10_baselines.yaml")[1])
+    baselines = tune.build_parser().parse_args(experiments.read_experiments(root / "configs" / "mini_cifar10_baselines.yaml")[1])
     assert cot_flags["--method"] == "Co-teaching-SLN" and cot_flags["--dataset_name"] == baselines.dataset_name
     for name in ("model", "train_subset", "n_epochs", "lr", "batch_size", "ema_alpha", "p"):
         assert str(getattr(baselines, name)) == cot_flags[f"--{name}"], name
@@ -842,8 +845,8 @@ def test_baselines_experiments_file_matches_the_mini_setting():
     """configs/mini_cifar10_baselines.yaml trains the baselines in exactly the setting of configs/mini_cifar10.yaml,
     with SLN's searched sigma for Co-teaching-SLN."""
     root = tune.runs.CODE_DIR
-    mini, mini_argv = tune.read_experiments(root / "configs" / "mini_cifar10.yaml")
-    grid, argv = tune.read_experiments(root / "configs" / "mini_cifar10_baselines.yaml")
+    mini, mini_argv = experiments.read_experiments(root / "configs" / "mini_cifar10.yaml")
+    grid, argv = experiments.read_experiments(root / "configs" / "mini_cifar10_baselines.yaml")
     # every baseline; CE-MO is no baseline but CE's own momentum network, read off the CE runs
     assert set(grid["variants"]) == {n for n, m in methods.METHODS.items() if not m.by_flags and not m.same_training_as}
     assert grid["seeds"] == mini["seeds"] and all(grid["sigma"][m] == mini["sigma"][m] for m in grid["noise_modes"])

@@ -19,6 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import train_cifar  # noqa: E402  (the repository's own scripts; this one lives two folders down)
+import experiments  # noqa: E402
 import tune  # noqa: E402
 
 PAIR = ("CE", "SLN-MO-LC")
@@ -53,7 +54,7 @@ def with_weights(run: Path, config: dict, work: Path, data_dir: Path) -> Path:
         if finished_with_weights(path.parent) and training_flags(yaml.safe_load(path.read_text())) == flags:
             return path.parent
     defaults = vars(train_cifar.build_parser().parse_args([]))
-    argv = [a for k, v in flags.items() for a in tune.flag_argv(k, v, defaults[k])]
+    argv = [a for k, v in flags.items() for a in experiments.flag_argv(k, v, defaults[k])]
     argv += ["--data_dir", str(data_dir), "--out_dir", str(work / "dissect")]
     print(f"{run.name} has no weights here: training it again: python train_cifar.py {' '.join(argv)}", file=sys.stderr)
     before = set((work / "dissect" / "runs").glob("*"))

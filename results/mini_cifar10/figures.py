@@ -11,6 +11,7 @@ every cell): the mean ± std of the per-seed differences and how many seeds lie 
 """
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -132,8 +133,8 @@ def search_line(label: str, trials: list[dict], reference: str = "") -> str:
 
 def zero_note(label: str, trials: list[dict], reference: str) -> str:
     """Where a sigma search's sigma 0 (the method without SLN noise) scored as high as the chosen sigma or higher on
-    validation (tune.py's sigma_table: the highest last-epoch accuracy of sigma > 0, ties to the smaller sigma), a
-    phrase that says so; "" where it did not."""
+    validation (tune.py's choice, sweeps.sigma_table: the highest last-epoch accuracy of sigma > 0, ties to the
+    smaller sigma), a phrase that says so; "" where it did not."""
     val = {r["config"]["sigma"]: 100 * last(r, "val/acc") for r in trials}
     chosen = max((s for s in val if s > 0), key=lambda s: (val[s], -s))
     if 0 not in val or val[0] < val[chosen]:
@@ -144,6 +145,14 @@ def zero_note(label: str, trials: list[dict], reference: str) -> str:
 
 def commit(run: dict) -> str:
     return run["config"]["code"]["git_commit"][:7]
+
+
+@dataclasses.dataclass
+class Phrases:
+    """Phrases that the READMEs must hold, in the order they are printed."""
+    main: list[str] = dataclasses.field(default_factory=list)      # README.md (the main one)
+    detail: list[str] = dataclasses.field(default_factory=list)    # results/mini_cifar10/README.md
+    script: list[str] = dataclasses.field(default_factory=list)    # reproduce.sh's header
 
 
 def figures(root: Path = HERE) -> dict[str, list[str]]:
@@ -159,23 +168,46 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
     table = grid + human                        # the paper's four models, on the noise files and on human noise
     columns = MODES + ((HUMAN,) if human else ())
     probes, dissect = load(root / "probes"), load(root / "dissect_runs")
-    main, detail = [], []
+    parts = [time_phrases(grid, search, probes, dissect),
+             order_phrases(table, columns, grid),
+             coincide_phrases(table, columns),
+             momentum_phrases(table, columns),
+             best_epoch_phrases(table, columns),
+             memorisation_phrases(table, columns),
+             search_phrases(search),
+             probe_phrases(probes),
+             dissection_phrases(dissect, grid),
+             repeatability_phrases(table, columns),
+             human_phrases(human, human_search),
+             lc_against_ce_phrases(table, columns, baselines),
+             baseline_phrases(grid, baselines),
+             coteaching_search_phrases(coteaching_search),
+             dirty_phrases(runs + searches + probes + dissect)]
+    return {MAIN_README: [p for part in parts for p in part.main], README: [p for part in parts for p in part.detail],
+            REPRODUCE: [p for part in parts for p in part.script]}
 
-    # time: the runs' own seconds (each run had one core; two ran at a time)
+
+def time_phrases(grid: list[dict], search: list[dict], probes: list[dict], dissect: list[dict]) -> Phrases:
+    """The time: the runs' own seconds (each run had one core; two ran at a time)."""
+    out = Phrases()
     core_hours = hours(grid) + hours(search)
-    main.append(f"{core_hours:.1f} core-hours")
-    main.append(f"{core_hours + hours(probes) + hours(dissect):.1f} with the probes and the dissection run")
-    main.append(f"{core_hours / 2:.1f} h on the 2 cores")
-    script = [f"About {core_hours / 2:.1f} hours for sym, asym and dependent on a 2-core CPU"]
+    out.main.append(f"{core_hours:.1f} core-hours")
+    out.main.append(f"{core_hours + hours(probes) + hours(dissect):.1f} with the probes and the dissection run")
+    out.main.append(f"{core_hours / 2:.1f} h on the 2 cores")
+    out.script.append(f"About {core_hours / 2:.1f} hours for sym, asym and dependent on a 2-core CPU")
     for mode in MODES:
         s = [r for r in search if r["config"]["noise_mode"] == mode]
         g = [r for r in grid if r["config"]["noise_mode"] == mode]
-        detail.append(f"`{mode}` sigma search {60 * hours(s):.1f} core-minutes ({30 * hours(s):.1f} min on the 2 cores)")
-        detail.append(f"`{mode}` grid {hours(g):.1f} core-hours ({hours(g) / 2:.1f} h on the 2 cores)")
+        out.detail.append(f"`{mode}` sigma search {60 * hours(s):.1f} core-minutes ({30 * hours(s):.1f} min on the 2 cores)")
+        out.detail.append(f"`{mode}` grid {hours(g):.1f} core-hours ({hours(g) / 2:.1f} h on the 2 cores)")
     minutes = sorted(r["summary"]["seconds"] / 60 for r in grid)
-    detail.append(f"a grid run took {minutes[0]:.0f}-{minutes[-1]:.0f} min on one core")
+    out.detail.append(f"a grid run took {minutes[0]:.0f}-{minutes[-1]:.0f} min on one core")
+    return out
 
-    # claim 1: the order of the four models at the last epoch
+
+def order_phrases(table: list[dict], columns: tuple[str, ...], grid: list[dict]) -> Phrases:
+    """Claim 1: the order of the four models at the last epoch."""
+    out = Phrases()
     lasts = {m: {v: [last(r) for r in pick(table, m, v)] for v in PAPER_MODELS} for m in columns}
     means = {m: {v: pct(lasts[m][v]) for v in PAPER_MODELS} for m in columns}
     # each step of the chain paired by seed (the reported networks, as in the paper's table)
@@ -187,89 +219,122 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
         every = all(d > 0 for d in diffs["SLN", "CE"] + diffs["SLN-MO", "SLN"]) and \
             all(d >= 0 for d in diffs["SLN-MO-LC", "SLN-MO"])                 # each step on each seed, as in the chain
         if holds and every:
-            main.append(" < ".join(means[mode][v] for v in ("CE", "SLN", "SLN-MO")) + f" ≤ {means[mode]['SLN-MO-LC']} "
-                        f"%, each step on all {len(lasts[mode]['CE'])} seeds")
+            out.main.append(" < ".join(means[mode][v] for v in ("CE", "SLN", "SLN-MO")) + f" ≤ {means[mode]['SLN-MO-LC']} "
+                            f"%, each step on all {len(lasts[mode]['CE'])} seeds")
         else:
-            main.append(f"`{mode}`, paired by seed: SLN minus CE {brief(diffs['SLN', 'CE'])}, SLN-MO minus CE "
-                        f"{brief(paired(pick(table, mode, 'SLN-MO'), pick(table, mode, 'CE')))}, SLN-MO-LC minus SLN-MO "
-                        f"{brief(diffs['SLN-MO-LC', 'SLN-MO'])} points")
-        detail.append(f"`{mode}`, paired by seed: " + ", ".join(f"{a} minus {b} {step(ds)}" for (a, b), ds in diffs.items()))
+            out.main.append(f"`{mode}`, paired by seed: SLN minus CE {brief(diffs['SLN', 'CE'])}, SLN-MO minus CE "
+                            f"{brief(paired(pick(table, mode, 'SLN-MO'), pick(table, mode, 'CE')))}, SLN-MO-LC minus SLN-MO "
+                            f"{brief(diffs['SLN-MO-LC', 'SLN-MO'])} points")
+        out.detail.append(f"`{mode}`, paired by seed: " + ", ".join(f"{a} minus {b} {step(ds)}" for (a, b), ds in diffs.items()))
     seeds = {v: ", ".join(f"{100 * last(r):.1f}" for r in pick(grid, "asym", v)) for v in ("CE", "SLN")}
-    detail.append(f"`asym` SLN's seeds end at {seeds['SLN']} %, CE's at {seeds['CE']} %")
+    out.detail.append(f"`asym` SLN's seeds end at {seeds['SLN']} %, CE's at {seeds['CE']} %")
+    return out
 
-    # do SLN-MO and SLN-MO-LC share their curve until label correction starts? (only if they are the same run)
+
+def coincide_phrases(table: list[dict], columns: tuple[str, ...]) -> Phrases:
+    """Do SLN-MO and SLN-MO-LC share their curve until label correction starts? (only if they are the same run)"""
+    out = Phrases()
     for mode in columns:
         same = [a["config"]["seed"] for a, b in zip(pick(table, mode, "SLN-MO"), pick(table, mode, "SLN-MO-LC"))
                 if column(a, "test/acc_ema")[:LC_EPOCH // 5] == column(b, "test/acc_ema")[:LC_EPOCH // 5]]
-        detail.append(f"`{mode}`: SLN-MO and SLN-MO-LC coincide until epoch {LC_EPOCH} for seeds "
-                      f"{', '.join(map(str, same)) or 'none'}")
+        out.detail.append(f"`{mode}`: SLN-MO and SLN-MO-LC coincide until epoch {LC_EPOCH} for seeds "
+                          f"{', '.join(map(str, same)) or 'none'}")
+    return out
 
-    # the momentum-model control: every run keeps an EMA network, CE's too (CE-MO), so SLN-MO's lead over CE splits
-    # into what the weight average gives CE and what SLN adds to it; both momentum networks, so of the same kind
+
+def momentum_phrases(table: list[dict], columns: tuple[str, ...]) -> Phrases:
+    """The momentum-model control: every run keeps an EMA network, CE's too (CE-MO), so SLN-MO's lead over CE splits
+    into what the weight average gives CE and what SLN adds to it; both momentum networks, so of the same kind."""
+    out = Phrases()
     for key, name in ((REPORTED, "CE"), (EMA, "CE-MO")):
-        main.append(f"SLN-MO minus {name}: " + ", ".join(
+        out.main.append(f"SLN-MO minus {name}: " + ", ".join(
             f"`{mode}` {brief(paired(pick(table, mode, 'SLN-MO'), pick(table, mode, 'CE'), key_b=key))}"
             for mode in columns) + " points")
     for mode in columns:
         mo, ce = pick(table, mode, "SLN-MO"), pick(table, mode, "CE")
-        detail.append(f"`{mode}`: " + versus(mo, ce, "SLN-MO", "CE-MO", key_b=EMA))
-        detail.append(f"`{mode}`: CE-MO minus CE {step(paired(ce, ce, EMA))} of SLN-MO's {step(paired(mo, ce))}")
+        out.detail.append(f"`{mode}`: " + versus(mo, ce, "SLN-MO", "CE-MO", key_b=EMA))
+        out.detail.append(f"`{mode}`: CE-MO minus CE {step(paired(ce, ce, EMA))} of SLN-MO's {step(paired(mo, ce))}")
+    return out
 
-    # claim 2: CE's best epoch against its last
+
+def best_epoch_phrases(table: list[dict], columns: tuple[str, ...]) -> Phrases:
+    """Claim 2: CE's best epoch against its last."""
+    out = Phrases()
     for mode in columns:
         ce = pick(table, mode, "CE")
         best = [max(column(r, "test/acc_reported")) for r in ce]
         drop = 100 * (sum(best) - sum(last(r) for r in ce)) / len(ce)
         epochs = sorted(r["summary"]["best_epoch"] for r in ce)
-        main.append(f"`{mode}` CE: best {pct(best)} % (epochs {epochs[0]}-{epochs[-1]}), {drop:.1f} points above its last")
+        out.main.append(f"`{mode}` CE: best {pct(best)} % (epochs {epochs[0]}-{epochs[-1]}), {drop:.1f} points above its last")
+    return out
 
-    # memorisation: CE's agreement with the given labels against each subset's own share of right labels
+
+def memorisation_phrases(table: list[dict], columns: tuple[str, ...]) -> Phrases:
+    """Memorisation: CE's agreement with the given labels against each subset's own share of right labels."""
+    out = Phrases()
     for mode in columns:
         ce = pick(table, mode, "CE")
         agreeing = [100 * last(r, "train/acc") for r in ce]
         right = [100 * (1 - r["config"]["noise"]["noise_rate"]) for r in ce]
         below = [str(r["config"]["seed"]) for r, a, s in zip(ce, agreeing, right) if a <= s]
         phrase = f"`{mode}` CE agrees with {sum(agreeing) / 3:.1f} % of the given labels, {sum(right) / 3:.2f} % are right"
-        detail.append(phrase + (f" (not so for seed {', '.join(below)}: "
-                                + ", ".join(f"{a:.1f} vs {s:.1f} %" for r, a, s in zip(ce, agreeing, right)
-                                            if str(r["config"]["seed"]) in below) + ")" if below else ""))
+        out.detail.append(phrase + (f" (not so for seed {', '.join(below)}: "
+                                    + ", ".join(f"{a:.1f} vs {s:.1f} %" for r, a, s in zip(ce, agreeing, right)
+                                                if str(r["config"]["seed"]) in below) + ")" if below else ""))
         noisy = [column(r, "train/loss_noisy") for r in ce]
         clean = [column(r, "train/loss_clean")[-1] for r in ce]
-        detail.append(f"`{mode}` CE's loss on the wrong labels {sum(n[0] for n in noisy) / 3:.2f} -> "
-                      f"{sum(n[-1] for n in noisy) / 3:.2f} (right labels {sum(clean) / 3:.2f})")
+        out.detail.append(f"`{mode}` CE's loss on the wrong labels {sum(n[0] for n in noisy) / 3:.2f} -> "
+                          f"{sum(n[-1] for n in noisy) / 3:.2f} (right labels {sum(clean) / 3:.2f})")
         end = {v: mean_std([column(r, "train/loss_noisy")[-1] for r in pick(table, mode, v)])[0]
                for v in ("SLN", "SLN-MO", "SLN-MO-LC")}
-        detail.append(f"`{mode}` SLN ends at {end['SLN']:.2f}, SLN-MO at {end['SLN-MO']:.2f}, SLN-MO-LC at "
-                      f"{end['SLN-MO-LC']:.2f}")
-    # the sigma searches: validation accuracy (noisy labels) at the last epoch per sigma
+        out.detail.append(f"`{mode}` SLN ends at {end['SLN']:.2f}, SLN-MO at {end['SLN-MO']:.2f}, SLN-MO-LC at "
+                          f"{end['SLN-MO-LC']:.2f}")
+    return out
+
+
+def search_phrases(search: list[dict]) -> Phrases:
+    """The sigma searches: validation accuracy (noisy labels) at the last epoch per sigma."""
+    out = Phrases()
     for mode in MODES:
-        detail.append(search_line(f"`{mode}`", [r for r in search if r["config"]["noise_mode"] == mode]))
+        out.detail.append(search_line(f"`{mode}`", [r for r in search if r["config"]["noise_mode"] == mode]))
         if note := zero_note(f"`{mode}` SLN", [r for r in search if r["config"]["noise_mode"] == mode], "CE"):
-            main.append(note)
-            detail.append(note)
+            out.main.append(note)
+            out.detail.append(note)
     ce = next(r for r in search if r["config"]["noise_mode"] == "sym" and r["config"]["sigma"] == 0)
     val = column(ce, "val/acc")
-    detail.append(f"`sym` CE search run: validation accuracy {100 * max(val):.1f} % at epoch "
-                  f"{val.index(max(val)) + 1}, {100 * val[-1]:.1f} % at {len(val)}")
+    out.detail.append(f"`sym` CE search run: validation accuracy {100 * max(val):.1f} % at epoch "
+                      f"{val.index(max(val)) + 1}, {100 * val[-1]:.1f} % at {len(val)}")
+    return out
 
-    # the probes that chose lr and batch size
+
+def probe_phrases(probes: list[dict]) -> Phrases:
+    """The probes that chose lr and batch size."""
+    out = Phrases()
     for r in sorted(probes, key=lambda r: r["config"]["lr"]):
         noisy = column(r, "train/loss_noisy")
-        detail.append(f"lr {r['config']['lr']:g}, batch {r['config']['batch_size']}: loss on the wrong labels "
-                      f"{noisy[0]:.2f} -> {noisy[-1]:.2f} (right labels {column(r, 'train/loss_clean')[-1]:.2f}), "
-                      f"agreeing with {100 * last(r, 'train/acc'):.1f} % of the given labels")
+        out.detail.append(f"lr {r['config']['lr']:g}, batch {r['config']['batch_size']}: loss on the wrong labels "
+                          f"{noisy[0]:.2f} -> {noisy[-1]:.2f} (right labels {column(r, 'train/loss_clean')[-1]:.2f}), "
+                          f"agreeing with {100 * last(r, 'train/acc'):.1f} % of the given labels")
+    return out
 
-    # the dissection's CE run, trained again for its weights, against the grid's
+
+def dissection_phrases(dissect: list[dict], grid: list[dict]) -> Phrases:
+    """The dissection's CE run, trained again for its weights, against the grid's."""
+    out = Phrases()
     (again,) = dissect
     twin = next(r for r in pick(grid, "sym", "CE") if r["config"]["seed"] == again["config"]["seed"])
-    detail.append(f"last test accuracy {100 * again['summary']['last_test_acc']:.2f} % (grid run "
-                  f"{100 * twin['summary']['last_test_acc']:.2f} %), best {100 * again['summary']['best_test_acc']:.2f} % "
-                  f"({100 * twin['summary']['best_test_acc']:.2f} %)")
-    detail.append(f"the dissection's CE run (commit `{commit(again)}`) and the grid's (`{commit(twin)}`): epoch-1 "
-                  f"training loss {column(again, 'train/loss')[0]:.5f} vs {column(twin, 'train/loss')[0]:.5f}")
+    out.detail.append(f"last test accuracy {100 * again['summary']['last_test_acc']:.2f} % (grid run "
+                      f"{100 * twin['summary']['last_test_acc']:.2f} %), best {100 * again['summary']['best_test_acc']:.2f} % "
+                      f"({100 * twin['summary']['best_test_acc']:.2f} %)")
+    out.detail.append(f"the dissection's CE run (commit `{commit(again)}`) and the grid's (`{commit(twin)}`): epoch-1 "
+                      f"training loss {column(again, 'train/loss')[0]:.5f} vs {column(twin, 'train/loss')[0]:.5f}")
+    return out
 
-    # repeatability: SLN and SLN-MO train alike (only the reported network differs), so a seed's two runs are a
-    # repeat of one training; are they identical where one commit made both, and where two did?
+
+def repeatability_phrases(table: list[dict], columns: tuple[str, ...]) -> Phrases:
+    """Repeatability: SLN and SLN-MO train alike (only the reported network differs), so a seed's two runs are a
+    repeat of one training; are they identical where one commit made both, and where two did?"""
+    out = Phrases()
     pairs = [(a, b) for mode in columns for a, b in zip(pick(table, mode, "SLN"), pick(table, mode, "SLN-MO"))]
     one = [column(a, "train/loss") == column(b, "train/loss") for a, b in pairs if commit(a) == commit(b)]
     two = [(commit(a), commit(b), column(a, "train/loss")[0] != column(b, "train/loss")[0],
@@ -277,84 +342,106 @@ def figures(root: Path = HERE) -> dict[str, list[str]]:
     differ = dict.fromkeys((a, b) for a, b, first, _ in two if first)     # the pairs of commits, in order, once each
     alike = dict.fromkeys((a, b) for a, b, _, same in two if same)
     n_differ, n_alike = sum(t[2] for t in two), sum(t[3] for t in two)
-    detail.append(f"of the {len(pairs)} pairs of SLN and SLN-MO runs of one setting and seed, the {len(one)} made at "
-                  f"one commit are identical in training loss at every epoch in {sum(one)}; of the {len(two)} made at "
-                  f"two commits, {n_differ} differ from epoch 1 on ({', '.join(f'`{a}` and `{b}`' for a, b in differ)})"
-                  f" and {n_alike} {'is' if n_alike == 1 else 'are'} identical "
-                  f"({', '.join(f'`{a}` and `{b}`' for a, b in alike) or 'none'})")
+    out.detail.append(f"of the {len(pairs)} pairs of SLN and SLN-MO runs of one setting and seed, the {len(one)} made at "
+                      f"one commit are identical in training loss at every epoch in {sum(one)}; of the {len(two)} made at "
+                      f"two commits, {n_differ} differ from epoch 1 on ({', '.join(f'`{a}` and `{b}`' for a, b in differ)})"
+                      f" and {n_alike} {'is' if n_alike == 1 else 'are'} identical "
+                      f"({', '.join(f'`{a}` and `{b}`' for a, b in alike) or 'none'})")
+    return out
 
-    # human noise (CIFAR-10N worst): its time, its sigma search, SLN-MO-LC against CE
+
+def human_phrases(human: list[dict], human_search: list[dict]) -> Phrases:
+    """Human noise (CIFAR-10N worst): its time and its sigma search."""
+    out = Phrases()
     if human_search:
-        detail.append(search_line(f"`{HUMAN}`", human_search))
+        out.detail.append(search_line(f"`{HUMAN}`", human_search))
         if note := zero_note(f"`{HUMAN}` SLN", human_search, "CE"):
-            main.append(note)
-            detail.append(note)
-        detail.append(f"`{HUMAN}` sigma search {60 * hours(human_search):.1f} core-minutes")
+            out.main.append(note)
+            out.detail.append(note)
+        out.detail.append(f"`{HUMAN}` sigma search {60 * hours(human_search):.1f} core-minutes")
     if human:
-        main.append(f"CIFAR-10N's sigma search and its {len(human)} runs took {hours(human) + hours(human_search):.1f} "
-                    f"core-hours")
-    # SLN-MO-LC against CE where no baseline ran: CE's trained network (the paper's comparison), then CE-MO
+        out.main.append(f"CIFAR-10N's sigma search and its {len(human)} runs took {hours(human) + hours(human_search):.1f} "
+                        f"core-hours")
+    return out
+
+
+def lc_against_ce_phrases(table: list[dict], columns: tuple[str, ...], baselines: list[dict]) -> Phrases:
+    """SLN-MO-LC against CE where no baseline ran: CE's trained network (the paper's comparison), then CE-MO."""
+    out = Phrases()
     for mode in [m for m in columns if not any(setting(r) == m for r in baselines)]:
         lc, ce = pick(table, mode, "SLN-MO-LC"), pick(table, mode, "CE")
-        main.append(f"`{mode}`: SLN-MO-LC minus CE {brief(paired(lc, ce))}, minus CE-MO {brief(paired(lc, ce, key_b=EMA))} "
-                    "points")
-        detail.append(f"`{mode}`: " + versus(lc, ce, "SLN-MO-LC", "CE"))
-        detail.append(f"`{mode}`: " + versus(lc, ce, "SLN-MO-LC", "CE-MO", key_b=EMA))
-    # the baselines: their time, SLN-MO-LC against each (their momentum networks, which they keep but do not report,
-    # then their reported networks, as the paper compares), Co-teaching with and without SLN
+        out.main.append(f"`{mode}`: SLN-MO-LC minus CE {brief(paired(lc, ce))}, minus CE-MO {brief(paired(lc, ce, key_b=EMA))} "
+                        "points")
+        out.detail.append(f"`{mode}`: " + versus(lc, ce, "SLN-MO-LC", "CE"))
+        out.detail.append(f"`{mode}`: " + versus(lc, ce, "SLN-MO-LC", "CE-MO", key_b=EMA))
+    return out
+
+
+def baseline_phrases(grid: list[dict], baselines: list[dict]) -> Phrases:
+    """The baselines: their time, SLN-MO-LC against each (their momentum networks, which they keep but do not report,
+    then their reported networks, as the paper compares), Co-teaching with and without SLN."""
+    out = Phrases()
     if baselines:
-        main.append(f"the {len(baselines)} baseline runs took {hours(baselines):.1f} core-hours")
-        script.append(f"about {hours(baselines) / 2:.1f} more for the baselines")
+        out.main.append(f"the {len(baselines)} baseline runs took {hours(baselines):.1f} core-hours")
+        out.script.append(f"about {hours(baselines) / 2:.1f} more for the baselines")
         spans = {b: sorted(r["summary"]["seconds"] / 60 for r in baselines if r["config"]["variant"] == b) for b in BASELINES}
-        detail.append("a baseline run took " + ", ".join(f"{m[0]:.0f}-{m[-1]:.0f} min ({b})" for b, m in spans.items() if m))
+        out.detail.append("a baseline run took " + ", ".join(f"{m[0]:.0f}-{m[-1]:.0f} min ({b})" for b, m in spans.items() if m))
         versus_ce_mo, with_sln, below_ce = [], [], []
         for mode in sorted({setting(r) for r in baselines}, key=MODES.index):
             lc = pick(grid, mode, "SLN-MO-LC")
             cells = {b: runs_b for b in BASELINES if (runs_b := pick(baselines, mode, b))}
             ce = pick(grid, mode, "CE")
             # network against network of the same kind: SLN-MO-LC's momentum network against each baseline's and CE's
-            main.append(f"`{mode}`, SLN-MO-LC minus each baseline's momentum network: " + gaps(lc, cells, EMA))
+            out.main.append(f"`{mode}`, SLN-MO-LC minus each baseline's momentum network: " + gaps(lc, cells, EMA))
             versus_ce_mo.append(f"`{mode}` {brief(paired(lc, ce, key_b=EMA))}")
-            detail.append(f"`{mode}`: " + versus(lc, ce, "SLN-MO-LC", "CE-MO", key_b=EMA))
+            out.detail.append(f"`{mode}`: " + versus(lc, ce, "SLN-MO-LC", "CE-MO", key_b=EMA))
             # the paper's way, each method's reported network: SLN-MO-LC's momentum network, the baselines' trained ones
-            detail.append(f"`{mode}`, SLN-MO-LC's momentum network minus each baseline's trained one: " + gaps(lc, cells))
+            out.detail.append(f"`{mode}`, SLN-MO-LC's momentum network minus each baseline's trained one: " + gaps(lc, cells))
             diffs = {b: paired(lc, runs_b) for b, runs_b in cells.items()}
             ahead = [b for b, d in diffs.items() if sum(d) > 0]
             mixed = [f"{b} ({sides(d)[1]})" for b, d in diffs.items() if b in ahead and min(d) <= 0]
-            main.append(f"`{mode}`: ahead of {len(ahead)} of the {len(cells)} on the mean, "
-                        + (f"on every seed but against {' and '.join(mixed)}" if mixed else "on every seed"))
+            out.main.append(f"`{mode}`: ahead of {len(ahead)} of the {len(cells)} on the mean, "
+                            + (f"on every seed but against {' and '.join(mixed)}" if mixed else "on every seed"))
             # trained network against trained network: which baselines end below plain CE
             below = {b: paired(runs_b, ce) for b, runs_b in cells.items() if sum(paired(runs_b, ce)) < 0}
             below_ce.append(f"{len(below)} of the {len(cells)} on `{mode}`")
-            detail.append(f"below plain CE on `{mode}`: " + (", ".join(f"{b} {step(d)}" for b, d in below.items())
-                                                              if below else "none"))
+            out.detail.append(f"below plain CE on `{mode}`: " + (", ".join(f"{b} {step(d)}" for b, d in below.items())
+                                                                  if below else "none"))
             for b, runs_b in cells.items():
-                detail.append(f"`{mode}`: " + versus(lc, runs_b, "SLN-MO-LC", f"{b}+EMA", key_b=EMA))
-                detail.append(f"`{mode}`: " + versus(lc, runs_b, "SLN-MO-LC (momentum network)", f"{b} (trained network)"))
+                out.detail.append(f"`{mode}`: " + versus(lc, runs_b, "SLN-MO-LC", f"{b}+EMA", key_b=EMA))
+                out.detail.append(f"`{mode}`: " + versus(lc, runs_b, "SLN-MO-LC (momentum network)", f"{b} (trained network)"))
             if "Co-teaching-SLN" in cells and "Co-teaching" in cells:
                 with_sln.append(f"`{mode}` {brief(paired(cells['Co-teaching-SLN'], cells['Co-teaching']))}")
-                detail.append(f"`{mode}`: " + versus(cells["Co-teaching-SLN"], cells["Co-teaching"], "Co-teaching-SLN",
-                                                     "Co-teaching"))
+                out.detail.append(f"`{mode}`: " + versus(cells["Co-teaching-SLN"], cells["Co-teaching"], "Co-teaching-SLN",
+                                                         "Co-teaching"))
 
-        main.append("SLN-MO-LC minus CE-MO: " + ", ".join(versus_ce_mo) + " points")
-        main.append("below plain CE (trained networks): " + ", ".join(below_ce))
+        out.main.append("SLN-MO-LC minus CE-MO: " + ", ".join(versus_ce_mo) + " points")
+        out.main.append("below plain CE (trained networks): " + ", ".join(below_ce))
         if with_sln:
-            main.append("Co-teaching-SLN minus Co-teaching: " + ", ".join(with_sln) + " points")
+            out.main.append("Co-teaching-SLN minus Co-teaching: " + ", ".join(with_sln) + " points")
+    return out
 
+
+def coteaching_search_phrases(coteaching_search: list[dict]) -> Phrases:
+    """Co-teaching-SLN's own sigma search (tune.py --method): its sigma-0 trials are plain Co-teaching."""
+    out = Phrases()
     for mode in sorted({setting(r) for r in coteaching_search}, key=MODES.index):
         trials = [r for r in coteaching_search if setting(r) == mode]
-        detail.append(search_line(f"`{mode}` Co-teaching-SLN", trials, "Co-teaching"))
+        out.detail.append(search_line(f"`{mode}` Co-teaching-SLN", trials, "Co-teaching"))
         if note := zero_note(f"`{mode}` Co-teaching-SLN", trials, "Co-teaching"):
-            main.append(note)
-            detail.append(note)
-        detail.append(f"`{mode}` Co-teaching-SLN sigma search {60 * hours(trials):.1f} core-minutes")
+            out.main.append(note)
+            out.detail.append(note)
+        out.detail.append(f"`{mode}` Co-teaching-SLN sigma search {60 * hours(trials):.1f} core-minutes")
+    return out
 
-    # runs made from a tree with uncommitted changes: counted over every committed run, and each named
-    everything = runs + searches + probes + dissect
+
+def dirty_phrases(everything: list[dict]) -> Phrases:
+    """Runs made from a tree with uncommitted changes: counted over every committed run, and each named."""
+    out = Phrases()
     dirty = [r for r in everything if r["config"]["code"]["git_dirty"]]
-    detail.append(f"{len(dirty)} of the {len(everything)} committed runs record `git_dirty: true`")
-    detail += [f"`{r['id']}`" for r in dirty]
-    return {MAIN_README: main, README: detail, REPRODUCE: script}
+    out.detail.append(f"{len(dirty)} of the {len(everything)} committed runs record `git_dirty: true`")
+    out.detail += [f"`{r['id']}`" for r in dirty]
+    return out
 
 
 def missing(found: dict[Path, list[str]]) -> list[str]:
