@@ -6,7 +6,8 @@ after `lc_n_epoch` and turns sigma off. The authors' Clothing1M script adds four
 off by default: a step learning-rate schedule (`lr_milestones`), a fresh class-balanced sample of the training
 set every epoch (`num_per_class`), soft correction targets (`lc_soft`) and a validation set that picks the
 epoch whose test accuracy is reported. Batches come from sources.py (the images on the device, or image files
-read by DataLoader workers). The run folder (config, metrics, checkpoints, resume) is runs.py's.
+read by DataLoader workers). The run folder (config, metrics, checkpoints, resume) is runs.py's. A run that cannot
+start or go on raises the project's errors (errors.py); the scripts say them and exit.
 """
 from __future__ import annotations
 
@@ -30,11 +31,10 @@ import methods
 import runs
 import sln
 from augment import normalise
-from cli import fail, pick_device, resolve_precision
 from datasets import workers
 from data import NoisyData, balanced_indices
 from models import WeightsError
-from errors import DataError
+from errors import DataError, RunStopped
 from sources import DeviceImages, FileImages, UnreadableImage, image_source
 
 METRIC_FIELDS = ["epoch", "seconds", "sigma", "train/loss", "train/loss_clean", "train/loss_noisy", "train/acc",
@@ -57,6 +57,30 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")    # x86's AVX512_BF16 and 
 def cpu_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether the CPU has native bf16 instructions, read from the flags Linux lists; False where it lists none."""
     return any(flag in runs.cpu_isa(cpuinfo) for flag in BF16_CPU_FLAGS)
+
+
+def pick_device(name: str) -> torch.device:
+    """--device: auto picks CUDA, then Apple MPS, then the CPU. Raises DataError for a device that is not here."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DataError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def resolve_precision(args: argparse.Namespace) -> None:
+    """--amp is --precision bf16 (and wins over it, as the older flag that earlier commands give): make them agree."""
+    if args.amp:
+        args.precision = "bf16"
+    args.amp = args.precision == "bf16"
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -437,12 +461,12 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
 
 def create_run_folder(out: Path, args: argparse.Namespace, data: NoisyData, method: methods.Method,
                       device: torch.device, val: tuple[np.ndarray, np.ndarray] | None) -> str:
-    """runs.create_run, or one line and exit 3 when the disk refuses it."""
+    """runs.create_run; RunStopped (exit status 3) when the disk refuses it."""
     try:
         return runs.create_run(out, args, data, method.name, str(device), None if val is None else len(val[1]))
     except OSError as e:
-        fail(f"cannot create a run folder in {out / 'runs'} ({runs.write_error(e)}); nothing was written: "
-             "free disk space (or pass another --out_dir), then start the run again", 3)
+        raise RunStopped(f"cannot create a run folder in {out / 'runs'} ({runs.write_error(e)}); nothing was written: "
+                         "free disk space (or pass another --out_dir), then start the run again") from None
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -461,16 +485,17 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
         on_epoch: Callable[[dict], None] | None = None, val: tuple[np.ndarray, np.ndarray] | None = None,
         resume_id: str | None = None) -> tuple[str, dict]:
     """Create (or, with resume_id, reopen) the run folder, seed everything, build the model and train.
-    `script` (train_cifar.py, ...) names the command that resumes the run. Returns (exp_id, summary); a
-    training failure exits with its one-line message."""
+    `script` (train_cifar.py, ...) names the command that resumes the run. Returns (exp_id, summary). Raises
+    DataError where the flags, data or run folder do not allow the run, and RunStopped, whose message says what was
+    kept and how to continue, where the run stopped once begun."""
     method = methods.of(args)
     device = pick_device(args.device)
     resolve_precision(args)
     if args.amp and device.type != "cuda" and not (device.type == "cpu" and cpu_bf16_units()):
         # measured (docs/performance.md): on a CPU without bf16 units autocast made training ~15x slower; on one
         # with AVX512_BF16 it was ~1.6-1.9x faster than float32
-        fail(f"--precision bf16 (--amp, bf16 autocast) needs a CUDA GPU or a CPU with bf16 instructions "
-             f"(AVX512_BF16 or AMX); on this {device.type} it is much slower than float32: drop it")
+        raise DataError(f"--precision bf16 (--amp, bf16 autocast) needs a CUDA GPU or a CPU with bf16 instructions "
+                        f"(AVX512_BF16 or AMX); on this {device.type} it is much slower than float32: drop it")
     set_precision(args.precision)
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -481,16 +506,16 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
         model = model_builder(data.num_classes)
         peers = [model_builder(data.num_classes) for _ in range(method.networks - 1)]   # each its own init
     except WeightsError as e:
-        fail(str(e))
+        raise DataError(str(e)) from None
 
     if method.needs_clean and data.clean_labels is None:
-        fail(f"--method {method.name} needs the clean labels of the training set, which {data.name} does not have; "
-             "choose another method")
+        raise DataError(f"--method {method.name} needs the clean labels of the training set, which {data.name} does "
+                        "not have; choose another method")
     if method.prepare:
         try:
             method.prepare(args, {"noise_rate": data.noise_rate()})
         except ValueError as e:
-            fail(str(e))
+            raise DataError(str(e)) from None
 
     out = args.out_dir.resolve()
     exp_id = resume_id
@@ -516,16 +541,14 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
                   f"images, {'unknown' if rate is None else f'{rate:.2%}'} noisy) with {args.model} on {device}")
             summary = train(args, data, model, device, run_dir, on_epoch, bool(resume_id), val, peers)
         except runs.TrainingStopped as e:
-            fail(f"{exp_id}: {e}" + (f": {how()}" if e.resumable else ""), 3)
+            raise RunStopped(f"{exp_id}: {e}" + (f": {how()}" if e.resumable else "")) from None
         except UnreadableImage as e:
             again = f"continue with: {how()}" if (run_dir / "checkpoint.pt").is_file() else "then start the run again"
-            fail(f"{exp_id}: {e}, {again}", 3)
-        except DataError as e:   # a run in use, other data, an unusable checkpoint
-            fail(str(e))
+            raise RunStopped(f"{exp_id}: {e}, {again}") from None
         except KeyboardInterrupt as e:
             what, code = ("stopped by SIGTERM", 143) if isinstance(e, runs.Terminated) else ("interrupted", 130)
             if exp_id is None:
-                fail(f"{what} before the run folder was made; nothing was written", code)
+                raise RunStopped(f"{what} before the run folder was made; nothing was written", code) from None
             run_dir = out / "runs" / exp_id
             if has_checkpoint(run_dir):
                 kept = f"the last complete epoch is checkpointed; continue with: {how()}"
@@ -535,7 +558,7 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
                 runs.remove_new_run(out, exp_id)
                 kept = (f"no epoch was complete, so nothing of value was kept: removed {run_dir} and "
                         f"configs/{exp_id}.yaml; start the run again")
-            fail(f"{exp_id}: {what}; {kept}", code)
+            raise RunStopped(f"{exp_id}: {what}; {kept}", code) from None
         at_val = ("" if "test_acc_at_best_val" not in summary else
                   f", at the best validation epoch ({summary['best_val_epoch']}) {summary['test_acc_at_best_val']:.4f}")
         print(f"{exp_id}: last test acc {summary['last_test_acc']:.4f}, best {summary['best_test_acc']:.4f} "

@@ -321,7 +321,7 @@ def numerics_run(device: torch.device, precision: str, d: dict, model: str,
     args = parser.parse_args(["--batch_size", str(batch), "--sigma", "1.0", "--mo", "--n_epochs", "2", "--lc_n_epoch",
                               "1", "--no-lc_augment", "--eval_batch_size", str(batch), "--precision", precision,
                               "--seed", str(SEED)])
-    cli.resolve_precision(args)
+    engine.resolve_precision(args)
     engine.set_precision(args.precision)
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic

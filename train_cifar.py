@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = cli.training_data(args)
     print(format_noise_report(data.info["report"], data.class_names,
                               f"{args.noise_mode} p={args.p}, {'custom' if args.custom_noise else 'paper'}"))
-    _, summary = engine.run(args, data, lambda c: make_model(args.model, c), "train_cifar.py", resume_id=args.resume)
+    with cli.exits_on_error():
+        _, summary = engine.run(args, data, lambda c: make_model(args.model, c), "train_cifar.py", resume_id=args.resume)
     return summary
 
 

@@ -107,8 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"{info['crop']}-px crops"
               + ("" if info["val_test_lines_match_published"] else " (val/test sizes differ from the authors' "
                  "14,313 / 10,526 lines)"))
-    _, summary = engine.run(args, data, lambda c: make_model(args.model, c, backbone), "train_real.py",
-                            val=data.val, resume_id=args.resume)
+    with cli.exits_on_error():
+        _, summary = engine.run(args, data, lambda c: make_model(args.model, c, backbone), "train_real.py",
+                                val=data.val, resume_id=args.resume)
     return summary
 
 
