@@ -178,11 +178,13 @@ def method_state(method: methods.Method, known: dict, args: argparse.Namespace) 
 
 
 def setup(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: torch.device,
-          val: tuple[np.ndarray, np.ndarray] | None = None, peers: list[nn.Module] = ()) -> TrainState:
+          val: tuple[np.ndarray, np.ndarray] | None = None, peers: list[nn.Module] = (),
+          method: methods.Method | None = None) -> TrainState:
     """Put the images where batches come from (the device, or DataLoader workers for image files), make the EMA
-    copy of `model`, the optimiser of `model` and `peers` (a method's other networks) and the method's state
-    (bench.py times this too). Raises DataError where the method needs what the data lacks."""
-    method = methods.of(args)
+    copy of `model`, the optimiser of `model` and `peers` (a method's other networks) and the state of `method`,
+    the run's (as the flags' check resolved it; the one `args` select when not given). bench.py times this too.
+    Raises DataError where the method needs what the data lacks."""
+    method = method or methods.of(args)
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed)
     to_dev = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
@@ -405,11 +407,12 @@ def describe_epoch(row: dict, n_epochs: int, seconds_so_far: list[float] | None 
 
 def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: torch.device, run_dir: Path,
           on_epoch: Callable[[dict], None] | None = None, resume: bool = False,
-          val: tuple[np.ndarray, np.ndarray] | None = None, peers: list[nn.Module] = ()) -> dict:
-    """Train `model` (and `peers`, a method's other networks) on `data` with the method `args` say; return the
+          val: tuple[np.ndarray, np.ndarray] | None = None, peers: list[nn.Module] = (),
+          method: methods.Method | None = None) -> dict:
+    """Train `model` (and `peers`, a method's other networks) on `data` with `method` (see setup); return the
     final summary. `val` (images, labels) is evaluated every epoch with the reported network; `on_epoch` gets every
     metrics row. With `resume`, everything continues from the run's last complete checkpoint."""
-    s = setup(args, data, model, device, val, peers)
+    s = setup(args, data, model, device, val, peers, method)
     # a folder left without a checkpoint (killed before its first epoch ended) trains from epoch 1, as a new run would
     history = restore(s, run_dir) if resume and has_checkpoint(run_dir) else []
     if resume and not history:
@@ -481,14 +484,14 @@ def set_precision(precision: str) -> None:
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
 
 
-def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int], nn.Module], script: str,
-        on_epoch: Callable[[dict], None] | None = None, val: tuple[np.ndarray, np.ndarray] | None = None,
-        resume_id: str | None = None) -> tuple[str, dict]:
-    """Create (or, with resume_id, reopen) the run folder, seed everything, build the model and train.
-    `script` (train_cifar.py, ...) names the command that resumes the run. Returns (exp_id, summary). Raises
+def run(args: argparse.Namespace, method: methods.Method, data: NoisyData, model_builder: Callable[[int], nn.Module],
+        script: str, on_epoch: Callable[[dict], None] | None = None,
+        val: tuple[np.ndarray, np.ndarray] | None = None, resume_id: str | None = None) -> tuple[str, dict]:
+    """Create (or, with resume_id, reopen) the run folder, seed everything, build the model and train it with
+    `method`, the one the flags' check returned (cli.check_method). `script` (train_cifar.py, ...) names the command
+    that resumes the run. Returns (exp_id, summary). Raises
     DataError where the flags, data or run folder do not allow the run, and RunStopped, whose message says what was
     kept and how to continue, where the run stopped once begun."""
-    method = methods.of(args)
     device = pick_device(args.device)
     resolve_precision(args)
     if args.amp and device.type != "cuda" and not (device.type == "cpu" and cpu_bf16_units()):
@@ -539,7 +542,7 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
             rate = data.noise_rate()
             print(f"{exp_id}: {method.name} on {data.name} ({len(data.labels)} train / {len(data.test_labels)} test "
                   f"images, {'unknown' if rate is None else f'{rate:.2%}'} noisy) with {args.model} on {device}")
-            summary = train(args, data, model, device, run_dir, on_epoch, bool(resume_id), val, peers)
+            summary = train(args, data, model, device, run_dir, on_epoch, bool(resume_id), val, peers, method)
         except runs.TrainingStopped as e:
             raise RunStopped(f"{exp_id}: {e}" + (f": {how()}" if e.resumable else "")) from None
         except UnreadableImage as e:

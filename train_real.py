@@ -24,6 +24,7 @@ import cli  # noqa: E402
 import datasets  # noqa: E402
 import engine  # noqa: E402
 from data import NoisyData  # noqa: E402
+from methods import Method  # noqa: E402
 from models import make_model  # noqa: E402
 from errors import DataError  # noqa: E402
 from sources import check_images_fit  # noqa: E402
@@ -55,12 +56,12 @@ def build_parser() -> cli.Parser:
     return p
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Every flag check, before anything is loaded or written."""
+def check_args(args: argparse.Namespace) -> Method:
+    """Every flag check, before anything is loaded or written; returns the run's method."""
     cli.check_noise_label(args)
     cli.check_image_args(args)
     cli.resolve_sigma(args)
-    cli.check_training_args(args)
+    return cli.check_training_args(args)
 
 
 def check_image_size(args: argparse.Namespace, size: tuple[int, ...]) -> None:
@@ -86,7 +87,7 @@ def check_batch_fits(args: argparse.Namespace, data: NoisyData) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_training_args(build_parser(), argv)
-    check_args(args)
+    method = check_args(args)
     backbone = cli.pretrained_weights(args)
     data = cli.training_data(args)
     check_image_size(args, data.images.shape[2:])
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
               + ("" if info["val_test_lines_match_published"] else " (val/test sizes differ from the authors' "
                  "14,313 / 10,526 lines)"))
     with cli.exits_on_error():
-        _, summary = engine.run(args, data, lambda c: make_model(args.model, c, backbone), "train_real.py",
+        _, summary = engine.run(args, method, data, lambda c: make_model(args.model, c, backbone), "train_real.py",
                                 val=data.val, resume_id=args.resume)
     return summary
 
