@@ -15,7 +15,6 @@ deps.exit_on_sigterm()    # before the heavy imports: a SIGTERM in the first sec
 
 import cli  # noqa: E402
 import engine  # noqa: E402
-from methods import Method  # noqa: E402
 from models import make_model  # noqa: E402
 from noise import format_noise_report  # noqa: E402
 
@@ -27,7 +26,7 @@ def build_parser() -> cli.Parser:
     return p
 
 
-def check_args(args: argparse.Namespace) -> Method:
+def check_args(args: argparse.Namespace) -> cli.Method:
     """Every flag check, before anything is loaded or written (the docs test runs it on documented commands); returns
     the run's method."""
     cli.check_noise_args(args, args.dataset_name)

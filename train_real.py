@@ -24,7 +24,6 @@ import cli  # noqa: E402
 import datasets  # noqa: E402
 import engine  # noqa: E402
 from data import NoisyData  # noqa: E402
-from methods import Method  # noqa: E402
 from models import make_model  # noqa: E402
 from errors import DataError  # noqa: E402
 from sources import check_images_fit  # noqa: E402
@@ -56,7 +55,7 @@ def build_parser() -> cli.Parser:
     return p
 
 
-def check_args(args: argparse.Namespace) -> Method:
+def check_args(args: argparse.Namespace) -> cli.Method:
     """Every flag check, before anything is loaded or written; returns the run's method."""
     cli.check_noise_label(args)
     cli.check_image_args(args)
