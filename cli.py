@@ -2,8 +2,9 @@
 
 train_cifar.py, train_real.py and tune.py take the training flags (`add_training_args`); train_cifar.py, tune.py
 and viz.py the label-noise flags (`add_noise_args`). A bad value ends the script with one line (`fail`), never
-a traceback. `dataset_from_config` turns a run's flags (or its saved config) into its dataset: training,
-plot.py and viz.py all build data through it.
+a traceback; `exits_on_error` ends it the same way for the project's errors that the code below the scripts raises.
+`dataset_from_config` turns a run's flags (or its saved config) into its dataset: training, plot.py and viz.py all
+build data through it.
 """
 from __future__ import annotations
 
