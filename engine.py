@@ -489,9 +489,8 @@ def run(args: argparse.Namespace, method: methods.Method, data: NoisyData, model
         val: tuple[np.ndarray, np.ndarray] | None = None, resume_id: str | None = None) -> tuple[str, dict]:
     """Create (or, with resume_id, reopen) the run folder, seed everything, build the model and train it with
     `method`, the one the flags' check returned (cli.check_method). `script` (train_cifar.py, ...) names the command
-    that resumes the run. Returns (exp_id, summary). Raises
-    DataError where the flags, data or run folder do not allow the run, and RunStopped, whose message says what was
-    kept and how to continue, where the run stopped once begun."""
+    that resumes the run. Returns (exp_id, summary). Raises DataError where the flags, data or run folder do not
+    allow the run, and RunStopped, whose message says what was kept and how to continue, where it stopped once begun."""
     device = pick_device(args.device)
     resolve_precision(args)
     if args.amp and device.type != "cuda" and not (device.type == "cpu" and cpu_bf16_units()):
