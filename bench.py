@@ -585,7 +585,8 @@ def main(argv: list[str] | None = None) -> dict:
             sys.exit(1)
         return summary
     resolve(args)
-    device = cli.pick_device(args.device)
+    with cli.exits_on_error():
+        device = engine.pick_device(args.device)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

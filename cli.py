@@ -2,8 +2,9 @@
 
 train_cifar.py, train_real.py and tune.py take the training flags (`add_training_args`); train_cifar.py, tune.py
 and viz.py the label-noise flags (`add_noise_args`). A bad value ends the script with one line (`fail`), never
-a traceback. `training_data` builds a run's dataset from its flags through datasets.dataset_from_config, as
-plot.py, tune.py and viz.py do.
+a traceback; `exits_on_error` ends it the same way for the project's errors that the code below the scripts raises.
+`training_data` builds a run's dataset from its flags through datasets.dataset_from_config, as plot.py, tune.py and
+viz.py do.
 
 A flag says what it is where it is declared (`add_flag`): tune.py-only, not a training setting, not in experiments
 files, set per trial by an experiments grid, a column of TensorBoard's HParams tab. The lists of flags that tune.py
@@ -19,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import Iterable, NoReturn
 
-import torch
 
 import datasets
 import methods
@@ -31,7 +31,7 @@ from datasets.images import default_workers
 from files import check_writable
 from methods import Method
 from models import IMAGENET_WEIGHTS, MODELS, WeightsError, imagenet_state_dict, make_model
-from errors import DataError
+from errors import DataError, ProjectError
 from noise import ASYM_VARIANTS, SYM_VARIANTS, check_rate
 from runs import lock_run, resolve_resume
 
@@ -67,6 +67,16 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print a user-facing error on one line and exit without a traceback."""
     print(f"error: {''.join(FAIL_CONTEXT)}{message}", file=sys.stderr)
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def exits_on_error():
+    """The scripts' end for the project's errors (errors.py) raised inside: fail()'s one line and the error's exit
+    status, no traceback."""
+    try:
+        yield
+    except ProjectError as e:
+        fail(str(e), e.status)
 
 
 class failing_in:
@@ -231,13 +241,6 @@ def add_training_args(p: argparse.ArgumentParser, default_model: str, resumable:
 PRECISIONS = ["fp32", "tf32", "bf16"]
 
 
-def resolve_precision(args: argparse.Namespace) -> None:
-    """--amp is --precision bf16 (and wins over it, as the older flag that earlier commands give): make them agree."""
-    if args.amp:
-        args.precision = "bf16"
-    args.amp = args.precision == "bf16"
-
-
 def training_defaults() -> dict:
     """Every training flag's default as add_training_args declares it (before a script changes any)."""
     p = argparse.ArgumentParser()
@@ -318,7 +321,6 @@ def check_method(args: argparse.Namespace) -> Method:
 
 def check_training_args(args: argparse.Namespace) -> Method:
     """Validate the shared flags (the output folder included, before any data is loaded); return the method."""
-    resolve_precision(args)
     for name, value in vars(args).items():   # nan and inf pass every range check below; refuse them first
         if isinstance(value, float) and not math.isfinite(value):
             fail(f"--{name} must be a finite number, got {value}")
@@ -399,23 +401,6 @@ def check_out_dir(folder: Path, flag: str = "--out_dir") -> None:
         check_writable(folder, flag)
     except ValueError as e:
         fail(str(e))
-
-
-def pick_device(name: str) -> torch.device:
-    """--device: auto picks CUDA, then Apple MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        fail(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return device
 
 
 # Sigma when --sigma is not given, by (dataset, noise mode): the declarations' (datasets/ says where each comes from)

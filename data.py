@@ -380,9 +380,9 @@ def load_custom_noise(root: Path, dataset: str, mode: str, p: float, seed: int, 
     """Read `<mode><p>_custom.csv`, or generate it (with its rules, metadata and report) when it is missing
     or `make_new` is set. Returns (noisy labels, CIFAR-100 index per image or None, metadata, csv path).
 
-    An existing file is used exactly as it is; flags that contradict its recorded generator are an error.
+    An existing file is used exactly as it is; flags that contradict its recorded generator are an error. The
+    options are load_cifar_noisy's to check.
     """
-    check_noise_options(dataset, mode, p, True, sym_variant, asym_variant)
     paths = custom_noise_paths(root, dataset, mode, p)
     csv_path = paths["labels"]
     if csv_path.is_file() and not make_new:
@@ -574,7 +574,7 @@ def load_cifar_noisy(dataset: str, root: Path, noise_mode: str, p: float, seed: 
     info["report"] is the noise report, also saved as `<noise file>_report.json` beside a noise file.
     """
     spec = CIFAR[dataset]
-    check_noise_options(dataset, noise_mode, p, custom_noise, sym_variant, asym_variant)
+    check_noise_options(dataset, noise_mode, custom_noise, sym_variant, asym_variant)
     x, y, tx, ty = load_cifar(dataset, root)
     x100 = load_cifar("cifar100", root)[0] if noise_mode == "openset" else None
     info: dict = {"noise_mode": noise_mode, "p": p, "custom_noise": custom_noise,

@@ -6,7 +6,8 @@ after `lc_n_epoch` and turns sigma off. The authors' Clothing1M script adds four
 off by default: a step learning-rate schedule (`lr_milestones`), a fresh class-balanced sample of the training
 set every epoch (`num_per_class`), soft correction targets (`lc_soft`) and a validation set that picks the
 epoch whose test accuracy is reported. Batches come from datasets/images.py (the images on the device, or image files
-read by DataLoader workers). The run folder (config, metrics, checkpoints, resume) is runs.py's.
+read by DataLoader workers). The run folder (config, metrics, checkpoints, resume) is runs.py's. A run that cannot
+start or go on raises the project's errors (errors.py); the scripts say them and exit.
 """
 from __future__ import annotations
 
@@ -29,12 +30,11 @@ import files
 import methods
 import runs
 import sln
-from cli import fail, hparams, pick_device, resolve_precision
 from datasets import workers
 from datasets.augment import normalise
 from data import NoisyData, balanced_indices
 from models import WeightsError
-from errors import DataError
+from errors import DataError, RunStopped
 from datasets.images import DeviceImages, FileImages, UnreadableImage, image_source
 
 METRIC_FIELDS = ["epoch", "seconds", "sigma", "train/loss", "train/loss_clean", "train/loss_noisy", "train/acc",
@@ -57,6 +57,30 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")    # x86's AVX512_BF16 and 
 def cpu_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether the CPU has native bf16 instructions, read from the flags Linux lists; False where it lists none."""
     return any(flag in runs.cpu_isa(cpuinfo) for flag in BF16_CPU_FLAGS)
+
+
+def pick_device(name: str) -> torch.device:
+    """--device: auto picks CUDA, then Apple MPS, then the CPU. Raises DataError for a device that is not here."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DataError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def resolve_precision(args: argparse.Namespace) -> None:
+    """--amp is --precision bf16 (and wins over it, as the older flag that earlier commands give): make them agree."""
+    if args.amp:
+        args.precision = "bf16"
+    args.amp = args.precision == "bf16"
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -154,11 +178,13 @@ def method_state(method: methods.Method, known: dict, args: argparse.Namespace) 
 
 
 def setup(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: torch.device,
-          val: tuple[np.ndarray, np.ndarray] | None = None, peers: list[nn.Module] = ()) -> TrainState:
+          val: tuple[np.ndarray, np.ndarray] | None = None, peers: list[nn.Module] = (),
+          method: methods.Method | None = None) -> TrainState:
     """Put the images where batches come from (the device, or DataLoader workers for image files), make the EMA
-    copy of `model`, the optimiser of `model` and `peers` (a method's other networks) and the method's state
-    (bench.py times this too). Raises DataError where the method needs what the data lacks."""
-    method = methods.of(args)
+    copy of `model`, the optimiser of `model` and `peers` (a method's other networks) and the state of `method`,
+    the run's (as the flags' check resolved it; the one `args` select when not given). bench.py times this too.
+    Raises DataError where the method needs what the data lacks."""
+    method = method or methods.of(args)
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed)
     to_dev = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
@@ -381,11 +407,12 @@ def describe_epoch(row: dict, n_epochs: int, seconds_so_far: list[float] | None 
 
 def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: torch.device, run_dir: Path,
           on_epoch: Callable[[dict], None] | None = None, resume: bool = False,
-          val: tuple[np.ndarray, np.ndarray] | None = None, peers: list[nn.Module] = ()) -> dict:
-    """Train `model` (and `peers`, a method's other networks) on `data` with the method `args` say; return the
+          val: tuple[np.ndarray, np.ndarray] | None = None, peers: list[nn.Module] = (),
+          method: methods.Method | None = None, hparams: dict[str, type] | None = None) -> dict:
+    """Train `model` (and `peers`, a method's other networks) on `data` with `method` (see setup); return the
     final summary. `val` (images, labels) is evaluated every epoch with the reported network; `on_epoch` gets every
     metrics row. With `resume`, everything continues from the run's last complete checkpoint."""
-    s = setup(args, data, model, device, val, peers)
+    s = setup(args, data, model, device, val, peers, method)
     # a folder left without a checkpoint (killed before its first epoch ended) trains from epoch 1, as a new run would
     history = restore(s, run_dir) if resume and has_checkpoint(run_dir) else []
     if resume and not history:
@@ -426,7 +453,7 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
         chosen = max(tested, key=lambda r: r["val/acc"])
         summary.update(best_val_acc=chosen["val/acc"], best_val_epoch=chosen["epoch"],
                        test_acc_at_best_val=chosen["test/acc_reported"])
-    runs.log_hparams(writer, settings, summary, hparams())
+    runs.log_hparams(writer, settings, summary, hparams or {})
     writer.close()
     finals = {"model_final.pt": s.model.state_dict(), "ema_final.pt": s.ema.state_dict(),
               "targets_final.pt": s.targets.cpu(), **{f"model{i + 2}_final.pt": p.state_dict()
@@ -437,12 +464,12 @@ def train(args: argparse.Namespace, data: NoisyData, model: nn.Module, device: t
 
 def create_run_folder(out: Path, args: argparse.Namespace, data: NoisyData, method: methods.Method,
                       device: torch.device, val: tuple[np.ndarray, np.ndarray] | None) -> str:
-    """runs.create_run, or one line and exit 3 when the disk refuses it."""
+    """runs.create_run; RunStopped (exit status 3) when the disk refuses it."""
     try:
         return runs.create_run(out, args, data, method.name, str(device), None if val is None else len(val[1]))
     except OSError as e:
-        fail(f"cannot create a run folder in {out / 'runs'} ({runs.write_error(e)}); nothing was written: "
-             "free disk space (or pass another --out_dir), then start the run again", 3)
+        raise RunStopped(f"cannot create a run folder in {out / 'runs'} ({runs.write_error(e)}); nothing was written: "
+                         "free disk space (or pass another --out_dir), then start the run again") from None
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -457,20 +484,22 @@ def set_precision(precision: str) -> None:
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
 
 
-def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int], nn.Module], script: str,
-        on_epoch: Callable[[dict], None] | None = None, val: tuple[np.ndarray, np.ndarray] | None = None,
-        resume_id: str | None = None) -> tuple[str, dict]:
-    """Create (or, with resume_id, reopen) the run folder, seed everything, build the model and train.
-    `script` (train_cifar.py, ...) names the command that resumes the run. Returns (exp_id, summary); a
-    training failure exits with its one-line message."""
-    method = methods.of(args)
+def run(args: argparse.Namespace, method: methods.Method, data: NoisyData, model_builder: Callable[[int], nn.Module],
+        script: str, on_epoch: Callable[[dict], None] | None = None,
+        val: tuple[np.ndarray, np.ndarray] | None = None, resume_id: str | None = None,
+        hparams: dict[str, type] | None = None) -> tuple[str, dict]:
+    """Create (or, with resume_id, reopen) the run folder, seed everything, build the model and train it with
+    `method`, the one the flags' check returned (cli.check_method). `script` (train_cifar.py, ...) names the command that resumes
+    the run; `hparams` (cli.hparams()) declares TensorBoard's HParams columns. Returns (exp_id, summary). Raises
+    DataError where the flags, data or run folder do not allow the run, and RunStopped, whose message says what was
+    kept and how to continue, where it stopped once begun."""
     device = pick_device(args.device)
     resolve_precision(args)
     if args.amp and device.type != "cuda" and not (device.type == "cpu" and cpu_bf16_units()):
         # measured (docs/performance.md): on a CPU without bf16 units autocast made training ~15x slower; on one
         # with AVX512_BF16 it was ~1.6-1.9x faster than float32
-        fail(f"--precision bf16 (--amp, bf16 autocast) needs a CUDA GPU or a CPU with bf16 instructions "
-             f"(AVX512_BF16 or AMX); on this {device.type} it is much slower than float32: drop it")
+        raise DataError(f"--precision bf16 (--amp, bf16 autocast) needs a CUDA GPU or a CPU with bf16 instructions "
+                        f"(AVX512_BF16 or AMX); on this {device.type} it is much slower than float32: drop it")
     set_precision(args.precision)
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -481,16 +510,16 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
         model = model_builder(data.num_classes)
         peers = [model_builder(data.num_classes) for _ in range(method.networks - 1)]   # each its own init
     except WeightsError as e:
-        fail(str(e))
+        raise DataError(str(e)) from None
 
     if method.needs_clean and data.clean_labels is None:
-        fail(f"--method {method.name} needs the clean labels of the training set, which {data.name} does not have; "
-             "choose another method")
+        raise DataError(f"--method {method.name} needs the clean labels of the training set, which {data.name} does "
+                        "not have; choose another method")
     if method.prepare:
         try:
             method.prepare(args, {"noise_rate": data.noise_rate()})
         except ValueError as e:
-            fail(str(e))
+            raise DataError(str(e)) from None
 
     out = args.out_dir.resolve()
     exp_id = resume_id
@@ -514,18 +543,17 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
             rate = data.noise_rate()
             print(f"{exp_id}: {method.name} on {data.name} ({len(data.labels)} train / {len(data.test_labels)} test "
                   f"images, {'unknown' if rate is None else f'{rate:.2%}'} noisy) with {args.model} on {device}")
-            summary = train(args, data, model, device, run_dir, on_epoch, bool(resume_id), val, peers)
+            summary = train(args, data, model, device, run_dir, on_epoch, bool(resume_id), val, peers, method,
+                            hparams)
         except runs.TrainingStopped as e:
-            fail(f"{exp_id}: {e}" + (f": {how()}" if e.resumable else ""), 3)
+            raise RunStopped(f"{exp_id}: {e}" + (f": {how()}" if e.resumable else "")) from None
         except UnreadableImage as e:
             again = f"continue with: {how()}" if (run_dir / "checkpoint.pt").is_file() else "then start the run again"
-            fail(f"{exp_id}: {e}, {again}", 3)
-        except DataError as e:   # a run in use, other data, an unusable checkpoint
-            fail(str(e))
+            raise RunStopped(f"{exp_id}: {e}, {again}") from None
         except KeyboardInterrupt as e:
             what, code = ("stopped by SIGTERM", 143) if isinstance(e, runs.Terminated) else ("interrupted", 130)
             if exp_id is None:
-                fail(f"{what} before the run folder was made; nothing was written", code)
+                raise RunStopped(f"{what} before the run folder was made; nothing was written", code) from None
             run_dir = out / "runs" / exp_id
             if has_checkpoint(run_dir):
                 kept = f"the last complete epoch is checkpointed; continue with: {how()}"
@@ -535,7 +563,7 @@ def run(args: argparse.Namespace, data: NoisyData, model_builder: Callable[[int]
                 runs.remove_new_run(out, exp_id)
                 kept = (f"no epoch was complete, so nothing of value was kept: removed {run_dir} and "
                         f"configs/{exp_id}.yaml; start the run again")
-            fail(f"{exp_id}: {what}; {kept}", code)
+            raise RunStopped(f"{exp_id}: {what}; {kept}", code) from None
         at_val = ("" if "test_acc_at_best_val" not in summary else
                   f", at the best validation epoch ({summary['best_val_epoch']}) {summary['test_acc_at_best_val']:.4f}")
         print(f"{exp_id}: last test acc {summary['last_test_acc']:.4f}, best {summary['best_test_acc']:.4f} "

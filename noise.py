@@ -34,16 +34,16 @@ DEPENDENT_RATE_STD = 0.1   # Xia et al.'s default spread of the per-image flip r
 
 
 def check_rate(p: float) -> None:
-    """Refuse a noise rate outside [0, 1): the project's one such check, so that every generator and loader
-    gives the same message (p = 1 would leave no correct label to learn from)."""
+    """Refuse a noise rate outside [0, 1): the project's one such check, so that the scripts' flags (cli.py) and
+    every generator below give the same message (p = 1 would leave no correct label to learn from)."""
     if not 0 <= p < 1:
         raise DataError(f"noise rate p={p} is outside [0, 1); pass e.g. --p 0.4")
 
 
-def check_noise_options(dataset: str, mode: str, p: float, custom: bool, sym_variant: str | None,
+def check_noise_options(dataset: str, mode: str, custom: bool, sym_variant: str | None,
                         asym_variant: str | None) -> None:
-    """Refuse contradictory noise options before anything is loaded or written."""
-    check_rate(p)
+    """Refuse contradictory noise options before anything is loaded or written. The rate is checked by the
+    generator that uses it (and by the scripts, with the flags)."""
     if mode == "openset" and dataset != "cifar10":
         raise DataError("open-set noise exists for CIFAR-10 only (it inserts CIFAR-100 images); "
                         "use --dataset_name cifar10 or another --noise_mode")
@@ -182,6 +182,7 @@ def openset_indices(n: int, n_source: int, p: float, seed: int) -> tuple[np.ndar
     """Open-set noise (reference `dataset.py`): which round(p*n) of the n training images are replaced,
     and by which of the n_source CIFAR-100 training images. Both drawn without replacement, seeded
     (the reference leaves this unseeded)."""
+    check_rate(p)
     rng = np.random.default_rng(seed)
     k = int(round(p * n))
     if k > n_source:
@@ -195,8 +196,8 @@ def generate_noise(dataset: str, mode: str, p: float, seed: int, labels: np.ndar
                    ) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Noisy labels for one noise setting, plus (open-set only) per image the index of the CIFAR-100 training
     image that replaces it (-1 = kept), plus a description of the generator for the metadata file.
-    `coarse` (superclass rule only) is the caller's to read from disk (data.cifar100_coarse)."""
-    check_rate(p)
+    `coarse` (superclass rule only) is the caller's to read from disk (data.cifar100_coarse). Each generator
+    checks the rate."""
     meta: dict = {"dataset": dataset, "noise_mode": mode, "p": p, "seed": seed, "n": len(labels),
                   "num_classes": num_classes}
     source = None

@@ -787,7 +787,7 @@ def _main(argv: list[str] | None) -> list[Path]:
     args = build_parser().parse_args(argv)
     check_args(args)
     written: list[Path] = []
-    try:
+    with cli.exits_on_error():
         if args.exp_id:
             run = find_run(runs_folder(args.runs_dir), args.exp_id)
             folder = args.assets_dir / run.exp_id
@@ -795,7 +795,7 @@ def _main(argv: list[str] | None) -> list[Path]:
             if wanted:
                 data = rebuild_training_set(run, args.data_dir)
                 network = reported_network(run) if args.network == "reported" else args.network
-                logits = training_set_logits(run, data, network, cli.pick_device(args.device), args.batch_size)
+                logits = training_set_logits(run, data, network, engine.pick_device(args.device), args.batch_size)
                 figures = {"pred_probs": lambda: figure_pred_probs(run, network, logits, data, args.hist_bins),
                            "sample_dissect": lambda: figure_sample_dissect(run, network, logits, data, args.bins)}
                 suffix = "" if args.network == "reported" else f"_{network}"
@@ -809,7 +809,7 @@ def _main(argv: list[str] | None) -> list[Path]:
                 data = rebuild_training_set(run, args.data_dir, need_clean=False)
                 # by default the momentum (EMA) network, which every method keeps: the paper's least noisy predictor
                 network = "ema" if args.network == "reported" else args.network
-                logits = training_set_logits(run, data, network, cli.pick_device(args.device), args.batch_size)
+                logits = training_set_logits(run, data, network, engine.pick_device(args.device), args.batch_size)
                 rows, markdown = label_issue_rows(run, data, logits, network)
                 print(markdown)
                 written += save(folder, "label_issues" + ("" if args.network == "reported" else f"_{network}"), None,
@@ -842,7 +842,7 @@ def _main(argv: list[str] | None) -> list[Path]:
                 run = find_run(runs_folder(args.runs_dir), exp_id)
                 data = rebuild_training_set(run, args.data_dir)
                 network = reported_network(run) if args.network == "reported" else args.network
-                logits = training_set_logits(run, data, network, cli.pick_device(args.device), args.batch_size)
+                logits = training_set_logits(run, data, network, engine.pick_device(args.device), args.batch_size)
                 panels.append((run, network, logits, data))
             fig, rows = figure_dissect_compare(panels, args.bins)
             written += save(args.assets_dir, args.name or "dissect_compare", fig, args, rows)
@@ -852,8 +852,6 @@ def _main(argv: list[str] | None) -> list[Path]:
             fig, rows = figure_hp(tables)
             default = tables[0][0].name if len(tables) == 1 else "hp"
             written += save(args.assets_dir, args.name or default, fig, args, rows)
-    except DataError as e:
-        cli.fail(str(e))
     return written
 
 

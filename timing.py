@@ -60,7 +60,7 @@ class Trainer:
                          spec.mean, spec.std)
         torch.manual_seed(0)
         peers = [make_model(name, 10) for _ in range(m.networks - 1)]
-        self.state = engine.setup(self.args, data, make_model(name, 10), x.device, peers=peers)
+        self.state = engine.setup(self.args, data, make_model(name, 10), x.device, peers=peers, method=m)
         if m.start_epoch:
             m.start_epoch(self.state.method_state, 1000, self.args)   # a method's schedule, at its end
         self.device = x.device

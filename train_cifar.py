@@ -26,20 +26,23 @@ def build_parser() -> cli.Parser:
     return p
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Every flag check, before anything is loaded or written (the docs test runs it on documented commands)."""
+def check_args(args: argparse.Namespace) -> cli.Method:
+    """Every flag check, before anything is loaded or written (the docs test runs it on documented commands); returns
+    the run's method."""
     cli.check_noise_args(args, args.dataset_name)
     cli.resolve_sigma(args)
-    cli.check_training_args(args)
+    return cli.check_training_args(args)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_training_args(build_parser(), argv)
-    check_args(args)
+    method = check_args(args)
     data = cli.training_data(args)
     print(format_noise_report(data.info["report"], data.class_names,
                               f"{args.noise_mode} p={args.p}, {'custom' if args.custom_noise else 'paper'}"))
-    _, summary = engine.run(args, data, lambda c: make_model(args.model, c), "train_cifar.py", resume_id=args.resume)
+    with cli.exits_on_error():
+        _, summary = engine.run(args, method, data, lambda c: make_model(args.model, c), "train_cifar.py",
+                                resume_id=args.resume, hparams=cli.hparams())
     return summary
 
 

@@ -61,12 +61,12 @@ def build_parser() -> cli.Parser:
     return p
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Every flag check, before anything is loaded or written."""
+def check_args(args: argparse.Namespace) -> cli.Method:
+    """Every flag check, before anything is loaded or written; returns the run's method."""
     cli.check_noise_label(args)
     cli.check_image_args(args)
     cli.resolve_sigma(args)
-    cli.check_training_args(args)
+    return cli.check_training_args(args)
 
 
 def check_image_size(args: argparse.Namespace, size: tuple[int, ...]) -> None:
@@ -92,7 +92,7 @@ def check_batch_fits(args: argparse.Namespace, data: NoisyData) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_training_args(build_parser(), argv)
-    check_args(args)
+    method = check_args(args)
     backbone = cli.pretrained_weights(args)
     data = cli.training_data(args)
     check_image_size(args, data.images.shape[2:])
@@ -100,8 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
     summary = datasets.DATASETS[args.dataset_name].summary
     if summary is not None:
         print(summary(data, vars(args)))
-    _, summary = engine.run(args, data, lambda c: make_model(args.model, c, backbone), "train_real.py",
-                            val=data.val, resume_id=args.resume)
+    with cli.exits_on_error():
+        _, summary = engine.run(args, method, data, lambda c: make_model(args.model, c, backbone), "train_real.py",
+                                val=data.val, resume_id=args.resume, hparams=cli.hparams())
     return summary
 
 

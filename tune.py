@@ -483,7 +483,7 @@ def trial(config: dict, sweep: dict) -> None:
     args = trial_args(sweep, config)
     args.tune_config = config                                       # saved in config.yaml: finds the run again
     args.tune_trial_id = ray.tune.get_context().get_trial_id()
-    cli.check_method(args)                                          # the method's own flags, filled in (preflight checked them)
+    method = cli.check_method(args)                                 # the method's own flags, filled in (preflight checked them)
     if args.device == "auto" and sweep["resources"]["gpu"] == 0:
         args.device = "cpu"                                         # Ray gave this trial no GPU
     done, cut_off = earlier_runs(args.out_dir / "runs", config)
@@ -503,9 +503,12 @@ def trial(config: dict, sweep: dict) -> None:
     if args.workers is None:      # image files decoded by DataLoader workers (clothing1m): the trial's own cores
         args.workers = max(0, int(sweep["resources"]["cpu"]) - 1)
     backbone = cli.pretrained_weights(args)
-    exp_id, summary = engine.run(args, data, lambda c: make_model(args.model, c, backbone), "tune.py",
-                                 on_epoch=lambda row: ray.tune.report({k: v for k, v in row.items() if v is not None}),
-                                 val=val, resume_id=None if cut_off is None else cut_off.name)
+    # a run that cannot go on says why on the trial's stderr, as a script does, and exits: Tune marks the trial failed
+    with cli.exits_on_error():
+        exp_id, summary = engine.run(args, method, data, lambda c: make_model(args.model, c, backbone), "tune.py",
+                                     on_epoch=lambda row: ray.tune.report({k: v for k, v in row.items() if v is not None}),
+                                     val=val, resume_id=None if cut_off is None else cut_off.name,
+                                     hparams=cli.hparams())
     ray.tune.report({"exp_id": exp_id, **summary})
 
 

@@ -78,22 +78,23 @@ def figure_size(n_images: int) -> tuple[float, float]:
     return COLUMNS * CELL_IN[0] + MATRIX_IN, max(rows * CELL_IN[1], MATRIX_IN * 0.8) + 0.9
 
 
-def transition_table(clean: np.ndarray, given: np.ndarray, num_classes: int,
-                     replaced: np.ndarray | None) -> tuple[np.ndarray, int]:
-    """% of each true class (rows) per given label (columns); for open-set noise one more column holds
-    the images replaced by CIFAR-100 images. Also returns the number of columns that are labels."""
-    counts = np.zeros((num_classes, num_classes + (replaced is not None)))
-    keep = np.ones(len(clean), dtype=bool) if replaced is None else ~replaced
-    np.add.at(counts, (clean[keep], given[keep]), 1)
-    if replaced is not None:
-        counts[:, -1] = np.bincount(clean[replaced], minlength=num_classes)
-    return 100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1), num_classes
+def transition_table(report: dict, openset: bool = False) -> tuple[np.ndarray, int]:
+    """% of each true class (rows) per given label (columns), from the counts of a noise report
+    (noise.noise_report); for open-set noise one more column holds the images replaced by CIFAR-100 images. Also
+    returns the number of columns that are labels."""
+    counts = np.array(report["transition_counts"], dtype=np.int64)
+    if openset:   # a replaced image keeps its label: the report counts it on the diagonal, the table in its own column
+        replaced = np.rint(np.multiply(report["per_class_noise_rate"], report["per_class_count"])).astype(np.int64)
+        counts = np.column_stack([counts - np.diag(replaced), replaced])
+    return 100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1), report["num_classes"]
 
 
 def draw(images: np.ndarray, given: np.ndarray, clean: np.ndarray | None, class_names: list[str], title: str,
-         n_images: int, seed: int, replaced: np.ndarray | None = None, replaced_names: dict[int, str] | None = None):
+         n_images: int, seed: int, replaced: np.ndarray | None = None, replaced_names: dict[int, str] | None = None,
+         report: dict | None = None):
     """The figure: a grid of n_images uniformly drawn training images (uint8 (N, 3, H, W)), then the
-    transition matrix (or, with no true labels, the count of each given label)."""
+    transition matrix (or, with no true labels, the count of each given label) of `report`, the loader's noise
+    report of the whole set (made here from the labels when the loader made none)."""
     n_images = min(n_images, len(given))
     picked = np.random.default_rng(seed).choice(len(given), n_images, replace=False)
     rows = -(-n_images // COLUMNS)
@@ -132,7 +133,8 @@ def draw(images: np.ndarray, given: np.ndarray, clean: np.ndarray | None, class_
         ax.set_title("training images per given label\n(no true labels exist: noise cannot be measured)", fontsize=11)
         ax.set_xticks(range(c), class_names, rotation=45, ha="right")
         return fig
-    table, n_labels = transition_table(clean, given, c, replaced)
+    report = report or noise.noise_report(clean, given, c, replaced)
+    table, n_labels = transition_table(report, openset=replaced is not None)
     shown = ax.imshow(table, cmap="Blues", norm=PowerNorm(0.4, vmin=0, vmax=100), aspect="auto")
     matrix_fig.colorbar(shown, ax=ax, fraction=0.04, pad=0.02, label="% of the true class")
     ax.set_title("transition matrix of the whole training set\n(rows: true class, columns: given label)", fontsize=11)
@@ -203,7 +205,7 @@ def cifar_figure(args):
     title = (f"{args.dataset} {args.noise_mode} noise p={args.p} ({origin}): {d.noise_rate():.1%} of "
              f"{len(d.labels)} training {what};  red frame = noisy")
     return draw(d.images, d.labels, d.clean_labels, d.class_names, title, args.n_images, args.seed,
-                replaced, replaced_names)
+                replaced, replaced_names, d.info["report"])
 
 
 def main(argv: list[str] | None = None) -> Path:

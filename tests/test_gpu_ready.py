@@ -75,13 +75,12 @@ def test_bad_precision_flags_are_one_line(fake_root, tmp_path, capsys, flags, me
 
 def test_amp_is_bf16_precision():
     import argparse
-    import cli
     for given in ("tf32", "fp32", "bf16"):
         args = argparse.Namespace(amp=True, precision=given)
-        cli.resolve_precision(args)
+        engine.resolve_precision(args)
         assert (args.precision, args.amp) == ("bf16", True)
     args = argparse.Namespace(amp=False, precision="bf16")
-    cli.resolve_precision(args)
+    engine.resolve_precision(args)
     assert args.amp
 
 

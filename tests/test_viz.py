@@ -9,7 +9,9 @@ from PIL import Image
 
 import cli
 import data
+import datasets
 import datasets.animal10n
+import noise
 import viz
 from conftest import write_cifar
 
@@ -63,9 +65,10 @@ def test_noisy_images_are_titled_in_red(fake_root, paper_sums):
 def test_transition_table_with_openset_column():
     clean = np.array([0, 0, 1, 1, 1, 1])
     given = np.array([0, 1, 1, 1, 1, 1])
-    table, n_labels = viz.transition_table(clean, given, 2, None)
+    table, n_labels = viz.transition_table(noise.noise_report(clean, given, 2))
     assert n_labels == 2 and np.allclose(table, [[50, 50], [0, 100]])
-    table, _ = viz.transition_table(clean, clean, 2, np.array([0, 0, 1, 0, 0, 0], bool))
+    replaced = np.array([0, 0, 1, 0, 0, 0], bool)
+    table, _ = viz.transition_table(noise.noise_report(clean, clean, 2, replaced), openset=True)
     assert np.allclose(table, [[100, 0, 0], [0, 75, 25]])
 
 
