@@ -276,8 +276,8 @@ def test_readme_is_a_front_page_with_a_map_of_every_module():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(text.splitlines()) <= 300
     headings = [h.strip() for h in re.findall(r"^## (.+)$", text, re.M)]
-    assert headings == ["Results", "The four models", "The earlier re-implementation's commands",
-                        "Repository map", "Documentation"], headings
+    assert headings == ["Documentation", "Results", "The four models", "The earlier re-implementation's commands",
+                        "Repository map"], headings
     map_section = text.split("## Repository map", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| `([^`]+)` \|", map_section, re.M)
     modules = sorted(p.name for p in ROOT.glob("*.py"))

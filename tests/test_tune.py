@@ -29,7 +29,7 @@ import runs
 import sweeps
 import tune
 from errors import DataError
-from test_real import cifarn_root  # noqa: F401  (a fixture: fake CIFAR-N files)
+from test_datasets_real import cifarn_root  # noqa: F401  (a fixture: fake CIFAR-N files)
 
 pytestmark = pytest.mark.slow     # real Ray sweeps and training: not in make test-fast
 
@@ -903,7 +903,7 @@ def test_a_sweep_trial_is_bit_identical_to_the_same_run_of_train_cifar(ray_sessi
     to the numbers: a Co-teaching trial equals train_cifar.py with its recorded flags and thread count."""
     import torch
     import train_cifar
-    from test_repeatability import flags as repeat_flags, numbers
+    from test_runs_repeatability import flags as repeat_flags, numbers
     grid = tmp_path / "grid.yaml"
     grid.write_text("variants: [Co-teaching]\nnoise_modes: [sym]\nseeds: [7]\nnum_gradual: 1\n")
     sweep_flags = [f for f in repeat_flags(fake_root, tmp_path / "sweep") if f not in ("--seed", "7")]
@@ -920,13 +920,13 @@ def test_a_sweep_trial_is_bit_identical_to_the_same_run_of_train_cifar(ray_sessi
     assert numbers(next((tmp_path / "loose" / "runs").iterdir())) == numbers(trial)
 
 
-from test_real import animal_root  # noqa: E402,F401  (a fixture: a small fake Animal-10N)
+from test_datasets_real import animal_root  # noqa: E402,F401  (a fixture: a small fake Animal-10N)
 
 
 def test_sigma_search_on_a_folder_and_animal10n(ray_session, tmp_path, animal_root, capsys):
     """The sigma search of every dataset: a folder of the user's own images, on a split of its noisy training set,
     as for CIFAR; Animal-10N's plan takes its default network; a grid over such a dataset says what to do instead."""
-    from test_folder import make_csv
+    from test_datasets_folder import make_csv
     folder = make_csv(tmp_path / "mine", clean=True, n_train=10, size=12)
     hp_dir = tune.main(["--dataset_name", "FOLDER", "--data_dir", str(folder), "--lc_n_epoch", "-1", "--sigmas",
                         "1.0", "--n_epochs", "1", "--batch_size", "8", "--lr", "0.01", "--model", "wrn-16-1",

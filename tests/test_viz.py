@@ -171,7 +171,7 @@ def test_openset_without_custom_noise_passes_the_same_checks_in_training(tmp_pat
     assert args.sigma == cli.default_sigma("cifar10", "openset")
 
 
-from test_real import cifarn_root  # noqa: E402,F401  (a fixture: fake CIFAR-N files)
+from test_datasets_real import cifarn_root  # noqa: E402,F401  (a fixture: fake CIFAR-N files)
 
 
 def red_titles(fig) -> tuple[int, int]:
@@ -197,7 +197,7 @@ def test_cifar_n_shows_its_human_labels_against_the_clean_ones(cifarn_root, tmp_
 
 
 def test_a_folder_is_shown_with_its_clean_label_column_or_without(tmp_path):
-    from test_folder import make_csv, make_tree
+    from test_datasets_folder import make_csv, make_tree
     with_clean = make_csv(tmp_path / "mine", clean=True, n_train=4, size=12)
     path = viz.main(["folder", "--data_dir", str(with_clean), "--out_dir", str(tmp_path / "viz"), "--n_images", "12"])
     assert path == tmp_path / "viz" / "folder_mine.png"

@@ -298,7 +298,7 @@ def final_state(run_dir: Path) -> list:
 
 
 def test_resume_after_an_interrupted_epoch(tmp_path, capsys):
-    """As test_reliability's torn-checkpoint test: the last checkpoint is damaged, so --resume continues from the
+    """As test_runs_resume's torn-checkpoint test: the last checkpoint is damaged, so --resume continues from the
     one before and must reproduce the uninterrupted run bit for bit."""
     root = make_csv(tmp_path / "data")
     flags = ["--n_epochs", "3", "--deterministic", *variant_flags("0.5")["SLN-MO-LC"]]

@@ -1,6 +1,6 @@
 """When two runs are bit-identical (docs/training.md): what config.yaml records of the machine, that equal records
 repeat bit for bit (a method with two networks included; through a tune.py trial: tests/test_tune.py), and that a
-different CPU instruction set changes the numbers, as a different thread count does (tests/test_first_hour.py)."""
+different CPU instruction set changes the numbers, as a different thread count does (tests/test_cli_messages.py)."""
 import os
 import shutil
 import subprocess
