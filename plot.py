@@ -43,7 +43,7 @@ import files  # noqa: E402
 import methods  # noqa: E402
 import runs  # noqa: E402
 import sweeps  # noqa: E402
-from data import CIFAR, NoisyData  # noqa: E402
+from data import NoisyData  # noqa: E402
 from datasets.cifar_n import CIFARN  # noqa: E402
 from datasets.images import ImageFiles, image_source  # noqa: E402
 from files import mean_std  # noqa: E402

@@ -16,10 +16,8 @@ deps.exit_on_sigterm()    # before the heavy imports: a SIGTERM in the first sec
 import cli  # noqa: E402
 import datasets  # noqa: E402
 import engine  # noqa: E402
-from data import NoisyData  # noqa: E402
 from datasets.images import ImageFiles, check_images_fit  # noqa: E402
 from models import make_model  # noqa: E402
-from errors import DataError  # noqa: E402
 
 DATASETS = datasets.of_script("train_real.py")      # animal-10n, cifar10n, cifar100n, clothing1m, folder
 
@@ -76,18 +74,16 @@ def check_image_size(args: argparse.Namespace, size: tuple[int, ...]) -> None:
                  f"{size[1]}x{size[0]}; use --model wrn-28-2 or --image_size {VGG_MIN_SIZE}")
 
 
-def check_batch_fits(args: argparse.Namespace, data: NoisyData) -> None:
+def check_batch_fits(args: argparse.Namespace, data: datasets.NoisyData) -> None:
     """A dataset read from its files batch by batch (Clothing1M): the largest batch of --image_size crops (as float32
     on the device) must fit in memory, else the first batch fails after the run has begun."""
     if not isinstance(data.images, ImageFiles):
         return
     batch = min(max(args.batch_size, args.eval_batch_size or 0), max(len(data.labels), len(data.test_labels)))
-    try:
+    with cli.exits_on_error():
         check_images_fit(batch, args.image_size, args.image_size, f"--image_size {args.image_size} with batches of "
                          f"{batch:,} images", "give a smaller --image_size or --batch_size / --eval_batch_size",
                          bytes_per_value=4)
-    except DataError as e:
-        cli.fail(str(e))
 
 
 def main(argv: list[str] | None = None) -> dict:

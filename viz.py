@@ -32,7 +32,6 @@ import data  # noqa: E402
 import datasets  # noqa: E402
 import files  # noqa: E402
 import noise  # noqa: E402
-from errors import DataError  # noqa: E402
 
 # every dataset held in memory (datasets/): the CIFARs with their label noise, and those with labels as given (CIFAR-N's
 # human labels, Animal-10N, a folder); Clothing1M's million files are read batch by batch and are not drawn here.
@@ -219,10 +218,8 @@ def main(argv: list[str] | None = None) -> Path:
     if not 0 < args.n_images <= MAX_IMAGES:   # beyond it the figure is unreadable and takes minutes and GBs to draw
         cli.fail(f"--n_images must be in 1..{MAX_IMAGES}, got {args.n_images}")
     cli.check_out_dir(args.out_dir)
-    try:
+    with cli.exits_on_error():
         fig = cifar_figure(args) if args.dataset in SYNTHETIC else given_labels_figure(args)
-    except DataError as e:
-        cli.fail(str(e))
     labels = args.data_dir.resolve().name if args.dataset == "folder" else args.noise_label
     name = figure_name(args.dataset, args.noise_mode, args.p, args.custom_noise, args.seed, labels)
     path = save_new(fig, args.out_dir / name, args.overwrite)
