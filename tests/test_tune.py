@@ -947,3 +947,23 @@ def test_sigma_search_on_a_folder_and_animal10n(ray_session, tmp_path, animal_ro
     with pytest.raises(SystemExit) as exc:
         tune.main(["--experiments", str(grid), "--data_dir", str(animal_root), "--out_dir", str(tmp_path / "g")])
     assert exc.value.code == 2 and "search its sigma with tune.py --dataset_name animal-10n" in capsys.readouterr().err
+
+
+def test_a_trial_whose_run_cannot_go_on_fails_and_the_sweep_names_it(ray_session, fake_root, paper_sums, tmp_path,
+                                                                    capsys):
+    """A trial's run that stops (the loss becomes NaN at an absurd learning rate) ends its trial as the script would
+    end (the engine's error, its exit status 3); the sweep counts the trial failed, says where its error is, writes no
+    table and exits 1, with the command that continues it."""
+    with pytest.raises(SystemExit) as exc:
+        tune.main(search_flags(fake_root, tmp_path, "--lr", "1e12"))
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    (hp_dir,) = (tmp_path / "hp").iterdir()
+    line = next(x for x in err.splitlines() if x.startswith("error: "))
+    assert line.startswith("error: 0 of 2 trials finished (2 failed: see ")
+    assert line.endswith(f"continue the sweep with: python tune.py --resume {hp_dir}")
+    failed = line.split("see ", 1)[1].split("); continue", 1)[0].split(", ")
+    assert len(failed) == 2 and all(Path(p).is_dir() and hp_dir in Path(p).parents for p in failed)
+    # Tune's record of each failed trial: its process ended with the status the script gives a stopped run
+    assert all("exit code 3" in (Path(p) / "error.txt").read_text() for p in failed)
+    assert not list(hp_dir.glob("runs/*/summary.json")) and not (hp_dir / "sigma_search.csv").exists()
