@@ -89,7 +89,6 @@ from datasets.augment import normalise, random_crop_flip
 from datasets.clothing1m import MEAN, RESIZE_PER_CROP, STD
 from datasets.images import FileImages, ImageFiles, default_workers
 from models import MODELS
-from errors import DataError
 from timing import Trainer, sync, time_eval, train_flops_per_image
 
 TARGETS = {"pipeline_speedup": (">=", 10.0), "non_model_fraction/wrn-16-1": ("<=", 0.05),
@@ -195,10 +194,8 @@ def training_images(root: Path, quick: bool, seed: int = 0) -> tuple[np.ndarray,
     """CIFAR-10's training images and labels from `root`; or seeded random ones of the same shape, 512 of
     them with --quick, 50,000 when `root` has no CIFAR-10. Plus a line saying which."""
     if (root / CIFAR["cifar10"].folder).is_dir() and not quick:
-        try:
+        with cli.exits_on_error():
             x, y, _, _ = load_cifar("cifar10", root, download=False)
-        except DataError as e:
-            cli.fail(str(e))
         return x, y, f"CIFAR-10 training set from {root / CIFAR['cifar10'].folder}"
     rng = np.random.default_rng(seed)
     n = 512 if quick else 50000

@@ -31,7 +31,7 @@ from datasets.images import default_workers
 from files import check_writable
 from methods import Method
 from models import IMAGENET_WEIGHTS, MODELS, WeightsError, imagenet_state_dict, make_model
-from errors import DataError, ProjectError
+from errors import ProjectError
 from noise import ASYM_VARIANTS, SYM_VARIANTS, check_rate
 from runs import lock_run, resolve_resume
 
@@ -524,10 +524,8 @@ def check_noise_args(args: argparse.Namespace, dataset: str) -> None:
                  "drop --custom_noise and --make_new_custom_noise")
         args.noise_mode = args.p = args.sym_variant = args.asym_variant = None
         return
-    try:
+    with exits_on_error():
         check_rate(args.p)
-    except DataError as e:
-        fail(str(e))
     if args.noise_mode == "openset" and dataset != "cifar10":
         fail("open-set noise exists for CIFAR-10 only; use cifar10 or another --noise_mode")
     if args.make_new_custom_noise and not args.custom_noise:
@@ -539,24 +537,20 @@ def check_noise_args(args: argparse.Namespace, dataset: str) -> None:
 
 def training_data(args: argparse.Namespace) -> NoisyData:
     """The dataset of the flags with their subsets applied, or one line and exit on a data problem."""
-    try:
+    with exits_on_error():
         return datasets.dataset_from_config(vars(args)).subset(args.train_subset, args.test_subset, args.seed)
-    except DataError as e:
-        fail(str(e))
 
 
 def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse a training script's flags; with --resume, the resumed run's own flags (checked against argv)."""
     args = parser.parse_args(argv)
     if getattr(args, "resume", None):
-        try:
+        with exits_on_error():
             args = resolve_resume(parser, argv, args)
             # a run another process trains is refused now, not after minutes of loading data; engine.run takes the
             # lock for good once the data is there
             with contextlib.ExitStack() as probe:
                 lock_run(args.out_dir.resolve() / "runs" / args.resume, probe)
-        except DataError as e:
-            fail(str(e))
     return args
 
 

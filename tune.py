@@ -659,10 +659,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     """Run or resume a sweep; return its folder (None for --dry_run, which makes none)."""
     argv = sys.argv[1:] if argv is None else argv
     with contextlib.ExitStack() as held:      # the sweep folder's lock, held until the sweep ends
-        try:
+        with cli.exits_on_error():
             return run_sweep(argv, held)
-        except DataError as e:
-            cli.fail(str(e))
 
 
 def run_sweep(argv: list[str], held: contextlib.ExitStack) -> Path | None:
