@@ -565,20 +565,43 @@ def measure(args, device: torch.device, argv: list[str]) -> dict:
     return res
 
 
+def check_gpu_check_args(args) -> None:
+    """One line and exit status 2 when the GPU check cannot start: other flags, an OUT_DIR that is not new or empty
+    (nothing there is ever overwritten), no CUDA GPU without --dry_run."""
+    out = args.gpu_check
+    defaults = vars(build_parser().parse_args([]))
+    ignored = [k for k, v in vars(args).items() if k not in ("gpu_check", "dry_run", "data_dir") and v != defaults[k]]
+    if ignored:    # the check has its own fixed settings, the same on every GPU
+        cli.fail(f"--gpu_check runs its own fixed settings; drop --{' --'.join(ignored)} (only --data_dir and "
+                 "--dry_run go with it)")
+    if (out / "gpu_check.json").exists():
+        cli.fail(f"{out / 'gpu_check.json'} already holds a GPU check, which is never overwritten; give another "
+                 "OUT_DIR")
+    if out.exists() and not out.is_dir():
+        cli.fail(f"--gpu_check {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()):
+        cli.fail(f"--gpu_check {out} is not empty; give a new or empty folder (nothing there is overwritten)")
+    if not args.dry_run and not torch.cuda.is_available():
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+        cli.fail(f"--gpu_check needs a CUDA GPU, and torch {torch.__version__} ({build}) sees none here; run it on "
+                 "the GPU machine, or add --dry_run to rehearse every phase at toy size on this CPU")
+    try:
+        files.check_writable(out, "--gpu_check")
+    except ValueError as e:
+        cli.fail(str(e))
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if args.dry_run and args.gpu_check is None:
         cli.fail("--dry_run rehearses the GPU check: give it with --gpu_check OUT_DIR")
     if args.gpu_check is not None:
-        defaults = vars(build_parser().parse_args([]))
-        ignored = [k for k, v in vars(args).items() if k not in ("gpu_check", "dry_run", "data_dir") and v != defaults[k]]
-        if ignored:    # the check has its own fixed settings, the same on every GPU
-            cli.fail(f"--gpu_check runs its own fixed settings; drop --{' --'.join(ignored)} (only --data_dir and "
-                     "--dry_run go with it)")
-        import gpu_check   # only here: it imports this module for its Trainer and time_eval
+        check_gpu_check_args(args)
+        import gpu_check   # only here: the check's phases import the training and tuning code, which bench needs not
         summary = gpu_check.main(args.gpu_check, args.data_dir, args.dry_run, argv)
-        if gpu_check.failed(summary):
+        phases_failed = any(p.get("status") == "failed" for p in summary["phases"].values())
+        if not summary["finished"] or phases_failed:
             sys.exit(1)
         return summary
     resolve(args)

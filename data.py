@@ -186,6 +186,22 @@ def load_cifar(name: str, root: Path, download: bool = True):
     return (*train, *test)
 
 
+def write_synthetic_cifar(root: Path, name: str, n_train: int, n_test: int, seed: int = 0) -> None:
+    """A CIFAR in its on-disk layout (pickled training batches and test_batch) whose images' colour depends on their
+    class, plus Gaussian noise, so that a network has something to learn: the GPU check's data without CIFAR-10, and
+    the tests'."""
+    spec, rng = CIFAR[name], np.random.default_rng(seed)
+    folder = root / spec.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    y, ty = rng.permutation(np.arange(n_train) % spec.num_classes), np.arange(n_test) % spec.num_classes
+    palette = rng.integers(0, 256, size=(spec.num_classes, 3, 1, 1))
+    for names, labels in ((spec.train_files, y), (spec.test_files, ty)):
+        images = np.clip(palette[labels] + rng.normal(0, 40, size=(len(labels), 3, 32, 32)), 0, 255)
+        for name, idx in zip(names, np.array_split(np.arange(len(labels)), len(names))):
+            batch = {"data": images[idx].astype(np.uint8).reshape(len(idx), -1), spec.label_key: labels[idx].tolist()}
+            (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+
 def cifar_files_official(name: str, root: Path) -> bool:
     """Whether the CIFAR files under `root` are byte for byte those of the official archive (the md5 sums
     torchvision lists too); a re-encoded copy, such as the offline JPEG copy, is not."""

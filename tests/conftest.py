@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import pickle
 import sys
 import urllib.request
 from pathlib import Path
@@ -43,30 +42,7 @@ def assert_refused(capsys, call, message: str, out_dir: Path) -> None:
     assert not out_dir.exists()
 
 
-def class_images(labels: np.ndarray, rng: np.random.Generator, size: int = 32) -> np.ndarray:
-    """uint8 (N, 3*size*size) images whose colour depends on the class, so a network can learn something."""
-    n = len(labels)
-    palette = rng.integers(0, 256, size=(labels.max() + 1, 3, 1, 1))
-    noise = rng.normal(0, 40, size=(n, 3, size, size))
-    img = np.clip(palette[labels] + noise, 0, 255).astype(np.uint8)
-    return img.reshape(n, -1)
-
-
-def write_cifar(root: Path, name: str, n_train: int, n_test: int, seed: int = 0) -> None:
-    spec = data.CIFAR[name]
-    rng = np.random.default_rng(seed)
-    folder = root / spec.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    y = np.arange(n_train) % spec.num_classes
-    rng.shuffle(y)
-    ty = np.arange(n_test) % spec.num_classes
-    x, tx = class_images(y, rng), class_images(ty, rng)
-    chunks = np.array_split(np.arange(n_train), len(spec.train_files))
-    for fname, idx in zip(spec.train_files, chunks):
-        with open(folder / fname, "wb") as f:
-            pickle.dump({"data": x[idx], spec.label_key: y[idx].tolist()}, f, protocol=2)
-    with open(folder / spec.test_files[0], "wb") as f:
-        pickle.dump({"data": tx, spec.label_key: ty.tolist()}, f, protocol=2)
+write_cifar = data.write_synthetic_cifar     # (root, name, n_train, n_test, seed=0)
 
 
 def write_label_csv(path: Path, clean: np.ndarray, noisy: np.ndarray, newline: str = "\r\n") -> None:
