@@ -65,7 +65,6 @@ if __name__ == "__main__":
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -82,8 +81,8 @@ import datasets
 import engine
 import files
 import methods
-import runs
 import sln
+import timing
 from data import CIFAR, default_data_dir, load_cifar
 from datasets.augment import normalise, random_crop_flip
 from datasets.clothing1m import MEAN, RESIZE_PER_CROP, STD
@@ -512,8 +511,7 @@ def measure(args, device: torch.device, argv: list[str]) -> dict:
     res: dict = {"data": source, "device": str(device), "threads": args.threads, "batch_size": args.batch_size,
                  "steps": args.steps, "matmul_size": args.matmul_size, "quick": args.quick,
                  "command": " ".join(["python", "bench.py", *argv]),
-                 "host": platform.node(), "cpu_count": os.cpu_count(),
-                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"), **runs.library_versions()}
+                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"), **timing.machine()}
     share = {}
 
     with CpuShare(args.threads) as share["matmul_before"]:

@@ -558,14 +558,9 @@ def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None)
 # Datasets with their own images and labels: image size, the Clothing1M recipe, pretrained weights (train_real.py,
 # tune.py)
 
-# The authors' Clothing1M recipe (noise_clothing1m_train.py) where it differs from the shared defaults, which are
-# their CIFAR recipe: batch 32, 10 epochs, weight decay 1e-3, lr / 10 after epoch 5, a fresh balanced sample of
-# 18,976 images per class every epoch, soft label-correction targets, evaluation in batches of 4 x 32, 224-px
-# crops (after resizing the shorter side to 256), ImageNet weights. A value is used when its flag is not given.
-# (--lr_decay is the shared default, 0.1, as theirs.)
-CLOTHING1M_RECIPE = {"batch_size": 32, "n_epochs": 10, "weight_decay": 1e-3, "lr_milestones": [5],
-                     "num_per_class": 18976, "lc_soft": True, "eval_batch_size": 128, "image_size": 224}
-RECIPE_FLAGS = [k for k in CLOTHING1M_RECIPE if k != "image_size"]   # shared training flags the recipe sets
+# The shared training flags a dataset's recipe may set (datasets.Dataset.recipe): train_real.py and tune.py leave them
+# unset, so that the recipe, or else the shared defaults, fills them in
+RECIPE_FLAGS = ("batch_size", "n_epochs", "weight_decay", "lr_milestones", "num_per_class", "lc_soft", "eval_batch_size")
 
 
 def add_image_args(p: argparse.ArgumentParser, d) -> None:
@@ -589,34 +584,36 @@ def add_image_args(p: argparse.ArgumentParser, d) -> None:
 
 
 def check_image_args(args: argparse.Namespace) -> None:
-    """--image_size, the dataset's default network, the Clothing1M recipe and the pretrained weights, before
-    anything is loaded (train_real.py, tune.py)."""
-    if args.image_size is not None and args.dataset_name not in ("folder", "clothing1m"):
-        fail(f"--image_size is for --dataset_name folder and clothing1m only; {args.dataset_name} has a fixed size "
-             "(drop the flag)")
+    """--image_size, the dataset's default network, its recipe and the pretrained weights, before anything is loaded
+    (train_real.py, tune.py)."""
+    dataset = datasets.DATASETS[args.dataset_name]
+    if args.image_size is not None and not dataset.image_size:
+        sized = " and ".join(d.name for d in datasets.DATASETS.values() if d.image_size)
+        fail(f"--image_size is for --dataset_name {sized} only; {args.dataset_name} has a fixed size (drop the flag)")
     if args.image_size is not None and args.image_size < MIN_IMAGE_SIZE:
         fail(f"--image_size must be at least {MIN_IMAGE_SIZE}, got {args.image_size}")
-    if getattr(args, "allow_unshared_classes", False) and args.dataset_name != "folder":
-        fail(f"--allow_unshared_classes is for --dataset_name folder only; {args.dataset_name}'s classes are "
-             "fixed (drop the flag)")
+    if getattr(args, "allow_unshared_classes", False) and not dataset.unshared_classes:
+        fail(f"--allow_unshared_classes is for --dataset_name "
+             f"{' and '.join(d.name for d in datasets.DATASETS.values() if d.unshared_classes)} only; "
+             f"{args.dataset_name}'s classes are fixed (drop the flag)")
     if args.model is None:
-        args.model = datasets.DATASETS[args.dataset_name].default_model
-    apply_recipe(args)
-    check_pretrained(args)
+        args.model = dataset.default_model
+    apply_recipe(args, dataset)
+    check_pretrained(args, dataset)
 
 
-def apply_recipe(args: argparse.Namespace) -> None:
-    """Fill the flags not given with the dataset's recipe: the authors' Clothing1M one, or the shared defaults."""
-    recipe = CLOTHING1M_RECIPE if args.dataset_name == "clothing1m" else training_defaults()
+def apply_recipe(args: argparse.Namespace, dataset: datasets.Dataset) -> None:
+    """Fill the flags not given with the dataset's recipe (its authors'), or the shared defaults."""
+    recipe = {**training_defaults(), **dataset.recipe}
     taken = []
     for key in (*RECIPE_FLAGS, "image_size"):
         if getattr(args, key) is None and recipe.get(key) is not None:
             setattr(args, key, recipe[key])
             value = recipe[key]
             shown = "" if value is True else " ".join(map(str, value)) if isinstance(value, list) else value
-            taken.append(f"--{key} {shown}".rstrip())
-    if args.dataset_name == "clothing1m" and taken:
-        print(f"clothing1m: the authors' recipe for the flags not given: {' '.join(taken)}")
+            taken += [f"--{key} {shown}".rstrip()] if key in dataset.recipe else []
+    if taken:
+        print(f"{dataset.name}: the authors' recipe for the flags not given: {' '.join(taken)}")
     recipe_milestones = any(t.startswith("--lr_milestones") for t in taken)
     if recipe_milestones and args.n_epochs is not None:
         # a recipe milestone past the run's end never applies (a short trial run); only typed ones are checked
@@ -629,18 +626,19 @@ def apply_recipe(args: argparse.Namespace) -> None:
                      + " ".join(map(str, args.lr_milestones)) + " only"))
 
 
-def check_pretrained(args: argparse.Namespace) -> None:
-    """--pretrained / --weights: ImageNet weights exist for IMAGENET_WEIGHTS' networks; on by default for clothing1m
-    with resnet50 (None, i.e. off, elsewhere, so that other datasets' configs stay as they were)."""
+def check_pretrained(args: argparse.Namespace, dataset: datasets.Dataset) -> None:
+    """--pretrained / --weights: ImageNet weights exist for IMAGENET_WEIGHTS' networks; on by default where the
+    dataset says so (clothing1m, with resnet50; None, i.e. off, elsewhere, so that other datasets' configs stay as
+    they were)."""
     if args.weights is not None:
         if args.pretrained is False:
             fail("--weights loads pretrained weights, --no-pretrained asks for none; drop one of them")
         args.pretrained = True
-    if args.pretrained is None and args.dataset_name == "clothing1m" and args.model in IMAGENET_WEIGHTS:
+    if args.pretrained is None and dataset.pretrained and args.model in IMAGENET_WEIGHTS:
         args.pretrained = True
     if args.pretrained and args.model not in IMAGENET_WEIGHTS:
         fail(f"--pretrained: {args.model} has no ImageNet weights here; use --model "
-                 f"{' | '.join(IMAGENET_WEIGHTS)} or --no-pretrained")
+             f"{' | '.join(IMAGENET_WEIGHTS)} or --no-pretrained")
 
 
 def pretrained_weights(args: argparse.Namespace) -> dict | None:

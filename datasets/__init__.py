@@ -55,6 +55,13 @@ class Dataset:
     model_note: str = ""
     defaults_note: str = ""
     summary: Callable[[NoisyData, dict], str] | None = None
+    # What train_real.py and tune.py fill in where a flag is not given: this dataset's own recipe (its authors'; keys
+    # from cli.RECIPE_FLAGS and image_size), else the shared defaults; whether --image_size and
+    # --allow_unshared_classes apply; whether a network with ImageNet weights starts from them by default.
+    recipe: dict = dataclasses.field(default_factory=dict)
+    image_size: bool = False
+    unshared_classes: bool = False
+    pretrained: bool = False
 
 
 def _discover() -> dict[str, Dataset]:

@@ -274,5 +274,5 @@ DATASETS = [
             help="folder: your own images in --data_dir itself, as train/<class>/ and test/<class>/ folders or "
                  "train.csv and test.csv with columns path,label[,clean_label]",
             example="--dataset_name folder --data_dir my_images --image_size 32 --sigma 0.5 --mo --lc_n_epoch 250",
-            summary=summary),
+            summary=summary, image_size=True, unshared_classes=True),
 ]

@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import cli
+import datasets
 import experiments
 import methods
+import train_real
 import tune
 
 # the lists as they were written out by hand, before they were read off the declarations
@@ -69,3 +71,19 @@ def test_a_new_tune_flag_is_left_out_of_the_trials(monkeypatch):
         return p
     monkeypatch.setattr(tune, "build_parser", with_new_flag)
     assert set(tune.flags_of(cli.TUNE_ONLY)) == TUNE_ONLY | {"new_sweep_option"}
+
+
+def test_a_dataset_recipe_sets_only_flags_the_scripts_leave_unset_and_names_itself(capsys):
+    """A recipe (datasets.Dataset.recipe) fills flags that train_real.py leaves None; a key outside RECIPE_FLAGS would
+    be silently ignored, so every declared recipe stays inside them. A new dataset's recipe is its entry's alone."""
+    for d in datasets.DATASETS.values():
+        assert set(d.recipe) <= {*cli.RECIPE_FLAGS, "image_size"}, d.name
+    unset = vars(train_real.build_parser().parse_args(["--dataset_name", "animal-10n"]))
+    assert all(unset[k] is None for k in cli.RECIPE_FLAGS)
+    own = datasets.Dataset("mine", None, "train_real.py", 3, "wrn-16-1", {None: 0.5}, "", "no", "",
+                           recipe={"n_epochs": 7})
+    args = train_real.build_parser().parse_args(["--dataset_name", "animal-10n", "--batch_size", "16"])
+    cli.apply_recipe(args, own)
+    shared = cli.training_defaults()
+    assert (args.n_epochs, args.batch_size, args.weight_decay) == (7, 16, shared["weight_decay"])
+    assert capsys.readouterr().out.strip() == "mine: the authors' recipe for the flags not given: --n_epochs 7"

@@ -196,7 +196,7 @@ def test_bad_input_one_line_nothing_written(tmp_path, capsys, case):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--dataset_name", "animal-10n", "--image_size", "32"], "--image_size is for --dataset_name folder and clothing1m only"),
+    (["--dataset_name", "animal-10n", "--image_size", "32"], "--image_size is for --dataset_name clothing1m and folder only"),
     (["--image_size", "4"], "--image_size must be at least 8, got 4"),
     (["--dataset_name", "animal-10n", "--allow_unshared_classes"], "--allow_unshared_classes is for --dataset_name "
                                                                    "folder only; animal-10n's classes are fixed"),
