@@ -598,8 +598,15 @@ def main(argv: list[str] | None = None) -> dict:
         check_gpu_check_args(args)
         import gpu_check   # only here: the check's phases import the training and tuning code, which bench needs not
         summary = gpu_check.main(args.gpu_check, args.data_dir, args.dry_run, argv)
-        phases_failed = any(p.get("status") == "failed" for p in summary["phases"].values())
-        if not summary["finished"] or phases_failed:
+        for key, phase in summary["phases"].items():
+            why = phase.get("error") or phase.get("reason") or phase.get("incomplete") or ""
+            print(f"  {key:<13} {phase['status']:<8} {phase.get('seconds', 0):6.1f} s  {why}")
+        print((f"gpu check: {gpu_check.DRY_RUN_MEANING}\n" if args.dry_run else "")
+              + f"gpu check: {summary['total_s']:.0f} s in all; summary in {args.gpu_check / gpu_check.JSON_NAME}, "
+              f"log in {args.gpu_check / gpu_check.LOG_NAME}")
+        if not summary["finished"]:
+            sys.exit(143)        # stopped by SIGTERM
+        if any(phase["status"] == "failed" for phase in summary["phases"].values()):
             sys.exit(1)
         return summary
     resolve(args)

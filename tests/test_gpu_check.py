@@ -250,7 +250,7 @@ def test_sigterm_stops_the_check_keeps_what_it_had_and_exits_143(tmp_path, monke
     out, before = tmp_path / "check", signal.getsignal(signal.SIGTERM)
     t0 = time.monotonic()
     with pytest.raises(SystemExit) as exc:
-        gpu_check.main(out, tmp_path, True, ["--gpu_check", str(out), "--dry_run"])
+        bench.main(["--gpu_check", str(out), "--dry_run"])
     assert exc.value.code == 143 and time.monotonic() - t0 < 30
     assert signal.getsignal(signal.SIGTERM) == before       # the check's handler is gone
     summary = json.loads((out / "gpu_check.json").read_text())
