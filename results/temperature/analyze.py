@@ -24,7 +24,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 from files import mean_std  # noqa: E402
-from run import LEVELS  # noqa: E402
+from run import LEVELS, level_of  # noqa: E402
 from tables import Run, load_run  # noqa: E402
 
 NETWORKS = {"CE": ("CE", "test/acc"), "CE-MO": ("CE", "test/acc_ema"), "SLN": ("SLN", "test/acc"),
@@ -35,13 +35,6 @@ PAIRS = (("SLN", "CE"), ("SLN-MO", "CE-MO"), ("SLN-MO", "CE"), ("CE-MO", "CE"))
 def load(folder: Path) -> list[Run]:
     """The finished runs under folder, read as plot.py reads them."""
     return [load_run(summary.parent) for summary in sorted(folder.glob("*/summary.json"))]
-
-
-def level_of(config: dict) -> str | None:
-    for level, (lr, batch, _, _) in LEVELS.items():
-        if config["lr"] == lr and config["batch_size"] == batch:
-            return level
-    return None
 
 
 def last(run: Run, column: str) -> float:
@@ -79,13 +72,17 @@ def pilots_md() -> str:
 
 
 def table() -> tuple[str, list[list], dict]:
-    by = {}      # (level, method) -> {seed: run}
+    by, precisions = {}, {}      # (level, method) -> {seed: run}; precision -> runs
     for run in load(HERE / "runs"):
         c = run.config
         by.setdefault((level_of(c), c["variant"]), {})[c["seed"]] = run
+        precisions[c.get("precision")] = precisions.get(c.get("precision"), 0) + 1
     header = ["level", "lr", "batch_size", "lr_per_batch", "network", "n_seeds", "seeds", "last_mean", "last_std"]
     rows, points, lines = [header], {}, [
         "# Test accuracy at the last epoch (%), mean ± std over paired seeds", "",
+        "Precision of the main runs: " + (", ".join(f"{k} ({n} runs)" for k, n in sorted(precisions.items(), key=str))
+                                          or "none finished yet")
+        + (" -- MORE THAN ONE: cells compare across precisions" if len(precisions) > 1 else ""), "",
         "| level (lr/batch) | CE | CE-MO | SLN | SLN-MO | SLN - CE | SLN-MO - CE-MO |", "|---|---|---|---|---|---|---|"]
     for level, (lr, batch, _, _) in LEVELS.items():
         seeds = sorted(set(by.get((level, "CE"), {})) & set(by.get((level, "SLN"), {})))

@@ -7,7 +7,9 @@ Interrupted (Ctrl-C, SIGTERM, a reboot)? Run the same command again: a finished 
 off continues from its checkpoint (train_cifar.py --resume), a sweep that was cut off continues (tune.py --resume).
 The sweeps and checkpoints live in results/temperature/work/ (not committed); each finished run's small files
 (config.yaml, metrics.csv, noise.json, summary.json) are copied to pilots/, search_runs/ and runs/ as it lands.
-`analyze.py` makes the tables and the figure from those.
+What is done is read from those committed files, so a fresh clone (no work/) goes on from where the committed
+results end: a level whose pilot is in pilots/, whose sigma_search_<level>.csv is here or whose main runs are all in
+runs/ is not run again. `analyze.py` makes the tables and the figure from those files.
 """
 from __future__ import annotations
 
@@ -29,13 +31,19 @@ WORK = HERE / "work"
 LEVELS = {"hot": (0.02, 32, 100, 0.995), "warm": (0.02, 128, 400, 0.995), "cold": (0.01, 128, 800, 0.9975)}
 PILOT_FACTOR = 1.5
 SEEDS = [1, 2, 3]
-SIGMAS = ["0.05", "0.1", "0.2", "0.5", "1.0"]      # and 0, the reference, which tune.py adds
+# the sigma grid of each level's search, and 0, the reference, which tune.py adds; DESIGN.md, "Changes": over
+# budget, the warm and cold searches drop the grid's largest value, as the budget rule says
+SIGMAS = {"hot": ["0.05", "0.1", "0.2", "0.5", "1.0"], "warm": ["0.05", "0.1", "0.2", "0.5"],
+          "cold": ["0.05", "0.1", "0.2", "0.5"]}
 SMALL_FILES = ("config.yaml", "metrics.csv", "noise.json", "summary.json")
+# DESIGN.md, "Changes": the pilots and the hot sigma search ran in bf16 autocast on a CPU with AVX512_BF16; every
+# run after them, the 18 main runs of all three levels included, is float32, which any CPU runs
+PRECISION = "fp32"
 
 
 def common(data_dir: Path) -> list[str]:
     return ["--dataset_name", "cifar10", "--noise_mode", "sym", "--p", "0.4", "--model", "wrn-16-1",
-            "--train_subset", "2000", "--precision", "bf16", "--channels_last", "--device", "cpu",
+            "--train_subset", "2000", "--precision", PRECISION, "--channels_last", "--device", "cpu",
             "--data_dir", str(data_dir)]
 
 
@@ -43,6 +51,24 @@ def level_flags(level: str, epochs: int) -> list[str]:
     lr, batch, planned, alpha = LEVELS[level]
     return ["--lr", str(lr), "--batch_size", str(batch), "--ema_alpha", str(alpha), "--n_epochs", str(epochs),
             "--eval_every", str(planned // 20)]
+
+
+def level_of(config: dict) -> str | None:
+    """The level whose lr and batch size a run's config.yaml has."""
+    for level, (lr, batch, _, _) in LEVELS.items():
+        if config["lr"] == lr and config["batch_size"] == batch:
+            return level
+    return None
+
+
+def finished(folder: Path) -> dict[str, list[Path]]:
+    """The finished runs (summary.json) among folder's committed run files, by level."""
+    found: dict[str, list[Path]] = {level: [] for level in LEVELS}
+    for summary in sorted(folder.glob("exp_*/summary.json")):
+        level = level_of(yaml.safe_load((summary.parent / "config.yaml").read_text()))
+        if level is not None:
+            found[level].append(summary.parent)
+    return found
 
 
 def run(cmd: list[str]) -> None:
@@ -79,6 +105,8 @@ def pilots(data_dir: Path, levels: list[str]) -> None:
     for level in levels:
         planned = LEVELS[level][2]
         out = WORK / "pilots" / level
+        if finished(HERE / "pilots")[level]:
+            continue
         started = pilot_runs().get(level)
         if started is not None and (started / "summary.json").is_file():
             copy_small(started, HERE / "pilots")
@@ -105,8 +133,8 @@ def chosen_epochs() -> dict[str, dict]:
     """DESIGN.md's criterion, per level: the planned epochs if the pilot's CE agrees with as many wrong labels there
     as the hot pilot at its planned last epoch; otherwise the first multiple of the evaluation spacing that does;
     1.5x the planned epochs if none does."""
-    found = {level: HERE / "pilots" / p.name for level, p in pilot_runs().items()}
-    if set(found) != set(LEVELS) or not all((p / "summary.json").is_file() for p in found.values()):
+    found = {level: runs[-1] for level, runs in finished(HERE / "pilots").items() if runs}
+    if set(found) != set(LEVELS):
         sys.exit("the pilots are not all finished; run the pilots step first")
     target = memorisation(found["hot"])[LEVELS["hot"][2] - 1]
     out = {}
@@ -147,47 +175,56 @@ def sweep(kind: str, level: str, flags: list[str], done_file: str, dest: Path) -
 
 
 def chosen_sigma(level: str) -> float:
-    folder = sweep_folder("sigma_search", level)
-    text = (folder / "sigma_search.md").read_text() if folder else ""
+    path = HERE / f"sigma_search_{level}.md"
+    text = path.read_text() if path.is_file() else ""
     for line in text.splitlines():
         if line.startswith("best sigma: "):
             return float(line.split()[2])
     sys.exit(f"the {level} sigma search has not finished; run the searches step first")
 
 
-def searches(data_dir: Path) -> None:
+def search(data_dir: Path, level: str) -> None:
+    """The level's sigma search, unless its sigma_search_<level>.csv is here already."""
     epochs = chosen_epochs()
     (HERE / "epochs.json").write_text(json.dumps(epochs, indent=1) + "\n")
-    for level in LEVELS:
-        flags = common(data_dir) + level_flags(level, epochs[level]["epochs"]) + [
-            "--lc_n_epoch", "-1", "--seed", "0", "--val_size", "0.1", "--sigmas", *SIGMAS]
-        folder = sweep("sigma_search", level, flags, "sigma_search.csv", HERE / "search_runs")
-        shutil.copyfile(folder / "sigma_search.md", HERE / f"sigma_search_{level}.md")
-        shutil.copyfile(folder / "sigma_search.csv", HERE / f"sigma_search_{level}.csv")
+    if (HERE / f"sigma_search_{level}.csv").is_file():
+        return
+    flags = common(data_dir) + level_flags(level, epochs[level]["epochs"]) + [
+        "--lc_n_epoch", "-1", "--seed", "0", "--val_size", "0.1", "--sigmas", *SIGMAS[level]]
+    folder = sweep("sigma_search", level, flags, "sigma_search.csv", HERE / "search_runs")
+    shutil.copyfile(folder / "sigma_search.md", HERE / f"sigma_search_{level}.md")
+    shutil.copyfile(folder / "sigma_search.csv", HERE / f"sigma_search_{level}.csv")
 
 
-def grids(data_dir: Path) -> None:
+def grid(data_dir: Path, level: str) -> None:
+    """The level's main runs (CE and SLN at its chosen sigma, every seed), unless they are all in runs/ already."""
+    if len(finished(HERE / "runs")[level]) == len(SEEDS) * 2:
+        return
     epochs = json.loads((HERE / "epochs.json").read_text())
-    for level in LEVELS:
-        grid = HERE / f"grid_{level}.yaml"
-        grid.write_text(yaml.safe_dump({"variants": ["CE", "SLN"], "noise_modes": ["sym"], "seeds": SEEDS,
-                                        "sigma": {"sym": chosen_sigma(level)}}, sort_keys=False))
-        flags = ["--experiments", str(grid)] + common(data_dir) + level_flags(level, epochs[level]["epochs"])
-        sweep("experiments", level, flags, "table.csv", HERE / "runs")
+    path = HERE / f"grid_{level}.yaml"
+    path.write_text(yaml.safe_dump({"variants": ["CE", "SLN"], "noise_modes": ["sym"], "seeds": SEEDS,
+                                    "sigma": {"sym": chosen_sigma(level)}}, sort_keys=False))
+    flags = ["--experiments", str(path)] + common(data_dir) + level_flags(level, epochs[level]["epochs"])
+    sweep("experiments", level, flags, "table.csv", HERE / "runs")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data_dir", type=Path, help="holds cifar-10-batches-py/ and cifar10/label_noisy/sym0.4.csv")
     p.add_argument("--step", choices=["pilots", "searches", "grids"], default=None,
-                   help="only this step (default: every step not done yet, in order)")
+                   help="only this step (default: every step not done yet: the pilots, then level by level, hottest "
+                        "first, its sigma search and its main runs)")
     p.add_argument("--pilot_levels", nargs="+", choices=list(LEVELS), default=list(LEVELS),
                    help="the levels whose pilots this process trains (e.g. one process per core)")
     args = p.parse_args(argv)
     data_dir = args.data_dir.resolve()
-    for name, step in (("pilots", lambda d: pilots(d, args.pilot_levels)), ("searches", searches), ("grids", grids)):
-        if args.step in (None, name):
-            step(data_dir)
+    if args.step in (None, "pilots"):
+        pilots(data_dir, args.pilot_levels)
+    for level in LEVELS:
+        if args.step in (None, "searches"):
+            search(data_dir, level)
+        if args.step in (None, "grids"):
+            grid(data_dir, level)
 
 
 if __name__ == "__main__":
