@@ -1,5 +1,5 @@
 # make test  - create .venv if missing, then run the whole test suite (CPU, about 15 minutes on 2 cores)
-# make test-fast - the same without the tests marked slow (real training, Ray, kills): under ~2 minutes
+# make test-fast - the same without the tests marked slow (real training, Ray, kills): about 2 minutes
 # make demo  - create .venv if missing, then a short real CIFAR-10 training run (data under DATA_DIR)
 VENV ?= .venv
 PY := $(VENV)/bin/python
