@@ -13,6 +13,8 @@ import os
 import platform
 import queue
 import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from types import SimpleNamespace
@@ -107,6 +109,24 @@ def time_eval(name: str, x: torch.Tensor, n: int, rounds: int = 2) -> dict:
     return {"eval_img_s": out, "eval_speedup": {k: v / first for k, v in out.items()}}
 
 
+@contextlib.contextmanager
+def native_stderr_to_python():
+    """What native code writes to file descriptor 2 while the block runs (torch.profiler's kineto prints
+    "USDT: profiler_start" lines there, unasked), written to sys.stderr once it ends instead: where the GPU check
+    captures a part's stderr into its log, rather than onto the terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            sys.stderr.write(caught.read().decode(errors="replace"))
+
+
 def step_counts(trainer: Trainer, steps: int) -> dict:
     """Per training step: host syncs (CUDA's sync debug mode warns at each) and the device kernels torch.profiler
     records (memory copies and sets not counted); on a CPU, the top-level aten operations instead."""
@@ -128,7 +148,8 @@ def step_counts(trainer: Trainer, steps: int) -> dict:
                 torch.cuda.set_sync_debug_mode("default")
         sums.tolist()
         out = {"host_syncs_per_step": sum("synchroniz" in str(w.message) for w in caught) / steps}
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with native_stderr_to_python(), profile(activities=activities) as prof:
         engine.train_epoch(first).tolist()
     events = prof.events()
     if cuda:

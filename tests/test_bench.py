@@ -2,9 +2,15 @@
 
 No wall-clock time is asserted anywhere: only that every figure is written, consistent and in range.
 """
+import contextlib
 import csv
+import io
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +21,11 @@ from torch import nn
 import bench
 import datasets.augment
 import engine
+import timing
 import train_cifar
 from models import make_model
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +220,27 @@ def test_channels_last_run_matches_default_run(fake_root, paper_sums, tmp_path):
     config = (cl_dir / "config.yaml").read_text()
     assert "channels_last: true" in config and "amp: false" in config
 
+
+
+def test_what_native_code_writes_to_fd_2_comes_back_through_sys_stderr(capfd):
+    """timing.native_stderr_to_python: the GPU check captures a part's sys.stderr into its log; torch.profiler's
+    kineto writes its "USDT: profiler_start" lines to file descriptor 2 directly, past that capture."""
+    caught = io.StringIO()
+    with contextlib.redirect_stderr(caught), timing.native_stderr_to_python():
+        os.write(2, b"from native code\n")
+    assert caught.getvalue() == "from native code\n"
+    assert "from native code" not in capfd.readouterr().err
+
+
+def test_counting_the_ops_of_a_step_prints_nothing_on_the_terminal():
+    code = ("import contextlib, io, torch, timing\n"
+            "x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)\n"
+            "trainer = timing.Trainer('wrn-16-1', x, torch.randint(0, 10, (8,)), 4, [])\n"
+            "caught = io.StringIO()\n"
+            "with contextlib.redirect_stderr(caught):\n"
+            "    counts = timing.step_counts(trainer, 1)\n"
+            "print(counts['cpu_ops_per_step'] > 0, repr(caught.getvalue()))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("True") and "profiler" not in done.stderr, done.stderr
