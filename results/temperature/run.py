@@ -8,8 +8,9 @@ off continues from its checkpoint (train_cifar.py --resume), a sweep that was cu
 The sweeps and checkpoints live in results/temperature/work/ (not committed); each finished run's small files
 (config.yaml, metrics.csv, noise.json, summary.json) are copied to pilots/, search_runs/ and runs/ as it lands.
 What is done is read from those committed files, so a fresh clone (no work/) goes on from where the committed
-results end: a level whose pilot is in pilots/, whose sigma_search_<level>.csv is here or whose main runs are all in
-runs/ is not run again. `analyze.py` makes the tables and the figure from those files.
+results end, run by run: a pilot in pilots/, a search trial (its sigma) in search_runs/, a main run (its variant and
+seed) in runs/ is not run again, and a sweep started anew runs only what is missing. A sweep's finished runs are
+copied as they land, not when it ends. `analyze.py` makes the tables and the figure from those files.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -160,18 +163,46 @@ def sweep_folder(kind: str, level: str) -> Path | None:
     return None
 
 
-def sweep(kind: str, level: str, flags: list[str], done_file: str, dest: Path) -> Path:
-    folder = sweep_folder(kind, level)
-    if folder is None or not (folder / done_file).is_file():
-        if folder is None:
-            run([sys.executable, "tune.py", *flags, "--cpus_per_trial", "1", "--out_dir", str(WORK / level)])
-        else:
-            run([sys.executable, "tune.py", "--resume", str(folder)])
-        folder = sweep_folder(kind, level)
+def search_key(config: dict):
+    return float(config["sigma"])
+
+
+def main_key(config: dict):
+    return config["variant"], int(config["seed"])
+
+
+def committed(dest: Path, level: str, key) -> dict:
+    """The level's finished runs in dest (committed), by key: a search trial by its sigma, a main run by its variant
+    and seed."""
+    return {key(yaml.safe_load((d / "config.yaml").read_text())): d for d in finished(dest)[level]}
+
+
+def copy_new(folder: Path, dest: Path, level: str, key) -> None:
+    """The sweep's finished runs into dest, but for a key that dest holds already from another run (a sweep started
+    anew after its folder was lost runs the reference trial again)."""
+    have = committed(dest, level, key)
     for run_dir in sorted((folder / "runs").glob("exp_*")):
         if (run_dir / "summary.json").is_file():
-            copy_small(run_dir, dest)
-    return folder
+            k = key(yaml.safe_load((run_dir / "config.yaml").read_text()))
+            if k not in have or have[k].name == run_dir.name:
+                copy_small(run_dir, dest)
+
+
+def sweep(kind: str, level: str, flags: list[str], dest: Path, key) -> None:
+    """tune.py on `flags` (or --resume of the level's sweep of this kind when its folder is there), copying each
+    finished run into dest every minute while it runs."""
+    folder = sweep_folder(kind, level)
+    cmd = [sys.executable, "tune.py", *(["--resume", str(folder)] if folder else
+                                        [*flags, "--cpus_per_trial", "1", "--out_dir", str(WORK / level)])]
+    print("+ " + " ".join(cmd), flush=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    while proc.poll() is None:
+        time.sleep(60)
+        if sweep_folder(kind, level):
+            copy_new(sweep_folder(kind, level), dest, level, key)
+    copy_new(sweep_folder(kind, level), dest, level, key)
+    if proc.returncode:
+        sys.exit(proc.returncode)
 
 
 def chosen_sigma(level: str) -> float:
@@ -183,29 +214,55 @@ def chosen_sigma(level: str) -> float:
     sys.exit(f"the {level} sigma search has not finished; run the searches step first")
 
 
+def search_tables(level: str) -> None:
+    """sigma_search_<level>.md/.csv from the level's committed search trials, as tune.py writes them for a sweep."""
+    sys.path.insert(0, str(ROOT))
+    import sweeps
+    trials = committed(HERE / "search_runs", level, search_key)
+    if set(trials) != {0.0, *map(float, SIGMAS[level])}:
+        sys.exit(f"the {level} search lacks the trials of sigma "
+                 f"{sorted({0.0, *map(float, SIGMAS[level])} - set(trials))}; run the searches step again")
+    with tempfile.TemporaryDirectory() as tmp:
+        hp_dir = Path(tmp)
+        (hp_dir / "runs").mkdir()
+        configs = {}
+        for run_dir in trials.values():
+            (hp_dir / "runs" / run_dir.name).symlink_to(run_dir.resolve(), target_is_directory=True)
+            configs[run_dir.name] = yaml.safe_load((run_dir / "config.yaml").read_text())
+        sweeps.sigma_table(hp_dir, configs, {"base": next(iter(configs.values()))})
+        for suffix in ("md", "csv"):
+            shutil.copyfile(hp_dir / f"sigma_search.{suffix}", HERE / f"sigma_search_{level}.{suffix}")
+
+
 def search(data_dir: Path, level: str) -> None:
-    """The level's sigma search, unless its sigma_search_<level>.csv is here already."""
+    """The level's sigma search: the grid's sigmas and the reference (0) not committed yet, then its tables."""
     epochs = chosen_epochs()
     (HERE / "epochs.json").write_text(json.dumps(epochs, indent=1) + "\n")
     if (HERE / f"sigma_search_{level}.csv").is_file():
         return
-    flags = common(data_dir) + level_flags(level, epochs[level]["epochs"]) + [
-        "--lc_n_epoch", "-1", "--seed", "0", "--val_size", "0.1", "--sigmas", *SIGMAS[level]]
-    folder = sweep("sigma_search", level, flags, "sigma_search.csv", HERE / "search_runs")
-    shutil.copyfile(folder / "sigma_search.md", HERE / f"sigma_search_{level}.md")
-    shutil.copyfile(folder / "sigma_search.csv", HERE / f"sigma_search_{level}.csv")
+    have = committed(HERE / "search_runs", level, search_key)
+    missing = [s for s in SIGMAS[level] if float(s) not in have]
+    if missing or 0.0 not in have:
+        flags = common(data_dir) + level_flags(level, epochs[level]["epochs"]) + [
+            "--lc_n_epoch", "-1", "--seed", "0", "--val_size", "0.1", "--sigmas", *(missing or SIGMAS[level][:1])]
+        sweep("sigma_search", level, flags, HERE / "search_runs", search_key)
+    search_tables(level)
 
 
 def grid(data_dir: Path, level: str) -> None:
-    """The level's main runs (CE and SLN at its chosen sigma, every seed), unless they are all in runs/ already."""
-    if len(finished(HERE / "runs")[level]) == len(SEEDS) * 2:
+    """The level's main runs (CE and SLN at its chosen sigma, every seed) not committed yet."""
+    have = committed(HERE / "runs", level, main_key)
+    seeds = [s for s in SEEDS if not {("CE", s), ("SLN", s)} <= set(have)]
+    if not seeds:
         return
     epochs = json.loads((HERE / "epochs.json").read_text())
-    path = HERE / f"grid_{level}.yaml"
-    path.write_text(yaml.safe_dump({"variants": ["CE", "SLN"], "noise_modes": ["sym"], "seeds": SEEDS,
-                                    "sigma": {"sym": chosen_sigma(level)}}, sort_keys=False))
+    spec = {"variants": ["CE", "SLN"], "noise_modes": ["sym"], "seeds": SEEDS, "sigma": {"sym": chosen_sigma(level)}}
+    (HERE / f"grid_{level}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    path = WORK / level / f"grid_{level}_seeds_{'_'.join(map(str, seeds))}.yaml"    # the seeds still missing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({**spec, "seeds": seeds}, sort_keys=False))
     flags = ["--experiments", str(path)] + common(data_dir) + level_flags(level, epochs[level]["epochs"])
-    sweep("experiments", level, flags, "table.csv", HERE / "runs")
+    sweep("experiments", level, flags, HERE / "runs", main_key)
 
 
 def main(argv: list[str] | None = None) -> None:
