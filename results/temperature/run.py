@@ -196,11 +196,15 @@ def sweep(kind: str, level: str, flags: list[str], dest: Path, key) -> None:
                                         [*flags, "--cpus_per_trial", "1", "--out_dir", str(WORK / level)])]
     print("+ " + " ".join(cmd), flush=True)
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    while proc.poll() is None:
-        time.sleep(60)
-        if sweep_folder(kind, level):
-            copy_new(sweep_folder(kind, level), dest, level, key)
-    copy_new(sweep_folder(kind, level), dest, level, key)
+    while True:
+        ended = proc.poll() is not None
+        if not ended:
+            time.sleep(60)
+        folder = sweep_folder(kind, level)
+        if folder is not None:
+            copy_new(folder, dest, level, key)
+        if ended:
+            break
     if proc.returncode:
         sys.exit(proc.returncode)
 
